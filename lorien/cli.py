@@ -1,0 +1,133 @@
+"""``lorien`` command line: one parser, one subcommand per job, errors as one line and a non-zero exit.
+
+Exit codes: 0 success; 1 verification found problems (``inspect --verify``, integrity); 2 bad input (also
+argparse's usage errors); 3 repository locked by another writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from repo.errors import LorienError
+
+
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    from repo.fingerprint import fingerprint
+
+    result = fingerprint(args.file)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for key, value in result.to_dict().items():
+            print(f"{key:<14} {value}")
+        if result.short_id_is_ambiguous:
+            print("note: files under 68 KiB all share this short_id; identify them by size + header/tail hash")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from publisher.publish import publish
+
+    report = publish(args.models, args.repo, keep=args.keep)
+    for family in report.families:
+        if family.problems:
+            print(f"{family.family}: not published ({len(family.problems)} problem(s))")
+            continue
+        patches = ", ".join(
+            f"{src}→{dst} {stats.patch_size} B ({100 * stats.ratio:.1f}% of full, {stats.seconds:.1f}s)"
+            for src, dst, stats in family.patches_created
+        )
+        state = "manifest updated" if family.manifest_written else "unchanged"
+        print(
+            f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
+            + (f"; new patches: {patches}" if patches else "")
+        )
+    print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
+    for problem in report.all_problems():
+        print(f"error: {problem}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from repo.fetch import open_repository
+    from repo.inspect import inspect_repository, render_text
+
+    report = inspect_repository(open_repository(args.repo), verify=args.verify)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(render_text(report, args.verify))
+    return 0 if report.ok else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from publisher.serve import serve
+
+    serve(args.repo, host=args.host, port=args.port, admin_token=args.admin_token)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lorien.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorien", description="Ship ML model updates to edge devices as small, verified delta patches."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = add("fingerprint", _cmd_fingerprint, "Mallorn-compatible fingerprint of a model file")
+    sub.add_argument("file", type=Path)
+    sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add("publish", _cmd_publish, "publish MODELS/<family>/<version>.<ext> into a static repository")
+    sub.add_argument("--models", type=Path, required=True, help="models directory")
+    sub.add_argument("--repo", type=Path, required=True, help="repository directory (created if missing)")
+    sub.add_argument("--keep", type=int, default=3, help="make patches from this many previous versions (default 3)")
+
+    sub = add("inspect", _cmd_inspect, "show a repository (directory or http(s) URL)")
+    sub.add_argument("repo", help="repository directory or base URL")
+    sub.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
+
+    sub = add("serve", _cmd_serve, "serve a repository over HTTP (waitress) with the Mallorn seed endpoints")
+    sub.add_argument("repo", type=Path)
+    sub.add_argument("--host", default="127.0.0.1")
+    sub.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    sub.add_argument("--admin-token", default=None, help="enables POST /create-patch for this bearer token")
+
+    sub = add("demo", _cmd_demo, "end-to-end demo on embedded defaults in a temporary directory")
+    sub.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.handler(args)
+    except LorienError as error:
+        print(f"lorien {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

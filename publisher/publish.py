@@ -1,0 +1,317 @@
+"""``lorien publish``: models directory → static repository, in an order that survives a crash at any instant.
+
+Flow, under the repository's writer lock:
+
+1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
+2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
+3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying),
+   create missing patches from each of the previous ``keep`` versions to the newest (sources are read from
+   the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
+   then the family's ``index.html``;
+4. last: the root ``index.html`` and, very last, ``index.json``.
+
+Blobs are immutable and appear before anything refers to them; a manifest is replaced in one rename; so a
+reader always sees a consistent repository. Re-running with no change rewrites nothing.
+
+``LORIEN_TEST_CRASH_AT=<point>`` makes the process SIGKILL itself at a named point (``blob``, ``patch``,
+``manifest``, ``html``, ``index``). It exists for the crash-safety tests and does nothing when unset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from publisher.html import render_family_page, render_root_page
+from publisher.scan import ModelFile, scan_models
+from repo.atomic import atomic_writer, fsync_dir, is_temp_name, write_if_changed
+from repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
+from repo.errors import IntegrityError, LorienError, ManifestError
+from repo.fingerprint import fingerprint
+from repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
+from repo.layout import (
+    BLOB_DIR,
+    HTML_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    PATCH_EXTENSION,
+    blob_path,
+    manifest_path,
+)
+from repo.lock import repository_lock
+from repo.manifest import (
+    Index,
+    IndexEntry,
+    Manifest,
+    PatchEntry,
+    VersionEntry,
+    parse_index,
+    parse_manifest,
+    utc_now,
+)
+from repo.versions import sort_versions
+
+log = logging.getLogger("lorien.publish")
+
+STAGING_DIR = ".staging"
+DEFAULT_KEEP = 3
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL ourselves at a named point when LORIEN_TEST_CRASH_AT says so."""
+    if os.environ.get("LORIEN_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    latest: str = ""
+    versions: int = 0
+    manifest_written: bool = False
+    new_blobs: int = 0
+    patches_created: list[tuple[str, str, PatchStats]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PublishReport:
+    families: list[FamilyResult] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    index_written: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(not f.problems for f in self.families)
+
+    def all_problems(self) -> list[str]:
+        return self.problems + [p for family in self.families for p in family.problems]
+
+
+class RepositoryWriter:
+    """Writes blobs, patches, manifests and pages into one repository. Callers hold the writer lock."""
+
+    def __init__(self, root: Path, engine: str = DEFAULT_ENGINE) -> None:
+        self.root = root
+        self.engine = get_engine(engine).name
+        self.staging = root / STAGING_DIR
+
+    # -- housekeeping ------------------------------------------------------------------------------------------
+    def remove_leftovers(self) -> int:
+        """Delete temp files of a writer that was killed; safe because we hold the lock."""
+        removed = 0
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+            removed += 1
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if is_temp_name(name):
+                    Path(directory, name).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # -- blobs -------------------------------------------------------------------------------------------------
+    def blob_file(self, relative: str) -> Path:
+        return self.root / relative
+
+    def store_model(self, source: Path, expected: Digests, extension: str) -> tuple[str, bool]:
+        """Copy ``source`` into its content address; the copy is re-hashed so a file changing under us fails."""
+        relative = blob_path(expected.sha256, extension)
+        destination = self.blob_file(relative)
+        if destination.exists() and destination.stat().st_size == expected.size:
+            return relative, False
+        accumulator = DigestAccumulator()
+        with atomic_writer(destination) as out:
+            for chunk in iter_file(source):
+                accumulator.update(chunk)
+                out.write(chunk)
+            if accumulator.result() != expected:
+                raise IntegrityError(f"{source}: changed while being published; publish again once it is stable")
+        crash_point("blob")
+        return relative, True
+
+    def create_patch(self, family: str, source: VersionEntry, target: VersionEntry) -> tuple[PatchEntry, PatchStats]:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=self.staging, suffix=f".{PATCH_EXTENSION}")
+        os.close(fd)
+        temp = Path(temp_name)
+        try:
+            stats = create_patch(self.blob_file(source.blob), self.blob_file(target.blob), temp, self.engine)
+            digests = digest_file(temp)
+            relative = blob_path(digests.sha256, PATCH_EXTENSION)
+            destination = self.blob_file(relative)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, destination)
+            fsync_dir(destination.parent)
+        finally:
+            temp.unlink(missing_ok=True)
+        crash_point("patch")
+        entry = PatchEntry(
+            id=f"{family}_{source.version}_to_{target.version}",
+            source=source.version,
+            target=target.version,
+            engine=stats.engine,
+            size=digests.size,
+            sha256=digests.sha256,
+            md5=digests.md5,
+            blob=relative,
+            source_sha256=source.sha256,
+            target_sha256=target.sha256,
+        )
+        return entry, stats
+
+    # -- documents ---------------------------------------------------------------------------------------------
+    def read_manifest(self, family: str) -> Manifest | None:
+        path = self.root / manifest_path(family)
+        if not path.exists():
+            return None
+        try:
+            return parse_manifest(path.read_bytes(), str(path))
+        except ManifestError as error:
+            raise ManifestError(f"{error}; the existing manifest is damaged: fix or remove it") from None
+
+    def write_manifest(self, manifest: Manifest, previous: Manifest | None) -> tuple[Manifest, bool]:
+        """Write unless only bookkeeping would change; bump the sequence when writing."""
+        if manifest.same_content(previous):
+            assert previous is not None
+            return previous, False
+        final = replace(manifest, sequence=(previous.sequence + 1) if previous else 1, generated_at=utc_now())
+        crash_point("manifest")
+        write_if_changed(self.root / manifest_path(final.family), final.to_bytes())
+        return final, True
+
+    def write_family_page(self, manifest: Manifest) -> None:
+        write_if_changed(self.root / manifest.family / HTML_FILE, render_family_page(manifest).encode())
+        crash_point("html")
+
+    def all_manifests(self) -> tuple[list[Manifest], list[str]]:
+        manifests, problems = [], []
+        for path in sorted(self.root.glob(f"*/{MANIFEST_FILE}")):
+            if path.parent.name == BLOB_DIR or path.parent.name.startswith("."):
+                continue
+            try:
+                manifests.append(parse_manifest(path.read_bytes(), str(path)))
+            except ManifestError as error:
+                problems.append(f"{error}; left out of index.json")
+        return manifests, problems
+
+    def write_index(self) -> tuple[bool, list[str]]:
+        """Root page first, then index.json (the very last write of a publish)."""
+        manifests, problems = self.all_manifests()
+        index = Index(
+            families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests)
+        )
+        write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
+        crash_point("index")
+        return write_if_changed(self.root / INDEX_FILE, index.to_bytes()), problems
+
+    def read_index(self) -> Index | None:
+        path = self.root / INDEX_FILE
+        return parse_index(path.read_bytes(), str(path)) if path.exists() else None
+
+
+def _version_entries(
+    files: list[ModelFile], previous: Manifest | None, result: FamilyResult
+) -> list[tuple[ModelFile, VersionEntry, Digests]]:
+    entries = []
+    for model in files:
+        digests = digest_file(model.path)
+        model_fingerprint = fingerprint(model.path)
+        if previous is not None:
+            try:
+                old = previous.version(model.version)
+            except KeyError:
+                old = None
+            if old is not None and old.sha256 != digests.sha256:
+                result.problems.append(
+                    f"{model.path}: version {model.version} was already published with sha256 {old.sha256[:16]}… "
+                    f"and now has {digests.sha256[:16]}…; devices may hold the old content, so publish the new "
+                    "content under a new version name"
+                )
+                continue
+        entry = VersionEntry(
+            version=model.version,
+            filename=model.path.name,
+            size=digests.size,
+            sha256=digests.sha256,
+            md5=digests.md5,
+            fingerprint=model_fingerprint,
+            blob=blob_path(digests.sha256, model.extension),
+        )
+        entries.append((model, entry, digests))
+    return entries
+
+
+def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile], keep: int) -> FamilyResult:
+    result = FamilyResult(family)
+    previous = writer.read_manifest(family)
+    entries = _version_entries(files, previous, result)
+    if result.problems:
+        return result
+    versions = []
+    for model, entry, digests in entries:
+        _, created = writer.store_model(model.path, digests, model.extension)
+        result.new_blobs += created
+        versions.append(entry)
+    by_name = {entry.version: entry for entry in versions}
+    order = sort_versions(by_name)
+    latest = by_name[order[-1]]
+    patches: dict[tuple[str, str], PatchEntry] = {}
+    if previous is not None:
+        for patch in previous.patches:
+            source, target = by_name.get(patch.source), by_name.get(patch.target)
+            still_valid = source is not None and target is not None and source.sha256 == patch.source_sha256
+            if still_valid and writer.blob_file(patch.blob).exists():
+                patches[(patch.source, patch.target)] = patch
+    for source_name in order[:-1][-keep:] if keep > 0 else []:
+        if (source_name, latest.version) not in patches:
+            entry, stats = writer.create_patch(family, by_name[source_name], latest)
+            patches[(source_name, latest.version)] = entry
+            result.patches_created.append((source_name, latest.version, stats))
+    rank = {name: i for i, name in enumerate(order)}
+    manifest = Manifest(
+        family=family,
+        sequence=0,
+        generated_at="",
+        latest=latest.version,
+        versions=tuple(by_name[name] for name in order),
+        patches=tuple(
+            patches[key] for key in sorted(patches, key=lambda pair: (rank[pair[1]], rank[pair[0]]))
+        ),
+    )
+    final, result.manifest_written = writer.write_manifest(manifest, previous)
+    writer.write_family_page(final)
+    result.latest, result.versions = final.latest, len(final.versions)
+    return result
+
+
+def publish(models_dir: Path, repo_dir: Path, keep: int = DEFAULT_KEEP, engine: str = DEFAULT_ENGINE) -> PublishReport:
+    if keep < 0:
+        raise LorienError(f"--keep must be 0 or more, got {keep}")
+    report = PublishReport()
+    scan = scan_models(models_dir)
+    report.problems.extend(scan.problems.get(None, []))
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    with repository_lock(repo_dir):
+        writer = RepositoryWriter(repo_dir, engine)
+        writer.remove_leftovers()
+        for family, messages in scan.problems.items():
+            if family is not None:
+                report.families.append(FamilyResult(family, problems=list(messages)))
+        for family, files in scan.families.items():
+            try:
+                result = publish_family(writer, family, files, keep)
+            except LorienError as error:
+                result = FamilyResult(family, problems=[str(error)])
+            report.families.append(result)
+            if result.manifest_written:
+                log.info("published %s %s (%d versions, %d new patches)", family, result.latest,
+                         result.versions, len(result.patches_created))
+        report.index_written, index_problems = writer.write_index()
+        report.problems.extend(index_problems)
+    return report

@@ -1,0 +1,132 @@
+"""Scan ``MODELS/<family>/<version>.<ext>`` into validated families, collecting every problem.
+
+Output: a :class:`ScanResult` whose ``families`` maps a family name to its model files (oldest first) and whose
+``problems`` maps a family name (or ``None`` for the models directory itself) to one-line messages. A family
+with any problem is not in ``families``: the publisher writes nothing for it.
+
+Ignored on purpose: hidden files and names that look like partial downloads or editor leftovers (``.part``,
+``.tmp``, ``.partial``, ``.crdownload``, ``.swp``, ``~``), so a copy in progress is never taken as a version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repo.errors import BadInputError
+from repo.fingerprint import MIN_FILE_SIZE
+from repo.layout import family_name_problem
+from repo.versions import same_version, sort_versions, version_name_problem
+
+IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".swp", "~")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    family: str
+    version: str
+    extension: str
+    path: Path
+
+
+@dataclass
+class ScanResult:
+    families: dict[str, list[ModelFile]] = field(default_factory=dict)
+    problems: dict[str | None, list[str]] = field(default_factory=dict)
+
+    def add_problem(self, family: str | None, message: str) -> None:
+        self.problems.setdefault(family, []).append(message)
+
+    def all_problems(self) -> list[str]:
+        return [message for messages in self.problems.values() for message in messages]
+
+
+def is_ignored(name: str) -> bool:
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+def split_model_name(name: str) -> tuple[str, str]:
+    """``1.2.0.tflite`` → (``1.2.0``, ``tflite``); a trailing all-digit part is part of the version."""
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or not any(ch.isalpha() for ch in extension):
+        return name, ""
+    return stem, extension
+
+
+def _readable_problem(path: Path) -> str | None:
+    try:
+        if not path.is_file():
+            return "is not a regular file"
+        size = path.stat().st_size
+        if size == 0:
+            return "is empty (0 bytes); a model file must have content"
+        if size < MIN_FILE_SIZE:
+            return f"is only {size} bytes; a model needs at least {MIN_FILE_SIZE} bytes to be fingerprinted"
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    return None
+
+
+def scan_family(directory: Path, result: ScanResult) -> None:
+    family = directory.name
+    if problem := family_name_problem(family):
+        result.add_problem(family, f"{directory}: family name {problem}")
+        return
+    files: list[ModelFile] = []
+    for entry in sorted(directory.iterdir()):
+        if is_ignored(entry.name):
+            continue
+        if entry.is_dir():
+            result.add_problem(family, f"{entry}: unexpected directory; a family holds <version>.<ext> files only")
+            continue
+        version, extension = split_model_name(entry.name)
+        if problem := version_name_problem(version):
+            result.add_problem(family, f"{entry}: '{version}' is not a version name: it {problem}")
+            continue
+        if problem := _readable_problem(entry):
+            result.add_problem(family, f"{entry}: {problem}")
+            continue
+        for other in files:
+            if same_version(other.version, version):
+                result.add_problem(
+                    family, f"{entry}: version {version} is also given by {other.path.name}; keep only one"
+                )
+                break
+        else:
+            files.append(ModelFile(family, version, extension, entry))
+    if not files and family not in result.problems:
+        result.add_problem(family, f"{directory}: no model files; expected {directory}/<version>.<ext>")
+    if family in result.problems:
+        return
+    order = sort_versions(f.version for f in files)
+    by_version = {f.version: f for f in files}
+    result.families[family] = [by_version[name] for name in order]
+
+
+def scan_models(models_dir: Path) -> ScanResult:
+    """Raise BadInputError when the directory itself is unusable; otherwise collect problems per family."""
+    if not models_dir.exists():
+        raise BadInputError(f"{models_dir}: models directory does not exist")
+    if not models_dir.is_dir():
+        raise BadInputError(f"{models_dir}: is not a directory; --models takes a directory of family folders")
+    result = ScanResult()
+    try:
+        entries = sorted(models_dir.iterdir())
+    except OSError as error:
+        raise BadInputError(f"{models_dir}: cannot list models directory: {error.strerror}") from None
+    for entry in entries:
+        if is_ignored(entry.name):
+            continue
+        if entry.is_dir():
+            scan_family(entry, result)
+        else:
+            result.add_problem(
+                None, f"{entry}: stray file; models go in {models_dir}/<family>/<version>.<ext>"
+            )
+    if not result.families and not result.problems:
+        result.add_problem(
+            None, f"{models_dir}: no model families found; expected {models_dir}/<family>/<version>.<ext>"
+        )
+    return result

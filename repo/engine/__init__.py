@@ -1,0 +1,111 @@
+"""The delta engine interface, with Mallorn's function names.
+
+``create_patch(old, new, output) -> PatchStats``, ``apply_patch(model, patch, output) -> ApplyResult``,
+``verify_patch(model, patch) -> ApplyResult`` and ``patch_info(patch) -> PatchInfo`` dispatch to a named
+engine. Each engine writes a self-describing patch (its magic bytes say which engine made it), so the apply
+side never needs to be told the engine; the name is still recorded per patch in the manifest so a device can
+refuse engines it does not have before downloading anything.
+
+Data flow of ``apply_patch``: check the source model's size and SHA-256 against the patch header → decode into
+a temporary file beside ``output`` while hashing → compare with the target SHA-256 in the header → atomically
+rename. On any failure the temporary file is removed and ``output`` is untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
+from repo.engine.zstd_dict import ZstdDictEngine
+from repo.errors import BadInputError, PatchError
+
+DEFAULT_ENGINE = ZstdDictEngine.name
+
+_ENGINES: dict[str, Engine] = {ZstdDictEngine.name: ZstdDictEngine()}
+
+
+def available_engines() -> list[str]:
+    return sorted(_ENGINES)
+
+
+def get_engine(name: str) -> Engine:
+    try:
+        return _ENGINES[name]
+    except KeyError:
+        raise PatchError(
+            f"unknown patch engine {name!r}; this lorien has: {', '.join(available_engines())}"
+        ) from None
+
+
+def engine_for_patch(patch: Path | str) -> Engine:
+    """The engine that wrote ``patch``, recognised by its magic bytes."""
+    patch = Path(patch)
+    try:
+        with open(patch, "rb") as handle:
+            head = handle.read(16)
+    except OSError as error:
+        raise BadInputError(f"{patch}: cannot read patch: {error.strerror}") from None
+    for engine in _ENGINES.values():
+        if engine.recognises(head):
+            return engine
+    raise PatchError(f"{patch}: not a patch made by any engine this lorien has ({', '.join(available_engines())})")
+
+
+def _require_file(path: Path, role: str) -> None:
+    if not path.is_file():
+        raise BadInputError(f"{path}: {role} does not exist or is not a regular file")
+
+
+def create_patch(old: Path | str, new: Path | str, output: Path | str, engine: str = DEFAULT_ENGINE) -> PatchStats:
+    """Write a patch that turns ``old`` into ``new``."""
+    old, new, output = Path(old), Path(new), Path(output)
+    _require_file(old, "old model")
+    _require_file(new, "new model")
+    chosen = get_engine(engine)
+    started = time.perf_counter()
+    chosen.create(old, new, output)
+    info = chosen.info(output)
+    return PatchStats(
+        engine=chosen.name,
+        source_size=info.source_size,
+        target_size=info.target_size,
+        patch_size=info.patch_size,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def apply_patch(model: Path | str, patch: Path | str, output: Path | str) -> ApplyResult:
+    """Apply ``patch`` to ``model`` and atomically write the verified result to ``output``."""
+    model, patch, output = Path(model), Path(patch), Path(output)
+    _require_file(model, "model")
+    _require_file(patch, "patch")
+    return engine_for_patch(patch).apply(model, patch, output)
+
+
+def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
+    """Check that ``patch`` applies to ``model`` and yields its promised target, writing nothing."""
+    model, patch = Path(model), Path(patch)
+    _require_file(model, "model")
+    _require_file(patch, "patch")
+    return engine_for_patch(patch).apply(model, patch, None)
+
+
+def patch_info(patch: Path | str) -> PatchInfo:
+    patch = Path(patch)
+    _require_file(patch, "patch")
+    return engine_for_patch(patch).info(patch)
+
+
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ApplyResult",
+    "PatchInfo",
+    "PatchStats",
+    "apply_patch",
+    "available_engines",
+    "create_patch",
+    "get_engine",
+    "patch_info",
+    "verify_patch",
+]

@@ -1,0 +1,151 @@
+"""Read a whole repository (directory or URL) for a person, and optionally re-verify every blob.
+
+Flow: ``index.json`` → each family's manifest → (with verify) stream every referenced blob once, comparing
+size, SHA-256 and MD5 with the manifest. Problems are collected, never raised one at a time, so a report names
+every missing or mismatching file in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from repo.errors import LorienError
+from repo.fetch import Fetcher
+from repo.hashing import digest_chunks
+from repo.layout import INDEX_FILE
+from repo.manifest import Index, Manifest, parse_index, parse_manifest
+
+
+@dataclass
+class Report:
+    location: str
+    index: Index | None = None
+    manifests: dict[str, Manifest] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    blobs_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        families = []
+        for name, manifest in self.manifests.items():
+            full = {entry.version: entry.size for entry in manifest.versions}
+            document = manifest.to_dict()
+            for patch in document["patches"]:
+                patch["percent_of_full"] = round(100 * patch["size"] / full[patch["to"]], 2)
+            families.append({"name": name, **document})
+        return {
+            "location": self.location,
+            "families": families,
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "blobs_checked": self.blobs_checked,
+            "bytes_checked": self.bytes_checked,
+            "ok": self.ok,
+        }
+
+
+def load(fetcher: Fetcher) -> Report:
+    report = Report(fetcher.location)
+    try:
+        report.index = parse_index(fetcher.read_document(INDEX_FILE), INDEX_FILE)
+    except LorienError as error:
+        report.problems.append(str(error))
+        return report
+    for entry in report.index.families:
+        try:
+            manifest = parse_manifest(fetcher.read_document(entry.manifest), entry.manifest)
+        except LorienError as error:
+            report.problems.append(str(error))
+            continue
+        if manifest.family != entry.name:
+            report.problems.append(f"{entry.manifest}: says family {manifest.family!r}, index says {entry.name!r}")
+        if manifest.latest != entry.latest:
+            report.warnings.append(
+                f"{INDEX_FILE}: family {entry.name!r} latest is {entry.latest!r} but its manifest says "
+                f"{manifest.latest!r} (a publish was interrupted before index.json; re-run publish)"
+            )
+        report.manifests[entry.name] = manifest
+    return report
+
+
+def verify_blobs(fetcher: Fetcher, report: Report) -> None:
+    """Stream every blob referenced by the loaded manifests once; record each mismatch as a problem."""
+    seen: set[str] = set()
+    for family, manifest in report.manifests.items():
+        referenced = [(f"version {v.version}", v.blob, v.size, v.sha256, v.md5) for v in manifest.versions]
+        referenced += [(f"patch {p.id}", p.blob, p.size, p.sha256, p.md5) for p in manifest.patches]
+        for what, path, size, sha256, md5 in referenced:
+            if path in seen:
+                continue
+            seen.add(path)
+            where = f"{family} {what}: {path}"
+            try:
+                digests = digest_chunks(fetcher.iter_blob(path, size))
+            except LorienError as error:
+                report.problems.append(f"{where}: {error}")
+                continue
+            report.blobs_checked += 1
+            report.bytes_checked += digests.size
+            if digests.size != size:
+                report.problems.append(f"{where}: size {digests.size}, manifest says {size}")
+            elif digests.sha256 != sha256:
+                report.problems.append(f"{where}: sha256 {digests.sha256}, manifest says {sha256}")
+            elif digests.md5 != md5:
+                report.problems.append(f"{where}: md5 {digests.md5}, manifest says {md5}")
+
+
+def inspect_repository(fetcher: Fetcher, verify: bool = False) -> Report:
+    report = load(fetcher)
+    if verify:
+        verify_blobs(fetcher, report)
+    return report
+
+
+def human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def render_text(report: Report, verified: bool) -> str:
+    lines = [f"repository {report.location}"]
+    for name, manifest in report.manifests.items():
+        lines.append(
+            f"\nfamily {name}  latest {manifest.latest}  sequence {manifest.sequence}  "
+            f"generated {manifest.generated_at}"
+        )
+        lines.append(f"  {'version':<16} {'size':>11} {'format':<12} {'short_id':<17} sha256")
+        for entry in manifest.versions:
+            marker = "*" if entry.version == manifest.latest else " "
+            lines.append(
+                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {entry.format:<12} "
+                f"{entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
+            )
+        if manifest.patches:
+            lines.append(f"  {'patch':<34} {'engine':<8} {'size':>11} {'of full':>8}")
+            for patch in manifest.patches:
+                full = manifest.version(patch.target).size
+                pair = f"{patch.source} → {patch.target}"
+                lines.append(
+                    f"  {pair:<34} {patch.engine:<8} {human_size(patch.size):>11} {100 * patch.size / full:7.1f}%"
+                )
+        else:
+            lines.append("  no patches")
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
+    if verified:
+        lines.append(
+            f"\nverified {report.blobs_checked} blobs, {human_size(report.bytes_checked)}: "
+            + ("all sizes and digests match" if report.ok else f"{len(report.problems)} problem(s)")
+        )
+    for problem in report.problems:
+        lines.append(f"error: {problem}")
+    return "\n".join(lines)

@@ -1,0 +1,357 @@
+"""The repository documents (format v1) as typed objects: parse with full validation, serialize canonically.
+
+``index.json`` lists families; ``<family>/manifest.json`` lists a family's versions and patches. Parsing takes
+raw bytes (exactly what was fetched or read), enforces a size limit, checks every field's type and every path,
+and raises :class:`~repo.errors.ManifestError` naming the document and the field. Serializing always goes
+through :func:`repo.atomic.canonical_json`, so equal documents are equal bytes.
+
+The JSON Schema files in ``repo/schemas/`` describe the same documents for other tools; the tests check that
+every document we write validates against them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from repo.atomic import canonical_json
+from repo.errors import ManifestError
+from repo.fingerprint import FORMATS, Fingerprint
+from repo.layout import checked_blob_path, checked_relative_path, family_name_problem
+from repo.versions import version_name_problem
+
+SCHEMA_VERSION = 1
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+MAX_ENTRIES = 100_000
+MAX_BLOB_SIZE = 1 << 40  # 1 TiB: larger declared sizes are treated as hostile
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    version: str
+    filename: str
+    size: int
+    sha256: str
+    md5: str
+    fingerprint: Fingerprint
+    blob: str
+
+    @property
+    def format(self) -> str:
+        return self.fingerprint.format
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "filename": self.filename,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "fingerprint": self.fingerprint.to_dict(),
+            "blob": self.blob,
+        }
+
+
+@dataclass(frozen=True)
+class PatchEntry:
+    id: str
+    source: str  # version name ("from" in JSON)
+    target: str  # version name ("to" in JSON)
+    engine: str
+    size: int
+    sha256: str
+    md5: str
+    blob: str
+    source_sha256: str
+    target_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": self.source,
+            "to": self.target,
+            "engine": self.engine,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "blob": self.blob,
+            "source_sha256": self.source_sha256,
+            "target_sha256": self.target_sha256,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    family: str
+    sequence: int
+    generated_at: str
+    latest: str
+    versions: tuple[VersionEntry, ...]
+    patches: tuple[PatchEntry, ...] = field(default=())
+    schema: int = SCHEMA_VERSION
+
+    def version(self, name: str) -> VersionEntry:
+        for entry in self.versions:
+            if entry.version == name:
+                return entry
+        raise KeyError(name)
+
+    def latest_entry(self) -> VersionEntry:
+        return self.version(self.latest)
+
+    def patch(self, source: str, target: str) -> PatchEntry | None:
+        for entry in self.patches:
+            if entry.source == source and entry.target == target:
+                return entry
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "family": self.family,
+            "sequence": self.sequence,
+            "generated_at": self.generated_at,
+            "latest": self.latest,
+            "versions": [entry.to_dict() for entry in self.versions],
+            "patches": [entry.to_dict() for entry in self.patches],
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def same_content(self, other: Manifest | None) -> bool:
+        """Equal except for the bookkeeping fields that change on every write (sequence, generated_at)."""
+        if other is None:
+            return False
+        return replace(self, sequence=0, generated_at="") == replace(other, sequence=0, generated_at="")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    latest: str
+    manifest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "latest": self.latest, "manifest": self.manifest}
+
+
+@dataclass(frozen=True)
+class Index:
+    families: tuple[IndexEntry, ...]
+    schema: int = SCHEMA_VERSION
+
+    def family(self, name: str) -> IndexEntry:
+        for entry in self.families:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "families": [entry.to_dict() for entry in self.families]}
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+
+# --- parsing -------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed field access that names the document and the field in every error."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        self.data = data
+        self.where = where
+
+    def _get(self, key: str) -> Any:
+        if key not in self.data:
+            raise ManifestError(f"{self.where}: missing field '{key}'")
+        return self.data[key]
+
+    def str(self, key: str, pattern: re.Pattern[str] | None = None) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise ManifestError(f"{self.where}.{key}: expected a string, got {type(value).__name__}")
+        if pattern is not None and not pattern.match(value):
+            raise ManifestError(f"{self.where}.{key}: {value!r} is not in the expected form")
+        return value
+
+    def int(self, key: str, minimum: int = 0, maximum: int = MAX_BLOB_SIZE) -> int:
+        value = self._get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ManifestError(f"{self.where}.{key}: expected an integer, got {type(value).__name__}")
+        if not minimum <= value <= maximum:
+            raise ManifestError(f"{self.where}.{key}: {value} is outside [{minimum}, {maximum}]")
+        return value
+
+    def list(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise ManifestError(f"{self.where}.{key}: expected a list, got {type(value).__name__}")
+        if len(value) > MAX_ENTRIES:
+            raise ManifestError(f"{self.where}.{key}: {len(value)} entries exceed the limit of {MAX_ENTRIES}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        return _Reader(self._get(key), f"{self.where}.{key}")
+
+
+def _load_json(raw: bytes, where: str) -> Any:
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise ManifestError(f"{where}: {len(raw)} bytes exceed the {MAX_DOCUMENT_BYTES}-byte document limit")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{where}: not valid UTF-8 JSON: {error}") from None
+
+
+def _check_schema(reader: _Reader) -> int:
+    schema = reader.int("schema", 0, 1 << 31)
+    if schema != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{reader.where}: repository format version {schema} is not supported (this lorien reads version "
+            f"{SCHEMA_VERSION}); upgrade lorien"
+        )
+    return schema
+
+
+def _checked_version_name(reader: _Reader, key: str) -> str:
+    name = reader.str(key)
+    problem = version_name_problem(name)
+    if problem:
+        raise ManifestError(f"{reader.where}.{key}: version {name!r} {problem}")
+    return name
+
+
+def _parse_fingerprint(reader: _Reader) -> Fingerprint:
+    fmt = reader.str("format")
+    if fmt not in FORMATS:
+        raise ManifestError(f"{reader.where}.format: unknown format {fmt!r}")
+    return Fingerprint(
+        format=fmt,
+        file_size=reader.int("file_size", 4),
+        header_hash=reader.str("header_hash", _HEX32),
+        tail_hash=reader.str("tail_hash", _HEX32),
+        combined_hash=reader.str("combined_hash", _HEX32),
+        short_id=reader.str("short_id", _HEX16),
+    )
+
+
+def _parse_version(reader: _Reader) -> VersionEntry:
+    sha256 = reader.str("sha256", _HEX64)
+    entry = VersionEntry(
+        version=_checked_version_name(reader, "version"),
+        filename=reader.str("filename"),
+        size=reader.int("size", 1),
+        sha256=sha256,
+        md5=reader.str("md5", _HEX32),
+        fingerprint=_parse_fingerprint(reader.sub("fingerprint")),
+        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+    )
+    if entry.fingerprint.file_size != entry.size:
+        raise ManifestError(f"{reader.where}: fingerprint.file_size disagrees with size")
+    return entry
+
+
+def _parse_patch(reader: _Reader) -> PatchEntry:
+    sha256 = reader.str("sha256", _HEX64)
+    return PatchEntry(
+        id=reader.str("id"),
+        source=_checked_version_name(reader, "from"),
+        target=_checked_version_name(reader, "to"),
+        engine=reader.str("engine"),
+        size=reader.int("size", 1),
+        sha256=sha256,
+        md5=reader.str("md5", _HEX32),
+        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+        source_sha256=reader.str("source_sha256", _HEX64),
+        target_sha256=reader.str("target_sha256", _HEX64),
+    )
+
+
+def parse_manifest(raw: bytes, where: str = "manifest.json") -> Manifest:
+    """Validate and load a family manifest; every reference inside it must resolve."""
+    reader = _Reader(_load_json(raw, where), where)
+    schema = _check_schema(reader)
+    family = reader.str("family")
+    if problem := family_name_problem(family):
+        raise ManifestError(f"{where}.family: {family!r} {problem}")
+    versions = tuple(
+        _parse_version(_Reader(item, f"{where}.versions[{i}]")) for i, item in enumerate(reader.list("versions"))
+    )
+    patches = tuple(
+        _parse_patch(_Reader(item, f"{where}.patches[{i}]")) for i, item in enumerate(reader.list("patches"))
+    )
+    manifest = Manifest(
+        family=family,
+        sequence=reader.int("sequence", 0, 1 << 62),
+        generated_at=reader.str("generated_at"),
+        latest=reader.str("latest"),
+        versions=versions,
+        patches=patches,
+        schema=schema,
+    )
+    _check_references(manifest, where)
+    return manifest
+
+
+def _check_references(manifest: Manifest, where: str) -> None:
+    by_name: dict[str, VersionEntry] = {}
+    for entry in manifest.versions:
+        if entry.version in by_name:
+            raise ManifestError(f"{where}: version {entry.version!r} is listed twice")
+        by_name[entry.version] = entry
+    if not by_name:
+        raise ManifestError(f"{where}: lists no versions")
+    if manifest.latest not in by_name:
+        raise ManifestError(f"{where}.latest: {manifest.latest!r} is not one of the listed versions")
+    ids: set[str] = set()
+    for patch in manifest.patches:
+        if patch.id in ids:
+            raise ManifestError(f"{where}: patch id {patch.id!r} is listed twice")
+        ids.add(patch.id)
+        for role, name, digest in (
+            ("from", patch.source, patch.source_sha256),
+            ("to", patch.target, patch.target_sha256),
+        ):
+            if name not in by_name:
+                raise ManifestError(f"{where}: patch {patch.id!r} '{role}' version {name!r} is not listed")
+            if by_name[name].sha256 != digest:
+                raise ManifestError(f"{where}: patch {patch.id!r} {role}-sha256 disagrees with version {name!r}")
+
+
+def parse_index(raw: bytes, where: str = "index.json") -> Index:
+    reader = _Reader(_load_json(raw, where), where)
+    schema = _check_schema(reader)
+    families = []
+    seen: set[str] = set()
+    for i, item in enumerate(reader.list("families")):
+        entry_reader = _Reader(item, f"{where}.families[{i}]")
+        name = entry_reader.str("name")
+        if problem := family_name_problem(name):
+            raise ManifestError(f"{entry_reader.where}.name: {name!r} {problem}")
+        if name in seen:
+            raise ManifestError(f"{where}: family {name!r} is listed twice")
+        seen.add(name)
+        families.append(
+            IndexEntry(
+                name=name,
+                latest=_checked_version_name(entry_reader, "latest"),
+                manifest=checked_relative_path(entry_reader.str("manifest"), f"{entry_reader.where}.manifest"),
+            )
+        )
+    return Index(families=tuple(families), schema=schema)
