@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("publish", _cmd_publish, "publish MODELS/<family>/<version>.<ext> into a static repository")
     sub.add_argument("--models", type=Path, required=True, help="models directory")
     sub.add_argument("--repo", type=Path, required=True, help="repository directory (created if missing)")
-    sub.add_argument("--keep", type=int, default=3, help="make patches from this many previous versions (default 3)")
+    sub.add_argument(
+        "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
+    )
 
     sub = add("inspect", _cmd_inspect, "show a repository (directory or http(s) URL)")
     sub.add_argument("repo", help="repository directory or base URL")

@@ -55,7 +55,9 @@ def _run(workdir: Path) -> int:
     started = time.perf_counter()
     models, repo, device = workdir / "models", workdir / "repo", workdir / "device"
     paths = write_family(models / FAMILY, VERSIONS)
-    _step(f"generated {len(paths)} TFLite versions of '{FAMILY}' in {models} ({human_size(paths[-1].stat().st_size)} each)")
+    _step(
+        f"generated {len(paths)} TFLite versions of '{FAMILY}' in {models} ({human_size(paths[-1].stat().st_size)} each)"
+    )
 
     report = publish(models, repo)
     if not report.ok:
@@ -92,8 +94,10 @@ def _device_update(fetcher: HttpFetcher, installed_source: Path, device: Path, s
     patch = manifest.patch(current.version, latest.version)
     if patch is None:
         raise LorienError(f"no patch {current.version} → {latest.version} in the manifest")
-    _step(f"manifest (sequence {manifest.sequence}): installed {current.version}, latest {latest.version}, "
-          f"patch {patch.id} is {human_size(patch.size)}")
+    _step(
+        f"manifest (sequence {manifest.sequence}): installed {current.version}, latest {latest.version}, "
+        f"patch {patch.id} is {human_size(patch.size)}"
+    )
 
     middle = patch.size // 2
     first = fetcher.read_range(patch.blob, 0, middle - 1)
@@ -103,7 +107,9 @@ def _device_update(fetcher: HttpFetcher, installed_source: Path, device: Path, s
         raise IntegrityError(f"downloaded patch does not match the manifest (md5 {digests.md5})")
     patch_file = device / f"{patch.id}.patch"
     patch_file.write_bytes(first + second)
-    _step(f"downloaded the patch in two Range requests ({len(first)} + {len(second)} bytes); MD5 and SHA-256 match")
+    _step(
+        f"downloaded the patch in two Range requests ({len(first)} + {len(second)} bytes); MD5 and SHA-256 match"
+    )
 
     updated = device / "model.new.tflite"
     result = apply_patch(installed, patch_file, updated)

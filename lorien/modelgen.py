@@ -14,6 +14,7 @@ backbone stays frozen. Other kinds of change (dense nudges, re-quantization) bel
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Mlp:
 def random_mlp(layer_sizes: tuple[int, ...] = DEFAULT_LAYERS, seed: int = 0) -> Mlp:
     rng = np.random.default_rng(seed)
     weights, biases = [], []
-    for fan_in, fan_out in zip(layer_sizes[:-1], layer_sizes[1:], strict=True):
+    for fan_in, fan_out in itertools.pairwise(layer_sizes):
         weights.append((rng.standard_normal((fan_out, fan_in)) * np.sqrt(2.0 / fan_in)).astype(np.float32))
         biases.append((rng.standard_normal(fan_out) * 0.01).astype(np.float32))
     return Mlp(weights, biases)
@@ -76,21 +77,21 @@ def _aligned_bytes(builder: flatbuffers.Builder, data: bytes, alignment: int = 1
     builder.StartVector(1, len(data), alignment)
     builder.head -= len(data)
     builder.Bytes[builder.head : builder.head + len(data)] = data
-    return builder.EndVector(len(data))
+    return builder.EndVector()
 
 
 def _int_vector(builder: flatbuffers.Builder, values: list[int]) -> int:
     builder.StartVector(4, len(values), 4)
     for value in reversed(values):
         builder.PrependInt32(value)
-    return builder.EndVector(len(values))
+    return builder.EndVector()
 
 
 def _offset_vector(builder: flatbuffers.Builder, offsets: list[int]) -> int:
     builder.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         builder.PrependUOffsetTRelative(offset)
-    return builder.EndVector(len(offsets))
+    return builder.EndVector()
 
 
 def to_tflite(model: Mlp, description: str = "lorien demo classifier") -> bytes:
@@ -108,7 +109,9 @@ def to_tflite(model: Mlp, description: str = "lorien demo classifier") -> bytes:
 
 
 def _build_tflite(model: Mlp, description: str) -> bytes:
-    builder = flatbuffers.Builder(1024 + sum(w.nbytes + b.nbytes for w, b in zip(model.weights, model.biases, strict=True)))
+    builder = flatbuffers.Builder(
+        1024 + sum(w.nbytes + b.nbytes for w, b in zip(model.weights, model.biases, strict=True))
+    )
     sizes = model.layer_sizes
     # Buffers: 0 is the conventional empty buffer; then one per weight and bias tensor.
     payloads = [b""]
@@ -126,7 +129,10 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
     layer_io = []
     for i, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
         w_index, b_index = len(tensors), len(tensors) + 1
-        tensors += [(f"dense_{i}/kernel", list(w.shape), 1 + 2 * i), (f"dense_{i}/bias", list(b.shape), 2 + 2 * i)]
+        tensors += [
+            (f"dense_{i}/kernel", list(w.shape), 1 + 2 * i),
+            (f"dense_{i}/bias", list(b.shape), 2 + 2 * i),
+        ]
         out_index = len(tensors)
         tensors.append((f"dense_{i}/out", [1, w.shape[0]], 0))
         layer_io.append((w_index, b_index, out_index))
@@ -210,8 +216,9 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
     return bytes(builder.Output())
 
 
-def write_family(directory: Path, versions: list[str], layer_sizes: tuple[int, ...] = DEFAULT_LAYERS,
-                 seed: int = 0) -> list[Path]:
+def write_family(
+    directory: Path, versions: list[str], layer_sizes: tuple[int, ...] = DEFAULT_LAYERS, seed: int = 0
+) -> list[Path]:
     """Write ``directory/<version>.tflite`` for each version, each a fine-tune of the one before."""
     directory.mkdir(parents=True, exist_ok=True)
     model = random_mlp(layer_sizes, seed)

@@ -39,9 +39,7 @@ def _patch_rows(manifest: Manifest) -> list[dict[str, Any]]:
 
 
 def render_family_page(manifest: Manifest) -> str:
-    return _environment.get_template("family.html").render(
-        manifest=manifest, patch_rows=_patch_rows(manifest)
-    )
+    return _environment.get_template("family.html").render(manifest=manifest, patch_rows=_patch_rows(manifest))
 
 
 def render_root_page(index: Index, manifests: list[Manifest]) -> str:

@@ -115,6 +115,10 @@ class RepositoryWriter:
                     removed += 1
         return removed
 
+    def remove_staging(self) -> None:
+        """The staging directory only exists while a patch is being made."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+
     # -- blobs -------------------------------------------------------------------------------------------------
     def blob_file(self, relative: str) -> Path:
         return self.root / relative
@@ -135,7 +139,9 @@ class RepositoryWriter:
         crash_point("blob")
         return relative, True
 
-    def create_patch(self, family: str, source: VersionEntry, target: VersionEntry) -> tuple[PatchEntry, PatchStats]:
+    def create_patch(
+        self, family: str, source: VersionEntry, target: VersionEntry
+    ) -> tuple[PatchEntry, PatchStats]:
         self.staging.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(dir=self.staging, suffix=f".{PATCH_EXTENSION}")
         os.close(fd)
@@ -203,9 +209,7 @@ class RepositoryWriter:
     def write_index(self) -> tuple[bool, list[str]]:
         """Root page first, then index.json (the very last write of a publish)."""
         manifests, problems = self.all_manifests()
-        index = Index(
-            families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests)
-        )
+        index = Index(families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests))
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
         crash_point("index")
         return write_if_changed(self.root / INDEX_FILE, index.to_bytes()), problems
@@ -280,9 +284,7 @@ def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile]
         generated_at="",
         latest=latest.version,
         versions=tuple(by_name[name] for name in order),
-        patches=tuple(
-            patches[key] for key in sorted(patches, key=lambda pair: (rank[pair[1]], rank[pair[0]]))
-        ),
+        patches=tuple(patches[key] for key in sorted(patches, key=lambda pair: (rank[pair[1]], rank[pair[0]]))),
     )
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
@@ -290,7 +292,9 @@ def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile]
     return result
 
 
-def publish(models_dir: Path, repo_dir: Path, keep: int = DEFAULT_KEEP, engine: str = DEFAULT_ENGINE) -> PublishReport:
+def publish(
+    models_dir: Path, repo_dir: Path, keep: int = DEFAULT_KEEP, engine: str = DEFAULT_ENGINE
+) -> PublishReport:
     if keep < 0:
         raise LorienError(f"--keep must be 0 or more, got {keep}")
     report = PublishReport()
@@ -310,8 +314,14 @@ def publish(models_dir: Path, repo_dir: Path, keep: int = DEFAULT_KEEP, engine: 
                 result = FamilyResult(family, problems=[str(error)])
             report.families.append(result)
             if result.manifest_written:
-                log.info("published %s %s (%d versions, %d new patches)", family, result.latest,
-                         result.versions, len(result.patches_created))
+                log.info(
+                    "published %s %s (%d versions, %d new patches)",
+                    family,
+                    result.latest,
+                    result.versions,
+                    len(result.patches_created),
+                )
+        writer.remove_staging()
         report.index_written, index_problems = writer.write_index()
         report.problems.extend(index_problems)
     return report

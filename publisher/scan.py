@@ -122,9 +122,7 @@ def scan_models(models_dir: Path) -> ScanResult:
         if entry.is_dir():
             scan_family(entry, result)
         else:
-            result.add_problem(
-                None, f"{entry}: stray file; models go in {models_dir}/<family>/<version>.<ext>"
-            )
+            result.add_problem(None, f"{entry}: stray file; models go in {models_dir}/<family>/<version>.<ext>")
     if not result.families and not result.problems:
         result.add_problem(
             None, f"{models_dir}: no model families found; expected {models_dir}/<family>/<version>.<ext>"

@@ -129,7 +129,9 @@ class SeedApi:
     # -- endpoints -------------------------------------------------------------------------------------------
     def health(self) -> bottle.HTTPResponse:
         manifests = self.manifests()
-        return _json({"status": "ok", "families": len(manifests), "versions": sum(len(m.versions) for m in manifests)})
+        return _json(
+            {"status": "ok", "families": len(manifests), "versions": sum(len(m.versions) for m in manifests)}
+        )
 
     def manifest(self) -> bottle.HTTPResponse:
         models, patches = [], []
@@ -167,7 +169,11 @@ class SeedApi:
     def check_update(self) -> bottle.HTTPResponse:
         body = self._body()
         short_id = body.get("short_id")
-        if not isinstance(short_id, str) or len(short_id) != 16 or any(c not in "0123456789abcdef" for c in short_id):
+        if (
+            not isinstance(short_id, str)
+            or len(short_id) != 16
+            or any(c not in "0123456789abcdef" for c in short_id)
+        ):
             return _error(400, "short_id: expected 16 lowercase hex characters (from `lorien fingerprint`)")
         filters: dict[str, Any] = {}
         if "file_size" in body:
@@ -238,8 +244,13 @@ class SeedApi:
             return _error(409, f"{model_name!r} names several models; use <family>@<version>")
         manifest, entry = matches[0]
         return _json(
-            {"family": manifest.family, "version": entry.version, "sha256": entry.sha256, "md5": entry.md5,
-             **entry.fingerprint.to_dict()}
+            {
+                "family": manifest.family,
+                "version": entry.version,
+                "sha256": entry.sha256,
+                "md5": entry.md5,
+                **entry.fingerprint.to_dict(),
+            }
         )
 
     def create_patch(self) -> bottle.HTTPResponse:
@@ -254,7 +265,8 @@ class SeedApi:
         if not source or not target:
             return _error(400, "source_version and target_version query parameters are required")
         candidates = [
-            m for m in self.manifests()
+            m
+            for m in self.manifests()
             if (family is None or m.family == family) and {source, target} <= {v.version for v in m.versions}
         ]
         if not candidates:
@@ -276,14 +288,24 @@ class SeedApi:
         existing = manifest.patch(source, target)
         if existing is not None:
             return _json({"created": False, **existing.to_dict(), "url": f"/patch/{existing.id}"})
-        entry, stats = writer.create_patch(family, manifest.version(source), manifest.version(target))
+        try:
+            entry, stats = writer.create_patch(family, manifest.version(source), manifest.version(target))
+        finally:
+            writer.remove_staging()
         order = {name: i for i, name in enumerate(sort_versions(v.version for v in manifest.versions))}
         patches = sorted((*manifest.patches, entry), key=lambda p: (order[p.target], order[p.source]))
         final, _ = writer.write_manifest(replace(manifest, patches=tuple(patches)), manifest)
         writer.write_family_page(final)
         writer.write_index()
-        return _json({"created": True, **entry.to_dict(), "url": f"/patch/{entry.id}",
-                      "seconds": round(stats.seconds, 3)}, status=201)
+        return _json(
+            {
+                "created": True,
+                **entry.to_dict(),
+                "url": f"/patch/{entry.id}",
+                "seconds": round(stats.seconds, 3),
+            },
+            status=201,
+        )
 
 
 def make_app(root: Path, admin_token: str | None = None) -> bottle.Bottle:
@@ -297,6 +319,7 @@ def make_app(root: Path, admin_token: str | None = None) -> bottle.Bottle:
                 return handler(*args, **kwargs)
             except LorienError as error:
                 return _error(500, f"repository problem: {error}")
+
         return wrapper
 
     app.route("/health", "GET", guarded(api.health))
@@ -313,8 +336,9 @@ def make_app(root: Path, admin_token: str | None = None) -> bottle.Bottle:
     return app
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
-          announce=print) -> None:
+def serve(
+    root: Path, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None, announce=print
+) -> None:
     if not root.is_dir():
         raise LorienError(f"{root}: repository directory does not exist; run `lorien publish` first")
     server = waitress.create_server(make_app(root, admin_token), host=host, port=port, threads=8)

@@ -101,7 +101,9 @@ class ZstdDictEngine:
                     f"{info.source_sha256[:16]}…); {model} is {source_size} bytes — apply it to the version "
                     "it was made from"
                 )
-            dictionary = zstandard.ZstdCompressionDict(model.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            dictionary = zstandard.ZstdCompressionDict(
+                model.read_bytes(), dict_type=zstandard.DICT_TYPE_RAWCONTENT
+            )
             decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=1 << MAX_WINDOW_LOG)
             if output is None:
                 digest = self._decode(decompressor, patch_handle, None, info, patch)

@@ -1,0 +1,29 @@
+"""The `lorien` command itself: usage errors, and the end-to-end demo as README runs it."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import run_lorien
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = run_lorien("demo", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "two Range requests" in out and "MD5 and SHA-256 match" in out and "verified" in out
+    match = re.search(r"full model (\d+) bytes, patch (\d+) bytes", out)
+    assert match and int(match.group(2)) < int(match.group(1))
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_lorien().returncode == 2
+    result = run_lorien("publish", "--models", "x")
+    assert result.returncode == 2 and "--repo" in result.stderr
+    assert run_lorien("nonsense").returncode == 2
+
+
+def test_help_lists_commands() -> None:
+    out = run_lorien("--help").stdout
+    for command in ("fingerprint", "publish", "inspect", "serve", "demo"):
+        assert command in out

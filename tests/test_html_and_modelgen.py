@@ -1,0 +1,72 @@
+"""HTML pages for people, and the TFLite generator read back by the independent `tflite` package."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import tflite
+
+from lorien.modelgen import fine_tune, random_mlp, to_tflite
+from repo.fingerprint import detect_format
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self.links += [value for name, value in attrs if name == "href" and value]
+
+
+def _links(page: Path) -> list[str]:
+    parser = _Links()
+    parser.feed(page.read_text())
+    return parser.links
+
+
+def test_pages_show_versions_sizes_savings_and_links_resolve(published: Path) -> None:
+    manifest = json.loads((published / "classifier" / "manifest.json").read_text())
+    page = (published / "classifier" / "index.html").read_text()
+    for version in manifest["versions"]:
+        assert (
+            version["version"] in page and version["fingerprint"]["short_id"] in page and version["sha256"] in page
+        )
+    for patch in manifest["patches"]:
+        assert patch["id"] in page
+    assert re.search(r"\d+\.\d% *</td>", page), "savings percentages are shown"
+    for root_page in (published / "index.html", published / "classifier" / "index.html"):
+        for link in _links(root_page):
+            assert (root_page.parent / link).resolve().is_file(), f"{root_page}: broken link {link}"
+    assert "classifier/index.html" in _links(published / "index.html")
+
+
+def test_generated_tflite_reads_back_with_the_tflite_package() -> None:
+    model = random_mlp((16, 32, 4), seed=2)
+    data = to_tflite(model)
+    assert data[4:8] == b"TFL3" and detect_format(data) == "tflite"
+    parsed = tflite.Model.GetRootAsModel(data, 0)
+    assert parsed.Version() == 3 and parsed.SubgraphsLength() == 1
+    graph = parsed.Subgraphs(0)
+    assert graph.OperatorsLength() == 3  # two FULLY_CONNECTED + SOFTMAX
+    assert [parsed.OperatorCodes(i).BuiltinCode() for i in range(2)] == [9, 25]
+    kernel = graph.Tensors(1)
+    assert kernel.Name() == b"dense_0/kernel" and list(kernel.ShapeAsNumpy()) == [32, 16]
+    raw = parsed.Buffers(kernel.Buffer()).DataAsNumpy()
+    assert np.array_equal(raw.view(np.float32).reshape(32, 16), model.weights[0])
+    offset = raw.ctypes.data - np.frombuffer(data, np.uint8).ctypes.data
+    assert offset % 16 == 0, "weight buffers are 16-byte aligned like the converter's"
+
+
+def test_fine_tune_keeps_backbone_and_changes_head() -> None:
+    base = random_mlp((16, 32, 32, 4), seed=1)
+    tuned = fine_tune(base, seed=5)
+    assert np.array_equal(base.weights[0], tuned.weights[0])
+    assert not np.array_equal(base.weights[-1], tuned.weights[-1])
+    changed_rows = np.any(base.weights[1] != tuned.weights[1], axis=1)
+    assert 0 < changed_rows.sum() < len(changed_rows)

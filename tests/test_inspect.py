@@ -1,0 +1,63 @@
+"""`lorien inspect` on a directory and over HTTP, with and without --verify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import LiveServer, run_lorien
+
+
+def _blob(repo: Path, kind: str = "patches") -> Path:
+    manifest = json.loads((repo / "classifier" / "manifest.json").read_text())
+    return repo / manifest[kind][0]["blob"]
+
+
+def test_inspect_text_lists_versions_and_patches(published: Path) -> None:
+    result = run_lorien("inspect", published)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "family classifier" in out and "latest 1.2.0" in out
+    assert "1.0.0 → 1.2.0" in out and "%" in out and "tflite" in out
+
+
+def test_inspect_verify_passes_then_names_every_bad_file(published: Path) -> None:
+    ok = run_lorien("inspect", published, "--verify")
+    assert ok.returncode == 0 and "all sizes and digests match" in ok.stdout
+    corrupted = _blob(published, "patches")
+    data = bytearray(corrupted.read_bytes())
+    data[100] ^= 1
+    corrupted.write_bytes(bytes(data))
+    missing = _blob(published, "versions")
+    missing.unlink()
+    bad = run_lorien("inspect", published, "--verify")
+    assert bad.returncode == 1
+    assert corrupted.name in bad.stdout and "sha256" in bad.stdout
+    assert missing.name in bad.stdout and "cannot read" in bad.stdout
+
+
+def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> None:
+    blob = _blob(published, "versions")
+    blob.write_bytes(blob.read_bytes()[:-1])
+    result = run_lorien("inspect", published, "--verify", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and any("size" in p and blob.name in p for p in report["problems"])
+    assert report["families"][0]["patches"][0]["percent_of_full"] > 0
+
+
+def test_inspect_over_http(live_server: LiveServer) -> None:
+    result = run_lorien("inspect", live_server.url, "--verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verified 5 blobs" in result.stdout
+
+
+def test_inspect_missing_or_broken_repository(tmp_path: Path) -> None:
+    result = run_lorien("inspect", tmp_path / "nothing")
+    assert result.returncode != 0 and "does not exist" in result.stderr
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "index.json").write_text("{broken")
+    result = run_lorien("inspect", tmp_path / "repo")
+    assert result.returncode == 1 and "not valid UTF-8 JSON" in result.stdout
+    result = run_lorien("inspect", "ftp://example.invalid/repo")
+    assert result.returncode != 0 and "unsupported URL scheme" in result.stderr
