@@ -219,6 +219,12 @@ class RepositoryWriter:
         return parse_index(path.read_bytes(), str(path)) if path.exists() else None
 
 
+def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tuple[PatchEntry, ...]:
+    """Manifest order of patches: by target version, then by source version (both oldest first)."""
+    rank = {name: i for i, name in enumerate(version_order)}
+    return tuple(sorted(patches, key=lambda patch: (rank[patch.target], rank[patch.source])))
+
+
 def _version_entries(
     files: list[ModelFile], previous: Manifest | None, result: FamilyResult
 ) -> list[tuple[ModelFile, VersionEntry, Digests]]:
@@ -277,14 +283,13 @@ def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile]
             entry, stats = writer.create_patch(family, by_name[source_name], latest)
             patches[(source_name, latest.version)] = entry
             result.patches_created.append((source_name, latest.version, stats))
-    rank = {name: i for i, name in enumerate(order)}
     manifest = Manifest(
         family=family,
         sequence=0,
         generated_at="",
         latest=latest.version,
         versions=tuple(by_name[name] for name in order),
-        patches=tuple(patches[key] for key in sorted(patches, key=lambda pair: (rank[pair[1]], rank[pair[0]]))),
+        patches=ordered_patches(order, list(patches.values())),
     )
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)

@@ -26,7 +26,7 @@ from typing import Any
 import bottle
 import waitress
 
-from publisher.publish import RepositoryWriter
+from publisher.publish import RepositoryWriter, ordered_patches
 from repo.errors import LorienError, RepositoryLockedError
 from repo.layout import BLOB_DIR, HTML_FILE, INDEX_FILE, PATCH_EXTENSION
 from repo.lock import repository_lock
@@ -292,9 +292,9 @@ class SeedApi:
             entry, stats = writer.create_patch(family, manifest.version(source), manifest.version(target))
         finally:
             writer.remove_staging()
-        order = {name: i for i, name in enumerate(sort_versions(v.version for v in manifest.versions))}
-        patches = sorted((*manifest.patches, entry), key=lambda p: (order[p.target], order[p.source]))
-        final, _ = writer.write_manifest(replace(manifest, patches=tuple(patches)), manifest)
+        order = sort_versions(v.version for v in manifest.versions)
+        patches = ordered_patches(order, [*manifest.patches, entry])
+        final, _ = writer.write_manifest(replace(manifest, patches=patches), manifest)
         writer.write_family_page(final)
         writer.write_index()
         return _json(
