@@ -50,7 +50,6 @@ from repo.manifest import (
     Manifest,
     PatchEntry,
     VersionEntry,
-    parse_index,
     parse_manifest,
     utc_now,
 )
@@ -104,10 +103,8 @@ class RepositoryWriter:
     # -- housekeeping ------------------------------------------------------------------------------------------
     def remove_leftovers(self) -> int:
         """Delete temp files of a writer that was killed; safe because we hold the lock."""
-        removed = 0
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-            removed += 1
+        removed = int(self.staging.exists())
+        self.remove_staging()
         for directory, _dirs, files in os.walk(self.root):
             for name in files:
                 if is_temp_name(name):
@@ -116,7 +113,7 @@ class RepositoryWriter:
         return removed
 
     def remove_staging(self) -> None:
-        """The staging directory only exists while a patch is being made."""
+        """The staging directory exists only while ``create_patch`` runs."""
         shutil.rmtree(self.staging, ignore_errors=True)
 
     # -- blobs -------------------------------------------------------------------------------------------------
@@ -155,7 +152,7 @@ class RepositoryWriter:
             os.replace(temp, destination)
             fsync_dir(destination.parent)
         finally:
-            temp.unlink(missing_ok=True)
+            self.remove_staging()
         crash_point("patch")
         entry = PatchEntry(
             id=f"{family}_{source.version}_to_{target.version}",
@@ -213,10 +210,6 @@ class RepositoryWriter:
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
         crash_point("index")
         return write_if_changed(self.root / INDEX_FILE, index.to_bytes()), problems
-
-    def read_index(self) -> Index | None:
-        path = self.root / INDEX_FILE
-        return parse_index(path.read_bytes(), str(path)) if path.exists() else None
 
 
 def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tuple[PatchEntry, ...]:
@@ -326,7 +319,6 @@ def publish(
                     result.versions,
                     len(result.patches_created),
                 )
-        writer.remove_staging()
         report.index_written, index_problems = writer.write_index()
         report.problems.extend(index_problems)
     return report

@@ -288,10 +288,7 @@ class SeedApi:
         existing = manifest.patch(source, target)
         if existing is not None:
             return _json({"created": False, **existing.to_dict(), "url": f"/patch/{existing.id}"})
-        try:
-            entry, stats = writer.create_patch(family, manifest.version(source), manifest.version(target))
-        finally:
-            writer.remove_staging()
+        entry, stats = writer.create_patch(family, manifest.version(source), manifest.version(target))
         order = sort_versions(v.version for v in manifest.versions)
         patches = ordered_patches(order, [*manifest.patches, entry])
         final, _ = writer.write_manifest(replace(manifest, patches=patches), manifest)
