@@ -15,6 +15,9 @@ from pathlib import Path
 
 from repo.errors import LorienError
 
+DEFAULT_ENGINE = "lorien"
+ENGINE_NAMES = ("lorien", "zstd", "mallorn")
+
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
     from repo.fingerprint import fingerprint
@@ -33,7 +36,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from publisher.publish import publish
 
-    report = publish(args.models, args.repo, keep=args.keep)
+    report = publish(args.models, args.repo, keep=args.keep, engine=args.engine)
     for family in report.families:
         if family.problems:
             print(f"{family.family}: not published ({len(family.problems)} problem(s))")
@@ -51,6 +54,53 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     for problem in report.all_problems():
         print(f"error: {problem}", file=sys.stderr)
     return 0 if report.ok else 2
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from repo.engine import create_patch
+
+    stats = create_patch(args.old, args.new, args.output, engine=args.engine)
+    print(
+        f"{args.output}: {stats.patch_size} bytes, {100 * stats.ratio:.2f}% of the {stats.target_size}-byte new "
+        f"model (engine {stats.engine}, {stats.seconds:.2f}s)"
+    )
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from repo.engine import apply_patch
+
+    result = apply_patch(args.old, args.patch, args.output)
+    print(
+        f"{args.output}: {result.target_size} bytes, sha256 {result.target_sha256} verified (engine {result.engine})"
+    )
+    return 0
+
+
+def _cmd_verify_patch(args: argparse.Namespace) -> int:
+    from repo.engine import verify_patch
+
+    result = verify_patch(args.old, args.patch)
+    print(f"ok: {args.patch} turns {args.old} into {result.target_size} bytes with sha256 {result.target_sha256}")
+    return 0
+
+
+def _cmd_patch_info(args: argparse.Namespace) -> int:
+    from repo.engine import patch_info, segment_summary
+
+    info = patch_info(args.patch)
+    summary = segment_summary(args.patch)
+    if args.json:
+        print(json.dumps({**info.to_dict(), "segments": summary}, indent=2))
+        return 0
+    for key, value in info.to_dict().items():
+        print(f"{key:<14} {value}")
+    for codec, counts in summary.items():
+        print(
+            f"{'segments':<14} {codec}: {counts['count']} covering {counts['target_bytes']} bytes, "
+            f"payload {counts['payload_bytes']} bytes"
+        )
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -100,6 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
     )
+
+    sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
+
+    sub = add("diff", _cmd_diff, "create a patch that turns OLD into NEW")
+    sub.add_argument("old", type=Path)
+    sub.add_argument("new", type=Path)
+    sub.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
+    sub.add_argument(
+        "--engine", default=DEFAULT_ENGINE, help=f"{' | '.join(ENGINE_NAMES)} (default {DEFAULT_ENGINE})"
+    )
+
+    sub = add("apply", _cmd_apply, "apply PATCH to OLD and write the verified result (atomically) to -o")
+    sub.add_argument("old", type=Path)
+    sub.add_argument("patch", type=Path)
+    sub.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+
+    sub = add(
+        "verify-patch", _cmd_verify_patch, "check that PATCH applies to OLD and yields its target; writes nothing"
+    )
+    sub.add_argument("old", type=Path)
+    sub.add_argument("patch", type=Path)
+
+    sub = add("patch-info", _cmd_patch_info, "show a patch's header and segments")
+    sub.add_argument("patch", type=Path)
+    sub.add_argument("--json", action="store_true", help="print JSON")
 
     sub = add("inspect", _cmd_inspect, "show a repository (directory or http(s) URL)")
     sub.add_argument("repo", help="repository directory or base URL")

@@ -23,7 +23,7 @@ import waitress
 from lorien.modelgen import write_family
 from publisher.publish import publish
 from publisher.serve import make_app
-from repo.engine import apply_patch
+from repo.engine import apply_patch, require_engine
 from repo.errors import IntegrityError, LorienError
 from repo.fetch import HttpFetcher
 from repo.fingerprint import fingerprint
@@ -96,9 +96,10 @@ def _device_update(fetcher: HttpFetcher, installed_source: Path, device: Path, s
         raise LorienError(f"no patch {current.version} → {latest.version} in the manifest")
     _step(
         f"manifest (sequence {manifest.sequence}): installed {current.version}, latest {latest.version}, "
-        f"patch {patch.id} is {human_size(patch.size)}"
+        f"patch {patch.id} is {human_size(patch.size)} (engine {patch.engine})"
     )
 
+    require_engine(patch.engine, f"patch {patch.id}")
     middle = patch.size // 2
     first = fetcher.read_range(patch.blob, 0, middle - 1)
     second = fetcher.read_range(patch.blob, middle, patch.size - 1)

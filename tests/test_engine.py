@@ -1,4 +1,4 @@
-"""Delta engine interface (Mallorn names) with the zstd engine: round trips and every way a patch can be bad."""
+"""Delta engine interface (Mallorn names), for every built-in engine: round trips and every way a patch can be bad."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 
 from repo.engine import apply_patch, create_patch, get_engine, patch_info, verify_patch
-from repo.engine.zstd_dict import HEADER_SIZE
+from repo.engine import container, zstd_dict
 from repo.errors import BadInputError, IntegrityError, PatchError
 from repo.hashing import sha256_file
+
+
+HEADER_SIZES = {"lorien": container.HEADER_SIZE, "zstd": zstd_dict.HEADER_SIZE}
+TARGET_SHA_AT = {"lorien": 64, "zstd": 56}
+
+
+@pytest.fixture(params=["lorien", "zstd"])
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture
@@ -24,36 +33,36 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "old.bin", tmp_path / "new.bin"
 
 
-def test_round_trip_is_byte_identical_and_small(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_round_trip_is_byte_identical_and_small(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
     old, new = pair
-    stats = create_patch(old, new, tmp_path / "p.patch")
-    assert stats.engine == "zstd"
+    stats = create_patch(old, new, tmp_path / "p.patch", engine)
+    assert stats.engine == engine
     assert stats.patch_size < 0.3 * new.stat().st_size
     result = apply_patch(old, tmp_path / "p.patch", tmp_path / "out.bin")
     assert (tmp_path / "out.bin").read_bytes() == new.read_bytes()
     assert result.verified and result.target_sha256 == sha256_file(new)
 
 
-def test_patch_info_reports_header(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_patch_info_reports_header(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
     old, new = pair
-    create_patch(old, new, tmp_path / "p.patch")
+    create_patch(old, new, tmp_path / "p.patch", engine)
     info = patch_info(tmp_path / "p.patch")
     assert info.source_size == old.stat().st_size and info.target_size == new.stat().st_size
     assert info.source_sha256 == sha256_file(old) and info.target_sha256 == sha256_file(new)
     assert info.patch_size == (tmp_path / "p.patch").stat().st_size
 
 
-def test_verify_patch_writes_nothing(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_verify_patch_writes_nothing(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
     old, new = pair
-    create_patch(old, new, tmp_path / "p.patch")
+    create_patch(old, new, tmp_path / "p.patch", engine)
     before = sorted(p.name for p in tmp_path.iterdir())
     assert verify_patch(old, tmp_path / "p.patch").verified
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_wrong_source_is_refused_and_output_untouched(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_wrong_source_is_refused_and_output_untouched(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
     old, new = pair
-    create_patch(old, new, tmp_path / "p.patch")
+    create_patch(old, new, tmp_path / "p.patch", engine)
     (tmp_path / "out.bin").write_bytes(b"previous content")
     with pytest.raises(PatchError, match="another source model"):
         apply_patch(new, tmp_path / "p.patch", tmp_path / "out.bin")
@@ -62,11 +71,12 @@ def test_wrong_source_is_refused_and_output_untouched(pair: tuple[Path, Path], t
 
 
 @pytest.mark.parametrize("damage", ["truncate-header", "truncate-body", "flip-body", "bad-magic", "wrong-target"])
-def test_corrupt_patches_fail_cleanly(pair: tuple[Path, Path], tmp_path: Path, damage: str) -> None:
+def test_corrupt_patches_fail_cleanly(pair: tuple[Path, Path], tmp_path: Path, engine: str, damage: str) -> None:
     old, new = pair
     patch = tmp_path / "p.patch"
-    create_patch(old, new, patch)
+    create_patch(old, new, patch, engine)
     data = bytearray(patch.read_bytes())
+    HEADER_SIZE = HEADER_SIZES[engine]  # noqa: N806
     if damage == "truncate-header":
         data = data[: HEADER_SIZE - 5]
     elif damage == "truncate-body":
@@ -76,7 +86,7 @@ def test_corrupt_patches_fail_cleanly(pair: tuple[Path, Path], tmp_path: Path, d
     elif damage == "bad-magic":
         data[0:8] = b"NOTAPTCH"
     elif damage == "wrong-target":
-        data[56] ^= 0x01  # first byte of the target SHA-256
+        data[TARGET_SHA_AT[engine]] ^= 0x01  # first byte of the target SHA-256
     patch.write_bytes(bytes(data))
     with pytest.raises((PatchError, IntegrityError)):
         apply_patch(old, patch, tmp_path / "out.bin")
@@ -84,7 +94,7 @@ def test_corrupt_patches_fail_cleanly(pair: tuple[Path, Path], tmp_path: Path, d
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
-def test_unknown_engine_and_missing_files(pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unknown_engine_and_missing_files(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
     old, new = pair
     with pytest.raises(PatchError, match="unknown patch engine 'bsdiff'"):
         get_engine("bsdiff")
@@ -94,15 +104,15 @@ def test_unknown_engine_and_missing_files(pair: tuple[Path, Path], tmp_path: Pat
         create_patch(tmp_path / "absent", new, tmp_path / "p.patch")
 
 
-def test_identical_and_unrelated_files(tmp_path: Path) -> None:
+def test_identical_and_unrelated_files(tmp_path: Path, engine: str) -> None:
     rng = np.random.default_rng(5)
     a = tmp_path / "a"
     a.write_bytes(rng.bytes(200_000))
     b = tmp_path / "b"
     b.write_bytes(rng.bytes(150_000))
-    same = create_patch(a, a, tmp_path / "same.patch")
+    same = create_patch(a, a, tmp_path / "same.patch", engine)
     assert same.patch_size < 1000
-    other = create_patch(a, b, tmp_path / "other.patch")
+    other = create_patch(a, b, tmp_path / "other.patch", engine)
     apply_patch(a, tmp_path / "other.patch", tmp_path / "b2")
     assert (tmp_path / "b2").read_bytes() == b.read_bytes()
     assert other.patch_size < b.stat().st_size * 1.01

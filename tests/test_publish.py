@@ -54,7 +54,7 @@ def test_patches_apply_to_the_published_target(published: Path, tmp_path: Path) 
     manifest = _manifest(published)
     by_version = {v["version"]: v for v in manifest["versions"]}
     for patch in manifest["patches"]:
-        assert patch["engine"] == "zstd"
+        assert patch["engine"] == "lorien"
         assert patch["size"] < by_version[patch["to"]]["size"]
         out = tmp_path / f"{patch['id']}.out"
         apply_patch(published / by_version[patch["from"]]["blob"], published / patch["blob"], out)

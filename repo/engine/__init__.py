@@ -17,16 +17,27 @@ import time
 from pathlib import Path
 
 from repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
+from repo.engine.lorien_engine import LorienEngine
+from repo.engine.mallorn_adapter import MallornEngine
 from repo.engine.zstd_dict import ZstdDictEngine
 from repo.errors import BadInputError, PatchError
 
-DEFAULT_ENGINE = ZstdDictEngine.name
+DEFAULT_ENGINE = LorienEngine.name
 
-_ENGINES: dict[str, Engine] = {ZstdDictEngine.name: ZstdDictEngine()}
+_ENGINES: dict[str, Engine] = {
+    LorienEngine.name: LorienEngine(),
+    ZstdDictEngine.name: ZstdDictEngine(),
+    MallornEngine.name: MallornEngine(),
+}
+
+
+def _usable(engine: Engine) -> bool:
+    return not isinstance(engine, MallornEngine) or engine.available()
 
 
 def available_engines() -> list[str]:
-    return sorted(_ENGINES)
+    """Engines that work here (``mallorn`` only when its package imports)."""
+    return sorted(name for name, engine in _ENGINES.items() if _usable(engine))
 
 
 def get_engine(name: str) -> Engine:
@@ -49,6 +60,9 @@ def engine_for_patch(patch: Path | str) -> Engine:
     for engine in _ENGINES.values():
         if engine.recognises(head):
             return engine
+    mallorn = _ENGINES[MallornEngine.name]
+    if _usable(mallorn):
+        return mallorn
     raise PatchError(f"{patch}: not a patch made by any engine this lorien has ({', '.join(available_engines())})")
 
 
@@ -91,6 +105,32 @@ def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
     return engine_for_patch(patch).apply(model, patch, None)
 
 
+def require_engine(name: str, what: str = "patch") -> Engine:
+    """The engine ``name`` for applying a patch a manifest lists, or a clear refusal before any download."""
+    engine = _ENGINES.get(name)
+    if engine is None or not _usable(engine):
+        raise PatchError(
+            f"{what} needs engine {name!r}, which this lorien cannot apply (it has: "
+            f"{', '.join(available_engines())}); upgrade lorien on this device or take the full model"
+        )
+    return engine
+
+
+def segment_summary(patch: Path | str) -> dict[str, dict[str, int]]:
+    """Per codec: segment count, target bytes produced and payload bytes (lorien patches; {} for others)."""
+    patch = Path(patch)
+    engine = engine_for_patch(patch)
+    if not isinstance(engine, LorienEngine):
+        return {}
+    summary: dict[str, dict[str, int]] = {}
+    for segment in engine.segments(patch):
+        entry = summary.setdefault(segment.codec.name, {"count": 0, "target_bytes": 0, "payload_bytes": 0})
+        entry["count"] += 1
+        entry["target_bytes"] += segment.target_length
+        entry["payload_bytes"] += segment.payload_length
+    return summary
+
+
 def patch_info(patch: Path | str) -> PatchInfo:
     patch = Path(patch)
     _require_file(patch, "patch")
@@ -107,5 +147,7 @@ __all__ = [
     "create_patch",
     "get_engine",
     "patch_info",
+    "require_engine",
+    "segment_summary",
     "verify_patch",
 ]

@@ -1,0 +1,176 @@
+"""Segment codecs of the ``lorien`` engine: encode (create side) and bounded decode (apply side).
+
+Every encoder takes the segment's target bytes and its reference bytes from the source model and returns a
+payload; every decoder takes the payload and the same reference and returns exactly ``target_length`` bytes or
+raises :class:`~repo.errors.PatchError`. Decoders check zstd frame content sizes against the segment before
+decompressing, so a hostile payload cannot make them allocate more than the container's limits allow.
+
+The tensor codecs work on *byte planes*: for elements ``width`` bytes wide, plane k holds byte k of every
+element. Sign/exponent bytes of float weights that changed a little are then long runs of equal values that
+zstd's entropy coder squeezes to almost nothing, while byte-interleaved data hides them from it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import zstandard
+
+from repo.engine.container import Codec, Segment, Transform
+from repo.errors import PatchError
+
+MAX_WINDOW_LOG = 26
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+# --------------------------------------------------------------------------- transforms shared by both sides
+
+
+def to_planes(data: bytes | memoryview | np.ndarray, width: int) -> bytes:
+    array = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8)
+    if width == 1:
+        return array.tobytes()
+    return np.ascontiguousarray(array.reshape(-1, width).T).tobytes()
+
+
+def from_planes(data: bytes, width: int) -> np.ndarray:
+    array = np.frombuffer(data, dtype=np.uint8)
+    if width == 1:
+        return array
+    return np.ascontiguousarray(array.reshape(width, -1).T).reshape(-1)
+
+
+def predicted_reference(reference: bytes | memoryview, transform: Transform) -> bytes | memoryview:
+    if transform == Transform.F32_TO_F16:
+        with np.errstate(all="ignore"):
+            return np.frombuffer(reference, dtype=np.float32).astype(np.float16).tobytes()
+    return reference
+
+
+def _zigzag(values: np.ndarray, width: int) -> np.ndarray:
+    signed = values.view(_INT[width])
+    return ((signed << 1) ^ (signed >> (8 * width - 1))).view(_UINT[width])
+
+
+def _unzigzag(values: np.ndarray, width: int) -> np.ndarray:
+    one = _UINT[width](1)
+    return (values >> one) ^ (np.zeros_like(values) - (values & one))
+
+
+# --------------------------------------------------------------------------- zstd frames
+
+
+def _window_log(total: int) -> int:
+    return max(zstandard.WINDOWLOG_MIN, min(MAX_WINDOW_LOG, math.ceil(math.log2(max(total, 2)))))
+
+
+def zstd_compress(data: bytes, level: int, dictionary: bytes | memoryview | None = None) -> bytes:
+    dict_size = len(dictionary) if dictionary is not None else 0
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        source_size=len(data),
+        dict_size=dict_size,
+        window_log=_window_log(len(data) + dict_size),
+        enable_ldm=dict_size + len(data) > (8 << 20),
+        threads=0,
+    )
+    zdict = None
+    if dictionary is not None and dict_size:
+        zdict = zstandard.ZstdCompressionDict(bytes(dictionary), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params).compress(data)
+
+
+def zstd_decompress(payload: bytes, expected: int, dictionary: bytes | memoryview | None = None) -> bytes:
+    """Decompress one frame that must declare exactly ``expected`` bytes of content."""
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        raise PatchError("corrupt zstd frame header") from None
+    if declared != expected:
+        raise PatchError(f"zstd frame declares {declared} bytes where the segment needs {expected}")
+    zdict = None
+    if dictionary is not None and len(dictionary):
+        zdict = zstandard.ZstdCompressionDict(bytes(dictionary), dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    try:
+        output = zstandard.ZstdDecompressor(dict_data=zdict, max_window_size=1 << MAX_WINDOW_LOG).decompress(
+            payload
+        )
+    except zstandard.ZstdError as error:
+        raise PatchError(f"corrupt zstd data: {error}") from None
+    if len(output) != expected:
+        raise PatchError(f"zstd data decodes to {len(output)} bytes where the segment needs {expected}")
+    return output
+
+
+# --------------------------------------------------------------------------- encoders (create side)
+
+
+def encode_xor(target: bytes, reference: bytes | memoryview | None, width: int, level: int) -> bytes:
+    new = np.frombuffer(target, dtype=np.uint8)
+    residual = new if reference is None else new ^ np.frombuffer(reference, dtype=np.uint8)
+    return zstd_compress(to_planes(residual, width), level)
+
+
+def encode_diff(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes:
+    new = np.frombuffer(target, dtype=_UINT[width])
+    old = np.frombuffer(reference, dtype=_UINT[width])
+    return zstd_compress(to_planes(_zigzag(new - old, width), width), level)
+
+
+def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes | None:
+    """Positions and values of changed elements; None when more than a quarter of the elements changed."""
+    new = np.frombuffer(target, dtype=_UINT[width])
+    old = np.frombuffer(reference, dtype=_UINT[width])
+    changed = np.flatnonzero(new != old)
+    if len(changed) > len(new) // 4:
+        return None
+    gaps = np.diff(changed, prepend=-1).astype(np.uint32)  # first gap is index + 1, every gap >= 1
+    raw = np.uint32(len(changed)).tobytes() + to_planes(gaps, 4) + to_planes(new[changed], width)
+    return zstd_compress(raw, level)
+
+
+# --------------------------------------------------------------------------- decoder (apply side)
+
+
+def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> bytes:
+    """Exactly ``segment.target_length`` bytes, or PatchError."""
+    length, width = segment.target_length, segment.width
+    if segment.codec == Codec.ZSTD:
+        return zstd_decompress(payload, length)
+    if segment.codec == Codec.ZSTD_REF:
+        return zstd_decompress(payload, length, reference)
+    reference = predicted_reference(reference, segment.transform)
+    if segment.codec == Codec.XOR_PLANES:
+        residual = from_planes(zstd_decompress(payload, length), width)
+        if not len(reference):
+            return residual.tobytes()
+        return (residual ^ np.frombuffer(reference, dtype=np.uint8)).tobytes()
+    if segment.codec == Codec.DIFF_PLANES:
+        deltas = _unzigzag(from_planes(zstd_decompress(payload, length), width).view(_UINT[width]), width)
+        return (np.frombuffer(reference, dtype=_UINT[width]) + deltas).tobytes()
+    if segment.codec == Codec.SPARSE:
+        return _decode_sparse(payload, reference, length, width)
+    raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
+
+
+def _decode_sparse(payload: bytes, reference: bytes | memoryview, length: int, width: int) -> bytes:
+    elements = length // width
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        raise PatchError("corrupt zstd frame header") from None
+    if not 4 <= declared <= 4 + elements * (4 + width):
+        raise PatchError(f"sparse data of {declared} bytes cannot describe {elements} elements")
+    raw = zstd_decompress(payload, declared)
+    count = int(np.frombuffer(raw[:4], dtype=np.uint32)[0])
+    if count > elements or len(raw) != 4 + count * (4 + width):
+        raise PatchError(f"sparse data lists {count} changes in {len(raw)} bytes for {elements} elements")
+    gaps = from_planes(raw[4 : 4 + 4 * count], 4).view(np.uint32).astype(np.int64)
+    positions = np.cumsum(gaps) - 1
+    if count and (gaps.min() < 1 or positions[-1] >= elements):
+        raise PatchError("sparse data points outside its segment")
+    output = np.frombuffer(reference, dtype=_UINT[width]).copy()
+    output[positions] = from_planes(raw[4 + 4 * count :], width).view(_UINT[width])
+    return output.tobytes()

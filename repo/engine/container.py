@@ -1,0 +1,191 @@
+"""The ``lorien`` patch container: header, segment table, payloads — packing and defensive parsing.
+
+Layout (all integers little-endian; full description in docs/patch-format.md)::
+
+    header  100 bytes  magic "LRNPATCH", format version, flags, segment count, source/target size and
+                       SHA-256, CRC-32 of header bytes 0..95 + segment table
+    table   40 bytes per segment: codec, element width, transform, target length, reference offset and length
+                       in the source, payload length, payload CRC-32
+    payloads           concatenated in table order
+
+Segments cover the target contiguously in table order, so target offsets are implied. Parsing checks every
+number against :class:`Limits` and against the file and source sizes *before* anything is allocated; a
+table that does not add up (lengths, references outside the source, payloads past the end of the file) is
+refused as corrupt.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import BinaryIO
+
+from repo.errors import PatchError
+
+MAGIC = b"LRNPATCH"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sHHIQQ32s32sI")
+ENTRY = struct.Struct("<BBBBQQQQI")
+HEADER_SIZE = HEADER.size
+ENTRY_SIZE = ENTRY.size
+MiB = 1 << 20
+
+
+class Codec(IntEnum):
+    COPY = 0  # target = source[ref]
+    ZSTD = 1  # zstd frame, no dictionary
+    ZSTD_REF = 2  # zstd frame with source[ref] as raw-content dictionary
+    XOR_PLANES = 3  # zstd(byte planes of target XOR reference); no reference = plain byte planes
+    DIFF_PLANES = 4  # zstd(byte planes of zigzag(target - reference)) as width-byte integers
+    SPARSE = 5  # zstd(count, element index gaps, new values) over a copy of the reference
+
+
+class Transform(IntEnum):
+    NONE = 0
+    F32_TO_F16 = 1  # the reference is float32 and is rounded to float16 before use
+
+
+BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE}
+WIDTHS = {1, 2, 4, 8}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard bounds the applier enforces; together they cap the applier's memory independent of model size."""
+
+    max_segments: int = 1 << 20
+    max_segment: int = 16 * MiB  # target bytes one non-COPY segment may produce
+    max_reference: int = 16 * MiB  # source bytes one segment may read as reference (COPY excepted)
+    max_payload: int = 17 * MiB  # payload bytes of one segment
+    max_target: int = 1 << 40
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Header:
+    segment_count: int
+    source_size: int
+    target_size: int
+    source_sha256: bytes
+    target_sha256: bytes
+
+
+@dataclass(frozen=True)
+class Segment:
+    codec: Codec
+    width: int
+    transform: Transform
+    target_length: int
+    ref_offset: int
+    ref_length: int
+    payload_length: int
+    payload_crc32: int
+
+    def pack(self) -> bytes:
+        return ENTRY.pack(
+            self.codec,
+            self.width,
+            self.transform,
+            0,
+            self.target_length,
+            self.ref_offset,
+            self.ref_length,
+            self.payload_length,
+            self.payload_crc32,
+        )
+
+
+def pack_header(header: Header, table: bytes) -> bytes:
+    fields = HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        0,
+        header.segment_count,
+        header.source_size,
+        header.target_size,
+        header.source_sha256,
+        header.target_sha256,
+        0,
+    )
+    return fields[:-4] + struct.pack("<I", zlib.crc32(table, zlib.crc32(fields[:-4])))
+
+
+def read_header_and_table(
+    handle: BinaryIO, patch_size: int, name: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Header, list[Segment]]:
+    """Read and validate everything before the payloads; the handle is left at the first payload."""
+    raw = handle.read(HEADER_SIZE)
+    if len(raw) < HEADER_SIZE:
+        raise PatchError(f"{name}: truncated patch ({len(raw)} bytes; the header alone is {HEADER_SIZE})")
+    magic, version, _flags, count, source_size, target_size, source_sha, target_sha, crc = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise PatchError(f"{name}: not a lorien patch (bad magic)")
+    if version != FORMAT_VERSION:
+        raise PatchError(
+            f"{name}: patch format version {version} is not supported (this lorien reads "
+            f"version {FORMAT_VERSION}); upgrade lorien or re-create the patch"
+        )
+    if count > limits.max_segments or HEADER_SIZE + count * ENTRY_SIZE > patch_size:
+        raise PatchError(f"{name}: corrupt patch: {count} segments do not fit in {patch_size} bytes")
+    if target_size > limits.max_target:
+        raise PatchError(f"{name}: corrupt patch: target size {target_size} exceeds the limit {limits.max_target}")
+    table = handle.read(count * ENTRY_SIZE)
+    if len(table) != count * ENTRY_SIZE or zlib.crc32(table, zlib.crc32(raw[:-4])) != crc:
+        raise PatchError(f"{name}: corrupt patch: header/segment table checksum mismatch")
+    header = Header(count, source_size, target_size, source_sha, target_sha)
+    segments = [_checked_segment(table, i, header, limits, name) for i in range(count)]
+    total_target = sum(segment.target_length for segment in segments)
+    total_payload = sum(segment.payload_length for segment in segments)
+    if total_target != target_size:
+        raise PatchError(
+            f"{name}: corrupt patch: segments produce {total_target} bytes, header says {target_size}"
+        )
+    if HEADER_SIZE + count * ENTRY_SIZE + total_payload != patch_size:
+        raise PatchError(
+            f"{name}: corrupt or truncated patch: payloads need "
+            f"{HEADER_SIZE + count * ENTRY_SIZE + total_payload} bytes, file has {patch_size}"
+        )
+    return header, segments
+
+
+def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, name: str) -> Segment:
+    codec_id, width, transform_id, _reserved, target_length, ref_offset, ref_length, payload_length, crc = (
+        ENTRY.unpack_from(table, index * ENTRY_SIZE)
+    )
+
+    def bad(why: str) -> PatchError:
+        return PatchError(f"{name}: corrupt patch: segment {index}: {why}")
+
+    try:
+        codec, transform = Codec(codec_id), Transform(transform_id)
+    except ValueError:
+        raise bad(f"unknown codec {codec_id} or transform {transform_id}") from None
+    if ref_offset + ref_length > header.source_size:
+        raise bad(f"reference {ref_offset}+{ref_length} lies outside the {header.source_size}-byte source")
+    if payload_length > limits.max_payload:
+        raise bad(f"payload of {payload_length} bytes exceeds the limit {limits.max_payload}")
+    if codec == Codec.COPY:
+        if ref_length != target_length or payload_length or transform != Transform.NONE:
+            raise bad("a copy must read exactly its target length and carry no payload")
+    else:
+        if target_length > limits.max_segment:
+            raise bad(f"produces {target_length} bytes, more than the limit {limits.max_segment}")
+        if ref_length > limits.max_reference:
+            raise bad(f"reference of {ref_length} bytes exceeds the limit {limits.max_reference}")
+    if codec == Codec.ZSTD and ref_length:
+        raise bad("plain zstd takes no reference")
+    if codec in BUFFERED_CODECS:
+        if width not in WIDTHS or target_length % width:
+            raise bad(f"element width {width} does not divide {target_length} bytes")
+        expected = target_length * (2 if transform == Transform.F32_TO_F16 else 1)
+        if transform == Transform.F32_TO_F16 and width != 2:
+            raise bad("a float32→float16 reference needs element width 2")
+        if ref_length != expected and not (codec == Codec.XOR_PLANES and ref_length == 0):
+            raise bad(f"reference of {ref_length} bytes does not match {target_length} target bytes")
+    elif transform != Transform.NONE:
+        raise bad(f"codec {codec.name} takes no transform")
+    return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc)
