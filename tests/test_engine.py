@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repo.engine import apply_patch, create_patch, get_engine, patch_info, verify_patch
-from repo.engine import container, zstd_dict
+from repo.engine import apply_patch, container, create_patch, get_engine, patch_info, verify_patch, zstd_dict
 from repo.errors import BadInputError, IntegrityError, PatchError
 from repo.hashing import sha256_file
-
 
 HEADER_SIZES = {"lorien": container.HEADER_SIZE, "zstd": zstd_dict.HEADER_SIZE}
 TARGET_SHA_AT = {"lorien": 64, "zstd": 56}
@@ -60,7 +58,9 @@ def test_verify_patch_writes_nothing(pair: tuple[Path, Path], tmp_path: Path, en
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_wrong_source_is_refused_and_output_untouched(pair: tuple[Path, Path], tmp_path: Path, engine: str) -> None:
+def test_wrong_source_is_refused_and_output_untouched(
+    pair: tuple[Path, Path], tmp_path: Path, engine: str
+) -> None:
     old, new = pair
     create_patch(old, new, tmp_path / "p.patch", engine)
     (tmp_path / "out.bin").write_bytes(b"previous content")
@@ -76,7 +76,7 @@ def test_corrupt_patches_fail_cleanly(pair: tuple[Path, Path], tmp_path: Path, e
     patch = tmp_path / "p.patch"
     create_patch(old, new, patch, engine)
     data = bytearray(patch.read_bytes())
-    HEADER_SIZE = HEADER_SIZES[engine]  # noqa: N806
+    HEADER_SIZE = HEADER_SIZES[engine]
     if damage == "truncate-header":
         data = data[: HEADER_SIZE - 5]
     elif damage == "truncate-body":

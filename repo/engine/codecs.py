@@ -21,6 +21,7 @@ from repo.engine.container import Codec, Segment, Transform
 from repo.errors import PatchError
 
 MAX_WINDOW_LOG = 26
+MAX_DICT_HASH_LOG = 25  # 128 MiB of hash table on the create side at most; the applier never needs one
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
@@ -67,14 +68,24 @@ def _window_log(total: int) -> int:
 
 
 def zstd_compress(data: bytes, level: int, dictionary: bytes | memoryview | None = None) -> bytes:
+    """One zstd frame (content size recorded). With a dictionary, the match finder's hash table is sized to
+    cover the whole dictionary: at fast levels the defaults index only its last few hundred KiB, so matches
+    further back would be missed (measured: 8 MiB copied from a 16 MiB dictionary stays 8 MiB at level 3
+    with default tables, 5 KB with these)."""
     dict_size = len(dictionary) if dictionary is not None else 0
+    window_log = _window_log(len(data) + dict_size)
+    extra = {}
+    if dict_size:
+        base = zstandard.ZstdCompressionParameters.from_level(level, source_size=len(data), dict_size=dict_size)
+        extra["hash_log"] = max(base.hash_log, min(MAX_DICT_HASH_LOG, window_log))
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         source_size=len(data),
         dict_size=dict_size,
-        window_log=_window_log(len(data) + dict_size),
+        window_log=window_log,
         enable_ldm=dict_size + len(data) > (8 << 20),
         threads=0,
+        **extra,
     )
     zdict = None
     if dictionary is not None and dict_size:

@@ -46,22 +46,23 @@ class TensorRegion:
 
 # --------------------------------------------------------------------------- safetensors
 
-_SAFETENSORS_WIDTH = {
-    "F64": 8,
-    "I64": 8,
-    "U64": 8,
-    "F32": 4,
-    "I32": 4,
-    "U32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I16": 2,
-    "U16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
+# dtype names are normalised to numpy spellings in every format, so old and new tensors compare by dtype
+_SAFETENSORS_DTYPE = {
+    "F64": ("float64", 8),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F32": ("float32", 4),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
 
 
@@ -91,7 +92,14 @@ def read_safetensors(data: Buffer) -> list[TensorRegion] | None:
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and base + end <= len(data)):
             return None
         regions.append(
-            TensorRegion(name, base + begin, end - begin, _SAFETENSORS_WIDTH.get(dtype, 1), dtype, shape)
+            TensorRegion(
+                name,
+                base + begin,
+                end - begin,
+                _SAFETENSORS_DTYPE.get(dtype, (dtype, 1))[1],
+                _SAFETENSORS_DTYPE.get(dtype, (dtype, 1))[0],
+                shape,
+            )
         )
     return regions
 
@@ -101,7 +109,16 @@ def read_safetensors(data: Buffer) -> list[TensorRegion] | None:
 _GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 _GGML_WIDTH = {0: 4, 1: 2, 24: 1, 25: 2, 26: 4, 27: 8, 28: 8, 30: 2}  # F32 F16 I8 I16 I32 I64 F64 BF16
-_GGML_NAME = {0: "F32", 1: "F16", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}
+_GGML_NAME = {
+    0: "float32",
+    1: "float16",
+    24: "int8",
+    25: "int16",
+    26: "int32",
+    27: "int64",
+    28: "float64",
+    30: "bfloat16",
+}
 
 
 class _Cursor:
@@ -423,7 +440,10 @@ READERS: dict[str, Callable[[Buffer], list[TensorRegion] | None]] = {
 def find_tensors(data: Buffer) -> tuple[str, list[TensorRegion]]:
     """The file's format name and its tensor regions, sorted by offset and non-overlapping; ("bytes", []) if none."""
     for format_name, reader in READERS.items():
-        regions = reader(data)
+        try:
+            regions = reader(data)
+        except (ValueError, TypeError, IndexError, OverflowError, struct.error, RecursionError):
+            regions = None  # a damaged file is generic bytes: costs patch size, never correctness
         if regions:
             return format_name, _non_overlapping(regions)
     return "bytes", []

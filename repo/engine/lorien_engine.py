@@ -52,13 +52,14 @@ from repo.engine.container import (
     read_header_and_table,
 )
 from repo.engine.formats import TensorRegion, find_tensors
-from repo.errors import IntegrityError, PatchError
+from repo.errors import PatchError
 from repo.hashing import sha256_file
 
 MiB = 1 << 20
 PIECE = 8 * MiB  # tensor and generic chunk size on the create side
 MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes
-RANK_LEVEL = 3
+RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-encoded at the final level
+GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
 COMPARE_AT_FINAL_BELOW = 256 * 1024
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
@@ -249,6 +250,8 @@ class LorienEngine:
         best_first, best = min(
             ((r, c) for r, c in ranked if r is not None), key=lambda rc: rc[0].segment.payload_length
         )
+        if best_first.segment.payload_length <= piece.length // GOOD_ENOUGH:
+            return best_first  # mostly matched already: a slow final level would save a few bytes
         plane = best_first.segment.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
         final = best(min(final_level, PLANE_LEVEL) if plane else final_level)
         return (
@@ -360,7 +363,7 @@ class LorienEngine:
                     sink.write(chunk)
         digest = sha.hexdigest()
         if digest != header.target_sha256.hex():
-            raise IntegrityError(f"{patch}: result sha256 {digest} does not match the patch's target")
+            raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
         return digest
 
     def _decode_one(

@@ -26,7 +26,7 @@ import zstandard
 
 from repo.atomic import atomic_writer
 from repo.engine.base import ApplyResult, PatchInfo
-from repo.errors import IntegrityError, PatchError
+from repo.errors import PatchError
 from repo.hashing import sha256_file
 
 MAGIC = b"LRNZSTD1"
@@ -138,5 +138,5 @@ class ZstdDictEngine:
             raise PatchError(f"{patch}: truncated patch: decoded {written} of {info.target_size} bytes")
         digest = sha.hexdigest()
         if digest != info.target_sha256:
-            raise IntegrityError(f"{patch}: result sha256 {digest} does not match the patch's target")
+            raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
         return digest
