@@ -397,12 +397,16 @@ def _mapped(path: Path) -> Iterator[memoryview]:
         if os.fstat(handle.fileno()).st_size == 0:
             yield memoryview(b"")
             return
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mapped)
+        try:
+            yield view
+        finally:
             try:
-                yield view
-            finally:
                 view.release()
+                mapped.close()
+            except BufferError:
+                pass  # a slice is still referenced (e.g. by a traceback being raised): GC unmaps it later
 
 
 def _align(old: list[TensorRegion], new: list[TensorRegion]) -> dict[str, TensorRegion]:
