@@ -21,6 +21,7 @@ from repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
     HEADER_SIZE,
+    Backend,
     Codec,
     Header,
     Segment,
@@ -150,8 +151,10 @@ def test_every_codec_round_trips_exactly(width: int, count: int, seed: int, chan
         np.where(mask, rng.integers(0, 256, count * width, dtype=np.uint8), np.frombuffer(reference, np.uint8))
     )
 
-    def segment(codec: Codec, payload: bytes, ref_length: int) -> Segment:
-        return Segment(codec, width, Transform.NONE, len(target), 0, ref_length, len(payload), zlib.crc32(payload))
+    def segment(codec: Codec, payload: bytes, ref_length: int, backend: Backend = Backend.ZSTD) -> Segment:
+        return Segment(
+            codec, width, Transform.NONE, len(target), 0, ref_length, len(payload), zlib.crc32(payload), backend
+        )
 
     encodings = [
         (Codec.ZSTD, codecs.zstd_compress(target, 3), b""),
@@ -165,6 +168,17 @@ def test_every_codec_round_trips_exactly(width: int, count: int, seed: int, chan
         encodings.append((Codec.SPARSE, sparse, reference))
     for codec, payload, ref in encodings:
         assert codecs.decode(segment(codec, payload, len(ref)), payload, ref) == target, codec
+    residuals = [
+        (Codec.ZSTD, target, b""),
+        (Codec.XOR_PLANES, codecs.xor_residual(target, reference, width), reference),
+        (Codec.DIFF_PLANES, codecs.diff_residual(target, reference, width), reference),
+    ]
+    raw_sparse = codecs.sparse_residual(target, reference, width)
+    if raw_sparse is not None:
+        residuals.append((Codec.SPARSE, raw_sparse, reference))
+    for codec, raw, ref in residuals:  # the same streams through the xz backend
+        payload = codecs.xz_compress(raw)
+        assert codecs.decode(segment(codec, payload, len(ref), Backend.XZ), payload, ref) == target, codec
 
 
 def test_float32_to_float16_prediction_makes_a_cast_nearly_free(tmp_path: Path) -> None:
@@ -335,6 +349,7 @@ def _hostile(segments: list[Segment], payloads: bytes, source: Path, target_size
     "case",
     [
         "ref-outside-source",
+        "xz-bomb",
         "segment-too-large",
         "payload-too-large",
         "frame-lies-about-size",
@@ -351,6 +366,12 @@ def test_hostile_tables_are_refused_before_allocating(case: str, tmp_path: Path)
     payload = b""
     if case == "ref-outside-source":
         segments = [Segment(Codec.COPY, 0, Transform.NONE, 100, size - 10, 100, 0, 0)]
+        target = 100
+    elif case == "xz-bomb":  # an xz stream that inflates far past its segment
+        payload = codecs.xz_compress(b"\0" * 4_000_000)
+        segments = [
+            Segment(Codec.ZSTD, 0, Transform.NONE, 100, 0, 0, len(payload), zlib.crc32(payload), Backend.XZ)
+        ]
         target = 100
     elif case == "segment-too-large":
         payload = codecs.zstd_compress(b"x", 3)

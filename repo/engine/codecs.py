@@ -12,12 +12,13 @@ zstd's entropy coder squeezes to almost nothing, while byte-interleaved data hid
 
 from __future__ import annotations
 
+import lzma
 import math
 
 import numpy as np
 import zstandard
 
-from repo.engine.container import Codec, Segment, Transform
+from repo.engine.container import Backend, Codec, Segment, Transform
 from repo.errors import PatchError
 
 MAX_WINDOW_LOG = 26
@@ -115,22 +116,67 @@ def zstd_decompress(payload: bytes, expected: int, dictionary: bytes | memoryvie
     return output
 
 
-# --------------------------------------------------------------------------- encoders (create side)
+# --------------------------------------------------------------------------- xz backend
+
+# Raw LZMA2 (no xz container: its ~60 bytes of framing would eat the gain on small segments) with one fixed
+# filter chain, part of the format: the decoder allocates this dictionary and nothing more.
+LZMA2_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 8 << 20}]
 
 
-def encode_xor(target: bytes, reference: bytes | memoryview | None, width: int, level: int) -> bytes:
+def xz_compress(data: bytes) -> bytes:
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA2_FILTERS)
+
+
+def xz_decompress(payload: bytes, limit: int) -> bytes:
+    """Decompress one raw LZMA2 stream of at most ``limit`` bytes (the caller checks the exact length)."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=LZMA2_FILTERS)
+    try:
+        output = decompressor.decompress(payload, max_length=limit + 1)
+    except lzma.LZMAError as error:
+        raise PatchError(f"corrupt LZMA2 data: {error}") from None
+    if len(output) > limit or not decompressor.eof or decompressor.unused_data:
+        raise PatchError(f"LZMA2 data does not decode to one stream of at most {limit} bytes")
+    return output
+
+
+def pack(raw: bytes, level: int, backend: Backend) -> bytes:
+    return xz_compress(raw) if backend == Backend.XZ else zstd_compress(raw, level)
+
+
+def unpack(payload: bytes, backend: Backend, exact: int | None, limit: int) -> bytes:
+    """The raw stream of a payload: exactly ``exact`` bytes when given, else at most ``limit``."""
+    if backend == Backend.XZ:
+        output = xz_decompress(payload, exact if exact is not None else limit)
+        if exact is not None and len(output) != exact:
+            raise PatchError(f"xz data decodes to {len(output)} bytes where the segment needs {exact}")
+        return output
+    if exact is not None:
+        return zstd_decompress(payload, exact)
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        raise PatchError("corrupt zstd frame header") from None
+    if not 0 <= declared <= limit:
+        raise PatchError(f"zstd frame declares {declared} bytes, more than the segment allows ({limit})")
+    return zstd_decompress(payload, declared)
+
+
+# --------------------------------------------------------------------------- residuals (create side)
+
+
+def xor_residual(target: bytes, reference: bytes | memoryview | None, width: int) -> bytes:
     new = np.frombuffer(target, dtype=np.uint8)
     residual = new if reference is None else new ^ np.frombuffer(reference, dtype=np.uint8)
-    return zstd_compress(to_planes(residual, width), level)
+    return to_planes(residual, width)
 
 
-def encode_diff(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes:
+def diff_residual(target: bytes, reference: bytes | memoryview, width: int) -> bytes:
     new = np.frombuffer(target, dtype=_UINT[width])
     old = np.frombuffer(reference, dtype=_UINT[width])
-    return zstd_compress(to_planes(_zigzag(new - old, width), width), level)
+    return to_planes(_zigzag(new - old, width), width)
 
 
-def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes | None:
+def sparse_residual(target: bytes, reference: bytes | memoryview, width: int) -> bytes | None:
     """Positions and values of changed elements; None when more than a quarter of the elements changed."""
     new = np.frombuffer(target, dtype=_UINT[width])
     old = np.frombuffer(reference, dtype=_UINT[width])
@@ -138,8 +184,20 @@ def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, leve
     if len(changed) > len(new) // 4:
         return None
     gaps = np.diff(changed, prepend=-1).astype(np.uint32)  # first gap is index + 1, every gap >= 1
-    raw = np.uint32(len(changed)).tobytes() + to_planes(gaps, 4) + to_planes(new[changed], width)
-    return zstd_compress(raw, level)
+    return np.uint32(len(changed)).tobytes() + to_planes(gaps, 4) + to_planes(new[changed], width)
+
+
+def encode_xor(target: bytes, reference: bytes | memoryview | None, width: int, level: int) -> bytes:
+    return zstd_compress(xor_residual(target, reference, width), level)
+
+
+def encode_diff(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes:
+    return zstd_compress(diff_residual(target, reference, width), level)
+
+
+def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes | None:
+    raw = sparse_residual(target, reference, width)
+    return None if raw is None else zstd_compress(raw, level)
 
 
 # --------------------------------------------------------------------------- decoder (apply side)
@@ -147,34 +205,32 @@ def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, leve
 
 def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> bytes:
     """Exactly ``segment.target_length`` bytes, or PatchError."""
-    length, width = segment.target_length, segment.width
+    length, width, backend = segment.target_length, segment.width, segment.backend
     if segment.codec == Codec.ZSTD:
-        return zstd_decompress(payload, length)
+        return unpack(payload, backend, length, length)
     if segment.codec == Codec.ZSTD_REF:
         return zstd_decompress(payload, length, reference)
     reference = predicted_reference(reference, segment.transform)
     if segment.codec == Codec.XOR_PLANES:
-        residual = from_planes(zstd_decompress(payload, length), width)
+        residual = from_planes(unpack(payload, backend, length, length), width)
         if not len(reference):
             return residual.tobytes()
         return (residual ^ np.frombuffer(reference, dtype=np.uint8)).tobytes()
     if segment.codec == Codec.DIFF_PLANES:
-        deltas = _unzigzag(from_planes(zstd_decompress(payload, length), width).view(_UINT[width]), width)
+        deltas = _unzigzag(from_planes(unpack(payload, backend, length, length), width).view(_UINT[width]), width)
         return (np.frombuffer(reference, dtype=_UINT[width]) + deltas).tobytes()
     if segment.codec == Codec.SPARSE:
-        return _decode_sparse(payload, reference, length, width)
+        return _decode_sparse(payload, backend, reference, length, width)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
 
 
-def _decode_sparse(payload: bytes, reference: bytes | memoryview, length: int, width: int) -> bytes:
+def _decode_sparse(
+    payload: bytes, backend: Backend, reference: bytes | memoryview, length: int, width: int
+) -> bytes:
     elements = length // width
-    try:
-        declared = zstandard.frame_content_size(payload)
-    except zstandard.ZstdError:
-        raise PatchError("corrupt zstd frame header") from None
-    if not 4 <= declared <= 4 + elements * (4 + width):
-        raise PatchError(f"sparse data of {declared} bytes cannot describe {elements} elements")
-    raw = zstd_decompress(payload, declared)
+    raw = unpack(payload, backend, None, 4 + elements * (4 + width))
+    if len(raw) < 4:
+        raise PatchError("sparse data shorter than its count")
     count = int(np.frombuffer(raw[:4], dtype=np.uint32)[0])
     if count > elements or len(raw) != 4 + count * (4 + width):
         raise PatchError(f"sparse data lists {count} changes in {len(raw)} bytes for {elements} elements")

@@ -4,8 +4,8 @@ Layout (all integers little-endian; full description in docs/patch-format.md)::
 
     header  100 bytes  magic "LRNPATCH", format version, flags, segment count, source/target size and
                        SHA-256, CRC-32 of header bytes 0..95 + segment table
-    table   40 bytes per segment: codec, element width, transform, target length, reference offset and length
-                       in the source, payload length, payload CRC-32
+    table   40 bytes per segment: codec, element width, transform, entropy backend, target length, reference
+                       offset and length in the source, payload length, payload CRC-32
     payloads           concatenated in table order
 
 Segments cover the target contiguously in table order, so target offsets are implied. Parsing checks every
@@ -40,6 +40,13 @@ class Codec(IntEnum):
     XOR_PLANES = 3  # zstd(byte planes of target XOR reference); no reference = plain byte planes
     DIFF_PLANES = 4  # zstd(byte planes of zigzag(target - reference)) as width-byte integers
     SPARSE = 5  # zstd(count, element index gaps, new values) over a copy of the reference
+
+
+class Backend(IntEnum):
+    """Entropy stage of a payload (ZSTD_REF is always zstd; COPY has no payload)."""
+
+    ZSTD = 0
+    XZ = 1  # LZMA2 in an xz container: beats zstd's Huffman literals on residuals under ~1 bit per byte
 
 
 class Transform(IntEnum):
@@ -84,13 +91,14 @@ class Segment:
     ref_length: int
     payload_length: int
     payload_crc32: int
+    backend: Backend = Backend.ZSTD
 
     def pack(self) -> bytes:
         return ENTRY.pack(
             self.codec,
             self.width,
             self.transform,
-            0,
+            self.backend,
             self.target_length,
             self.ref_offset,
             self.ref_length,
@@ -153,7 +161,7 @@ def read_header_and_table(
 
 
 def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, name: str) -> Segment:
-    codec_id, width, transform_id, _reserved, target_length, ref_offset, ref_length, payload_length, crc = (
+    codec_id, width, transform_id, backend_id, target_length, ref_offset, ref_length, payload_length, crc = (
         ENTRY.unpack_from(table, index * ENTRY_SIZE)
     )
 
@@ -161,9 +169,11 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
         return PatchError(f"{name}: corrupt patch: segment {index}: {why}")
 
     try:
-        codec, transform = Codec(codec_id), Transform(transform_id)
+        codec, transform, backend = Codec(codec_id), Transform(transform_id), Backend(backend_id)
     except ValueError:
-        raise bad(f"unknown codec {codec_id} or transform {transform_id}") from None
+        raise bad(f"unknown codec {codec_id}, transform {transform_id} or backend {backend_id}") from None
+    if backend != Backend.ZSTD and codec in (Codec.COPY, Codec.ZSTD_REF):
+        raise bad(f"codec {codec.name} has no {backend.name} form")
     if ref_offset + ref_length > header.source_size:
         raise bad(f"reference {ref_offset}+{ref_length} lies outside the {header.source_size}-byte source")
     if payload_length > limits.max_payload:
@@ -188,4 +198,4 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
             raise bad(f"reference of {ref_length} bytes does not match {target_length} target bytes")
     elif transform != Transform.NONE:
         raise bad(f"codec {codec.name} takes no transform")
-    return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc)
+    return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc, backend)

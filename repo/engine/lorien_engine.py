@@ -43,6 +43,7 @@ from repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
     MAGIC,
+    Backend,
     Codec,
     Header,
     Limits,
@@ -59,8 +60,16 @@ MiB = 1 << 20
 PIECE = 8 * MiB  # tensor and generic chunk size on the create side
 MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes
 RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-encoded at the final level
-GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
-COMPARE_AT_FINAL_BELOW = 256 * 1024
+XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with xz (LZMA2 codes < 1 bit per byte)
+GOOD_ENOUGH = 64
+TINY_PLAN = 512
+LOCAL_WINDOW = 256 * 1024
+WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
+ALWAYS_WHOLE_FILE_BELOW = (
+    4 * 1024 * 1024
+)  # old + new bytes: small enough to always try at level 19  # a ranked winner under 1/64 of its piece is kept as is
+ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
+COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 
@@ -87,19 +96,22 @@ class Encoded:
     payload: bytes
 
 
-def _segment(
-    codec: Codec,
-    piece: Piece,
-    ref: tuple[int, int] | None,
-    payload: bytes,
-    width: int = 0,
-    transform: Transform = Transform.NONE,
-) -> Encoded:
-    ref_offset, ref_length = ref or (0, 0)
-    return Encoded(
-        Segment(codec, width, transform, piece.length, ref_offset, ref_length, len(payload), zlib.crc32(payload)),
-        payload,
-    )
+@dataclass(frozen=True)
+class Candidate:
+    """One way to encode a piece: a codec, its reference, and how to build its raw (pre-entropy) stream."""
+
+    codec: Codec
+    ref: tuple[int, int] | None
+    width: int
+    transform: Transform
+    raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
+    dictionary: memoryview | None = None
+
+    def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
+        if self.codec == Codec.ZSTD_REF:
+            return codecs.zstd_compress(target, level, self.dictionary)
+        assert raw is not None
+        return codecs.zstd_compress(raw, level)
 
 
 def _ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -161,7 +173,10 @@ class LorienEngine:
             size = min(PIECE, offset + length - start)
             mapped = start + shift
             same = (mapped, size) if mapped >= 0 and mapped + size <= old_size else None
-            yield Piece(start, size, same=same, window=_window(mapped, size, old_size, self.limits.max_reference))
+            # a local window: loading a dictionary costs time per byte, and the whole-file candidate already
+            # covers content that moved far (for files within the limits)
+            limit = min(self.limits.max_reference, max(3 * size, LOCAL_WINDOW))
+            yield Piece(start, size, same=same, window=_window(mapped, size, old_size, limit))
 
     def _tensor(self, region: TensorRegion, match: TensorRegion | None, old_size: int) -> Iterator[Piece]:
         width = region.width if region.width in (1, 2, 4, 8) else 1
@@ -187,78 +202,121 @@ class LorienEngine:
                     window = (match.offset, match.length)
             yield Piece(region.offset + relative, size, width, True, same, window, cast)
 
-    def encode(self, piece: Piece, old: memoryview, new: memoryview) -> Encoded:
-        """The smallest encoding of one piece."""
-        target = bytes(new[piece.offset : piece.offset + piece.length])
+    def candidates(self, piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
+        """Every codec that can express this piece."""
 
         def ref(span: tuple[int, int] | None) -> memoryview | None:
             return None if span is None else old[span[0] : span[0] + span[1]]
 
         same = ref(piece.same)
-        if same is not None and same == target:
-            return _segment(Codec.COPY, piece, piece.same, b"")
-        candidates: list[Callable[[int], Encoded | None]] = [
-            lambda level: _segment(Codec.ZSTD, piece, None, codecs.zstd_compress(target, level)),
-        ]
+        found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
         if piece.window is not None:
-            window = ref(piece.window)
-            candidates.append(
-                lambda level: _segment(
-                    Codec.ZSTD_REF, piece, piece.window, codecs.zstd_compress(target, level, window)
-                )
-            )
+            found.append(Candidate(Codec.ZSTD_REF, piece.window, 0, Transform.NONE, None, ref(piece.window)))
+        widths = [piece.width] if piece.is_tensor else [w for w in (1, 4) if piece.length % w == 0]
         if piece.is_tensor:
-            width = piece.width
-            candidates.append(
-                lambda level: _segment(
-                    Codec.XOR_PLANES, piece, None, codecs.encode_xor(target, None, width, level), width
+            found.append(
+                Candidate(
+                    Codec.XOR_PLANES,
+                    None,
+                    piece.width,
+                    Transform.NONE,
+                    lambda: codecs.xor_residual(target, None, piece.width),
                 )
             )
-            if same is not None:
-                candidates.append(
-                    lambda level: _segment(
-                        Codec.XOR_PLANES, piece, piece.same, codecs.encode_xor(target, same, width, level), width
+        if same is not None:
+            for width in widths:
+                found.append(
+                    Candidate(
+                        Codec.XOR_PLANES,
+                        piece.same,
+                        width,
+                        Transform.NONE,
+                        lambda w=width: codecs.xor_residual(target, same, w),
                     )
                 )
-                candidates.append(
-                    lambda level: _segment(
-                        Codec.DIFF_PLANES, piece, piece.same, codecs.encode_diff(target, same, width, level), width
+                found.append(
+                    Candidate(
+                        Codec.DIFF_PLANES,
+                        piece.same,
+                        width,
+                        Transform.NONE,
+                        lambda w=width: codecs.diff_residual(target, same, w),
                     )
                 )
+            found.append(
+                Candidate(
+                    Codec.SPARSE,
+                    piece.same,
+                    widths[0],
+                    Transform.NONE,
+                    lambda: codecs.sparse_residual(target, same, widths[0]),
+                )
+            )
+        if piece.cast is not None:
+            predicted = codecs.predicted_reference(ref(piece.cast), Transform.F32_TO_F16)
+            found.append(
+                Candidate(
+                    Codec.XOR_PLANES,
+                    piece.cast,
+                    2,
+                    Transform.F32_TO_F16,
+                    lambda: codecs.xor_residual(target, predicted, 2),
+                )
+            )
+            found.append(
+                Candidate(
+                    Codec.DIFF_PLANES,
+                    piece.cast,
+                    2,
+                    Transform.F32_TO_F16,
+                    lambda: codecs.diff_residual(target, predicted, 2),
+                )
+            )
+        return found
 
-                def sparse(level: int) -> Encoded | None:
-                    payload = codecs.encode_sparse(target, same, width, level)
-                    return None if payload is None else _segment(Codec.SPARSE, piece, piece.same, payload, width)
-
-                candidates.append(sparse)
-            if piece.cast is not None:
-                predicted = codecs.predicted_reference(ref(piece.cast), Transform.F32_TO_F16)
-                for codec, encoder in (
-                    (Codec.XOR_PLANES, codecs.encode_xor),
-                    (Codec.DIFF_PLANES, codecs.encode_diff),
-                ):
-                    candidates.append(
-                        lambda level, codec=codec, encoder=encoder: _segment(
-                            codec, piece, piece.cast, encoder(target, predicted, 2, level), 2, Transform.F32_TO_F16
-                        )
-                    )
-        final_level = self.level
-        if piece.length < COMPARE_AT_FINAL_BELOW:
-            results = [candidate(final_level) for candidate in candidates]
-            return min((r for r in results if r is not None), key=lambda r: r.segment.payload_length)
-        ranked = [(candidate(RANK_LEVEL), candidate) for candidate in candidates]
-        best_first, best = min(
-            ((r, c) for r, c in ranked if r is not None), key=lambda rc: rc[0].segment.payload_length
+    def encode(self, piece: Piece, old: memoryview, new: memoryview) -> Encoded:
+        """The smallest encoding of one piece."""
+        target = bytes(new[piece.offset : piece.offset + piece.length])
+        if piece.same is not None and old[piece.same[0] : piece.same[0] + piece.same[1]] == target:
+            return Encoded(
+                Segment(Codec.COPY, 0, Transform.NONE, piece.length, *piece.same, 0, zlib.crc32(b"")), b""
+            )
+        first_level = self.level if piece.length < ALL_AT_FINAL_BELOW else RANK_LEVEL
+        ranked = []
+        for candidate in self.candidates(piece, target, old):
+            raw = candidate.raw() if candidate.raw is not None else None
+            if candidate.raw is not None and raw is None:
+                continue  # e.g. sparse with too many changes
+            ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
+        ranked.sort(key=lambda item: len(item[0]))
+        finalists = ranked[: 3 if piece.length < COMPARE_AT_FINAL_BELOW else 1]
+        finalists += [item for item in ranked[3:] if item[1].codec == Codec.ZSTD_REF]  # level 1 undersells it
+        payload, best, raw = finalists[0]
+        if first_level != self.level and len(payload) > piece.length // GOOD_ENOUGH:
+            for first, candidate, candidate_raw in finalists:
+                planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
+                level = min(self.level, PLANE_LEVEL) if planes else self.level
+                final = min(first, candidate.payload(target, candidate_raw, level), key=len)
+                if len(final) < len(payload):
+                    payload, best, raw = final, candidate, candidate_raw
+        backend = Backend.ZSTD
+        if raw is not None and len(payload) <= len(raw) // XZ_BELOW:
+            packed = codecs.xz_compress(raw)
+            if len(packed) < len(payload):
+                payload, backend = packed, Backend.XZ
+        ref_offset, ref_length = best.ref or (0, 0)
+        segment = Segment(
+            best.codec,
+            best.width,
+            best.transform,
+            piece.length,
+            ref_offset,
+            ref_length,
+            len(payload),
+            zlib.crc32(payload),
+            backend,
         )
-        if best_first.segment.payload_length <= piece.length // GOOD_ENOUGH:
-            return best_first  # mostly matched already: a slow final level would save a few bytes
-        plane = best_first.segment.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
-        final = best(min(final_level, PLANE_LEVEL) if plane else final_level)
-        return (
-            final
-            if final is not None and final.segment.payload_length <= best_first.segment.payload_length
-            else best_first
-        )
+        return Encoded(segment, payload)
 
     def create(self, old: Path, new: Path, output: Path) -> None:
         with ExitStack() as stack:
@@ -278,19 +336,31 @@ class LorienEngine:
                     self.workers,
                 )
             )
-            whole = self._whole_file(old_view, new_view)
-            if whole is not None and sum(e.segment.payload_length + ENTRY_SIZE for e in encoded) > (
-                whole.segment.payload_length + ENTRY_SIZE
-            ):
+            plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
+            whole = self._whole_file(old_view, new_view, plan_size)
+            if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
                 encoded = [whole]
             self._write(output, header, encoded)
 
-    def _whole_file(self, old: memoryview, new: memoryview) -> Encoded | None:
-        """The ``zstd --patch-from`` equivalent, when both files fit the apply-side limits."""
-        if not (0 < len(old) <= self.limits.max_reference and len(new) <= self.limits.max_segment):
+    def _whole_file(self, old: memoryview, new: memoryview, plan_size: int) -> Encoded | None:
+        """The ``zstd --patch-from`` equivalent, when both files fit the apply-side limits and a quick level-1
+        estimate says it could beat the plan (level 19 costs seconds per MiB with a large dictionary)."""
+        if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
-        piece = Piece(0, len(new), window=(0, len(old)))
-        return _segment(Codec.ZSTD_REF, piece, piece.window, codecs.zstd_compress(bytes(new), self.level, old))
+        if plan_size <= TINY_PLAN:
+            return None  # (nearly) all copies: nothing to win
+        target = bytes(new)
+        if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
+            payload = codecs.zstd_compress(target, self.level, old)
+        else:
+            estimate = codecs.zstd_compress(target, RANK_LEVEL, old)
+            if len(estimate) * WHOLE_FILE_HOPE > plan_size:
+                return None
+            payload = min(estimate, codecs.zstd_compress(target, self.level, old), key=len)
+        return Encoded(
+            Segment(Codec.ZSTD_REF, 0, Transform.NONE, len(new), 0, len(old), len(payload), zlib.crc32(payload)),
+            payload,
+        )
 
     def _write(self, output: Path, header: Header, encoded: list[Encoded]) -> None:
         table = b"".join(item.segment.pack() for item in encoded)
