@@ -122,6 +122,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device(args: argparse.Namespace) -> int:
+    from device.api import serve
+    from device.config import check_environment, load_config
+    from device.report import Callbacks, setup_logging
+    from device.updater import Updater
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "repo_url",
+            "family",
+            "model_path",
+            "state_dir",
+            "host",
+            "port",
+            "api_token",
+            "check_interval",
+            "callback_url",
+            "keep_backups",
+        )
+    }
+    if args.health_check:
+        overrides["health_check"] = args.health_check
+    config = load_config(args.config, overrides)
+    check_environment(config)
+    setup_logging(config.log_dir, args.verbose)
+    serve(Updater(config, Callbacks(config.callback_url)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lorien.demo import run_demo
 
@@ -186,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     sub.add_argument("--admin-token", default=None, help="enables POST /create-patch for this bearer token")
+
+    sub = add("device", _cmd_device, "run the device updater service (HTTP API on 127.0.0.1:12315 by default)")
+    sub.add_argument("--config", type=Path, help="device.toml (every option below can also be set there)")
+    sub.add_argument("--repo-url", dest="repo_url", help="base URL of the repository")
+    sub.add_argument("--family", help="model family to follow")
+    sub.add_argument("--model-path", dest="model_path", help="the model file the application loads")
+    sub.add_argument("--state-dir", dest="state_dir", help="tmp/, backups/, logs/ and state.json live here")
+    sub.add_argument("--host", help="API address (default 127.0.0.1; others need api_token)")
+    sub.add_argument("--port", type=int, help="API port (default 12315; 0 picks a free one)")
+    sub.add_argument("--api-token", dest="api_token", help="bearer token required by mutating requests")
+    sub.add_argument("--check-interval", dest="check_interval", type=float, help="seconds; 0 = on request only")
+    sub.add_argument("--callback-url", dest="callback_url", help="POST stage changes here (best effort)")
+    sub.add_argument("--keep-backups", dest="keep_backups", type=int, help="backups kept (default 2)")
+    sub.add_argument("--health-check", dest="health_check", help="command run after deploy; exit 0 = healthy")
 
     sub = add("demo", _cmd_demo, "end-to-end demo on embedded defaults in a temporary directory")
     sub.add_argument("--keep", action="store_true", help="keep the temporary directory")

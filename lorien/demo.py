@@ -3,11 +3,11 @@
 1. generate a TFLite model family with three fine-tuned versions (``lorien.modelgen``);
 2. ``publish`` it into a static repository;
 3. serve the repository with ``lorien serve``'s app on a free loopback port (waitress, in a thread);
-4. act as a device holding version 1: fingerprint it, read ``index.json`` and the manifest over HTTP, find
-   the installed version by (size, header_hash, tail_hash), pick the patch to the latest version;
-5. download the patch with two HTTP Range requests, check its MD5 and SHA-256;
-6. apply it and check the SHA-256 of the result against the manifest;
-7. print what it cost: full model bytes vs patch bytes.
+4. run the real device updater (``device/``: Bottle API on waitress, in a thread) for a device holding
+   version 1 and drive it over its HTTP API: ``POST /api/v1.0/check`` (fingerprint → installed version →
+   cheapest plan), ``POST /api/v1.0/update-latest`` (resumable download → MD5 + SHA-256 → apply → atomic deploy
+   with backup and health check), ``GET /api/v1.0/status`` until done;
+5. print what it cost: full model bytes vs downloaded bytes.
 """
 
 from __future__ import annotations
@@ -18,19 +18,18 @@ import threading
 import time
 from pathlib import Path
 
+import requests
 import waitress
 
+from device.api import make_app as make_device_app
+from device.config import check_environment, load_config
+from device.updater import Updater
 from lorien.modelgen import write_family
 from publisher.publish import publish
 from publisher.serve import make_app
-from repo.engine import apply_patch, require_engine
-from repo.errors import IntegrityError, LorienError
-from repo.fetch import HttpFetcher
+from repo.errors import LorienError
 from repo.fingerprint import fingerprint
-from repo.hashing import digest_chunks, sha256_file
 from repo.inspect import human_size
-from repo.layout import INDEX_FILE
-from repo.manifest import parse_index, parse_manifest
 
 FAMILY = "demo-classifier"
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
@@ -71,58 +70,68 @@ def _run(workdir: Path) -> int:
     thread.start()
     try:
         _step(f"serving the repository at {base_url} (open {base_url}index.html in a browser)")
-        return _device_update(HttpFetcher(base_url), paths[0], device, started)
+        return _device_update(base_url, paths[0], device, started)
     finally:
         server.close()
         thread.join(timeout=5)
 
 
-def _device_update(fetcher: HttpFetcher, installed_source: Path, device: Path, started: float) -> int:
+def _device_update(base_url: str, installed_source: Path, device: Path, started: float) -> int:
+    """Run the real device updater (its Bottle API on waitress, in a thread) and drive it over HTTP."""
     device.mkdir(parents=True)
     installed = device / "model.tflite"
     shutil.copyfile(installed_source, installed)
     local = fingerprint(installed)
     _step(f"device holds a model with short_id {local.short_id} ({local.format}, {human_size(local.file_size)})")
-
-    index = parse_index(fetcher.read_document(INDEX_FILE))
-    entry = index.family(FAMILY)
-    manifest = parse_manifest(fetcher.read_document(entry.manifest), entry.manifest)
-    current = next(v for v in manifest.versions if v.fingerprint.matches(local))
-    if sha256_file(installed) != current.sha256:
-        raise IntegrityError("installed model matches a fingerprint but not its SHA-256")
-    latest = manifest.latest_entry()
-    patch = manifest.patch(current.version, latest.version)
-    if patch is None:
-        raise LorienError(f"no patch {current.version} → {latest.version} in the manifest")
-    _step(
-        f"manifest (sequence {manifest.sequence}): installed {current.version}, latest {latest.version}, "
-        f"patch {patch.id} is {human_size(patch.size)} (engine {patch.engine})"
+    config = load_config(
+        None,
+        {
+            "repo_url": base_url,
+            "family": FAMILY,
+            "model_path": str(installed),
+            "state_dir": str(device / "state"),
+            "port": 0,
+        },
     )
-
-    require_engine(patch.engine, f"patch {patch.id}")
-    middle = patch.size // 2
-    first = fetcher.read_range(patch.blob, 0, middle - 1)
-    second = fetcher.read_range(patch.blob, middle, patch.size - 1)
-    digests = digest_chunks([first, second])
-    if (digests.size, digests.md5, digests.sha256) != (patch.size, patch.md5, patch.sha256):
-        raise IntegrityError(f"downloaded patch does not match the manifest (md5 {digests.md5})")
-    patch_file = device / f"{patch.id}.patch"
-    patch_file.write_bytes(first + second)
-    _step(
-        f"downloaded the patch in two Range requests ({len(first)} + {len(second)} bytes); MD5 and SHA-256 match"
+    check_environment(config)
+    updater = Updater(config)
+    api = waitress.create_server(make_device_app(updater, None), host="127.0.0.1", port=0, threads=2)
+    api_url = f"http://127.0.0.1:{api.effective_port}/api/v1.0/"
+    # a daemon thread: it ends with the demo (closing a waitress server from another thread races its loop)
+    threading.Thread(target=api.run, daemon=True).start()
+    _step(f"device updater API at {api_url}")
+    plan = _call("POST", api_url + "check")
+    steps = ", ".join(
+        f"patch {s['source']}→{s['target']} ({human_size(s['size'])}, engine {s['engine']})"
+        if s["kind"] == "patch"
+        else f"full {s['target']}"
+        for s in plan["steps"]
     )
-
-    updated = device / "model.new.tflite"
-    result = apply_patch(installed, patch_file, updated)
-    if result.target_sha256 != latest.sha256:
-        raise IntegrityError("patched model does not match the manifest's SHA-256")
-    updated.replace(installed)
-    _step(f"applied: model is now {latest.version}, SHA-256 {latest.sha256[:16]}… verified")
-
-    saving = 100 * (1 - patch.size / latest.size)
+    _step(f"check: installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}")
+    _call("POST", api_url + "update-latest")
+    while True:
+        status = _call("GET", api_url + "status")
+        if not status["busy"] and status["stage"] in ("idle", "failed"):
+            break
+        time.sleep(0.05)
+    result = status["last_result"]
+    if not result["ok"]:
+        raise LorienError(f"device update failed: {result['message']}")
+    _step(
+        f"update-latest: {result['message']}; model is now {status['installed_version']}, SHA-256 "
+        f"{status['installed_sha256'][:16]}… verified; backup kept: {', '.join(status['backups'])}"
+    )
+    transferred, full = plan["download_bytes"], plan["full_size"]
     print(
-        f"\nsummary: full model {latest.size} bytes, patch {patch.size} bytes "
-        f"({100 * patch.size / latest.size:.1f}% of full, {saving:.1f}% saved), "
+        f"\nsummary: full model {full} bytes, downloaded {transferred} bytes "
+        f"({100 * transferred / full:.1f}% of full, {100 * (1 - transferred / full):.1f}% saved), "
         f"total time {time.perf_counter() - started:.1f}s"
     )
     return 0
+
+
+def _call(method: str, url: str) -> dict:
+    answer = requests.request(method, url, timeout=60).json()
+    if answer["code"] != 200:
+        raise LorienError(f"device API {url}: {answer['msg']}")
+    return answer["data"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,18 +52,13 @@ from repo.manifest import (
     parse_manifest,
     utc_now,
 )
+from repo.testhooks import crash_point
 from repo.versions import sort_versions
 
 log = logging.getLogger("lorien.publish")
 
 STAGING_DIR = ".staging"
 DEFAULT_KEEP = 3
-
-
-def crash_point(name: str) -> None:
-    """Test hook: SIGKILL ourselves at a named point when LORIEN_TEST_CRASH_AT says so."""
-    if os.environ.get("LORIEN_TEST_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass

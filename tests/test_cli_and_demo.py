@@ -11,9 +11,10 @@ def test_demo_runs_end_to_end() -> None:
     result = run_lorien("demo", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "two Range requests" in out and "MD5 and SHA-256 match" in out and "verified" in out
-    match = re.search(r"full model (\d+) bytes, patch (\d+) bytes", out)
-    assert match and int(match.group(2)) < int(match.group(1))
+    assert "device updater API at http://127.0.0.1:" in out and "plan: patch 1.0.0→1.2.0" in out
+    assert "model is now 1.2.0" in out and "verified" in out
+    match = re.search(r"full model (\d+) bytes, downloaded (\d+) bytes", out)
+    assert match and int(match.group(2)) < int(match.group(1)) / 5
 
 
 def test_usage_errors_exit_2() -> None:

@@ -1,0 +1,205 @@
+"""The device updater's HTTP API (Bottle, served by waitress), TOPE-compatible plus manifest-driven endpoints.
+
+Every answer is the TOPE envelope ``{"code", "msg", "data"}`` with ``code`` equal to the HTTP status.
+Mutating requests (POST) need ``Authorization: Bearer <api_token>`` when a token is configured (compared in
+constant time). Bodies are bounded (413), every field is type- and range-checked (400 naming the field), and a
+request that fails validation changes nothing. Long work runs in the updater's background thread, so the API
+stays responsive; a second operation while one runs gets 409.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import bottle
+import waitress
+
+from device.state import DEPLOYING
+from device.updater import Busy, UpdateFailed, Updater
+from repo.errors import FetchError, LorienError
+from repo.manifest import MAX_BLOB_SIZE
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+PREFIX = "/api/v1.0"
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_NAME = re.compile(r"[A-Za-z0-9._+-]{1,200}")
+_VERSION = re.compile(r"[A-Za-z0-9._+-]{1,100}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _envelope(status: int, msg: str, data: Any = None) -> str:
+    bottle.response.status = status
+    bottle.response.content_type = "application/json"
+    return json.dumps({"code": status, "msg": msg, "data": data if data is not None else {}})
+
+
+def _body() -> dict[str, Any]:
+    length = bottle.request.content_length
+    if length > MAX_BODY:
+        raise ApiError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+    raw = bottle.request.body.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, f"request body exceeds the {MAX_BODY}-byte limit")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kind: type, pattern: re.Pattern[str] | None = None) -> Any:
+    if name not in data:
+        raise ApiError(400, f"{name}: required")
+    value = data[name]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ApiError(400, f"{name}: must be an integer")
+    if kind is str and not isinstance(value, str):
+        raise ApiError(400, f"{name}: must be a string")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ApiError(400, f"{name}: {value[:80]!r} is not allowed (expected {pattern.pattern})")
+    return value
+
+
+def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
+    app = bottle.Bottle()
+
+    def endpoint(method: str, path: str, mutating: bool) -> Callable:
+        def decorate(handler: Callable[[], tuple[str, Any]]) -> Callable:
+            def wrapped() -> str:
+                try:
+                    if mutating and token:
+                        given = bottle.request.get_header("Authorization", "")
+                        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                            raise ApiError(
+                                401, "missing or wrong bearer token (Authorization: Bearer <api_token>)"
+                            )
+                    message, data = handler()
+                    return _envelope(200, message, data)
+                except ApiError as error:
+                    return _envelope(error.status, str(error))
+                except Busy as error:
+                    return _envelope(409, str(error), {"stage": updater.state.get("stage")})
+                except UpdateFailed as error:
+                    return _envelope(409, str(error))
+                except FetchError as error:
+                    return _envelope(502, f"repository unreachable or bad: {error}")
+                except LorienError as error:
+                    return _envelope(422, str(error))
+
+            app.route(f"{PREFIX}{path}", method=method, callback=wrapped)
+            return wrapped
+
+        return decorate
+
+    @endpoint("POST", "/download", mutating=True)
+    def download() -> tuple[str, Any]:
+        data = _body()
+        version = _field(data, "version", str, _VERSION)
+        url = _field(data, "package_url", str)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ApiError(400, "package_url: must be an http:// or https:// URL")
+        name = _field(data, "package_name", str, _NAME)
+        if name in (".", ".."):
+            raise ApiError(400, "package_name: must be a file name")
+        size = _field(data, "package_size", int)
+        if not 0 < size <= MAX_BLOB_SIZE:
+            raise ApiError(400, f"package_size: must be from 1 to {MAX_BLOB_SIZE}")
+        md5 = _field(data, "package_md5", str, _MD5)
+        updater.download_package(version, url, name, size, md5)
+        return "download started", {"version": version}
+
+    @endpoint("POST", "/update", mutating=True)
+    def update() -> tuple[str, Any]:
+        version = _field(_body(), "version", str, _VERSION)
+        updater.install_package(version)
+        return "update started", {"version": version}
+
+    @endpoint("GET", "/progress", mutating=False)
+    def progress() -> tuple[str, Any]:
+        return "success", updater.progress
+
+    @endpoint("POST", "/check", mutating=True)
+    def check() -> tuple[str, Any]:
+        _body()
+        return "success", updater.check().to_dict()
+
+    @endpoint("POST", "/update-latest", mutating=True)
+    def update_latest() -> tuple[str, Any]:
+        _body()
+        updater.update_latest()
+        return "update started", {}
+
+    @endpoint("POST", "/rollback", mutating=True)
+    def rollback() -> tuple[str, Any]:
+        _body()
+        updater.rollback()
+        return "rollback started", {}
+
+    @endpoint("GET", "/status", mutating=False)
+    def status() -> tuple[str, Any]:
+        return "success", updater.status()
+
+    for code in (404, 405, 500):
+        app.error(code)(lambda error: _envelope(error.status_code, error.status_line))
+    return app
+
+
+def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
+    config = updater.config
+    server = waitress.create_server(
+        make_app(updater, config.api_token), host=config.host, port=config.port, threads=4
+    )
+    healed = updater.heal()
+    log.info("startup: %s", healed)
+    announce(
+        f"lorien device: family {config.family}, API at http://{server.effective_host}:"
+        f"{server.effective_port}{PREFIX}/, model {config.model_path}",
+        flush=True,
+    )
+    stop = _periodic_checks(updater)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        server.close()
+
+
+def _periodic_checks(updater: Updater) -> Callable[[], None]:
+    import threading
+
+    interval = updater.config.check_interval
+    stopped = threading.Event()
+    if interval <= 0:
+        return stopped.set
+
+    def loop() -> None:
+        while not stopped.wait(interval):
+            if updater.busy or updater.state.get("stage") == DEPLOYING:
+                continue
+            try:
+                updater.update_latest()
+            except (Busy, LorienError) as error:
+                log.info("periodic check skipped: %s", error)
+
+    threading.Thread(target=loop, name="periodic-check", daemon=True).start()
+    return stopped.set

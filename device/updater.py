@@ -1,0 +1,471 @@
+"""The update pipeline: check → plan → download → verify → apply → deploy (backup, replace, health, rollback).
+
+One operation runs at a time in a background thread; the HTTP API only starts operations and reads progress.
+Every stage transition is persisted in ``state.json`` *before* the work it announces, so :meth:`Updater.heal`
+can resume after a crash or power cut:
+
+- ``downloading``: ``.part`` files resume (HTTP Range + If-Range); finished blobs are re-verified, not refetched.
+- ``applying``: patches are re-applied from the verified blobs (intermediate files are re-verified by SHA-256).
+- ``deploying``: the model path's SHA-256 says where the crash happened — still the old model → deploy again;
+  already the new model → start the service and run the health check; anything else → restore the backup.
+- ``rolling_back``: restore the backup again.
+
+The model path only ever changes by ``os.replace`` of a complete, verified file, so it always holds a complete
+old or new model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from device import service
+from device.config import DeviceConfig
+from device.plan import Plan, Step, cheapest_plan, identify
+from device.report import Callbacks
+from device.state import (
+    APPLYING,
+    BUSY_STAGES,
+    CHECKING,
+    DEPLOYING,
+    DOWNLOADING,
+    FAILED,
+    IDLE,
+    ROLLING_BACK,
+    StateStore,
+)
+from repo.atomic import atomic_writer, fsync_dir
+from repo.download import Downloader, DownloadRequest, Progress
+from repo.engine import apply_patch, require_engine
+from repo.errors import IntegrityError, LorienError
+from repo.fetch import HttpFetcher
+from repo.hashing import digest_file, iter_file, sha256_file
+from repo.layout import manifest_path
+from repo.manifest import Manifest, parse_manifest
+from repo.testhooks import crash_point
+
+log = logging.getLogger(__name__)
+
+SPACE_MARGIN = 1 << 20
+
+
+class Busy(LorienError):
+    """Another operation is running."""
+
+
+class UpdateFailed(LorienError):
+    pass
+
+
+class Updater:
+    def __init__(
+        self,
+        config: DeviceConfig,
+        callbacks: Callbacks | None = None,
+        downloader_factory: Callable[[Callable[[Progress], None]], Downloader] | None = None,
+    ) -> None:
+        self.config = config
+        self.state = StateStore(config.state_file)
+        self.callbacks = callbacks or Callbacks(None)
+        self.fetcher = HttpFetcher(config.repo_url)
+        self._downloader_factory = downloader_factory or (lambda progress: Downloader(on_progress=progress))
+        self._run_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.progress: dict[str, Any] = {
+            "stage": self.state.get("stage"),
+            "progress": 0,
+            "message": "",
+            "error": None,
+        }
+
+    # ------------------------------------------------------------------ operation control
+
+    @property
+    def busy(self) -> bool:
+        return self._run_lock.locked()
+
+    def start(self, kind: str, work: Callable[[], None]) -> None:
+        """Run ``work`` in the background, or raise Busy."""
+        if not self._run_lock.acquire(blocking=False):
+            raise Busy(f"another operation is running ({self.state.get('stage')}); try again when it finishes")
+
+        def run() -> None:
+            try:
+                work()
+            except LorienError as error:
+                self._fail(str(error))
+            except Exception as error:
+                log.exception("operation %s crashed", kind)
+                self._fail(f"internal error: {error}")
+            finally:
+                self._run_lock.release()
+
+        self._thread = threading.Thread(target=run, name=kind, daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _stage(self, stage: str, message: str, percent: float = 0.0) -> None:
+        self.state.update(stage=stage)
+        self._report(stage, message, percent)
+
+    def _report(self, stage: str, message: str, percent: float, error: str | None = None) -> None:
+        self.progress = {"stage": stage, "progress": round(percent, 1), "message": message, "error": error}
+        log.info("%s: %s", stage, message)
+        self.callbacks.send({"family": self.config.family, **self.progress})
+
+    def _fail(self, message: str) -> None:
+        op = self.state.get("op") or {}
+        self.state.finish(False, message, op.get("target"), stage=FAILED)
+        self._report(FAILED, "update failed", 0.0, error=message)
+
+    # ------------------------------------------------------------------ check and plan
+
+    def read_manifest(self) -> Manifest:
+        raw = self.fetcher.read_document(manifest_path(self.config.family))
+        manifest = parse_manifest(raw, f"{self.config.repo_url}{manifest_path(self.config.family)}")
+        if manifest.family != self.config.family:
+            raise UpdateFailed(
+                f"manifest is for family {manifest.family!r}, this device runs {self.config.family!r}"
+            )
+        return manifest
+
+    def check(self) -> Plan:
+        manifest = self.read_manifest()
+        return cheapest_plan(manifest, identify(self.config.model_path, manifest))
+
+    # ------------------------------------------------------------------ manifest-driven update
+
+    def update_latest(self) -> None:
+        self.start("update-latest", self._update_latest)
+
+    def _update_latest(self) -> None:
+        self._stage(CHECKING, "reading the manifest")
+        plan = self.check()
+        if plan.up_to_date:
+            self.state.finish(True, f"already up to date ({plan.latest})", plan.latest)
+            self._report(IDLE, f"already up to date ({plan.latest})", 100.0)
+            return
+        for step in plan.steps:
+            if step.kind == "patch":
+                require_engine(step.engine or "", f"patch {step.id}")
+        self.state.update(
+            op={
+                "kind": "update-latest",
+                "target": plan.latest,
+                "target_sha256": plan.steps[-1].target_sha256,
+                "steps": [step.to_dict() for step in plan.steps],
+                "previous": plan.installed.to_dict(),
+            }
+        )
+        how = " → ".join(f"{s.source}→{s.target}" if s.kind == "patch" else f"full {s.target}" for s in plan.steps)
+        log.info("plan: %s, %d bytes instead of %d", how, plan.download_bytes, plan.full_size)
+        self._continue_update()
+
+    def _continue_update(self) -> None:
+        op = self.state.get("op")
+        steps = [Step.from_dict(step) for step in op["steps"]]
+        self._stage(DOWNLOADING, f"downloading {len(steps)} file(s)")
+        blobs = [self._download_step(index, step, steps) for index, step in enumerate(steps)]
+        crash_point("after-download")
+        self._stage(APPLYING, "applying")
+        candidate = self._apply_steps(steps, blobs)
+        self.state.update_op(candidate=str(candidate))
+        self._deploy(candidate, op["target"], op["target_sha256"])
+
+    def _blob_file(self, step: Step) -> Path:
+        return self.config.tmp_dir / f"{step.sha256}.blob"
+
+    def _download_step(self, index: int, step: Step, steps: list[Step]) -> Path:
+        final = self._blob_file(step)
+        if final.exists():
+            digests = digest_file(final)
+            if (digests.size, digests.md5, digests.sha256) == (step.size, step.md5, step.sha256):
+                return final
+            final.unlink()
+        done_before = sum(s.size for s in steps[:index])
+        total = sum(s.size for s in steps)
+        crashed = False
+
+        def on_progress(progress: Progress) -> None:
+            nonlocal crashed
+            done = done_before + progress.done
+            eta = f", ETA {progress.eta:.0f} s" if progress.eta is not None else ""
+            self.progress = {
+                "stage": DOWNLOADING,
+                "progress": round(100 * done / total, 1),
+                "error": None,
+                "message": f"{step.kind} {step.target}: {progress.done}/{progress.total} bytes "
+                f"({progress.rate / 1e6:.2f} MB/s{eta})",
+            }
+            if not crashed and progress.done >= progress.total // 2:
+                crashed = True
+                crash_point("mid-download")
+
+        downloader = self._downloader_factory(on_progress)
+        part = final.with_suffix(".part")
+        downloader.fetch(DownloadRequest(self.fetcher.url(step.blob), part, step.size, step.md5, step.sha256))
+        os.replace(part, final)
+        return final
+
+    def _apply_steps(self, steps: list[Step], blobs: list[Path]) -> Path:
+        if steps[0].kind == "full":
+            return blobs[0]
+        current = self.config.model_path
+        for index, (step, blob) in enumerate(zip(steps, blobs, strict=True)):
+            output = self.config.tmp_dir / f"{step.target_sha256}.model"
+            if not (output.exists() and sha256_file(output) == step.target_sha256):
+                self._report(APPLYING, f"applying patch {step.source} → {step.target}", 100 * index / len(steps))
+                result = apply_patch(current, blob, output)
+                if result.target_sha256 != step.target_sha256:
+                    output.unlink(missing_ok=True)
+                    raise IntegrityError(
+                        f"patch {step.id} produced sha256 {result.target_sha256}, the manifest "
+                        f"promises {step.target_sha256}"
+                    )
+            crash_point("mid-apply")
+            current = output
+        return current
+
+    # ------------------------------------------------------------------ deploy, health, rollback
+
+    def _deploy(self, candidate: Path, version: str | None, target_sha256: str) -> None:
+        config = self.config
+        self._stage(DEPLOYING, f"deploying {version}")
+        size = candidate.stat().st_size
+        current_size = config.model_path.stat().st_size if config.model_path.exists() else 0
+        self._require_space(config.model_path.parent, size, "the model directory")
+        self._require_space(config.backup_dir, current_size, "the backup directory")
+        previous_sha = sha256_file(config.model_path) if config.model_path.exists() else None
+        self.state.update_op(
+            phase="stopping",
+            previous_sha256=previous_sha,
+            candidate=str(candidate),
+            target=version,
+            target_sha256=target_sha256,
+        )
+        log.info("service: %s", service.stop_service(config))
+        backup = None
+        if config.model_path.exists():
+            backup = config.backup_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{previous_sha[:16]}.model"
+            _copy_atomically(config.model_path, backup)
+        self.state.update_op(phase="backed_up", backup=str(backup) if backup else None)
+        crash_point("after-backup")
+        _replace(candidate, config.model_path)
+        self.state.update_op(phase="replaced")
+        crash_point("after-replace")
+        self._start_and_check(version)
+
+    def _start_and_check(self, version: str | None) -> None:
+        config = self.config
+        log.info("service: %s", service.start_service(config))
+        self.state.update_op(phase="health")
+        self._report(DEPLOYING, "running the health check", 90.0)
+        crash_point("health-check")
+        healthy, why = service.health_check(config)
+        if healthy:
+            self._prune_backups()
+            installed = {"version": version, "sha256": sha256_file(config.model_path)}
+            self.state.update(installed=installed)
+            self._clean_tmp()
+            self.state.finish(True, f"installed {version}: {why}", version)
+            self._report(IDLE, f"installed {version}", 100.0)
+            return
+        log.error("health check failed after deploying %s: %s; rolling back", version, why)
+        self._roll_back(f"health check failed: {why}")
+
+    def _roll_back(self, reason: str) -> None:
+        op = self.state.get("op") or {}
+        backup = op.get("backup")
+        self.state.update(stage=ROLLING_BACK)
+        self._report(ROLLING_BACK, f"restoring the previous model ({reason})", 95.0)
+        service.stop_service(self.config)
+        if backup and Path(backup).exists():
+            staged = self.config.tmp_dir / "rollback.model"
+            _copy_atomically(Path(backup), staged)
+            _replace(staged, self.config.model_path)
+        else:
+            log.error("no backup to restore; the new model stays in place")
+        log.info("service: %s", service.start_service(self.config))
+        self.state.finish(False, f"rolled back: {reason}", op.get("target"), stage=FAILED)
+        self._report(FAILED, "rolled back to the previous model", 100.0, error=reason)
+
+    def _require_space(self, directory: Path, needed: int, what: str) -> None:
+        free = shutil.disk_usage(directory).free
+        if free < needed + SPACE_MARGIN:
+            raise UpdateFailed(
+                f"not enough free space in {what} ({directory}): {free} bytes free, {needed + SPACE_MARGIN} needed"
+            )
+
+    def _prune_backups(self) -> None:
+        backups = sorted(self.config.backup_dir.glob("*.model"))
+        for old in backups[: max(0, len(backups) - self.config.keep_backups)]:
+            old.unlink(missing_ok=True)
+
+    def _clean_tmp(self) -> None:
+        for leftover in self.config.tmp_dir.iterdir():
+            if leftover.is_file() and not leftover.name.startswith("package-"):
+                leftover.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ TOPE-compatible download / update
+
+    def download_package(self, version: str, url: str, name: str, size: int, md5: str) -> None:
+        package = {
+            "version": version,
+            "url": url,
+            "name": name,
+            "size": size,
+            "md5": md5.lower(),
+            "done": False,
+            "path": str(self.config.tmp_dir / f"package-{name}"),
+        }
+
+        def work() -> None:
+            self.state.update(package=package, op={"kind": "download", "target": version})
+            self._stage(DOWNLOADING, f"downloading package {name} ({size} bytes)")
+            path = Path(package["path"])
+            part = path.with_name(path.name + ".part")
+
+            def on_progress(progress: Progress) -> None:
+                self.progress = {
+                    "stage": DOWNLOADING,
+                    "progress": round(progress.percent, 1),
+                    "error": None,
+                    "message": f"Downloading package... {progress.done / 1e6:.1f} MB / "
+                    f"{progress.total / 1e6:.1f} MB",
+                }
+
+            self._downloader_factory(on_progress).fetch(DownloadRequest(url, part, size, md5))
+            os.replace(part, path)
+            self.state.update(package={**package, "done": True})
+            self.state.finish(True, f"package {name} for {version} downloaded and MD5-verified", version)
+            self._report(IDLE, f"package {name} downloaded", 100.0)
+
+        self.start("download", work)
+
+    def install_package(self, version: str) -> None:
+        package = self.state.get("package")
+        if not package or not package.get("done") or package.get("version") != version:
+            have = f"version {package['version']}" if package and package.get("done") else "nothing"
+            raise UpdateFailed(
+                f"no downloaded package for version {version!r} (downloaded: {have}); "
+                "POST /api/v1.0/download first"
+            )
+        path = Path(package["path"])
+
+        def work() -> None:
+            digests = digest_file(path)
+            if (digests.size, digests.md5) != (package["size"], package["md5"]):
+                raise IntegrityError(f"package {path.name} changed on disk since it was verified")
+            staged = self.config.tmp_dir / f"{digests.sha256}.model"
+            _copy_atomically(path, staged)
+            self.state.update(op={"kind": "install", "target": version, "target_sha256": digests.sha256})
+            self._deploy(staged, version, digests.sha256)
+
+        self.start("install", work)
+
+    def rollback(self) -> None:
+        backups = sorted(self.config.backup_dir.glob("*.model"))
+        if not backups:
+            raise UpdateFailed("no backup to roll back to")
+        source = backups[-1]
+
+        def work() -> None:
+            staged = self.config.tmp_dir / "manual-rollback.model"
+            _copy_atomically(source, staged)
+            sha = sha256_file(staged)
+            self.state.update(op={"kind": "rollback", "target": None, "target_sha256": sha})
+            self._deploy(staged, None, sha)  # the current model becomes the newest backup
+
+        self.start("rollback", work)
+
+    # ------------------------------------------------------------------ self-healing
+
+    def heal(self) -> str:
+        """Finish or undo whatever a crash interrupted. Returns what was done (for the log)."""
+        snapshot = self.state.snapshot()
+        stage, op = snapshot["stage"], snapshot["op"]
+        if stage not in BUSY_STAGES or not op:
+            if stage in BUSY_STAGES:
+                self.state.update(stage=IDLE)
+            return "nothing to heal"
+        kind = op.get("kind")
+        if stage == ROLLING_BACK:
+            self.start("heal", lambda: self._roll_back("interrupted rollback resumed after restart"))
+            return "resuming an interrupted rollback"
+        if stage == DEPLOYING and op.get("phase"):
+            current = sha256_file(self.config.model_path) if self.config.model_path.exists() else None
+            if current == op.get("target_sha256") and op.get("phase") in ("replaced", "health"):
+                self.start("heal", lambda: self._start_and_check(op.get("target")))
+                return "new model in place: starting the service and re-running the health check"
+            candidate = Path(op.get("candidate", ""))
+            if current == op.get("previous_sha256") and candidate.is_file():
+                self.start("heal", lambda: self._deploy(candidate, op.get("target"), op["target_sha256"]))
+                return "old model still in place: deploying again"
+            self.start("heal", lambda: self._roll_back("deploy interrupted in an unknown state"))
+            return "unknown model state after a crash: restoring the backup"
+        if kind == "update-latest" and stage in (DOWNLOADING, APPLYING, DEPLOYING):
+            self.start("heal", self._continue_update)
+            return f"resuming the interrupted update to {op.get('target')} ({stage})"
+        if kind == "download" and stage == DOWNLOADING:
+            package = snapshot["package"]
+            self.state.update(stage=IDLE, op=None)
+            self.download_package(
+                package["version"], package["url"], package["name"], package["size"], package["md5"]
+            )
+            return "resuming the interrupted package download"
+        self.state.finish(
+            False, f"operation {kind} interrupted by a restart in stage {stage}", op.get("target"), stage=FAILED
+        )
+        return f"gave up on the interrupted {kind} ({stage}); the model path was not touched"
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.state.snapshot()
+        model = self.config.model_path
+        installed = snapshot["installed"] or {}
+        current = None
+        if model.exists():
+            current = sha256_file(model)
+        version = installed.get("version") if installed.get("sha256") == current else None
+        return {
+            "family": self.config.family,
+            "model_path": str(model),
+            "installed_version": version,
+            "installed_sha256": current,
+            "stage": snapshot["stage"],
+            "busy": self.busy,
+            "last_result": snapshot["last_result"],
+            "history": snapshot["history"],
+            "backups": [p.name for p in sorted(self.config.backup_dir.glob("*.model"))],
+        }
+
+
+def _copy_atomically(source: Path, destination: Path) -> None:
+    with atomic_writer(destination) as sink:
+        for chunk in iter_file(source):
+            sink.write(chunk)
+
+
+def _replace(candidate: Path, model_path: Path) -> None:
+    """Put ``candidate`` at ``model_path`` by one rename in the model's directory (copying it there first when
+    the two are on different file systems), then fsync the directory."""
+    try:
+        os.replace(candidate, model_path)
+    except OSError as error:
+        if error.errno != 18:  # EXDEV
+            raise
+        staged = model_path.with_name(f".{model_path.name}.incoming")
+        _copy_atomically(candidate, staged)
+        os.replace(staged, model_path)
+        candidate.unlink(missing_ok=True)
+    fsync_dir(model_path.parent)

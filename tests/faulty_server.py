@@ -1,0 +1,98 @@
+"""A small HTTP file server of the tests' own that misbehaves on purpose (http.server in a thread).
+
+Serves a directory with Range support and a strong ETag, and can: cut the connection after N body bytes (for
+the first ``cuts`` responses), ignore Range headers (answer 200 with the whole file), change its ETag on every
+request (as if the file were replaced between requests), or stall before sending.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Faults:
+    cut_after: int | None = None  # body bytes sent before the connection is dropped
+    cuts: int = 1  # how many responses get cut
+    ignore_range: bool = False
+    rotate_etag: bool = False
+    delay: float = 0.0  # seconds to wait before answering blob requests
+    requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (path, Range, If-Range)
+
+
+class FaultyServer:
+    def __init__(self, root: Path, faults: Faults | None = None) -> None:
+        self.root = root
+        self.faults = faults or Faults()
+        self._etag_counter = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _etag(self, path: Path) -> str:
+        stat = path.stat()
+        if self.faults.rotate_etag:
+            self._etag_counter += 1
+            return f'"{stat.st_size}-{stat.st_mtime_ns}-{self._etag_counter}"'
+        return f'"{stat.st_size}-{stat.st_mtime_ns}"'
+
+    def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        faults = self.faults
+        relative = handler.path.split("?", 1)[0].lstrip("/")
+        range_header, if_range = handler.headers.get("Range"), handler.headers.get("If-Range")
+        faults.requests.append((relative, range_header, if_range))
+        path = (self.root / relative).resolve()
+        if not path.is_file() or self.root.resolve() not in path.parents:
+            handler.send_response(404)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        data = path.read_bytes()
+        etag = self._etag(path)
+        start, status = 0, 200
+        if range_header and not faults.ignore_range and (if_range is None or if_range == etag):
+            start = int(range_header.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                handler.send_response(416)
+                handler.send_header("Content-Range", f"bytes */{len(data)}")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            status = 206
+        body = data[start:]
+        if relative.startswith("blobs/") and faults.delay:
+            time.sleep(faults.delay)
+        handler.send_response(status)
+        handler.send_header("ETag", etag)
+        handler.send_header("Content-Length", str(len(body)))
+        if status == 206:
+            handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        handler.end_headers()
+        if relative.startswith("blobs/") and faults.cut_after is not None and faults.cuts > 0:
+            faults.cuts -= 1
+            handler.wfile.write(body[: faults.cut_after])
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        handler.wfile.write(body)

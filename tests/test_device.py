@@ -1,0 +1,273 @@
+"""The device updater end to end: real `lorien serve` (or the tests' fault-injecting server) + real `lorien device`
+subprocesses; updates by patch chain and full file, the TOPE API, validation, auth, rollback, and SIGKILL at
+every stage followed by a restart that heals."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lorien.modelgen import DEFAULT_LAYERS, write_family
+from publisher.publish import publish
+from tests.conftest import LiveServer, start_server
+from tests.device_harness import DeviceProcess, sha256
+from tests.faulty_server import Faults, FaultyServer
+
+VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three 2 MB TFLite versions; the repository has only 1.0.0→1.1.0 and 1.1.0→1.2.0 (a two-hop chain)."""
+    root = tmp_path_factory.mktemp("device-family")
+    write_family(root / "all" / "cls", VERSIONS, layer_sizes=DEFAULT_LAYERS, seed=11)
+    models = root / "models" / "cls"
+    models.mkdir(parents=True)
+    for version in VERSIONS[:2]:
+        shutil.copy(root / "all" / "cls" / f"{version}.tflite", models)
+    assert publish(root / "models", root / "repo").ok
+    shutil.copy(root / "all" / "cls" / "1.2.0.tflite", models)
+    assert publish(root / "models", root / "repo", keep=1).ok
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(family: Path) -> Iterator[LiveServer]:
+    live = start_server(family / "repo")
+    yield live
+    live.process.terminate()
+    live.process.wait(10)
+
+
+def model_file(family: Path, version: str) -> Path:
+    return family / "all" / "cls" / f"{version}.tflite"
+
+
+def install(family: Path, tmp_path: Path, version: str | None) -> Path:
+    target = tmp_path / "app" / "model.tflite"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        target.write_bytes(b"TFL3 a model this repository never published" * 1000)
+    else:
+        shutil.copy(model_file(family, version), target)
+    return target
+
+
+@pytest.fixture
+def devices() -> Iterator[list[DeviceProcess]]:
+    started: list[DeviceProcess] = []
+    yield started
+    for device in started:
+        device.stop()
+
+
+def start(devices: list[DeviceProcess], *args, **kwargs) -> DeviceProcess:
+    device = DeviceProcess(*args, **kwargs)
+    devices.append(device)
+    return device
+
+
+def latest_sha(family: Path) -> str:
+    return hashlib.sha256(model_file(family, "1.2.0").read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- updates
+
+
+@pytest.mark.parametrize(
+    ("installed", "expected_steps"), [("1.1.0", ["patch"]), ("1.0.0", ["patch", "patch"]), (None, ["full"])]
+)
+def test_update_latest_by_patch_chain_or_full_file(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list, installed: str | None, expected_steps: list
+) -> None:
+    model = install(family, tmp_path, installed)
+    device = start(devices, tmp_path, server.url, model)
+    plan = device.api("POST", "check").json()["data"]
+    assert plan["installed"]["version"] == installed and plan["latest"] == "1.2.0"
+    assert [step["kind"] for step in plan["steps"]] == expected_steps
+    if installed is not None:
+        assert plan["download_bytes"] < plan["full_size"] / 2
+    assert device.api("POST", "update-latest").json()["code"] == 200
+    status = device.wait_until_done()
+    assert status["last_result"]["ok"], status
+    assert sha256(model) == latest_sha(family) and status["installed_version"] == "1.2.0"
+    assert len(status["backups"]) == 1
+    progress = device.api("GET", "progress").json()
+    assert progress["data"]["stage"] == "idle" and progress["data"]["progress"] == 100.0
+    again = device.api("POST", "check").json()["data"]
+    assert again["up_to_date"] and again["steps"] == []
+
+
+def test_failed_health_check_rolls_back(family: Path, server: LiveServer, tmp_path: Path, devices: list) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    before = sha256(model)
+    device = start(devices, tmp_path, server.url, model, "--health-check", "false")
+    device.api("POST", "update-latest")
+    status = device.wait_until_done()
+    assert status["stage"] == "failed" and not status["last_result"]["ok"]
+    assert "rolled back: health check failed" in status["last_result"]["message"]
+    assert sha256(model) == before
+
+
+def test_manual_rollback_restores_the_previous_model(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    before = sha256(model)
+    device = start(devices, tmp_path, server.url, model)
+    device.api("POST", "update-latest")
+    device.wait_until_done()
+    assert sha256(model) == latest_sha(family)
+    assert device.api("POST", "rollback").json()["code"] == 200
+    status = device.wait_until_done()
+    assert status["last_result"]["ok"], status
+    assert sha256(model) == before
+
+
+# --------------------------------------------------------------------------- TOPE API, faults, validation
+
+
+def test_tope_download_then_update_through_a_faulty_server(family: Path, tmp_path: Path, devices: list) -> None:
+    faults = Faults(cut_after=300_000, cuts=2, rotate_etag=False)
+    faulty = FaultyServer(family / "repo", faults)
+    try:
+        model = install(family, tmp_path, "1.0.0")
+        target = model_file(family, "1.2.0")
+        data = target.read_bytes()
+        blob = next((family / "repo" / "blobs").rglob(f"{hashlib.sha256(data).hexdigest()}*"))
+        device = start(devices, tmp_path, faulty.url, model)
+        body = {
+            "version": "1.2.0",
+            "package_url": faulty.url + str(blob.relative_to(family / "repo")),
+            "package_name": "model-1.2.0.tflite",
+            "package_size": len(data),
+            "package_md5": hashlib.md5(data).hexdigest(),
+        }
+        assert device.api("POST", "download", json=body).json()["code"] == 200
+        assert device.wait_until_done()["last_result"]["ok"]
+        starts = [
+            int(r.split("=")[1].rstrip("-")) if r else 0 for p, r, _ in faults.requests if p.startswith("blobs/")
+        ]
+        assert len(starts) == 3 and starts[0] == 0  # cut twice, resumed twice, never restarted from zero
+        assert 300_000 - 65_536 <= starts[1] <= 300_000 and starts[1] + 300_000 - 65_536 <= starts[2]
+        assert sha256(model) != latest_sha(family)  # downloaded, not yet installed
+        assert device.api("POST", "update", json={"version": "1.2.0"}).json()["code"] == 200
+        status = device.wait_until_done()
+        assert status["last_result"]["ok"] and sha256(model) == latest_sha(family)
+    finally:
+        faulty.close()
+
+
+@pytest.mark.parametrize("fault", ["ignore-range", "rotate-etag"])
+def test_update_completes_when_the_server_ignores_range_or_changes_etag(
+    family: Path, tmp_path: Path, devices: list, fault: str
+) -> None:
+    faults = Faults(
+        cut_after=500_000, cuts=1, ignore_range=fault == "ignore-range", rotate_etag=fault == "rotate-etag"
+    )
+    faulty = FaultyServer(family / "repo", faults)
+    try:
+        model = install(family, tmp_path, None)  # full download: 2 MB, cut once
+        device = start(devices, tmp_path, faulty.url, model)
+        device.api("POST", "update-latest")
+        status = device.wait_until_done()
+        assert status["last_result"]["ok"], status
+        assert sha256(model) == latest_sha(family)
+        blob_requests = [(r, ir) for path, r, ir in faults.requests if path.startswith("blobs/")]
+        assert len(blob_requests) == 2 and blob_requests[1][0] is not None  # resumed, then sent whole again
+    finally:
+        faulty.close()
+
+
+def test_api_validates_every_field_and_changes_nothing(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    device = start(devices, tmp_path, server.url, model)
+    good = {
+        "version": "1.2.0",
+        "package_url": "http://example.invalid/m",
+        "package_name": "m.tflite",
+        "package_size": 10,
+        "package_md5": "0" * 32,
+    }
+    cases = {
+        "package_md5": {**good, "package_md5": "xyz"},
+        "package_url": {**good, "package_url": "file:///etc/passwd"},
+        "package_name": {**good, "package_name": "../../etc/passwd"},
+        "package_size": {**good, "package_size": -5},
+        "version": {**good, "version": 12},
+    }
+    for field, body in cases.items():
+        answer = device.api("POST", "download", json=body)
+        assert answer.status_code == 400 and answer.json()["msg"].startswith(field), (field, answer.text)
+    assert device.api("POST", "download", data="[1, 2").status_code == 400
+    assert device.api("POST", "download", data="x" * 70_000).status_code == 413
+    answer = device.api("POST", "update", json={"version": "9.9.9"})
+    assert answer.status_code == 409 and "no downloaded package" in answer.json()["msg"]
+    assert device.api("GET", "nowhere").status_code == 404
+    assert device.status()["history"] == [] and sha256(model) == sha256(model_file(family, "1.1.0"))
+
+
+def test_token_is_required_for_mutating_requests(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    device = start(devices, tmp_path, server.url, model, "--api-token", "correct-horse")
+    assert device.api("POST", "update-latest").status_code == 401
+    assert device.api("POST", "update-latest", token="wrong-horse!").status_code == 401
+    assert device.api("GET", "status").status_code == 200  # reads stay open
+    assert device.api("POST", "check", token="correct-horse").status_code == 200
+
+
+def test_second_operation_while_busy_gets_409(family: Path, tmp_path: Path, devices: list) -> None:
+    faulty = FaultyServer(family / "repo", Faults(delay=2.0))
+    try:
+        device = start(devices, tmp_path, faulty.url, install(family, tmp_path, "1.1.0"))
+        assert device.api("POST", "update-latest").status_code == 200
+        busy = device.api("POST", "update-latest")
+        assert busy.status_code == 409 and "another operation is running" in busy.json()["msg"]
+        assert device.api("GET", "progress").status_code == 200  # the API stays responsive
+        assert device.wait_until_done()["last_result"]["ok"]
+    finally:
+        faulty.close()
+
+
+# --------------------------------------------------------------------------- crash and heal
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "installed"),
+    [
+        ("mid-download", None),
+        ("after-download", "1.1.0"),
+        ("mid-apply", "1.0.0"),
+        ("after-backup", "1.1.0"),
+        ("after-replace", "1.1.0"),
+        ("health-check", "1.1.0"),
+    ],
+)
+def test_sigkill_at_every_stage_then_restart_heals(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list, crash_at: str, installed: str | None
+) -> None:
+    model = install(family, tmp_path, installed)
+    old = sha256(model)
+    new = latest_sha(family)
+    doomed = start(
+        devices, tmp_path, server.url, model, "--health-check", "true", env={"LORIEN_TEST_CRASH_AT": crash_at}
+    )
+    doomed.api("POST", "update-latest")
+    assert doomed.wait_for_death() == -9, "".join(doomed.lines)
+    assert sha256(model) in (old, new)  # never a partial model
+    expected_at_kill = new if crash_at in ("after-replace", "health-check") else old
+    assert sha256(model) == expected_at_kill
+    healed = start(devices, tmp_path, server.url, model, "--health-check", "true")
+    status = healed.wait_until_done()
+    assert status["last_result"]["ok"], ("".join(healed.lines), status)
+    assert sha256(model) == new
+    leftovers = [p.name for p in (tmp_path / "state" / "tmp").iterdir()]
+    assert leftovers == [], leftovers
