@@ -1,6 +1,8 @@
 """lorien's device updater (Bottle on waitress): check → plan → resumable download → verify → apply →
-atomic deploy with backup, health check and rollback.
+atomic deploy with backup, health check and rollback; self-healing after a crash.
 
-Not built yet: this package is the home of issue #4 ("Device updater"). It will depend on ``repo`` only.
-Until then ``lorien demo`` performs the device side of the flow itself with ``repo`` primitives.
+Modules, in the order data flows through them: ``config`` (TOML + flags) → ``plan`` (which version is
+installed, cheapest patch chain) → ``updater`` (the pipeline and its persisted ``state``) → ``service``
+(stop/start the model's consumer, health check) → ``report`` (logs, callbacks) → ``api`` (HTTP endpoints).
+Depends on ``repo`` only (downloads: ``repo.download``; patches: ``repo.engine``).
 """

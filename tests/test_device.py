@@ -5,7 +5,10 @@ every stage followed by a restart that heals."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,3 +274,58 @@ def test_sigkill_at_every_stage_then_restart_heals(
     assert sha256(model) == new
     leftovers = [p.name for p in (tmp_path / "state" / "tmp").iterdir()]
     assert leftovers == [], leftovers
+
+
+# --------------------------------------------------------------------------- service control, callbacks, logs
+
+
+def test_service_is_restarted_callbacks_posted_and_logs_written(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    import http.server
+    import json
+    import threading
+
+    events: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            events.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    app = tmp_path / "app.sh"
+    app.write_text("#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.1; done\n")  # ignores SIGTERM
+    app.chmod(0o755)
+    config = tmp_path / "device.toml"
+    config.write_text(
+        f'stop_timeout = 0.5\ncallback_url = "http://127.0.0.1:{receiver.server_address[1]}/events"\n'
+        f'[service]\ncommand = ["{app}"]\npid_file = "{tmp_path / "app.pid"}"\n'
+    )
+    model = install(family, tmp_path, "1.1.0")
+    first = subprocess.Popen([str(app)], start_new_session=True)
+    (tmp_path / "app.pid").write_text(f"{first.pid}\n")
+    try:
+        device = start(devices, tmp_path, server.url, model, "--config", str(config), "--check-interval", "0.5")
+        status = device.wait_until_done()  # the periodic check starts the update by itself
+        deadline = time.monotonic() + 30
+        while status["installed_version"] != "1.2.0" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = device.wait_until_done()
+        assert status["installed_version"] == "1.2.0", status
+        assert first.wait(5) == -9  # ignored SIGTERM, killed after stop_timeout
+        new_pid = int((tmp_path / "app.pid").read_text())
+        assert new_pid != first.pid and Path(f"/proc/{new_pid}").exists()
+        stages = [event["stage"] for event in events]
+        assert {"checking", "downloading", "deploying", "idle"} <= set(stages), stages
+        log = (tmp_path / "state" / "logs" / "device.log").read_text()
+        assert "killed pid" in log and "installed 1.2.0" in log
+    finally:
+        receiver.shutdown()
+        if (tmp_path / "app.pid").exists():
+            os.kill(int((tmp_path / "app.pid").read_text()), 9)
