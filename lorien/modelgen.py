@@ -197,6 +197,18 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
         builder.PrependInt32Slot(2, 1, 1)
         builder.PrependInt8Slot(0, code, 0)
         code_offsets.append(builder.EndObject())
+    finish_model(builder, code_offsets, subgraph, buffer_offsets, description)
+    return bytes(builder.Output())
+
+
+def finish_model(
+    builder: flatbuffers.Builder, code_offsets: list[int], subgraph: int, buffer_offsets: list[int], description: str
+) -> None:
+    """Write the root Model table (one subgraph) and finish the buffer with the "TFL3" identifier.
+
+    Fields: version, operator_codes, subgraphs, description, buffers, metadata_buffer, metadata, signature_defs
+    (the converter writes the last two even when empty; they also move the root table to offset >= 0x18, which
+    Mallorn's format rule needs)."""
     codes_vec = _offset_vector(builder, code_offsets)
     subgraphs_vec = _offset_vector(builder, [subgraph])
     buffers_vec = _offset_vector(builder, buffer_offsets)
@@ -211,9 +223,7 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
     builder.PrependUOffsetTRelativeSlot(2, subgraphs_vec, 0)
     builder.PrependUOffsetTRelativeSlot(1, codes_vec, 0)
     builder.PrependUint32Slot(0, SCHEMA_VERSION, 0)
-    root = builder.EndObject()
-    builder.Finish(root, file_identifier=FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    builder.Finish(builder.EndObject(), file_identifier=FILE_IDENTIFIER)
 
 
 def write_family(
