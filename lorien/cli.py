@@ -145,6 +145,14 @@ def _cmd_device(args: argparse.Namespace) -> int:
     }
     if args.health_check:
         overrides["health_check"] = args.health_check
+    if args.health_check_litert:
+        overrides["health_check_litert"] = True
+    for key in ("health_timeout", "stop_timeout"):
+        overrides[key] = getattr(args, key)
+    if args.service_unit:
+        overrides["service"] = args.service_unit
+    elif args.service_command:
+        overrides["service"] = {"command": args.service_command.split(), "pid_file": args.service_pid_file}
     config = load_config(args.config, overrides)
     check_environment(config)
     setup_logging(config.log_dir, args.verbose)
@@ -230,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--callback-url", dest="callback_url", help="POST stage changes here (best effort)")
     sub.add_argument("--keep-backups", dest="keep_backups", type=int, help="backups kept (default 2)")
     sub.add_argument("--health-check", dest="health_check", help="command run after deploy; exit 0 = healthy")
+    sub.add_argument(
+        "--health-check-litert",
+        dest="health_check_litert",
+        action="store_true",
+        help="also load the TFLite model with LiteRT after deploy (needs the litert extra)",
+    )
+    sub.add_argument("--health-timeout", dest="health_timeout", type=float, help="seconds (default 60)")
+    sub.add_argument("--service-unit", dest="service_unit", help="systemd unit to stop/start around a deploy")
+    sub.add_argument("--service-command", dest="service_command", help="command to start the model's consumer")
+    sub.add_argument("--service-pid-file", dest="service_pid_file", help="its pid file (with --service-command)")
+    sub.add_argument(
+        "--stop-timeout", dest="stop_timeout", type=float, help="SIGTERM→SIGKILL seconds (default 10)"
+    )
 
     sub = add("demo", _cmd_demo, "end-to-end demo on embedded defaults in a temporary directory")
     sub.add_argument("--keep", action="store_true", help="keep the temporary directory")

@@ -202,7 +202,11 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
 
 
 def finish_model(
-    builder: flatbuffers.Builder, code_offsets: list[int], subgraph: int, buffer_offsets: list[int], description: str
+    builder: flatbuffers.Builder,
+    code_offsets: list[int],
+    subgraph: int,
+    buffer_offsets: list[int],
+    description: str,
 ) -> None:
     """Write the root Model table (one subgraph) and finish the buffer with the "TFL3" identifier.
 
