@@ -176,9 +176,10 @@ def test_every_codec_round_trips_exactly(width: int, count: int, seed: int, chan
     raw_sparse = codecs.sparse_residual(target, reference, width)
     if raw_sparse is not None:
         residuals.append((Codec.SPARSE, raw_sparse, reference))
-    for codec, raw, ref in residuals:  # the same streams through the xz backend
-        payload = codecs.xz_compress(raw)
-        assert codecs.decode(segment(codec, payload, len(ref), Backend.XZ), payload, ref) == target, codec
+    for codec, raw, ref in residuals:  # the same streams through the other entropy backends
+        for backend in (Backend.XZ, Backend.BZ2):
+            payload = codecs.pack(raw, 3, backend)
+            assert codecs.decode(segment(codec, payload, len(ref), backend), payload, ref) == target, codec
 
 
 def test_float32_to_float16_prediction_makes_a_cast_nearly_free(tmp_path: Path) -> None:
@@ -350,6 +351,7 @@ def _hostile(segments: list[Segment], payloads: bytes, source: Path, target_size
     [
         "ref-outside-source",
         "xz-bomb",
+        "bz2-bomb",
         "segment-too-large",
         "payload-too-large",
         "frame-lies-about-size",
@@ -371,6 +373,12 @@ def test_hostile_tables_are_refused_before_allocating(case: str, tmp_path: Path)
         payload = codecs.xz_compress(b"\0" * 4_000_000)
         segments = [
             Segment(Codec.ZSTD, 0, Transform.NONE, 100, 0, 0, len(payload), zlib.crc32(payload), Backend.XZ)
+        ]
+        target = 100
+    elif case == "bz2-bomb":
+        payload = codecs.pack(b"\0" * 4_000_000, 3, Backend.BZ2)
+        segments = [
+            Segment(Codec.ZSTD, 0, Transform.NONE, 100, 0, 0, len(payload), zlib.crc32(payload), Backend.BZ2)
         ]
         target = 100
     elif case == "segment-too-large":

@@ -12,6 +12,7 @@ zstd's entropy coder squeezes to almost nothing, while byte-interleaved data hid
 
 from __future__ import annotations
 
+import bz2
 import lzma
 import math
 
@@ -139,16 +140,33 @@ def xz_decompress(payload: bytes, limit: int) -> bytes:
     return output
 
 
+def bz2_decompress(payload: bytes, limit: int) -> bytes:
+    """Decompress one bzip2 stream of at most ``limit`` bytes."""
+    decompressor = bz2.BZ2Decompressor()
+    try:
+        output = decompressor.decompress(payload, max_length=limit + 1)
+    except (OSError, ValueError) as error:
+        raise PatchError(f"corrupt bzip2 data: {error}") from None
+    if len(output) > limit or not decompressor.eof or decompressor.unused_data:
+        raise PatchError(f"bzip2 data does not decode to one stream of at most {limit} bytes")
+    return output
+
+
 def pack(raw: bytes, level: int, backend: Backend) -> bytes:
-    return xz_compress(raw) if backend == Backend.XZ else zstd_compress(raw, level)
+    if backend == Backend.XZ:
+        return xz_compress(raw)
+    if backend == Backend.BZ2:
+        return bz2.compress(raw, 9)
+    return zstd_compress(raw, level)
 
 
 def unpack(payload: bytes, backend: Backend, exact: int | None, limit: int) -> bytes:
     """The raw stream of a payload: exactly ``exact`` bytes when given, else at most ``limit``."""
-    if backend == Backend.XZ:
-        output = xz_decompress(payload, exact if exact is not None else limit)
+    if backend in (Backend.XZ, Backend.BZ2):
+        decompress = xz_decompress if backend == Backend.XZ else bz2_decompress
+        output = decompress(payload, exact if exact is not None else limit)
         if exact is not None and len(output) != exact:
-            raise PatchError(f"xz data decodes to {len(output)} bytes where the segment needs {exact}")
+            raise PatchError(f"{backend.name} data decodes to {len(output)} bytes where the segment needs {exact}")
         return output
     if exact is not None:
         return zstd_decompress(payload, exact)

@@ -46,7 +46,8 @@ class Backend(IntEnum):
     """Entropy stage of a payload (ZSTD_REF is always zstd; COPY has no payload)."""
 
     ZSTD = 0
-    XZ = 1  # LZMA2 in an xz container: beats zstd's Huffman literals on residuals under ~1 bit per byte
+    XZ = 1  # raw LZMA2: beats zstd's Huffman literals on residuals under ~1 bit per byte
+    BZ2 = 2  # bzip2 (BWT): best on very sparse byte differences (int8 re-quantization flips)
 
 
 class Transform(IntEnum):

@@ -60,7 +60,8 @@ MiB = 1 << 20
 PIECE = 8 * MiB  # tensor and generic chunk size on the create side
 MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes
 RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-encoded at the final level
-XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with xz (LZMA2 codes < 1 bit per byte)
+XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
+XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
 GOOD_ENOUGH = 64
 TINY_PLAN = 512
 LOCAL_WINDOW = 256 * 1024
@@ -289,8 +290,10 @@ class LorienEngine:
                 continue  # e.g. sparse with too many changes
             ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
         ranked.sort(key=lambda item: len(item[0]))
-        finalists = ranked[: 3 if piece.length < COMPARE_AT_FINAL_BELOW else 1]
-        finalists += [item for item in ranked[3:] if item[1].codec == Codec.ZSTD_REF]  # level 1 undersells it
+        if piece.length < COMPARE_AT_FINAL_BELOW:
+            finalists = ranked[:3] + [item for item in ranked[3:] if item[1].codec == Codec.ZSTD_REF]
+        else:  # level 1 undersells zstd+reference, but level 19 with a 16 MiB dictionary costs seconds
+            finalists = ranked[:1]
         payload, best, raw = finalists[0]
         if first_level != self.level and len(payload) > piece.length // GOOD_ENOUGH:
             for first, candidate, candidate_raw in finalists:
@@ -300,10 +303,15 @@ class LorienEngine:
                 if len(final) < len(payload):
                     payload, best, raw = final, candidate, candidate_raw
         backend = Backend.ZSTD
-        if raw is not None and len(payload) <= len(raw) // XZ_BELOW:
-            packed = codecs.xz_compress(raw)
-            if len(packed) < len(payload):
-                payload, backend = packed, Backend.XZ
+        if len(payload) <= piece.length // XZ_BELOW:
+            # very compressible residuals: the other entropy coders, on the two best residual streams
+            others = [(c, r) for _, c, r in ranked[:3] if r is not None and c is not best][:1]
+            streams = [(best, raw), *others] if raw is not None else others
+            for candidate, candidate_raw in streams:
+                for other in (Backend.BZ2, Backend.XZ) if piece.length < XZ_PIECES_BELOW else (Backend.BZ2,):
+                    packed = codecs.pack(candidate_raw, self.level, other)
+                    if len(packed) < len(payload):
+                        payload, backend, best = packed, other, candidate
         ref_offset, ref_length = best.ref or (0, 0)
         segment = Segment(
             best.codec,
