@@ -123,7 +123,19 @@ class Updater:
         self.callbacks.send({"family": self.config.family, **self.progress})
 
     def _fail(self, message: str) -> None:
+        """End the operation as failed; mid-deploy, first put the old model (and its service) back."""
         op = self.state.get("op") or {}
+        if self.state.get("stage") == DEPLOYING and op.get("phase") in ("replaced", "health"):
+            try:
+                self._roll_back(f"deploy failed: {message}")
+                return
+            except Exception as error:
+                message = f"{message}; rollback failed too: {error}"
+        elif self.state.get("stage") == DEPLOYING and op.get("phase") in ("stopping", "backed_up"):
+            try:  # the model was not replaced: restart the service that was stopped for it
+                service.start_service(self.config)
+            except LorienError as error:
+                message = f"{message}; restarting the service failed too: {error}"
         self.state.finish(False, message, op.get("target"), stage=FAILED)
         self._report(FAILED, "update failed", 0.0, error=message)
 

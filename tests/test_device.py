@@ -329,3 +329,24 @@ def test_service_is_restarted_callbacks_posted_and_logs_written(
         receiver.shutdown()
         if (tmp_path / "app.pid").exists():
             os.kill(int((tmp_path / "app.pid").read_text()), 9)
+
+
+def test_service_that_cannot_start_after_replace_gets_the_old_model_back(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    before = sha256(model)
+    device = start(
+        devices,
+        tmp_path,
+        server.url,
+        model,
+        "--service-command",
+        str(tmp_path / "no-such-program"),
+        "--service-pid-file",
+        str(tmp_path / "app.pid"),
+    )
+    device.api("POST", "update-latest")
+    status = device.wait_until_done()
+    assert status["stage"] == "failed" and "cannot start" in status["last_result"]["message"], status
+    assert sha256(model) == before
