@@ -103,6 +103,37 @@ def _cmd_patch_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from publisher.publish import PublishOptions
+    from publisher.watch import Watcher, WatchSettings
+
+    if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
+        raise LorienError("--keep, --settle and --grace must be >= 0 and --max-patch-ratio in (0, 10]")
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    options = PublishOptions(keep=args.keep, max_patch_ratio=args.max_patch_ratio, lenient=True)
+    settings = WatchSettings(
+        args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish
+    )
+    return Watcher(settings).run()
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from publisher.gc import collect_garbage
+    from repo.lock import repository_lock
+
+    if not args.repo.is_dir():
+        raise LorienError(f"{args.repo}: repository directory does not exist")
+    with repository_lock(args.repo):
+        report = collect_garbage(args.repo, args.grace)
+    for blob in report.removed:
+        print(f"removed {blob}")
+    for blob, seconds in sorted(report.waiting.items()):
+        print(f"kept {blob}: unreferenced, may go in {seconds:.0f} s")
+    for problem in report.problems:
+        print(f"error: {problem} (nothing deleted)", file=sys.stderr)
+    return 2 if report.problems else 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from repo.fetch import open_repository
     from repo.inspect import inspect_repository, render_text
@@ -190,6 +221,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
+
+    sub = add("watch", _cmd_watch, "publish model files as they land (inotify via watchdog), safely")
+    sub.add_argument("--models", type=Path, required=True, help="models directory")
+    sub.add_argument("--repo", type=Path, required=True, help="repository directory (created if missing)")
+    sub.add_argument(
+        "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
+    )
+    sub.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds a file's size and mtime must stay unchanged (default 2; renames need none)",
+    )
+    sub.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds an unreferenced blob stays before garbage collection (default 3600)",
+    )
+    sub.add_argument(
+        "--max-patch-ratio",
+        dest="max_patch_ratio",
+        type=float,
+        default=0.9,
+        help="do not publish a patch larger than this share of the full model (default 0.9)",
+    )
+    sub.add_argument(
+        "--after-publish",
+        dest="after_publish",
+        help="shell command run after each publish that changed something ($LORIEN_REPO is set)",
+    )
+    sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
+
+    sub = add("gc", _cmd_gc, "remove blobs no manifest has referenced for --grace seconds")
+    sub.add_argument("repo", type=Path)
+    sub.add_argument("--grace", type=float, default=3600.0, help="seconds (default 3600; 0 = remove now)")
 
     sub = add("diff", _cmd_diff, "create a patch that turns OLD into NEW")
     sub.add_argument("old", type=Path)

@@ -19,6 +19,7 @@ reader always sees a consistent repository. Re-running with no change rewrites n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -69,13 +70,17 @@ class FamilyResult:
     manifest_written: bool = False
     new_blobs: int = 0
     patches_created: list[tuple[str, str, PatchStats]] = field(default_factory=list)
+    patches_rejected: list[tuple[str, str, PatchStats]] = field(default_factory=list)  # over max_patch_ratio
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # watch mode: bad files left out, family still published
+    new_versions: list[str] = field(default_factory=list)
 
 
 @dataclass
 class PublishReport:
     families: list[FamilyResult] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     index_written: bool = False
 
     @property
@@ -244,10 +249,23 @@ def _version_entries(
     return entries
 
 
-def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile], keep: int) -> FamilyResult:
+@dataclass
+class PublishOptions:
+    keep: int = DEFAULT_KEEP
+    max_patch_ratio: float | None = None  # a patch larger than this share of the full model is not published
+    lenient: bool = False  # watch mode: skip bad files instead of holding back their family
+    rejected: set[tuple[str, str]] = field(default_factory=set)  # (source, target) sha256 pairs already too big
+
+
+def publish_family(
+    writer: RepositoryWriter, family: str, files: list[ModelFile], keep: int, options: PublishOptions | None = None
+) -> FamilyResult:
+    options = options or PublishOptions(keep=keep)
     result = FamilyResult(family)
     previous = writer.read_manifest(family)
     entries = _version_entries(files, previous, result)
+    if result.problems and options.lenient:
+        result.skipped, result.problems = result.problems, []
     if result.problems:
         return result
     versions = []
@@ -266,10 +284,17 @@ def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile]
             if still_valid and writer.blob_file(patch.blob).exists():
                 patches[(patch.source, patch.target)] = patch
     for source_name in order[:-1][-keep:] if keep > 0 else []:
-        if (source_name, latest.version) not in patches:
-            entry, stats = writer.create_patch(family, by_name[source_name], latest)
-            patches[(source_name, latest.version)] = entry
-            result.patches_created.append((source_name, latest.version, stats))
+        source = by_name[source_name]
+        if (source_name, latest.version) in patches or (source.sha256, latest.sha256) in options.rejected:
+            continue
+        entry, stats = writer.create_patch(family, source, latest)
+        if options.max_patch_ratio is not None and stats.patch_size > options.max_patch_ratio * latest.size:
+            writer.blob_file(entry.blob).unlink(missing_ok=True)  # devices take the full model instead
+            options.rejected.add((source.sha256, latest.sha256))
+            result.patches_rejected.append((source_name, latest.version, stats))
+            continue
+        patches[(source_name, latest.version)] = entry
+        result.patches_created.append((source_name, latest.version, stats))
     manifest = Manifest(
         family=family,
         sequence=0,
@@ -281,19 +306,30 @@ def publish_family(writer: RepositoryWriter, family: str, files: list[ModelFile]
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
     result.latest, result.versions = final.latest, len(final.versions)
+    known = {entry.version for entry in previous.versions} if previous is not None else set()
+    result.new_versions = [name for name in order if name not in known]
     return result
 
 
 def publish(
-    models_dir: Path, repo_dir: Path, keep: int = DEFAULT_KEEP, engine: str = DEFAULT_ENGINE
+    models_dir: Path,
+    repo_dir: Path,
+    keep: int = DEFAULT_KEEP,
+    engine: str = DEFAULT_ENGINE,
+    options: PublishOptions | None = None,
+    exclude: frozenset[Path] = frozenset(),
+    locked: bool = False,
 ) -> PublishReport:
+    """Publish every family; ``locked`` means the caller already holds the repository lock (watch mode)."""
     if keep < 0:
         raise LorienError(f"--keep must be 0 or more, got {keep}")
+    options = options or PublishOptions(keep=keep)
     report = PublishReport()
-    scan = scan_models(models_dir)
+    scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
+    report.skipped.extend(scan.skipped)
     repo_dir.mkdir(parents=True, exist_ok=True)
-    with repository_lock(repo_dir):
+    with contextlib.nullcontext() if locked else repository_lock(repo_dir):
         writer = RepositoryWriter(repo_dir, engine)
         writer.remove_leftovers()
         for family, messages in scan.problems.items():
@@ -301,10 +337,11 @@ def publish(
                 report.families.append(FamilyResult(family, problems=list(messages)))
         for family, files in scan.families.items():
             try:
-                result = publish_family(writer, family, files, keep)
+                result = publish_family(writer, family, files, options.keep, options)
             except LorienError as error:
                 result = FamilyResult(family, problems=[str(error)])
             report.families.append(result)
+            report.skipped.extend(result.skipped)
             if result.manifest_written:
                 log.info(
                     "published %s %s (%d versions, %d new patches)",

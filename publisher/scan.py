@@ -33,9 +33,18 @@ class ModelFile:
 class ScanResult:
     families: dict[str, list[ModelFile]] = field(default_factory=dict)
     problems: dict[str | None, list[str]] = field(default_factory=dict)
+    lenient: bool = False  # watch mode: a bad file is skipped (and listed in ``skipped``), its family still goes
+    skipped: list[str] = field(default_factory=list)
+    exclude: frozenset[Path] = frozenset()  # files not to look at yet (still being written)
 
     def add_problem(self, family: str | None, message: str) -> None:
         self.problems.setdefault(family, []).append(message)
+
+    def file_problem(self, family: str, message: str) -> None:
+        if self.lenient:
+            self.skipped.append(message)
+        else:
+            self.add_problem(family, message)
 
     def all_problems(self) -> list[str]:
         return [message for messages in self.problems.values() for message in messages]
@@ -76,27 +85,31 @@ def scan_family(directory: Path, result: ScanResult) -> None:
         return
     files: list[ModelFile] = []
     for entry in sorted(directory.iterdir()):
-        if is_ignored(entry.name):
+        if is_ignored(entry.name) or entry in result.exclude:
             continue
         if entry.is_dir():
-            result.add_problem(family, f"{entry}: unexpected directory; a family holds <version>.<ext> files only")
+            result.file_problem(
+                family, f"{entry}: unexpected directory; a family holds <version>.<ext> files only"
+            )
             continue
         version, extension = split_model_name(entry.name)
         if problem := version_name_problem(version):
-            result.add_problem(family, f"{entry}: '{version}' is not a version name: it {problem}")
+            result.file_problem(family, f"{entry}: '{version}' is not a version name: it {problem}")
             continue
         if problem := _readable_problem(entry):
-            result.add_problem(family, f"{entry}: {problem}")
+            result.file_problem(family, f"{entry}: {problem}")
             continue
         for other in files:
             if same_version(other.version, version):
-                result.add_problem(
+                result.file_problem(
                     family, f"{entry}: version {version} is also given by {other.path.name}; keep only one"
                 )
                 break
         else:
             files.append(ModelFile(family, version, extension, entry))
     if not files and family not in result.problems:
+        if result.lenient:
+            return  # watch mode: an empty (or not yet complete) family is simply not there yet
         result.add_problem(family, f"{directory}: no model files; expected {directory}/<version>.<ext>")
     if family in result.problems:
         return
@@ -105,13 +118,16 @@ def scan_family(directory: Path, result: ScanResult) -> None:
     result.families[family] = [by_version[name] for name in order]
 
 
-def scan_models(models_dir: Path) -> ScanResult:
-    """Raise BadInputError when the directory itself is unusable; otherwise collect problems per family."""
+def scan_models(models_dir: Path, exclude: frozenset[Path] = frozenset(), lenient: bool = False) -> ScanResult:
+    """Raise BadInputError when the directory itself is unusable; otherwise collect problems per family.
+
+    ``lenient`` (watch mode) skips a bad file instead of holding back its whole family; ``exclude`` names files
+    to leave out for now (a watcher's files that are still being written)."""
     if not models_dir.exists():
         raise BadInputError(f"{models_dir}: models directory does not exist")
     if not models_dir.is_dir():
         raise BadInputError(f"{models_dir}: is not a directory; --models takes a directory of family folders")
-    result = ScanResult()
+    result = ScanResult(lenient=lenient, exclude=exclude)
     try:
         entries = sorted(models_dir.iterdir())
     except OSError as error:
@@ -121,9 +137,11 @@ def scan_models(models_dir: Path) -> ScanResult:
             continue
         if entry.is_dir():
             scan_family(entry, result)
+        elif lenient:
+            result.skipped.append(f"{entry}: stray file; models go in {models_dir}/<family>/<version>.<ext>")
         else:
             result.add_problem(None, f"{entry}: stray file; models go in {models_dir}/<family>/<version>.<ext>")
-    if not result.families and not result.problems:
+    if not result.families and not result.problems and not lenient:
         result.add_problem(
             None, f"{models_dir}: no model families found; expected {models_dir}/<family>/<version>.<ext>"
         )

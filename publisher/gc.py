@@ -1,0 +1,89 @@
+"""Garbage collection of blobs no manifest references any more, after a grace period.
+
+A withdrawn version's blobs (and patches from or to it) stay on the server for ``grace`` seconds after they
+were first seen unreferenced, so a device that read the old manifest can still finish its download. The first
+sighting is remembered in ``REPO/.gc.json`` (hidden: never served). Run with the repository lock held.
+
+Data flow: every ``*/manifest.json`` → referenced blob paths → blob files on disk minus referenced → update the
+first-seen times (drop blobs referenced again) → delete those older than the grace period → rewrite
+``.gc.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repo.atomic import atomic_write_bytes, is_temp_name
+from repo.errors import ManifestError
+from repo.layout import MANIFEST_FILE
+from repo.manifest import parse_manifest
+
+log = logging.getLogger(__name__)
+
+GC_STATE = ".gc.json"
+DEFAULT_GRACE = 3600.0
+
+
+@dataclass
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    waiting: dict[str, float] = field(default_factory=dict)  # blob → seconds until it may go
+    problems: list[str] = field(default_factory=list)
+
+
+def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
+    referenced: set[str] = set()
+    problems = []
+    for manifest_file in sorted(repo.glob(f"*/{MANIFEST_FILE}")):
+        try:
+            manifest = parse_manifest(manifest_file.read_bytes(), str(manifest_file))
+        except (OSError, ManifestError) as error:
+            problems.append(f"{manifest_file}: {error}")
+            continue
+        referenced.update(entry.blob for entry in manifest.versions)
+        referenced.update(entry.blob for entry in manifest.patches)
+    return referenced, problems
+
+
+def collect_garbage(repo: Path, grace: float = DEFAULT_GRACE, now: float | None = None) -> GcReport:
+    now = time.time() if now is None else now
+    report = GcReport()
+    referenced, report.problems = referenced_blobs(repo)
+    if report.problems:
+        # a manifest we cannot read might reference anything: deleting would be a guess
+        return report
+    state_file = repo / GC_STATE
+    try:
+        first_seen = json.loads(state_file.read_text())
+        if not isinstance(first_seen, dict):
+            first_seen = {}
+    except (OSError, ValueError):
+        first_seen = {}
+    blobs_dir = repo / "blobs"
+    present = (
+        {
+            str(path.relative_to(repo))
+            for path in blobs_dir.rglob("*")
+            if path.is_file() and not is_temp_name(path.name)
+        }
+        if blobs_dir.exists()
+        else set()
+    )
+    unreferenced = present - referenced
+    updated = {}
+    for blob in sorted(unreferenced):
+        seen = float(first_seen.get(blob, now))
+        if now - seen >= grace:
+            (repo / blob).unlink(missing_ok=True)
+            report.removed.append(blob)
+            log.info("gc: removed %s (unreferenced for %.0f s)", blob, now - seen)
+        else:
+            updated[blob] = seen
+            report.waiting[blob] = grace - (now - seen)
+    if updated != first_seen:
+        atomic_write_bytes(state_file, (json.dumps(updated, indent=1, sort_keys=True) + "\n").encode())
+    return report
