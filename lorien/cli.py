@@ -117,6 +117,15 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     return Watcher(settings).run()
 
 
+def _cmd_nginx_config(args: argparse.Namespace) -> int:
+    from publisher.nginx_config import write_nginx_config
+
+    config = write_nginx_config(args.repo, args.listen, args.prefix, user=args.user)
+    print(f"wrote {config} and {config.parent / 'lorien-site.conf'}; run:")
+    print(f"  nginx -p {config.parent} -c {config} -g 'daemon off;'")
+    return 0
+
+
 def _cmd_gc(args: argparse.Namespace) -> int:
     from publisher.gc import collect_garbage
     from repo.lock import repository_lock
@@ -253,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="shell command run after each publish that changed something ($LORIEN_REPO is set)",
     )
     sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
+
+    sub = add("nginx-config", _cmd_nginx_config, "write an nginx.conf serving a repository (unprivileged)")
+    sub.add_argument("--repo", type=Path, required=True, help="repository directory")
+    sub.add_argument("--listen", required=True, help="HOST:PORT or PORT, e.g. 127.0.0.1:8080")
+    sub.add_argument("--prefix", type=Path, required=True, help="directory for nginx.conf, logs/ and tmp/")
+    sub.add_argument(
+        "--user", help="workers' user when nginx starts as root (its default, nobody, may not read REPO)"
+    )
 
     sub = add("gc", _cmd_gc, "remove blobs no manifest has referenced for --grace seconds")
     sub.add_argument("repo", type=Path)

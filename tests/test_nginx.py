@@ -1,0 +1,200 @@
+"""The generated nginx configuration, served by real nginx: headers, ranges, refusals, and real devices."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from lorien.modelgen import DEFAULT_LAYERS, write_family
+from publisher.nginx_config import write_nginx_config
+from publisher.publish import publish
+from tests.conftest import require, run_lorien
+from tests.device_harness import DeviceProcess, sha256
+from tests.tcp_proxy import CuttingProxy
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Nginx:
+    def __init__(self, repo: Path, prefix: Path) -> None:
+        require(Path(NGINX).exists(), "nginx is not installed (.ci/run installs it)")
+        self.port = _free_port()
+        self.prefix = prefix
+        user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None  # CI runs as root
+        config = write_nginx_config(repo, f"127.0.0.1:{self.port}", prefix, user=user)
+        self.process = subprocess.Popen(
+            [NGINX, "-p", str(prefix), "-c", str(config), "-g", "daemon off;"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"nginx failed: {self.process.stdout.read()}") from None
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start listening")
+
+    def access_log(self) -> list[str]:
+        return (self.prefix / "logs" / "access.log").read_text().splitlines()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def nginx(published: Path, tmp_path: Path) -> Iterator[Nginx]:
+    server = Nginx(published, tmp_path / "nginx")
+    yield server
+    server.stop()
+
+
+def _manifest(repo: Path, family: str = "classifier") -> dict:
+    return json.loads((repo / family / "manifest.json").read_text())
+
+
+def test_ranges_validators_and_cache_headers(nginx: Nginx, published: Path) -> None:
+    patch = _manifest(published)["patches"][0]
+    data = (published / patch["blob"]).read_bytes()
+    part = requests.get(nginx.url + patch["blob"], headers={"Range": "bytes=100-199"}, timeout=10)
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    assert part.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert part.headers["Content-Type"] == "application/octet-stream"
+    stale = requests.get(
+        nginx.url + patch["blob"], headers={"Range": "bytes=100-199", "If-Range": '"other"'}, timeout=10
+    )
+    assert stale.status_code == 200 and stale.content == data  # changed validator → whole file
+    whole = requests.get(nginx.url + patch["blob"], headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert "Content-Encoding" not in whole.headers and whole.content == data  # never gzip a model or patch
+    assert whole.headers["ETag"] and whole.headers["Last-Modified"]
+
+    first = requests.get(nginx.url + "classifier/manifest.json", timeout=10)
+    assert first.headers["Cache-Control"] == "no-cache" and first.headers["Content-Type"] == "application/json"
+    again = requests.get(
+        nginx.url + "classifier/manifest.json", headers={"If-None-Match": first.headers["ETag"]}, timeout=10
+    )
+    assert again.status_code == 304
+    zipped = requests.get(
+        nginx.url + "classifier/manifest.json", headers={"Accept-Encoding": "gzip"}, timeout=10, stream=True
+    )
+    assert zipped.headers["Content-Encoding"] == "gzip" and zipped.headers["Cache-Control"] == "no-cache"
+    assert json.loads(gzip.decompress(zipped.raw.read()))["family"] == "classifier"
+    index = requests.get(nginx.url + "index.json", timeout=10)
+    assert index.headers["Cache-Control"] == "no-cache" and index.json()["families"][0]["name"] == "classifier"
+    for page in ("", "index.html", "classifier/", "classifier/index.html"):
+        answer = requests.get(nginx.url + page, timeout=10)
+        assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/html"), page
+        assert answer.headers["Cache-Control"] == "no-cache", page
+    log = nginx.access_log()
+    assert any('" 206 100 range="bytes=100-199"' in line for line in log), log[-3:]
+
+
+def test_nothing_outside_the_repository_and_no_listings(nginx: Nginx, published: Path) -> None:
+    (published / "blobs" / "escape").symlink_to("/etc/passwd")
+    for path in ("etc/passwd", ".lock", "blobs/", "blobs/escape", "classifier/.staging/x", "nothing.json"):
+        answer = requests.get(nginx.url + path, timeout=10)
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert "root:" not in answer.text
+    raw = socket.create_connection(("127.0.0.1", nginx.port))
+    raw.sendall(b"GET /../../etc/passwd HTTP/1.0\r\n\r\n")
+    answer = raw.recv(4096).decode(errors="replace")
+    raw.close()
+    assert answer.startswith("HTTP/1.1 400") and "root:" not in answer
+
+
+def test_nginx_config_rejects_bad_input(tmp_path: Path, published: Path) -> None:
+    cases = [
+        ("--listen", "127.0.0.1:99999", "not HOST:PORT"),
+        ("--repo", str(tmp_path / "absent"), "not a directory"),
+        ("--prefix", str(tmp_path / "with space"), "characters nginx would misread"),
+    ]
+    for option, value, message in cases:
+        args = {
+            "--repo": str(published),
+            "--listen": "127.0.0.1:8080",
+            "--prefix": str(tmp_path / "p"),
+            option: value,
+        }
+        result = run_lorien("nginx-config", *[x for pair in args.items() for x in pair])
+        assert result.returncode == 2 and message in result.stderr, (option, result.stderr)
+
+
+# --------------------------------------------------------------------------- real devices against real nginx
+
+
+@pytest.fixture
+def big_family(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    all_versions = write_family(
+        tmp_path / "all" / "cls", ["1.0.0", "1.1.0", "1.2.0"], layer_sizes=DEFAULT_LAYERS, seed=31
+    )
+    models = tmp_path / "models" / "cls"
+    models.mkdir(parents=True)
+    for path in all_versions[:2]:
+        shutil.copy(path, models)
+    assert publish(tmp_path / "models", tmp_path / "repo").ok
+    return tmp_path / "models", tmp_path / "repo", all_versions
+
+
+def test_devices_update_through_nginx_with_a_cut_connection_and_a_new_publish(
+    big_family: tuple[Path, Path, list[Path]], tmp_path: Path
+) -> None:
+    models, repo, all_versions = big_family
+    server = Nginx(repo, tmp_path / "nginx")
+    proxy = CuttingProxy(server.port, cut_after=700_000, cuts=1)
+    devices: list[DeviceProcess] = []
+    try:
+        # a device with an unknown model takes the full 2 MB file; the proxy cuts it once mid-download
+        unknown = tmp_path / "a" / "model.tflite"
+        unknown.parent.mkdir()
+        unknown.write_bytes(b"TFL3 not published" * 1000)
+        devices.append(DeviceProcess(tmp_path / "a", proxy.url, unknown))
+        assert devices[-1].api("POST", "update-latest").status_code == 200
+        assert devices[-1].wait_until_done()["last_result"]["ok"]
+        assert sha256(unknown) == hashlib.sha256(all_versions[1].read_bytes()).hexdigest()
+        assert proxy.cut_connections == 1
+        assert any(" 206 " in line and 'range="bytes=' in line for line in server.access_log())
+
+        # a device on 1.0.0 checks, the publisher adds 1.2.0, the next check sees it (manifests are no-cache)
+        installed = tmp_path / "b" / "model.tflite"
+        installed.parent.mkdir()
+        shutil.copy(all_versions[0], installed)
+        devices.append(DeviceProcess(tmp_path / "b", server.url, installed))
+        first = devices[-1].api("POST", "check").json()["data"]
+        assert first["latest"] == "1.1.0"
+        shutil.copy(all_versions[2], models / "cls")
+        assert publish(models, repo).ok
+        second = devices[-1].api("POST", "check").json()["data"]
+        assert second["latest"] == "1.2.0" and [s["kind"] for s in second["steps"]] == ["patch"]
+        devices[-1].api("POST", "update-latest")
+        assert devices[-1].wait_until_done()["last_result"]["ok"]
+        assert sha256(installed) == hashlib.sha256(all_versions[2].read_bytes()).hexdigest()
+    finally:
+        for device in devices:
+            device.stop()
+        proxy.close()
+        server.stop()
