@@ -6,6 +6,7 @@ the first ``cuts`` such connections; everything else is forwarded untouched.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -54,10 +55,8 @@ class CuttingProxy:
             pass
         finally:
             for sock in (client, upstream):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
     @staticmethod
