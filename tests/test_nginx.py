@@ -183,7 +183,8 @@ def test_devices_update_through_nginx_with_a_cut_connection_and_a_new_publish(
         installed = tmp_path / "b" / "model.tflite"
         installed.parent.mkdir()
         shutil.copy(all_versions[0], installed)
-        devices.append(DeviceProcess(tmp_path / "b", server.url, installed))
+        patch_proxy = CuttingProxy(server.port, cut_after=100_000, cuts=1)  # the ~150 KB patch is cut once
+        devices.append(DeviceProcess(tmp_path / "b", patch_proxy.url, installed))
         first = devices[-1].api("POST", "check").json()["data"]
         assert first["latest"] == "1.1.0"
         shutil.copy(all_versions[2], models / "cls")
@@ -193,6 +194,10 @@ def test_devices_update_through_nginx_with_a_cut_connection_and_a_new_publish(
         devices[-1].api("POST", "update-latest")
         assert devices[-1].wait_until_done()["last_result"]["ok"]
         assert sha256(installed) == hashlib.sha256(all_versions[2].read_bytes()).hexdigest()
+        assert patch_proxy.cut_connections == 1
+        patch_requests = [line for line in server.access_log() if ".patch " in line]
+        assert len(patch_requests) == 2 and 'range="-"' in patch_requests[0], patch_requests
+        assert " 206 " in patch_requests[1] and 'range="bytes=65536-"' in patch_requests[1], patch_requests
     finally:
         for device in devices:
             device.stop()
