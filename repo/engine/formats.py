@@ -20,6 +20,7 @@ reader return ``None`` rather than raise, because a bad guess only costs patch s
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -196,6 +197,8 @@ def read_gguf(data: Buffer) -> list[TensorRegion] | None:
         if not data_start <= begin <= end <= len(data):
             return None
         width = _GGML_WIDTH.get(ggml_type, 1)
+        if ggml_type in _GGML_WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
+            end = min(end, begin + math.prod(shape) * width)
         regions.append(
             TensorRegion(
                 name,
