@@ -103,6 +103,17 @@ def _read_line(fd: int) -> bytes:
 
 
 def run_measured(argv: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> Measured:
+    """:func:`_run_measured_once`, again when ``sh`` reaped a very short-lived tool before it could be adopted
+    (a rare race: the tool finished before ``sh`` exited, so its status never reached us)."""
+    for _ in range(3):
+        try:
+            return _run_measured_once(argv, timeout, cwd)
+        except ChildProcessError:
+            continue
+    return Measured("error", 0.0, None, None, "lost the tool's exit status three times (reaped by sh)")
+
+
+def _run_measured_once(argv: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> Measured:
     """Run ``argv``; wall time, peak RSS (``ru_maxrss`` of ``os.wait4``, KiB on Linux) and outcome.
 
     Why the detour through ``sh``: Linux carries a process's RSS high-water mark across ``exec``, so a tool
@@ -167,6 +178,9 @@ def run_measured(argv: Sequence[str], timeout: float, cwd: Path = REPO_ROOT) -> 
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, signal.SIGKILL)  # stray grandchildren; the zombie tool keeps the group id taken
             _, status, usage = os.wait4(pid, 0)
+        except ChildProcessError:
+            timer.cancel()
+            raise
         except BaseException:  # e.g. Ctrl-C: do not leave the tool running
             timer.cancel()
             kill()
