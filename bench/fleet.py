@@ -14,7 +14,6 @@ for blobs, against the sum of each device's planned download (body bytes only). 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,71 +36,21 @@ from device.updater import Updater
 from lorien.modelgen import DEFAULT_LAYERS, write_family
 from publisher.nginx_config import write_nginx_config
 from publisher.publish import publish
+from tests.tcp_proxy import CuttingProxy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class RandomCutProxy:
-    """Forwards to nginx; cuts ``share`` of the blob responses after a random number of bytes."""
+def random_cuts(share: float, seed: int) -> Callable[[bytes], int | None]:
+    """A decider for the proxy: cut ``share`` of the blob connections after a random number of bytes."""
+    rng = random.Random(seed)
 
-    def __init__(self, upstream_port: int, share: float, seed: int) -> None:
-        self.upstream_port, self.share = upstream_port, share
-        self.random = random.Random(seed)
-        self.lock = threading.Lock()
-        self.cut = self.connections = 0
-        self.delivered = 0  # response bytes (headers included) actually passed to devices on blob connections
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
-        threading.Thread(target=self._accept, daemon=True).start()
+    def decide(request_line: bytes) -> int | None:
+        if b"/blobs/" in request_line and rng.random() < share:
+            return rng.randint(1000, 120_000)  # patches here are ~150 KB, full files 2 MB
+        return None
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        try:
-            request = client.recv(65536)
-            blob = b"/blobs/" in request.split(b"\r\n", 1)[0]
-            with self.lock:
-                self.connections += 1
-                cut_at = None
-                if blob and self.random.random() < self.share:
-                    cut_at = self.random.randint(1000, 120_000)  # patches here are ~150 KB, full files 2 MB
-            upstream.sendall(request)
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            sent = 0
-            while data := upstream.recv(65536):
-                if cut_at is not None and sent + len(data) >= cut_at:
-                    client.sendall(data[: cut_at - sent])
-                    with self.lock:
-                        self.cut += 1
-                        self.delivered += (cut_at - sent) if blob else 0
-                    break
-                client.sendall(data)
-                sent += len(data)
-                if blob:
-                    with self.lock:
-                        self.delivered += len(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    @staticmethod
-    def _pump(client: socket.socket, upstream: socket.socket) -> None:
-        try:
-            while data := client.recv(65536):
-                upstream.sendall(data)
-        except OSError:
-            pass
+    return decide
 
 
 def _free_port() -> int:
@@ -138,7 +88,7 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
             break
         except OSError:
             time.sleep(0.05)
-    proxy = RandomCutProxy(port, cut_share, seed)
+    proxy = CuttingProxy(port, decide=random_cuts(cut_share, seed))
     rng = random.Random(seed)
     updaters = []
     for index in range(devices):
@@ -196,7 +146,7 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
         "bytes_ideal": ideal,
         "bytes_ratio": round(proxy.delivered / ideal, 4),
         "bytes_nginx_sent_for_blobs": served,  # includes what was in flight when the proxy cut a connection
-        "connections_cut": proxy.cut,
+        "connections_cut": proxy.cut_connections,
         "proxy_connections": proxy.connections,
         "nginx_requests": len(log),
         "wall_seconds": round(wall, 2),
