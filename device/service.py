@@ -63,6 +63,7 @@ def stop_service(config: DeviceConfig) -> str:
     deadline = time.monotonic() + config.stop_timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
+            service.pid_file.unlink(missing_ok=True)  # a stale pid could be reused by another process
             return f"stopped pid {pid} with SIGTERM"
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -71,6 +72,7 @@ def stop_service(config: DeviceConfig) -> str:
         if not _alive(pid):
             break
         time.sleep(0.02)
+    service.pid_file.unlink(missing_ok=True)
     log.warning("service pid %d ignored SIGTERM for %.0f s; killed", pid, config.stop_timeout)
     return f"killed pid {pid} after {config.stop_timeout:.0f} s"
 
@@ -82,6 +84,9 @@ def start_service(config: DeviceConfig) -> str:
         return f"systemctl start {service.unit}"
     if not service.command or service.pid_file is None:
         return "no service configured"
+    running = _read_pid(service.pid_file)
+    if running is not None and _alive(running):
+        return f"already running as pid {running}"  # e.g. started before a crash of the updater
     try:
         process = subprocess.Popen(
             service.command,

@@ -53,6 +53,7 @@ from repo.testhooks import crash_point
 log = logging.getLogger(__name__)
 
 SPACE_MARGIN = 1 << 20
+MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
 
 
 class Busy(LorienError):
@@ -279,7 +280,8 @@ class Updater:
     def _start_and_check(self, version: str | None) -> None:
         config = self.config
         log.info("service: %s", service.start_service(config))
-        self.state.update_op(phase="health")
+        attempts = (self.state.get("op") or {}).get("health_attempts", 0) + 1
+        self.state.update_op(phase="health", health_attempts=attempts)
         self._report(DEPLOYING, "running the health check", 90.0)
         crash_point("health-check")
         healthy, why = service.health_check(config)
@@ -416,6 +418,10 @@ class Updater:
         if stage == DEPLOYING and op.get("phase"):
             current = sha256_file(self.config.model_path) if self.config.model_path.exists() else None
             if current == op.get("target_sha256") and op.get("phase") in ("replaced", "health"):
+                if op.get("health_attempts", 0) >= MAX_HEALTH_ATTEMPTS:
+                    # the device died during the health check more than once: the new model is the suspect
+                    self.start("heal", lambda: self._roll_back("the device restarted during every health check"))
+                    return "new model in place but every health check was interrupted: rolling back"
                 self.start("heal", lambda: self._start_and_check(op.get("target")))
                 return "new model in place: starting the service and re-running the health check"
             candidate = Path(op.get("candidate", ""))
@@ -470,7 +476,10 @@ def _copy_atomically(source: Path, destination: Path) -> None:
 
 def _replace(candidate: Path, model_path: Path) -> None:
     """Put ``candidate`` at ``model_path`` by one rename in the model's directory (copying it there first when
-    the two are on different file systems), then fsync the directory."""
+    the two are on different file systems), then fsync the directory. The candidate's data is fsynced first:
+    downloads are only flushed, and a rename of unsynced data can surface as a truncated file after power loss."""
+    with open(candidate, "rb") as handle:
+        os.fsync(handle.fileno())
     try:
         os.replace(candidate, model_path)
     except OSError as error:

@@ -76,7 +76,10 @@ def collect_garbage(repo: Path, grace: float = DEFAULT_GRACE, now: float | None 
     unreferenced = present - referenced
     updated = {}
     for blob in sorted(unreferenced):
-        seen = float(first_seen.get(blob, now))
+        try:
+            seen = min(float(first_seen.get(blob, now)), now)  # a bad or future entry restarts the clock
+        except (TypeError, ValueError):
+            seen = now
         if now - seen >= grace:
             (repo / blob).unlink(missing_ok=True)
             report.removed.append(blob)

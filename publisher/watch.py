@@ -146,6 +146,7 @@ class Watcher:
                 settings.grace,
             )
             try:
+                self._hold_recent_files()
                 self._publish("startup")
                 next_gc = time.monotonic() + min(60.0, max(settings.grace / 4, 1.0))
                 while not self.stopping.wait(TICK):
@@ -159,6 +160,21 @@ class Watcher:
                 observer.join(timeout=5)
         log.info("stopped after %d publishes", self.publishes)
         return 0
+
+    def _hold_recent_files(self) -> None:
+        """At startup, files modified within the settle interval may still be being written (e.g. a copy that
+        was running when the watcher restarted): they settle like new arrivals before being published."""
+        now_wall, now = time.time(), time.monotonic()
+        for path in self.settings.models.glob("*/*"):
+            if not self._is_model_path(path):
+                continue
+            try:
+                modified = path.stat().st_mtime
+            except OSError:
+                continue
+            if now_wall - modified < self.settings.settle:
+                with self.lock:
+                    self.pending[path] = Pending(_signature(path), now, False, now)
 
     def _ready_to_publish(self) -> bool:
         """Promote settled files; True when something is complete and the burst has gone quiet."""
@@ -237,6 +253,10 @@ class Watcher:
             log.error("--after-publish exited %d", result.returncode)
 
     def _gc(self) -> None:
-        report = collect_garbage(self.settings.repo, self.settings.grace)
+        try:
+            report = collect_garbage(self.settings.repo, self.settings.grace)
+        except OSError as error:  # e.g. disk full writing .gc.json: keep watching, try again later
+            log.error("garbage collection failed: %s", error)
+            return
         for blob in report.removed:
             print(f"gc removed={blob}", flush=True)

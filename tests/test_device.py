@@ -350,3 +350,20 @@ def test_service_that_cannot_start_after_replace_gets_the_old_model_back(
     status = device.wait_until_done()
     assert status["stage"] == "failed" and "cannot start" in status["last_result"]["message"], status
     assert sha256(model) == before
+
+
+def test_a_device_dying_in_every_health_check_rolls_back(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    old = sha256(model)
+    crash = {"LORIEN_TEST_CRASH_AT": "health-check"}
+    first = start(devices, tmp_path, server.url, model, "--health-check", "true", env=crash)
+    first.api("POST", "update-latest")
+    assert first.wait_for_death() == -9
+    second = start(devices, tmp_path, server.url, model, "--health-check", "true", env=crash)  # heal retries once
+    assert second.wait_for_death() == -9
+    third = start(devices, tmp_path, server.url, model, "--health-check", "true")
+    status = third.wait_until_done()
+    assert status["stage"] == "failed" and "every health check" in status["last_result"]["message"], status
+    assert sha256(model) == old

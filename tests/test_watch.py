@@ -225,3 +225,29 @@ def test_gc_command(tmp_path: Path, published: Path, models_dir: Path) -> None:
     now = run_lorien("gc", published, "--grace", "0")
     assert now.returncode == 0 and "removed blobs/" in now.stdout
     assert run_lorien("inspect", published, "--verify").returncode == 0
+
+
+def test_a_watcher_started_during_a_copy_waits_for_it(watched, sources: list[Path]) -> None:
+    models, repo, running = watched
+    data = sources[1].read_bytes()
+    target = models / "cls" / "1.1.0.tflite"
+    chunk = len(data) // 6 + 1
+    with open(target, "wb") as first:
+        first.write(data[:chunk])  # a copy already running when the watcher (re)starts
+
+    def keep_copying() -> None:
+        with open(target, "ab") as slow:
+            for start_at in range(chunk, len(data), chunk):
+                time.sleep(0.4)
+                slow.write(data[start_at : start_at + chunk])
+                slow.flush()
+
+    writer = threading.Thread(target=keep_copying)
+    writer.start()
+    start(running, models, repo)
+    while writer.is_alive():
+        assert "1.1.0" not in versions(repo), "published a file that was still being copied"
+        time.sleep(0.05)
+    wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0"], what="both versions once the copy completed")
+    entry = next(v for v in manifest(repo)["versions"] if v["version"] == "1.1.0")
+    assert entry["size"] == len(data)
