@@ -47,23 +47,47 @@ class TensorRegion:
 
 # --------------------------------------------------------------------------- safetensors
 
-# dtype names are normalised to numpy spellings in every format, so old and new tensors compare by dtype
+# dtype names are normalised to numpy spellings in every format, so old and new tensors compare by dtype; the
+# element width follows from the name (packed or block-quantized types are 1: plain bytes for the plane codecs)
+_WIDTH = {
+    "float64": 8,
+    "int64": 8,
+    "uint64": 8,
+    "float32": 4,
+    "int32": 4,
+    "uint32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int16": 2,
+    "uint16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "float8_e4m3": 1,
+    "float8_e5m2": 1,
+}
+
+
+def _region(name: str, offset: int, length: int, dtype: str, shape: tuple[int, ...]) -> TensorRegion:
+    return TensorRegion(name, offset, length, _WIDTH.get(dtype, 1), dtype, shape)
+
+
 _SAFETENSORS_DTYPE = {
-    "F64": ("float64", 8),
-    "I64": ("int64", 8),
-    "U64": ("uint64", 8),
-    "F32": ("float32", 4),
-    "I32": ("int32", 4),
-    "U32": ("uint32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "I16": ("int16", 2),
-    "U16": ("uint16", 2),
-    "I8": ("int8", 1),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3", 1),
-    "F8_E5M2": ("float8_e5m2", 1),
+    "F64": "float64",
+    "I64": "int64",
+    "U64": "uint64",
+    "F32": "float32",
+    "I32": "int32",
+    "U32": "uint32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I16": "int16",
+    "U16": "uint16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3",
+    "F8_E5M2": "float8_e5m2",
 }
 
 
@@ -92,16 +116,7 @@ def read_safetensors(data: Buffer) -> list[TensorRegion] | None:
             return None
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end and base + end <= len(data)):
             return None
-        regions.append(
-            TensorRegion(
-                name,
-                base + begin,
-                end - begin,
-                _SAFETENSORS_DTYPE.get(dtype, (dtype, 1))[1],
-                _SAFETENSORS_DTYPE.get(dtype, (dtype, 1))[0],
-                shape,
-            )
-        )
+        regions.append(_region(name, base + begin, end - begin, _SAFETENSORS_DTYPE.get(dtype, dtype), shape))
     return regions
 
 
@@ -109,7 +124,6 @@ def read_safetensors(data: Buffer) -> list[TensorRegion] | None:
 
 _GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
-_GGML_WIDTH = {0: 4, 1: 2, 24: 1, 25: 2, 26: 4, 27: 8, 28: 8, 30: 2}  # F32 F16 I8 I16 I32 I64 F64 BF16
 _GGML_NAME = {
     0: "float32",
     1: "float16",
@@ -196,25 +210,15 @@ def read_gguf(data: Buffer) -> list[TensorRegion] | None:
         end = data_start + infos[index + 1][0] if index + 1 < len(infos) else len(data)
         if not data_start <= begin <= end <= len(data):
             return None
-        width = _GGML_WIDTH.get(ggml_type, 1)
-        if ggml_type in _GGML_WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
-            end = min(end, begin + math.prod(shape) * width)
-        regions.append(
-            TensorRegion(
-                name,
-                begin,
-                end - begin,
-                width,
-                _GGML_NAME.get(ggml_type, f"ggml{ggml_type}"),
-                tuple(reversed(shape)),
-            )
-        )
+        dtype = _GGML_NAME.get(ggml_type, f"ggml{ggml_type}")
+        if dtype in _WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
+            end = min(end, begin + math.prod(shape) * _WIDTH[dtype])
+        regions.append(_region(name, begin, end - begin, dtype, tuple(reversed(shape))))
     return regions
 
 
 # --------------------------------------------------------------------------- ONNX (protobuf wire format)
 
-_ONNX_WIDTH = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 _ONNX_NAME = {
     1: "float32",
     2: "uint8",
@@ -288,14 +292,7 @@ def _onnx_tensor(data: Buffer, span: tuple[int, int], scope: str) -> TensorRegio
             raw = value
     if raw is None:
         return None
-    return TensorRegion(
-        scope + name,
-        raw[0],
-        raw[1] - raw[0],
-        _ONNX_WIDTH.get(dtype, 1),
-        _ONNX_NAME.get(dtype, f"onnx{dtype}"),
-        tuple(dims),
-    )
+    return _region(scope + name, raw[0], raw[1] - raw[0], _ONNX_NAME.get(dtype, f"onnx{dtype}"), tuple(dims))
 
 
 def _onnx_graph(data: Buffer, span: tuple[int, int], scope: str, out: list[TensorRegion], depth: int) -> None:
@@ -345,7 +342,6 @@ def read_onnx(data: Buffer) -> list[TensorRegion] | None:
 
 # --------------------------------------------------------------------------- TFLite (FlatBuffers)
 
-_TFLITE_WIDTH = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 12: 8, 13: 4, 16: 2, 17: 1}
 _TFLITE_NAME = {
     0: "float32",
     1: "float16",
@@ -420,11 +416,7 @@ def read_tflite(data: Buffer) -> list[TensorRegion] | None:
             if not 0 < start <= start + length <= len(data):
                 return None
             name, kind, shape = names.get(index, (f"buffer{index}", 3, ()))
-            regions.append(
-                TensorRegion(
-                    name, start, length, _TFLITE_WIDTH.get(kind, 1), _TFLITE_NAME.get(kind, f"tflite{kind}"), shape
-                )
-            )
+            regions.append(_region(name, start, length, _TFLITE_NAME.get(kind, f"tflite{kind}"), shape))
         return regions
     except (struct.error, ValueError, IndexError):
         return None
