@@ -205,19 +205,6 @@ def sparse_residual(target: bytes, reference: bytes | memoryview, width: int) ->
     return np.uint32(len(changed)).tobytes() + to_planes(gaps, 4) + to_planes(new[changed], width)
 
 
-def encode_xor(target: bytes, reference: bytes | memoryview | None, width: int, level: int) -> bytes:
-    return zstd_compress(xor_residual(target, reference, width), level)
-
-
-def encode_diff(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes:
-    return zstd_compress(diff_residual(target, reference, width), level)
-
-
-def encode_sparse(target: bytes, reference: bytes | memoryview, width: int, level: int) -> bytes | None:
-    raw = sparse_residual(target, reference, width)
-    return None if raw is None else zstd_compress(raw, level)
-
-
 # --------------------------------------------------------------------------- decoder (apply side)
 
 
