@@ -77,6 +77,7 @@ class Updater:
         self.fetcher = HttpFetcher(config.repo_url)
         self._downloader_factory = downloader_factory or (lambda progress: Downloader(on_progress=progress))
         self._run_lock = threading.Lock()
+        self._digest_cache: tuple[tuple[int, int, int], str] | None = None
         self._thread: threading.Thread | None = None
         self.progress: dict[str, Any] = {
             "stage": self.state.get("stage"),
@@ -447,13 +448,23 @@ class Updater:
 
     # ------------------------------------------------------------------ status
 
+    def _model_sha256(self) -> str | None:
+        """SHA-256 of the model file, re-hashed only when its inode, size or mtime changed (``/status`` is polled;
+        hashing a large model on every request would make polling cost a full read each time)."""
+        try:
+            stat = self.config.model_path.stat()
+        except FileNotFoundError:
+            return None
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._digest_cache is None or self._digest_cache[0] != key:
+            self._digest_cache = (key, sha256_file(self.config.model_path))
+        return self._digest_cache[1]
+
     def status(self) -> dict[str, Any]:
         snapshot = self.state.snapshot()
         model = self.config.model_path
         installed = snapshot["installed"] or {}
-        current = None
-        if model.exists():
-            current = sha256_file(model)
+        current = self._model_sha256()
         version = installed.get("version") if installed.get("sha256") == current else None
         return {
             "family": self.config.family,

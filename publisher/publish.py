@@ -321,9 +321,9 @@ def publish(
     locked: bool = False,
 ) -> PublishReport:
     """Publish every family; ``locked`` means the caller already holds the repository lock (watch mode)."""
-    if keep < 0:
-        raise LorienError(f"--keep must be 0 or more, got {keep}")
     options = options or PublishOptions(keep=keep)
+    if options.keep < 0:
+        raise LorienError(f"--keep must be 0 or more, got {options.keep}")
     report = PublishReport()
     scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
