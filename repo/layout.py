@@ -28,6 +28,7 @@ LOCK_FILE = ".lock"
 PATCH_EXTENSION = "patch"
 
 FAMILY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PATH_COMPONENT = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")
 _EXTENSION_PATTERN = re.compile(r"^[A-Za-z0-9_+-]{1,16}$")
 RESERVED_FAMILY_NAMES = frozenset({BLOB_DIR})
 
@@ -55,7 +56,9 @@ def blob_path(sha256: str, extension: str) -> str:
 def checked_relative_path(value: str, where: str) -> str:
     """Return ``value`` if it is a safe repository-relative path, else raise ManifestError naming ``where``.
 
-    Safe means: POSIX, relative, no empty, ``.`` or ``..`` components, no backslashes, no hidden components.
+    Safe means: POSIX, relative, no empty, ``.`` or ``..`` components, no backslashes, no hidden components, and
+    only characters that mean the same in a file name and in a URL path (so ``%2e%2e``, ``?``, ``#`` and
+    ``scheme:`` tricks cannot turn into something else on the server).
     """
     if not isinstance(value, str) or not value:
         raise ManifestError(f"{where}: expected a non-empty relative path, got {value!r}")
@@ -67,6 +70,13 @@ def checked_relative_path(value: str, where: str) -> str:
     for part in value.split("/"):
         if part in ("", ".", "..") or part.startswith("."):
             raise ManifestError(f"{where}: path {value!r} has a forbidden component {part!r}")
+        if not _PATH_COMPONENT.match(part):
+            raise ManifestError(
+                f"{where}: path {value!r} has characters outside A-Z a-z 0-9 . _ + - (no %, :, ?, # or spaces: "
+                "they change meaning inside a URL)"
+            )
+    if len(value) > 1024:
+        raise ManifestError(f"{where}: path of {len(value)} characters is longer than 1024")
     return value
 
 

@@ -21,20 +21,32 @@ from repo.atomic import canonical_json
 from repo.errors import ManifestError
 from repo.fingerprint import FORMATS, Fingerprint
 from repo.layout import checked_blob_path, checked_relative_path, family_name_problem
+from repo.limits import DEFAULT_LIMITS, Limits
 from repo.versions import version_name_problem
 
 SCHEMA_VERSION = 1
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-MAX_ENTRIES = 100_000
-MAX_BLOB_SIZE = 1 << 40  # 1 TiB: larger declared sizes are treated as hostile
+MAX_DOCUMENT_BYTES = DEFAULT_LIMITS.max_document_bytes
+MAX_BLOB_SIZE = DEFAULT_LIMITS.max_blob_bytes
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 
+def format_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_timestamp(datetime.now(UTC))
+
+
+def parse_timestamp(text: str) -> datetime:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (UTC) → aware datetime; ValueError otherwise."""
+    if not _TIMESTAMP.match(text):
+        raise ValueError(f"{text!r} is not a UTC timestamp like 2026-01-31T12:00:00Z")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ class Manifest:
     versions: tuple[VersionEntry, ...]
     patches: tuple[PatchEntry, ...] = field(default=())
     schema: int = SCHEMA_VERSION
+    expires: str | None = None  # after this instant devices refuse the manifest (freeze defence); None: never
+    allow_downgrade: bool = False  # publisher decision: devices on a newer version may go back to ``latest``
 
     def version(self, name: str) -> VersionEntry:
         for entry in self.versions:
@@ -117,7 +131,7 @@ class Manifest:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "schema": self.schema,
             "family": self.family,
             "sequence": self.sequence,
@@ -126,15 +140,24 @@ class Manifest:
             "versions": [entry.to_dict() for entry in self.versions],
             "patches": [entry.to_dict() for entry in self.patches],
         }
+        if self.expires is not None:
+            data["expires"] = self.expires
+        if self.allow_downgrade:
+            data["allow_downgrade"] = True
+        return data
 
     def to_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
 
+    def expires_at(self) -> datetime | None:
+        return parse_timestamp(self.expires) if self.expires is not None else None
+
     def same_content(self, other: Manifest | None) -> bool:
-        """Equal except for the bookkeeping fields that change on every write (sequence, generated_at)."""
+        """Equal except for the bookkeeping fields that change on every write (sequence, times)."""
         if other is None:
             return False
-        return replace(self, sequence=0, generated_at="") == replace(other, sequence=0, generated_at="")
+        neutral = {"sequence": 0, "generated_at": "", "expires": None}
+        return replace(self, **neutral) == replace(other, **neutral)
 
 
 @dataclass(frozen=True)
@@ -171,11 +194,12 @@ class Index:
 class _Reader:
     """Typed field access that names the document and the field in every error."""
 
-    def __init__(self, data: Any, where: str) -> None:
+    def __init__(self, data: Any, where: str, limits: Limits = DEFAULT_LIMITS) -> None:
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
         self.data = data
         self.where = where
+        self.limits = limits
 
     def _get(self, key: str) -> Any:
         if key not in self.data:
@@ -190,7 +214,8 @@ class _Reader:
             raise ManifestError(f"{self.where}.{key}: {value!r} is not in the expected form")
         return value
 
-    def int(self, key: str, minimum: int = 0, maximum: int = MAX_BLOB_SIZE) -> int:
+    def int(self, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+        maximum = self.limits.max_blob_bytes if maximum is None else maximum
         value = self._get(key)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ManifestError(f"{self.where}.{key}: expected an integer, got {type(value).__name__}")
@@ -198,25 +223,40 @@ class _Reader:
             raise ManifestError(f"{self.where}.{key}: {value} is outside [{minimum}, {maximum}]")
         return value
 
-    def list(self, key: str) -> list[Any]:
+    def list(self, key: str, limit: int) -> list[Any]:
         value = self._get(key)
         if not isinstance(value, list):
             raise ManifestError(f"{self.where}.{key}: expected a list, got {type(value).__name__}")
-        if len(value) > MAX_ENTRIES:
-            raise ManifestError(f"{self.where}.{key}: {len(value)} entries exceed the limit of {MAX_ENTRIES}")
+        if len(value) > limit:
+            raise ManifestError(f"{self.where}.{key}: {len(value)} entries exceed the limit of {limit}")
+        return value
+
+    def optional(self, key: str, kind: type, default: Any) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ManifestError(f"{self.where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
         return value
 
     def sub(self, key: str) -> _Reader:
-        return _Reader(self._get(key), f"{self.where}.{key}")
+        return _Reader(self._get(key), f"{self.where}.{key}", self.limits)
+
+    def item(self, value: Any, where: str) -> _Reader:
+        return _Reader(value, where, self.limits)
 
 
-def _load_json(raw: bytes, where: str) -> Any:
-    if len(raw) > MAX_DOCUMENT_BYTES:
-        raise ManifestError(f"{where}: {len(raw)} bytes exceed the {MAX_DOCUMENT_BYTES}-byte document limit")
+def _load_json(raw: bytes, where: str, limits: Limits) -> Any:
+    if len(raw) > limits.max_document_bytes:
+        raise ManifestError(
+            f"{where}: {len(raw)} bytes exceed the {limits.max_document_bytes}-byte document limit"
+        )
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"{where}: not valid UTF-8 JSON: {error}") from None
+    except RecursionError:
+        raise ManifestError(f"{where}: JSON nested too deeply") from None
 
 
 def _check_schema(reader: _Reader) -> int:
@@ -234,6 +274,13 @@ def _checked_version_name(reader: _Reader, key: str) -> str:
     problem = version_name_problem(name)
     if problem:
         raise ManifestError(f"{reader.where}.{key}: version {name!r} {problem}")
+    return name
+
+
+def _checked_filename(reader: _Reader) -> str:
+    name = reader.str("filename")
+    if not 0 < len(name) <= 255 or name.startswith(".") or any(c in name for c in "/\\\x00"):
+        raise ManifestError(f"{reader.where}.filename: {name[:80]!r} is not a plain file name")
     return name
 
 
@@ -255,7 +302,7 @@ def _parse_version(reader: _Reader) -> VersionEntry:
     sha256 = reader.str("sha256", _HEX64)
     entry = VersionEntry(
         version=_checked_version_name(reader, "version"),
-        filename=reader.str("filename"),
+        filename=_checked_filename(reader),
         size=reader.int("size", 1),
         sha256=sha256,
         md5=reader.str("md5", _HEX32),
@@ -283,19 +330,27 @@ def _parse_patch(reader: _Reader) -> PatchEntry:
     )
 
 
-def parse_manifest(raw: bytes, where: str = "manifest.json") -> Manifest:
+def parse_manifest(raw: bytes, where: str = "manifest.json", limits: Limits = DEFAULT_LIMITS) -> Manifest:
     """Validate and load a family manifest; every reference inside it must resolve."""
-    reader = _Reader(_load_json(raw, where), where)
+    reader = _Reader(_load_json(raw, where, limits), where, limits)
     schema = _check_schema(reader)
     family = reader.str("family")
     if problem := family_name_problem(family):
         raise ManifestError(f"{where}.family: {family!r} {problem}")
     versions = tuple(
-        _parse_version(_Reader(item, f"{where}.versions[{i}]")) for i, item in enumerate(reader.list("versions"))
+        _parse_version(reader.item(item, f"{where}.versions[{i}]"))
+        for i, item in enumerate(reader.list("versions", limits.max_versions))
     )
     patches = tuple(
-        _parse_patch(_Reader(item, f"{where}.patches[{i}]")) for i, item in enumerate(reader.list("patches"))
+        _parse_patch(reader.item(item, f"{where}.patches[{i}]"))
+        for i, item in enumerate(reader.list("patches", limits.max_patches))
     )
+    expires = reader.optional("expires", str, None)
+    if expires is not None:
+        try:
+            parse_timestamp(expires)
+        except ValueError as error:
+            raise ManifestError(f"{where}.expires: {error}") from None
     manifest = Manifest(
         family=family,
         sequence=reader.int("sequence", 0, 1 << 62),
@@ -304,6 +359,8 @@ def parse_manifest(raw: bytes, where: str = "manifest.json") -> Manifest:
         versions=versions,
         patches=patches,
         schema=schema,
+        expires=expires,
+        allow_downgrade=reader.optional("allow_downgrade", bool, False),
     )
     _check_references(manifest, where)
     return manifest
@@ -334,13 +391,13 @@ def _check_references(manifest: Manifest, where: str) -> None:
                 raise ManifestError(f"{where}: patch {patch.id!r} {role}-sha256 disagrees with version {name!r}")
 
 
-def parse_index(raw: bytes, where: str = "index.json") -> Index:
-    reader = _Reader(_load_json(raw, where), where)
+def parse_index(raw: bytes, where: str = "index.json", limits: Limits = DEFAULT_LIMITS) -> Index:
+    reader = _Reader(_load_json(raw, where, limits), where, limits)
     schema = _check_schema(reader)
     families = []
     seen: set[str] = set()
-    for i, item in enumerate(reader.list("families")):
-        entry_reader = _Reader(item, f"{where}.families[{i}]")
+    for i, item in enumerate(reader.list("families", limits.max_patches)):
+        entry_reader = reader.item(item, f"{where}.families[{i}]")
         name = entry_reader.str("name")
         if problem := family_name_problem(name):
             raise ManifestError(f"{entry_reader.where}.name: {name!r} {problem}")

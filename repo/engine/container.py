@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import BinaryIO
 
 from repo.errors import PatchError
+from repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
 FORMAT_VERSION = 1
@@ -59,18 +60,6 @@ BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE}
 WIDTHS = {1, 2, 4, 8}
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Hard bounds the applier enforces; together they cap the applier's memory independent of model size."""
-
-    max_segments: int = 1 << 20
-    max_segment: int = 16 * MiB  # target bytes one non-COPY segment may produce
-    max_reference: int = 16 * MiB  # source bytes one segment may read as reference (COPY excepted)
-    max_payload: int = 17 * MiB  # payload bytes of one segment
-    max_target: int = 1 << 40
-
-
-DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
