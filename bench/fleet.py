@@ -35,7 +35,8 @@ from device.config import load_config
 from device.updater import Updater
 from lorien.modelgen import DEFAULT_LAYERS, write_family
 from publisher.nginx_config import write_nginx_config
-from publisher.publish import publish
+from publisher.publish import PublishOptions, publish
+from repo.signing import generate_keypair, load_signing_key
 from tests.tcp_proxy import CuttingProxy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +65,9 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
         work / "all" / "cls", ["1.0.0", "1.1.0", "1.2.0"], layer_sizes=DEFAULT_LAYERS, seed=seed
     )
     shutil.copytree(work / "all", work / "models")
-    assert publish(work / "models", work / "repo").ok
+    private_key, public_key, _keyid = generate_keypair(work / "keys")
+    signed = PublishOptions(sign_keys=(load_signing_key(private_key),))
+    assert publish(work / "models", work / "repo", options=signed).ok
     digests = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in versions}
     latest = hashlib.sha256(versions[-1].read_bytes()).hexdigest()
 
@@ -102,7 +105,13 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
             shutil.copy(work / "all" / "cls" / f"{start}.tflite", model)
         cfg = load_config(
             None,
-            {"repo_url": proxy.url, "family": "cls", "model_path": str(model), "state_dir": str(home / "state")},
+            {
+                "repo_url": proxy.url,
+                "family": "cls",
+                "model_path": str(model),
+                "state_dir": str(home / "state"),
+                "trusted_keys": [str(public_key)],
+            },
         )
         for directory in (cfg.tmp_dir, cfg.backup_dir, cfg.log_dir):
             directory.mkdir(parents=True, exist_ok=True)

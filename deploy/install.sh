@@ -27,7 +27,8 @@ fi
 mkdir -p "$OPT/src"
 # the source tree (nginx templates are read from it), without caches, venvs or benchmark data
 tar -C "$SRC" --exclude=.git --exclude=.venv --exclude=bench/corpus --exclude=bench/results \
-    --exclude=__pycache__ --exclude='*.egg-info' -cf - . | tar -C "$OPT/src" -xf -
+    --exclude=__pycache__ --exclude='*.egg-info' --exclude=.ruff_cache --exclude=.pytest_cache \
+    --exclude=.hypothesis -cf - . | tar -C "$OPT/src" -xf -
 if [ ! -x "$OPT/venv/bin/python" ]; then
     "$PYTHON" -m venv "$OPT/venv"
     say "created $OPT/venv"

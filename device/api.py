@@ -23,11 +23,9 @@ import waitress
 from device.state import DEPLOYING
 from device.updater import Busy, UpdateFailed, Updater
 from repo.errors import FetchError, LorienError
-from repo.manifest import MAX_BLOB_SIZE
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 PREFIX = "/api/v1.0"
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _NAME = re.compile(r"[A-Za-z0-9._+-]{1,200}")
@@ -46,13 +44,13 @@ def _envelope(status: int, msg: str, data: Any = None) -> str:
     return json.dumps({"code": status, "msg": msg, "data": data if data is not None else {}})
 
 
-def _body() -> dict[str, Any]:
+def _read_body(limit: int) -> dict[str, Any]:
     length = bottle.request.content_length
-    if length > MAX_BODY:
-        raise ApiError(413, f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
-    raw = bottle.request.body.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, f"request body exceeds the {MAX_BODY}-byte limit")
+    if length > limit:
+        raise ApiError(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
+    raw = bottle.request.body.read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, f"request body exceeds the {limit}-byte limit")
     if not raw.strip():
         return {}
     try:
@@ -79,6 +77,10 @@ def _field(data: dict[str, Any], name: str, kind: type, pattern: re.Pattern[str]
 
 def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
     app = bottle.Bottle()
+    limits = updater.config.limits
+
+    def _body() -> dict[str, Any]:
+        return _read_body(limits.max_request_body)
 
     def endpoint(method: str, path: str, mutating: bool) -> Callable:
         def decorate(handler: Callable[[], tuple[str, Any]]) -> Callable:
@@ -120,8 +122,8 @@ def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
         if name in (".", ".."):
             raise ApiError(400, "package_name: must be a file name")
         size = _field(data, "package_size", int)
-        if not 0 < size <= MAX_BLOB_SIZE:
-            raise ApiError(400, f"package_size: must be from 1 to {MAX_BLOB_SIZE}")
+        if not 0 < size <= limits.max_blob_bytes:
+            raise ApiError(400, f"package_size: must be from 1 to {limits.max_blob_bytes}")
         md5 = _field(data, "package_md5", str, _MD5)
         updater.download_package(version, url, name, size, md5)
         return "download started", {"version": version}

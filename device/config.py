@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from repo.errors import BadInputError
+from repo.errors import BadInputError, LorienError
 from repo.layout import family_name_problem
+from repo.limits import DEFAULT_LIMITS, Limits
+from repo.signing import TrustedKey, load_trusted_key
 
 DEFAULT_PORT = 12315
 
@@ -52,6 +54,9 @@ class DeviceConfig:
     callback_url: str | None = None
     keep_backups: int = 2
     stop_timeout: float = 10.0  # SIGTERM → SIGKILL grace period
+    trusted_keys: tuple[TrustedKey, ...] = ()  # publisher public keys; a manifest must be signed by one of them
+    insecure_allow_unsigned: bool = False  # use unsigned / badly signed metadata anyway (logged loudly)
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def tmp_dir(self) -> Path:
@@ -132,9 +137,13 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise bad("api_token", "must be a string of at least 8 characters")
     host = text("host") if "host" in raw else "127.0.0.1"
+    keys = _trusted_keys(raw.get("trusted_keys"), bad)
+    insecure = raw.get("insecure_allow_unsigned", False)
+    if not isinstance(insecure, bool):
+        raise bad("insecure_allow_unsigned", f"must be true or false, got {insecure!r}")
     if not token and not _is_loopback(host):
         raise bad("host", f"binding to {host} (not loopback) needs api_token; refusing to expose an open API")
-    return DeviceConfig(
+    config = DeviceConfig(
         repo_url=repo_url if repo_url.endswith("/") else repo_url + "/",
         family=family,
         model_path=Path(text("model_path")),
@@ -150,7 +159,44 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         callback_url=callback_url,
         keep_backups=number("keep_backups", 2, 1, 100, integer=True),
         stop_timeout=float(number("stop_timeout", 10, 0, 600)),
+        trusted_keys=keys,
+        insecure_allow_unsigned=insecure,
+        limits=_limits(raw.get("limits"), bad),
     )
+    if not keys and not insecure:  # checked last: other mistakes are reported first
+        raise bad(
+            "trusted_keys",
+            'required: the publisher\'s public key file(s), e.g. trusted_keys = ["/etc/lorien/publisher.pub"] '
+            "(made by `lorien keygen`); or set insecure_allow_unsigned = true to accept unsigned repositories",
+        )
+    return config
+
+
+def _trusted_keys(value: Any, bad) -> tuple[TrustedKey, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise bad("trusted_keys", 'must be a list of public key files, e.g. ["/etc/lorien/publisher.pub"]')
+    keys = []
+    for item in value:
+        try:
+            keys.append(load_trusted_key(Path(item)))
+        except LorienError as error:
+            raise bad("trusted_keys", str(error)) from None
+    return tuple(keys)
+
+
+def _limits(value: Any, bad) -> Limits:
+    if value is None:
+        return DEFAULT_LIMITS
+    if not isinstance(value, dict):
+        raise bad("limits", "must be a table, e.g. limits = {max_chain_length = 8, min_rate = 256}")
+    try:
+        return DEFAULT_LIMITS.with_overrides(value, "limits")
+    except ValueError as error:
+        raise bad("limits", str(error)) from None
 
 
 def _command(value: Any, key: str, bad) -> list[str] | None:

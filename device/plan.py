@@ -17,6 +17,7 @@ from repo.engine import available_engines
 from repo.errors import FingerprintError
 from repo.fingerprint import fingerprint
 from repo.hashing import sha256_file
+from repo.limits import DEFAULT_LIMITS
 from repo.manifest import Manifest, VersionEntry
 
 
@@ -101,8 +102,12 @@ def full_step(entry: VersionEntry) -> Step:
     return Step("full", entry.blob, entry.size, entry.md5, entry.sha256, entry.version, entry.sha256)
 
 
-def cheapest_plan(manifest: Manifest, installed: Installed, target: str | None = None) -> Plan:
-    """Cheapest chain of patches from the installed version to ``target`` (default: latest), or the full file."""
+def cheapest_plan(
+    manifest: Manifest, installed: Installed, target: str | None = None, max_chain: int | None = None
+) -> Plan:
+    """Cheapest chain of patches from the installed version to ``target`` (default: latest), or the full file.
+    A chain longer than ``max_chain`` patches (default: the limit in repo.limits) is replaced by the full file."""
+    max_chain = DEFAULT_LIMITS.max_chain_length if max_chain is None else max_chain
     goal = manifest.version(target or manifest.latest)
     if installed.sha256 == goal.sha256:
         return Plan(installed, goal.version, (), goal.size)
@@ -136,6 +141,8 @@ def cheapest_plan(manifest: Manifest, installed: Installed, target: str | None =
         chain.append(patch)
         version = patch.source
     chain.reverse()
+    if len(chain) > max_chain:
+        return Plan(installed, goal.version, full, goal.size)
     steps = tuple(
         Step(
             "patch",

@@ -46,6 +46,7 @@ def _empty() -> dict[str, Any]:
         "last_result": None,
         "history": [],
         "highest_sequence": 0,
+        "accepted_manifest": None,  # sequence, sha256, expires, signing key of the last manifest accepted
     }
 
 

@@ -16,6 +16,7 @@ old or new model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -41,14 +42,16 @@ from device.state import (
     StateStore,
 )
 from repo.atomic import atomic_writer, fsync_dir
-from repo.download import Downloader, DownloadRequest, Progress
+from repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
 from repo.engine import apply_patch, require_engine
-from repo.errors import IntegrityError, LorienError
+from repo.errors import FreshnessError, IntegrityError, LorienError, SignatureError
 from repo.fetch import HttpFetcher
 from repo.hashing import digest_file, iter_file, sha256_file
 from repo.layout import manifest_path
-from repo.manifest import Manifest, parse_manifest
+from repo.manifest import Manifest, parse_manifest, utc_now
 from repo.testhooks import crash_point
+from repo.trust import TrustPolicy, check_freshness, read_verified
+from repo.versions import is_newer
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,11 @@ class Updater:
         self.config = config
         self.state = StateStore(config.state_file)
         self.callbacks = callbacks or Callbacks(None)
-        self.fetcher = HttpFetcher(config.repo_url)
-        self._downloader_factory = downloader_factory or (lambda progress: Downloader(on_progress=progress))
+        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits)
+        self.trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
+        self._downloader_factory = downloader_factory or (
+            lambda progress: Downloader(policy=DownloadPolicy(limits=config.limits), on_progress=progress)
+        )
         self._run_lock = threading.Lock()
         self._digest_cache: tuple[tuple[int, int, int], str] | None = None
         self._thread: threading.Thread | None = None
@@ -144,17 +150,73 @@ class Updater:
     # ------------------------------------------------------------------ check and plan
 
     def read_manifest(self) -> Manifest:
-        raw = self.fetcher.read_document(manifest_path(self.config.family))
-        manifest = parse_manifest(raw, f"{self.config.repo_url}{manifest_path(self.config.family)}")
+        """Fetch, verify (signature → parse → family → freshness) and remember the family's manifest.
+
+        The highest sequence accepted is persisted before the manifest is used, so a restart cannot be talked
+        into an older one."""
+        path = manifest_path(self.config.family)
+        where = f"{self.config.repo_url}{path}"
+        document = read_verified(self.fetcher, path, self.trust)
+        manifest = parse_manifest(document.data, where, self.config.limits)
         if manifest.family != self.config.family:
             raise UpdateFailed(
                 f"manifest is for family {manifest.family!r}, this device runs {self.config.family!r}"
             )
+        accepted = self._accepted_manifest()
+        check_freshness(manifest, accepted.get("sequence", 0), where)
+        digest = hashlib.sha256(document.data).hexdigest()
+        if manifest.sequence == accepted.get("sequence") and digest != accepted.get("sha256"):
+            raise FreshnessError(
+                f"{where}: sequence {manifest.sequence} was already accepted with different content "
+                "(a forked or replayed manifest); the publisher must publish a higher sequence"
+            )
+        self.state.update(
+            highest_sequence=manifest.sequence,
+            accepted_manifest={
+                "repo_url": self.config.repo_url,
+                "family": self.config.family,
+                "sequence": manifest.sequence,
+                "sha256": digest,
+                "expires": manifest.expires,
+                "signed_by": document.keyid,
+                "at": utc_now(),
+            },
+        )
         return manifest
+
+    def _accepted_manifest(self) -> dict[str, Any]:
+        """What this device accepted last from the configured repository and family ({} if none)."""
+        accepted = self.state.get("accepted_manifest") or {}
+        if (accepted.get("repo_url"), accepted.get("family")) != (self.config.repo_url, self.config.family):
+            return {}
+        return accepted
 
     def check(self) -> Plan:
         manifest = self.read_manifest()
-        return cheapest_plan(manifest, identify(self.config.model_path, manifest))
+        plan = cheapest_plan(
+            manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
+        )
+        self._refuse_downgrade(manifest, plan)
+        return plan
+
+    def _installed_version(self) -> str | None:
+        """The version recorded at the last successful install, if the model file still has that content."""
+        installed = self.state.get("installed") or {}
+        if installed.get("version") and installed.get("sha256") == self._model_sha256():
+            return installed["version"]
+        return None
+
+    def _refuse_downgrade(self, manifest: Manifest, plan: Plan) -> None:
+        """Never move to an older version automatically, unless the signed manifest says the publisher wants
+        that (``allow_downgrade``); an operator can always POST /api/v1.0/rollback."""
+        installed = plan.installed.version or self._installed_version()
+        if plan.up_to_date or installed is None or manifest.allow_downgrade:
+            return
+        if is_newer(installed, plan.latest):
+            raise FreshnessError(
+                f"installed version {installed} is newer than the manifest's latest {plan.latest}; not downgrading "
+                "automatically (the publisher can set allow_downgrade, an operator can POST /api/v1.0/rollback)"
+            )
 
     # ------------------------------------------------------------------ manifest-driven update
 
@@ -380,6 +442,14 @@ class Updater:
             digests = digest_file(path)
             if (digests.size, digests.md5) != (package["size"], package["md5"]):
                 raise IntegrityError(f"package {path.name} changed on disk since it was verified")
+            if self.trust.trusted_keys and not self.trust.allow_unsigned:
+                listed = {entry.sha256: entry.version for entry in self.read_manifest().versions}
+                if digests.sha256 not in listed:
+                    raise SignatureError(
+                        f"package {path.name} (sha256 {digests.sha256[:16]}…) is not a version in the signed "
+                        f"manifest of {self.config.family}; this device only installs what the publisher signed "
+                        "(publish the model, or set insecure_allow_unsigned = true)"
+                    )
             staged = self.config.tmp_dir / f"{digests.sha256}.model"
             _copy_atomically(path, staged)
             self.state.update(op={"kind": "install", "target": version, "target_sha256": digests.sha256})
@@ -476,6 +546,12 @@ class Updater:
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in sorted(self.config.backup_dir.glob("*.model"))],
+            "trust": {
+                "trusted_keys": [key.keyid for key in self.config.trusted_keys],
+                "insecure_allow_unsigned": self.config.insecure_allow_unsigned,
+                "highest_sequence": snapshot["highest_sequence"],
+                "accepted_manifest": snapshot["accepted_manifest"],
+            },
         }
 
 

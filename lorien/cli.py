@@ -33,10 +33,39 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_options(args: argparse.Namespace, **extra: object):  # -> PublishOptions
+    from publisher.publish import PublishOptions
+    from repo.signing import load_signing_key
+
+    keys = tuple(load_signing_key(path) for path in args.sign_key or ())
+    if len({key.keyid for key in keys}) != len(keys):
+        raise LorienError("--sign-key: the same key was given twice")
+    options = PublishOptions(
+        keep=args.keep,
+        sign_keys=keys,
+        expires_days=args.expires_days,
+        allow_downgrade=args.allow_downgrade,
+        min_sequence=args.min_sequence,
+        **extra,
+    )
+    options.check()
+    return options
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from repo.signing import generate_keypair
+
+    private, public, keyid = generate_keypair(args.out, args.name)
+    print(f"private key {private} (mode 0600: keep it on the publisher only)")
+    print(f"public key  {public} (copy to devices, list it in trusted_keys)")
+    print(f"key id      {keyid}")
+    return 0
+
+
 def _cmd_publish(args: argparse.Namespace) -> int:
     from publisher.publish import publish
 
-    report = publish(args.models, args.repo, keep=args.keep, engine=args.engine)
+    report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
     for family in report.families:
         if family.problems:
             print(f"{family.family}: not published ({len(family.problems)} problem(s))")
@@ -50,6 +79,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
             + (f"; new patches: {patches}" if patches else "")
         )
+    for family in report.refreshed:
+        print(f"{family}: expiry renewed (re-signed)" if args.sign_key else f"{family}: expiry renewed")
     print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
     for problem in report.all_problems():
         print(f"error: {problem}", file=sys.stderr)
@@ -104,13 +135,12 @@ def _cmd_patch_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from publisher.publish import PublishOptions
     from publisher.watch import Watcher, WatchSettings
 
     if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
         raise LorienError("--keep, --settle and --grace must be >= 0 and --max-patch-ratio in (0, 10]")
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    options = PublishOptions(keep=args.keep, max_patch_ratio=args.max_patch_ratio, lenient=True)
+    options = _publish_options(args, max_patch_ratio=args.max_patch_ratio, lenient=True)
     settings = WatchSettings(
         args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish
     )
@@ -146,8 +176,10 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from repo.fetch import open_repository
     from repo.inspect import inspect_repository, render_text
+    from repo.signing import load_trusted_key
 
-    report = inspect_repository(open_repository(args.repo), verify=args.verify)
+    keys = tuple(load_trusted_key(path) for path in args.key or ())
+    report = inspect_repository(open_repository(args.repo), verify=args.verify, keys=keys)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -189,6 +221,10 @@ def _cmd_device(args: argparse.Namespace) -> int:
         overrides["health_check_litert"] = True
     for key in ("health_timeout", "stop_timeout"):
         overrides[key] = getattr(args, key)
+    if args.trusted_key:
+        overrides["trusted_keys"] = [str(path) for path in args.trusted_key]
+    if args.insecure_allow_unsigned:
+        overrides["insecure_allow_unsigned"] = True
     if args.service_unit:
         overrides["service"] = args.service_unit
     elif args.service_command:
@@ -204,6 +240,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from lorien.demo import run_demo
 
     return run_demo(keep=args.keep)
+
+
+def _add_metadata_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--sign-key",
+        dest="sign_key",
+        type=Path,
+        action="append",
+        help="ed25519 private key (lorien keygen); writes manifest.json.sig and index.json.sig. Repeat during a "
+        "key rotation to sign with the old and the new key",
+    )
+    sub.add_argument(
+        "--expires-days",
+        dest="expires_days",
+        type=float,
+        default=7.0,
+        help="manifests expire this many days after being written; devices refuse expired ones (default 7; "
+        "0 = never). Re-publishing renews them once half the period has passed",
+    )
+    downgrade = sub.add_mutually_exclusive_group()
+    downgrade.add_argument(
+        "--allow-downgrade",
+        dest="allow_downgrade",
+        action="store_const",
+        const=True,
+        help="let devices on a newer (e.g. withdrawn) version install latest; stays set until --forbid-downgrade",
+    )
+    downgrade.add_argument("--forbid-downgrade", dest="allow_downgrade", action="store_const", const=False)
+    sub.add_argument(
+        "--min-sequence",
+        dest="min_sequence",
+        type=int,
+        default=0,
+        help="start manifest sequences at least here (after rebuilding a repository devices already follow)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,13 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("file", type=Path)
     sub.add_argument("--json", action="store_true", help="print JSON")
 
+    sub = add("keygen", _cmd_keygen, "write an ed25519 key pair for signing repository metadata")
+    sub.add_argument("--out", type=Path, required=True, help="directory for NAME.key (0600) and NAME.pub")
+    sub.add_argument("--name", default="lorien", help="file name stem (default lorien)")
+
     sub = add("publish", _cmd_publish, "publish MODELS/<family>/<version>.<ext> into a static repository")
     sub.add_argument("--models", type=Path, required=True, help="models directory")
     sub.add_argument("--repo", type=Path, required=True, help="repository directory (created if missing)")
     sub.add_argument(
         "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
     )
-
+    _add_metadata_options(sub)
     sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
 
     sub = add("watch", _cmd_watch, "publish model files as they land (inotify via watchdog), safely")
@@ -261,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="after_publish",
         help="shell command run after each publish that changed something ($LORIEN_REPO is set)",
     )
+    _add_metadata_options(sub)
     sub.add_argument("--engine", default=DEFAULT_ENGINE, help=f"patch engine (default {DEFAULT_ENGINE})")
 
     sub = add("nginx-config", _cmd_nginx_config, "write an nginx.conf serving a repository (unprivileged)")
@@ -302,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("repo", help="repository directory or base URL")
     sub.add_argument("--json", action="store_true", help="print JSON")
     sub.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
+    sub.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        help="trusted public key: index.json and every manifest must be signed by it (repeatable)",
+    )
 
     sub = add("serve", _cmd_serve, "serve a repository over HTTP (waitress) with the Mallorn seed endpoints")
     sub.add_argument("repo", type=Path)
@@ -329,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the TFLite model with LiteRT after deploy (needs the litert extra)",
     )
     sub.add_argument("--health-timeout", dest="health_timeout", type=float, help="seconds (default 60)")
+    sub.add_argument(
+        "--trusted-key",
+        dest="trusted_key",
+        type=Path,
+        action="append",
+        help="publisher public key; manifests must be signed by one of these (repeatable, for key rotation)",
+    )
+    sub.add_argument(
+        "--insecure-allow-unsigned",
+        dest="insecure_allow_unsigned",
+        action="store_true",
+        help="accept unsigned or badly signed manifests (anyone on the network path could install anything)",
+    )
     sub.add_argument("--service-unit", dest="service_unit", help="systemd unit to stop/start around a deploy")
     sub.add_argument("--service-command", dest="service_command", help="command to start the model's consumer")
     sub.add_argument("--service-pid-file", dest="service_pid_file", help="its pid file (with --service-command)")

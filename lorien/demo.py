@@ -1,10 +1,12 @@
 """``lorien demo``: the whole product on embedded defaults, in a temporary directory, in a few seconds.
 
 1. generate a TFLite model family with three fine-tuned versions (``lorien.modelgen``);
-2. ``publish`` it into a static repository;
+2. make an ed25519 key pair and ``publish`` the family into a static repository, signed with it (every
+   manifest and ``index.json`` gets a ``.sig``; manifests expire in 7 days);
 3. serve the repository with ``lorien serve``'s app on a free loopback port (waitress, in a thread);
-4. run the real device updater (``device/``: Bottle API on waitress, in a thread) for a device holding
-   version 1 and drive it over its HTTP API: ``POST /api/v1.0/check`` (fingerprint → installed version →
+4. run the real device updater (``device/``: Bottle API on waitress, in a thread), trusting only that public
+   key, for a device holding version 1 and drive it over its HTTP API: ``POST /api/v1.0/check`` (signature →
+   expiry and sequence → fingerprint → installed version →
    cheapest plan), ``POST /api/v1.0/update-latest`` (resumable download → MD5 + SHA-256 → apply → atomic deploy
    with backup and health check), ``GET /api/v1.0/status`` until done;
 5. print what it cost: full model bytes vs downloaded bytes.
@@ -25,11 +27,12 @@ from device.api import make_app as make_device_app
 from device.config import check_environment, load_config
 from device.updater import Updater
 from lorien.modelgen import write_family
-from publisher.publish import publish
+from publisher.publish import PublishOptions, publish
 from publisher.serve import make_app
 from repo.errors import LorienError
 from repo.fingerprint import fingerprint
 from repo.inspect import human_size
+from repo.signing import generate_keypair, load_signing_key
 
 FAMILY = "demo-classifier"
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
@@ -58,11 +61,15 @@ def _run(workdir: Path) -> int:
         f"generated {len(paths)} TFLite versions of '{FAMILY}' in {models} ({human_size(paths[-1].stat().st_size)} each)"
     )
 
-    report = publish(models, repo)
+    private_key, public_key, keyid = generate_keypair(workdir / "keys")
+    _step(
+        f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher, {public_key.name} on devices)"
+    )
+    report = publish(models, repo, options=PublishOptions(sign_keys=(load_signing_key(private_key),)))
     if not report.ok:
         raise LorienError("; ".join(report.all_problems()))
     made = sum(len(f.patches_created) for f in report.families)
-    _step(f"published to {repo}: {len(VERSIONS)} versions, {made} patches")
+    _step(f"published to {repo}: {len(VERSIONS)} versions, {made} patches, manifest and index signed")
 
     server = waitress.create_server(make_app(repo), host="127.0.0.1", port=0, threads=4)
     base_url = f"http://127.0.0.1:{server.effective_port}/"
@@ -70,13 +77,13 @@ def _run(workdir: Path) -> int:
     thread.start()
     try:
         _step(f"serving the repository at {base_url} (open {base_url}index.html in a browser)")
-        return _device_update(base_url, paths[0], device, started)
+        return _device_update(base_url, paths[0], device, public_key, started)
     finally:
         server.close()
         thread.join(timeout=5)
 
 
-def _device_update(base_url: str, installed_source: Path, device: Path, started: float) -> int:
+def _device_update(base_url: str, installed_source: Path, device: Path, public_key: Path, started: float) -> int:
     """Run the real device updater (its Bottle API on waitress, in a thread) and drive it over HTTP."""
     device.mkdir(parents=True)
     installed = device / "model.tflite"
@@ -91,6 +98,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, started:
             "model_path": str(installed),
             "state_dir": str(device / "state"),
             "port": 0,
+            "trusted_keys": [str(public_key)],
         },
     )
     check_environment(config)
@@ -107,7 +115,11 @@ def _device_update(base_url: str, installed_source: Path, device: Path, started:
         else f"full {s['target']}"
         for s in plan["steps"]
     )
-    _step(f"check: installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}")
+    trust = _call("GET", api_url + "status")["trust"]["accepted_manifest"]
+    _step(
+        f"check: manifest signature ok (key {trust['signed_by'][:16]}…), sequence {trust['sequence']}, expires "
+        f"{trust['expires']}; installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}"
+    )
     _call("POST", api_url + "update-latest")
     while True:
         status = _call("GET", api_url + "status")

@@ -25,13 +25,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from publisher.html import render_family_page, render_root_page
 from publisher.scan import ModelFile, scan_models
 from repo.atomic import atomic_writer, fsync_dir, is_temp_name, write_if_changed
 from repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
-from repo.errors import IntegrityError, LorienError, ManifestError
+from repo.errors import BadInputError, IntegrityError, LorienError, ManifestError
 from repo.fingerprint import fingerprint
 from repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from repo.layout import (
@@ -50,9 +51,10 @@ from repo.manifest import (
     Manifest,
     PatchEntry,
     VersionEntry,
+    format_timestamp,
     parse_manifest,
-    utc_now,
 )
+from repo.signing import SIGNATURE_SUFFIX, SigningKey, sign_document, signature_path
 from repo.testhooks import crash_point
 from repo.versions import sort_versions
 
@@ -60,6 +62,7 @@ log = logging.getLogger("lorien.publish")
 
 STAGING_DIR = ".staging"
 DEFAULT_KEEP = 3
+DEFAULT_EXPIRES_DAYS = 7.0
 
 
 @dataclass
@@ -82,6 +85,7 @@ class PublishReport:
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     index_written: bool = False
+    refreshed: list[str] = field(default_factory=list)  # manifests re-written only to renew their expiry
 
     @property
     def ok(self) -> bool:
@@ -91,13 +95,84 @@ class PublishReport:
         return self.problems + [p for family in self.families for p in family.problems]
 
 
+@dataclass
+class PublishOptions:
+    keep: int = DEFAULT_KEEP
+    max_patch_ratio: float | None = None  # a patch larger than this share of the full model is not published
+    lenient: bool = False  # watch mode: skip bad files instead of holding back their family
+    rejected: set[tuple[str, str]] = field(default_factory=set)  # (source, target) sha256 pairs already too big
+    sign_keys: tuple[SigningKey, ...] = ()  # every manifest and index.json gets a .sig with one entry per key
+    expires_days: float = DEFAULT_EXPIRES_DAYS  # manifests expire this long after being written; 0 = never
+    allow_downgrade: bool | None = None  # None: keep what each family's manifest says (default False)
+    min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted
+
+    @property
+    def validity(self) -> timedelta | None:
+        return timedelta(days=self.expires_days) if self.expires_days > 0 else None
+
+    def check(self) -> None:
+        if self.keep < 0:
+            raise BadInputError(f"--keep must be 0 or more, got {self.keep}")
+        if not 0 <= self.expires_days <= 3660:
+            raise BadInputError(f"--expires-days must be from 0 (never) to 3660, got {self.expires_days}")
+        if self.min_sequence < 0:
+            raise BadInputError(f"--min-sequence must be 0 or more, got {self.min_sequence}")
+
+
 class RepositoryWriter:
     """Writes blobs, patches, manifests and pages into one repository. Callers hold the writer lock."""
 
-    def __init__(self, root: Path, engine: str = DEFAULT_ENGINE) -> None:
+    def __init__(self, root: Path, engine: str = DEFAULT_ENGINE, options: PublishOptions | None = None) -> None:
         self.root = root
         self.engine = get_engine(engine).name
         self.staging = root / STAGING_DIR
+        self.options = options or PublishOptions()
+
+    # -- signatures and expiry -----------------------------------------------------------------------------------
+    def check_signing_mode(self) -> None:
+        """Refuse to write unsigned metadata into a signed repository (devices would reject it)."""
+        if self.options.sign_keys:
+            return
+        signed = sorted(self.root.glob(f"*{SIGNATURE_SUFFIX}")) + sorted(self.root.glob(f"*/*{SIGNATURE_SUFFIX}"))
+        if signed:
+            raise BadInputError(
+                f"{self.root}: repository is signed ({signed[0].name} exists) but no --sign-key was given; pass "
+                f"the publisher key, or delete the {SIGNATURE_SUFFIX} files to publish unsigned on purpose"
+            )
+
+    def write_signed(self, relative: str, data: bytes) -> bool:
+        """Write a metadata document, then its signature (ed25519 is deterministic: unchanged bytes and keys give
+        the same .sig, so nothing is rewritten; a missing or stale .sig, e.g. after a crash or a key change, is
+        rewritten)."""
+        written = write_if_changed(self.root / relative, data)
+        if self.options.sign_keys:
+            signature = sign_document(data, relative, self.options.sign_keys)
+            written |= write_if_changed(self.root / signature_path(relative), signature)
+        return written
+
+    def needs_refresh(self, manifest: Manifest, now: datetime) -> bool:
+        """True when the manifest's expiry is not what the options want: within half the validity period of
+        expiring (so a watcher re-signs long before devices refuse it), or set differently."""
+        validity = self.options.validity
+        expires = manifest.expires_at()
+        if validity is None or expires is None:
+            return (validity is None) != (expires is None)
+        remaining = expires - now
+        return remaining < validity / 2 or remaining > validity + timedelta(minutes=1)
+
+    def refresh_expiring(self) -> list[str]:
+        """Re-write (new expiry, next sequence, new signature) every manifest that needs it; families whose
+        model directory is gone are included. Returns the refreshed families."""
+        refreshed = []
+        now = datetime.now(UTC)
+        for manifest in self.all_manifests()[0]:
+            if self.needs_refresh(manifest, now):
+                self.write_manifest(manifest, manifest, force=True)
+                refreshed.append(manifest.family)
+            else:
+                relative = manifest_path(manifest.family)
+                self.write_signed(relative, (self.root / relative).read_bytes())
+        return refreshed
 
     # -- housekeeping ------------------------------------------------------------------------------------------
     def remove_leftovers(self) -> int:
@@ -177,14 +252,28 @@ class RepositoryWriter:
         except ManifestError as error:
             raise ManifestError(f"{error}; the existing manifest is damaged: fix or remove it") from None
 
-    def write_manifest(self, manifest: Manifest, previous: Manifest | None) -> tuple[Manifest, bool]:
-        """Write unless only bookkeeping would change; bump the sequence when writing."""
-        if manifest.same_content(previous):
+    def write_manifest(
+        self, manifest: Manifest, previous: Manifest | None, force: bool = False
+    ) -> tuple[Manifest, bool]:
+        """Write unless only bookkeeping would change and the expiry is still fine; bump the sequence when
+        writing. The signature is (re)written either way, so a crash between the two writes heals here."""
+        now = datetime.now(UTC)
+        relative = manifest_path(manifest.family)
+        if not force and manifest.same_content(previous):
             assert previous is not None
-            return previous, False
-        final = replace(manifest, sequence=(previous.sequence + 1) if previous else 1, generated_at=utc_now())
+            if not self.needs_refresh(previous, now):
+                self.write_signed(relative, (self.root / relative).read_bytes())
+                return previous, False
+        validity = self.options.validity
+        sequence = max((previous.sequence + 1) if previous else 1, self.options.min_sequence)
+        final = replace(
+            manifest,
+            sequence=sequence,
+            generated_at=format_timestamp(now),
+            expires=format_timestamp(now + validity) if validity is not None else None,
+        )
         crash_point("manifest")
-        write_if_changed(self.root / manifest_path(final.family), final.to_bytes())
+        self.write_signed(relative, final.to_bytes())
         return final, True
 
     def write_family_page(self, manifest: Manifest) -> None:
@@ -208,7 +297,7 @@ class RepositoryWriter:
         index = Index(families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests))
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
         crash_point("index")
-        return write_if_changed(self.root / INDEX_FILE, index.to_bytes()), problems
+        return self.write_signed(INDEX_FILE, index.to_bytes()), problems
 
 
 def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tuple[PatchEntry, ...]:
@@ -249,14 +338,6 @@ def _version_entries(
     return entries
 
 
-@dataclass
-class PublishOptions:
-    keep: int = DEFAULT_KEEP
-    max_patch_ratio: float | None = None  # a patch larger than this share of the full model is not published
-    lenient: bool = False  # watch mode: skip bad files instead of holding back their family
-    rejected: set[tuple[str, str]] = field(default_factory=set)  # (source, target) sha256 pairs already too big
-
-
 def publish_family(
     writer: RepositoryWriter, family: str, files: list[ModelFile], keep: int, options: PublishOptions | None = None
 ) -> FamilyResult:
@@ -295,6 +376,9 @@ def publish_family(
             continue
         patches[(source_name, latest.version)] = entry
         result.patches_created.append((source_name, latest.version, stats))
+    allow_downgrade = options.allow_downgrade
+    if allow_downgrade is None:
+        allow_downgrade = previous.allow_downgrade if previous is not None else False
     manifest = Manifest(
         family=family,
         sequence=0,
@@ -302,6 +386,7 @@ def publish_family(
         latest=latest.version,
         versions=tuple(by_name[name] for name in order),
         patches=ordered_patches(order, list(patches.values())),
+        allow_downgrade=allow_downgrade,
     )
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
@@ -322,15 +407,15 @@ def publish(
 ) -> PublishReport:
     """Publish every family; ``locked`` means the caller already holds the repository lock (watch mode)."""
     options = options or PublishOptions(keep=keep)
-    if options.keep < 0:
-        raise LorienError(f"--keep must be 0 or more, got {options.keep}")
+    options.check()
     report = PublishReport()
     scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
     report.skipped.extend(scan.skipped)
     repo_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.nullcontext() if locked else repository_lock(repo_dir):
-        writer = RepositoryWriter(repo_dir, engine)
+        writer = RepositoryWriter(repo_dir, engine, options)
+        writer.check_signing_mode()
         writer.remove_leftovers()
         for family, messages in scan.problems.items():
             if family is not None:
@@ -350,6 +435,7 @@ def publish(
                     result.versions,
                     len(result.patches_created),
                 )
+        report.refreshed = writer.refresh_expiring()  # also families no longer in the models directory
         report.index_written, index_problems = writer.write_index()
         report.problems.extend(index_problems)
     return report

@@ -30,10 +30,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from publisher.gc import collect_garbage
-from publisher.publish import PublishOptions, PublishReport, publish
+from publisher.publish import PublishOptions, PublishReport, RepositoryWriter, publish
 from publisher.scan import is_ignored
 from repo.engine import DEFAULT_ENGINE
-from repo.errors import BadInputError
+from repo.errors import BadInputError, LorienError
 from repo.lock import repository_lock
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class Watcher:
     def __init__(self, settings: WatchSettings) -> None:
         if not settings.models.is_dir():
             raise BadInputError(f"{settings.models}: models directory does not exist")
+        settings.options.check()
+        if settings.repo.is_dir():  # fail at startup, not on every publish
+            RepositoryWriter(settings.repo, settings.engine, settings.options).check_signing_mode()
         self.settings = settings
         self.pending: dict[Path, Pending] = {}
         self.dirty = False
@@ -149,9 +152,13 @@ class Watcher:
                 self._hold_recent_files()
                 self._publish("startup")
                 next_gc = time.monotonic() + min(60.0, max(settings.grace / 4, 1.0))
+                next_refresh = time.monotonic() + self._refresh_period()
                 while not self.stopping.wait(TICK):
                     if self._ready_to_publish():
                         self._publish("change")
+                    if time.monotonic() >= next_refresh:
+                        self._refresh()
+                        next_refresh = time.monotonic() + self._refresh_period()
                     if time.monotonic() >= next_gc:
                         self._gc()
                         next_gc = time.monotonic() + min(60.0, max(settings.grace / 4, 1.0))
@@ -221,6 +228,27 @@ class Watcher:
         if any(f.manifest_written for f in report.families) or report.index_written:
             self._after_publish()
         self._gc()
+
+    def _refresh_period(self) -> float:
+        """How often to look for manifests near expiry: an eighth of the validity period (1 s to 1 h), so
+        a manifest is renewed when half its validity is left, long before devices would refuse it."""
+        validity = self.settings.options.validity
+        return 3600.0 if validity is None else min(3600.0, max(1.0, validity.total_seconds() / 8))
+
+    def _refresh(self) -> None:
+        if self.settings.options.validity is None:
+            return
+        try:
+            writer = RepositoryWriter(self.settings.repo, self.settings.engine, self.settings.options)
+            refreshed = writer.refresh_expiring()
+            index_written, _problems = writer.write_index()
+        except (LorienError, OSError) as error:
+            log.error("renewing manifest expiry failed: %s; will retry", error)
+            return
+        for family in refreshed:
+            print(f"renewed family={family} (expiry extended, re-signed)", flush=True)
+        if refreshed or index_written:
+            self._after_publish()
 
     def _log_report(self, report: PublishReport, seconds: float) -> None:
         for family in report.families:

@@ -3,15 +3,23 @@
 Data flow of :meth:`Downloader.fetch`::
 
     .part + .part.json (validator, url, size) from an earlier attempt?
-      → GET with ``Range: bytes=N-`` and ``If-Range: <ETag or Last-Modified>`` (no validator → start at 0)
+      → GET with ``Range: bytes=N-`` and ``If-Range: <ETag or Last-Modified>`` (no validator → start at 0),
+        always ``Accept-Encoding: identity`` (a compressed body would break offsets and the size bound; one
+        sent anyway is refused)
       → 206 from N: append · 200: the server ignored the range or the file changed → start again at 0
-        · 416 with a complete file: done · other 4xx/5xx: error
-      → never more than the declared size is read; a connection error, timeout or short body leaves the
-        ``.part`` in place and retries (bounded, exponential backoff) from where it stopped
+        · 416 with a complete file: done · 500/502/503/504: retried like a connection error · other 4xx/5xx:
+        error at once
+      → never more than the declared size is read or written: a Content-Length beyond it fails before the
+        body, a body without one is cut at it (both :class:`IntegrityError`, like a digest mismatch)
+      → a connection error, a stall (no byte for ``limits.stall_timeout``), a body averaging below
+        ``limits.min_rate`` B/s over ``limits.rate_window`` (repo._netio.RateGuard), a short body or a 5xx
+        leaves the ``.part`` in place and retries (bounded, exponential backoff) from where it stopped; after
+        the last attempt :class:`FetchError` carries the last reason
       → complete: size, MD5 (mandatory) and SHA-256 (when known) are checked; a mismatch deletes the file and
         downloads again, a bounded number of times, then raises :class:`IntegrityError`
 
-The caller owns the ``.part`` path; on success it holds exactly the verified bytes.
+The caller owns the ``.part`` path; on success it holds exactly the verified bytes. Timeouts and rates come
+from ``DownloadPolicy.limits`` (:class:`~repo.limits.Limits`).
 """
 
 from __future__ import annotations
@@ -26,13 +34,15 @@ from pathlib import Path
 
 import requests
 
+from repo._netio import IDENTITY, RateGuard, TooSlow, body_chunks, refuse_content_encoding, timeouts
 from repo.atomic import atomic_write_bytes
 from repo.errors import FetchError, IntegrityError
 from repo.hashing import Digests, digest_file
+from repo.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds without a byte)
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})  # the server's trouble, maybe passing: retry with backoff
 NET_CHUNK = 64 * 1024  # bytes read per step: a cut connection loses at most this much of what arrived
 
 
@@ -63,7 +73,12 @@ class DownloadPolicy:
     verify_attempts: int = 2  # whole downloads after a digest mismatch
     backoff: float = 0.5  # first pause; doubles up to max_backoff
     max_backoff: float = 8.0
-    timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    limits: Limits = DEFAULT_LIMITS  # connect/stall timeouts and the minimum rate
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) for requests, from ``limits``."""
+        return timeouts(self.limits)
 
 
 class _Restart(Exception):
@@ -121,8 +136,10 @@ class Downloader:
                 discard(request.destination)
                 last_error = str(reason)
                 continue  # a restart is progress, not a failure: no pause
-            except (requests.RequestException, _ShortBody) as error:
-                last_error = f"{type(error).__name__}: {error}"
+            except (requests.RequestException, _Transient, TooSlow) as error:
+                # ours already read well; a requests error needs its kind (ConnectionError, ReadTimeout, ...)
+                ours = isinstance(error, (_Transient, TooSlow))
+                last_error = str(error) if ours else f"{type(error).__name__}: {error}"
                 log.warning("download of %s interrupted (attempt %d): %s", request.url, attempt, last_error)
             if attempt < self.policy.attempts:
                 self.sleep(pause)
@@ -140,17 +157,20 @@ class Downloader:
             raise _Restart("the partial file has no usable validator for this URL")
         if have > request.size:
             raise _Restart(f"partial file holds {have} bytes, more than the declared {request.size}")
-        headers = {}
+        headers = dict(IDENTITY)
         if have:
-            headers = {"Range": f"bytes={have}-", "If-Range": meta["validator"]}
+            headers.update({"Range": f"bytes={have}-", "If-Range": meta["validator"]})
         response = self.session.get(request.url, headers=headers, stream=True, timeout=self.policy.timeout)
         with contextlib.closing(response):
             if response.status_code == 416 and have:
                 if have == request.size:
                     return  # complete already; verification decides
                 raise _Restart(f"server refused the range from byte {have} (HTTP 416)")
+            if response.status_code in RETRYABLE_STATUS:
+                raise _Transient(f"HTTP {response.status_code} {response.reason}")
             if response.status_code >= 400:
                 raise FetchError(f"{request.url}: HTTP {response.status_code} {response.reason}")
+            refuse_content_encoding(response, request.url)
             validator = _validator(response)
             if response.status_code == 206:
                 start = _content_range_start(response)
@@ -163,6 +183,12 @@ class Downloader:
                 have, mode = 0, "wb"
             else:
                 raise FetchError(f"{request.url}: unexpected HTTP {response.status_code}")
+            announced = response.headers.get("Content-Length", "")
+            if announced.isdigit() and int(announced) > request.size - have:
+                raise IntegrityError(
+                    f"server announced {announced} bytes from byte {have}, more than the declared "
+                    f"{request.size} bytes; refusing the body"
+                )
             _write_meta(part, {"url": request.url, "size": request.size, "validator": validator})
             self._stream(response, part, mode, have, request)
 
@@ -171,12 +197,13 @@ class Downloader:
     ) -> None:
         started, received = time.monotonic(), 0
         remaining = request.size - have
+        guard = RateGuard(self.policy.limits)
         with open(part, mode) as sink:
-            for chunk in response.iter_content(NET_CHUNK):
+            for chunk in body_chunks(response, guard, NET_CHUNK):
                 if len(chunk) > remaining:
                     sink.write(chunk[:remaining])
                     raise IntegrityError(
-                        f"{request.url}: server sent more than the declared {request.size} bytes; refusing the rest"
+                        f"server sent more than the declared {request.size} bytes; refusing the rest"
                     )
                 sink.write(chunk)
                 remaining -= len(chunk)
@@ -189,11 +216,11 @@ class Downloader:
                     )
             sink.flush()
         if remaining:
-            raise _ShortBody(f"connection ended {remaining} bytes early")
+            raise _Transient(f"connection ended {remaining} bytes early")
 
 
-class _ShortBody(Exception):
-    pass
+class _Transient(Exception):
+    """A short body or a 5xx answer: worth another attempt after a pause, resuming the ``.part``."""
 
 
 def discard(part: Path) -> None:

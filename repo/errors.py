@@ -43,3 +43,15 @@ class FetchError(LorienError):
     """A repository file could not be fetched (HTTP error, connection failure, too large)."""
 
     exit_code = 1
+
+
+class SignatureError(LorienError):
+    """Repository metadata is unsigned, signed by a key we do not trust, or its signature does not match."""
+
+    exit_code = 1
+
+
+class FreshnessError(LorienError):
+    """Repository metadata is expired, older than what was already accepted, or would install an older model."""
+
+    exit_code = 1

@@ -1,9 +1,17 @@
 """Reading repository files from a directory or over HTTP, behind one small fetcher interface.
 
 ``open_repository(location)`` returns a :class:`Fetcher` for a local path or an ``http(s)://`` base URL. A
-fetcher answers three questions: the bytes of a small document (bounded), a stream of a blob's bytes (bounded
-by the size the manifest declares, so a server can never feed us endless data), and a byte range of a blob.
+fetcher answers three questions: the bytes of a small document (bounded by ``limit``, by default
+``limits.max_document_bytes``), a stream of a blob's bytes (bounded by the size the manifest declares, so a
+server can never feed us endless data), and a byte range of a blob.
 Higher layers (inspect, the device) only see this interface, so transports are swappable in tests.
+
+:class:`HttpFetcher` treats the server as untrusted, within its :class:`~repo.limits.Limits`: connecting takes
+at most ``connect_timeout`` and a server silent for ``stall_timeout`` is cut off; a body that averages below
+``min_rate`` B/s over a ``rate_window`` fails with a :class:`FetchError` naming the URL, bytes and seconds
+(repo._netio); a Content-Length above the bound fails before any body byte is read, and a body without one is
+cut one chunk past the bound. Blob and range requests send ``Accept-Encoding: identity`` and refuse a
+compressed answer.
 """
 
 from __future__ import annotations
@@ -17,18 +25,18 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from repo._netio import IDENTITY, RateGuard, TooSlow, body_chunks, refuse_content_encoding, timeouts
 from repo.errors import FetchError
 from repo.hashing import CHUNK, iter_file
 from repo.layout import checked_relative_path
-from repo.manifest import MAX_DOCUMENT_BYTES
-
-DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read (seconds between bytes)
+from repo.limits import DEFAULT_LIMITS, Limits
 
 
 class Fetcher(Protocol):
     location: str
 
-    def read_document(self, path: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes: ...
+    def read_document(self, path: str, limit: int | None = None) -> bytes:
+        """At most ``limit`` bytes (default: the fetcher's ``limits.max_document_bytes``)."""
 
     def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]: ...
 
@@ -37,16 +45,18 @@ class Fetcher(Protocol):
 
 
 class DirectoryFetcher:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         if not root.is_dir():
             raise FetchError(f"{root}: repository directory does not exist")
         self.root = root
         self.location = str(root)
+        self.limits = limits
 
     def _path(self, path: str) -> Path:
         return self.root / checked_relative_path(path, "repository path")
 
-    def read_document(self, path: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    def read_document(self, path: str, limit: int | None = None) -> bytes:
+        limit = self.limits.max_document_bytes if limit is None else limit
         file = self._path(path)
         try:
             with open(file, "rb") as handle:
@@ -92,10 +102,13 @@ def http_session(retries: int = 3) -> requests.Session:
 
 
 class HttpFetcher:
-    def __init__(self, base_url: str, session: requests.Session | None = None) -> None:
+    def __init__(
+        self, base_url: str, session: requests.Session | None = None, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.location = self.base_url
         self.session = session or http_session()
+        self.limits = limits
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, checked_relative_path(path, "repository path"))
@@ -103,7 +116,7 @@ class HttpFetcher:
     def _get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
         url = self.url(path)
         try:
-            response = self.session.get(url, headers=headers, stream=True, timeout=DEFAULT_TIMEOUT)
+            response = self.session.get(url, headers=headers, stream=True, timeout=timeouts(self.limits))
         except requests.RequestException as error:
             raise FetchError(f"{url}: request failed: {error}") from None
         if response.status_code >= 400:
@@ -112,41 +125,52 @@ class HttpFetcher:
         return response
 
     def _bounded(self, response: requests.Response, limit: int, what: str) -> Iterator[bytes]:
-        produced = 0
+        """The body, failing past ``limit`` bytes, on a stall or below the minimum rate; always closed."""
+        url = response.url
         try:
-            for chunk in response.iter_content(CHUNK):
+            announced = response.headers.get("Content-Length", "")
+            if announced.isdigit() and int(announced) > limit and "Content-Encoding" not in response.headers:
+                raise FetchError(f"{url}: server announced {announced} bytes, more than the {limit} bytes {what}")
+            produced = 0
+            for chunk in body_chunks(response, RateGuard(self.limits), min(CHUNK, limit + 1)):
                 produced += len(chunk)
                 if produced > limit:
-                    raise FetchError(f"{response.url}: server sent more than the {limit} bytes {what}")
+                    raise FetchError(f"{url}: server sent more than the {limit} bytes {what}")
                 yield chunk
+        except TooSlow as error:
+            raise FetchError(f"{url}: {error}") from None
         except requests.RequestException as error:
-            raise FetchError(f"{response.url}: download interrupted: {error}") from None
+            raise FetchError(f"{url}: download interrupted: {error}") from None
         finally:
             response.close()
 
-    def read_document(self, path: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+    def read_document(self, path: str, limit: int | None = None) -> bytes:
+        limit = self.limits.max_document_bytes if limit is None else limit
         return b"".join(self._bounded(self._get(path), limit, "allowed for a document"))
 
     def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]:
-        yield from self._bounded(self._get(path), max_bytes, "the manifest declares")
+        response = self._get(path, headers=IDENTITY)
+        refuse_content_encoding(response, response.url)
+        yield from self._bounded(response, max_bytes, "the manifest declares")
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
-        response = self._get(path, headers={"Range": f"bytes={start}-{end}"})
+        response = self._get(path, headers={"Range": f"bytes={start}-{end}", **IDENTITY})
         wanted = end - start + 1
         if response.status_code != 206:
             response.close()
             raise FetchError(f"{response.url}: asked for a byte range, got HTTP {response.status_code}")
+        refuse_content_encoding(response, response.url)
         data = b"".join(self._bounded(response, wanted, "requested"))
         if len(data) != wanted:
             raise FetchError(f"{response.url}: range {start}-{end} returned {len(data)} bytes, expected {wanted}")
         return data
 
 
-def open_repository(location: str | Path) -> Fetcher:
+def open_repository(location: str | Path, limits: Limits = DEFAULT_LIMITS) -> Fetcher:
     text = str(location)
     scheme = urlsplit(text).scheme
     if scheme in ("http", "https"):
-        return HttpFetcher(text)
+        return HttpFetcher(text, limits=limits)
     if scheme and len(scheme) > 1:
         raise FetchError(f"{text}: unsupported URL scheme {scheme!r}; use a directory or an http(s):// URL")
-    return DirectoryFetcher(Path(text))
+    return DirectoryFetcher(Path(text), limits)

@@ -8,6 +8,7 @@ every missing or mismatching file in one go.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from repo.errors import LorienError
@@ -15,6 +16,8 @@ from repo.fetch import Fetcher
 from repo.hashing import digest_chunks
 from repo.layout import INDEX_FILE
 from repo.manifest import Index, Manifest, parse_index, parse_manifest
+from repo.signing import TrustedKey
+from repo.trust import TrustPolicy, read_verified
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     blobs_checked: int = 0
     bytes_checked: int = 0
+    signed_by: dict[str, str] = field(default_factory=dict)  # document path → key id (with --key)
 
     @property
     def ok(self) -> bool:
@@ -46,23 +50,41 @@ class Report:
             "warnings": self.warnings,
             "blobs_checked": self.blobs_checked,
             "bytes_checked": self.bytes_checked,
+            "signed_by": self.signed_by,
             "ok": self.ok,
         }
 
 
-def load(fetcher: Fetcher) -> Report:
+def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
+    """Read index.json and every manifest; with ``keys``, each must carry a valid signature by one of them."""
     report = Report(fetcher.location)
+    policy = TrustPolicy(keys)
+
+    def read(path: str) -> bytes:
+        if not keys:
+            return fetcher.read_document(path)
+        document = read_verified(fetcher, path, policy, sleep=lambda _seconds: None)
+        report.signed_by[path] = document.keyid or ""
+        return document.data
+
     try:
-        report.index = parse_index(fetcher.read_document(INDEX_FILE), INDEX_FILE)
+        report.index = parse_index(read(INDEX_FILE), INDEX_FILE)
     except LorienError as error:
         report.problems.append(str(error))
         return report
+    now = datetime.now(UTC)
     for entry in report.index.families:
         try:
-            manifest = parse_manifest(fetcher.read_document(entry.manifest), entry.manifest)
+            manifest = parse_manifest(read(entry.manifest), entry.manifest)
         except LorienError as error:
             report.problems.append(str(error))
             continue
+        expires = manifest.expires_at()
+        if expires is not None and expires <= now:
+            message = (
+                f"{entry.manifest}: expired at {manifest.expires}; devices refuse it until it is re-published"
+            )
+            (report.problems if keys else report.warnings).append(message)
         if manifest.family != entry.name:
             report.problems.append(f"{entry.manifest}: says family {manifest.family!r}, index says {entry.name!r}")
         if manifest.latest != entry.latest:
@@ -100,8 +122,8 @@ def verify_blobs(fetcher: Fetcher, report: Report) -> None:
                 report.problems.append(f"{where}: md5 {digests.md5}, manifest says {md5}")
 
 
-def inspect_repository(fetcher: Fetcher, verify: bool = False) -> Report:
-    report = load(fetcher)
+def inspect_repository(fetcher: Fetcher, verify: bool = False, keys: tuple[TrustedKey, ...] = ()) -> Report:
+    report = load(fetcher, keys)
     if verify:
         verify_blobs(fetcher, report)
     return report
@@ -120,8 +142,11 @@ def render_text(report: Report, verified: bool) -> str:
     for name, manifest in report.manifests.items():
         lines.append(
             f"\nfamily {name}  latest {manifest.latest}  sequence {manifest.sequence}  "
-            f"generated {manifest.generated_at}"
+            f"generated {manifest.generated_at}  expires {manifest.expires or 'never'}"
         )
+        signer = report.signed_by.get(f"{name}/manifest.json")
+        if signer:
+            lines.append(f"  signature ok: key {signer[:16]}")
         lines.append(f"  {'version':<16} {'size':>11} {'format':<12} {'short_id':<17} sha256")
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "

@@ -53,3 +53,8 @@ def same_version(a: str, b: str) -> bool:
     if is_pep440(a) and is_pep440(b):
         return Version(a) == Version(b)
     return False
+
+
+def is_newer(a: str, b: str) -> bool:
+    """True when version ``a`` sorts after version ``b`` (and they are not two spellings of one version)."""
+    return not same_version(a, b) and sort_versions([a, b])[-1] == a

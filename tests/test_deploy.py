@@ -98,6 +98,10 @@ def test_example_device_config_is_valid(tmp_path: Path) -> None:
     text = (DEPLOY / "device.toml.example").read_text()
     text = text.replace("/var/lib/lorien-model/model.tflite", str(tmp_path / "model.tflite"))
     text = text.replace('"/var/lib/lorien"', f'"{tmp_path / "state"}"')
+    from repo.signing import generate_keypair
+
+    _private, public, _keyid = generate_keypair(tmp_path / "keys")
+    text = text.replace("/etc/lorien/publisher.pub", str(public))
     (tmp_path / "device.toml").write_text(text)
     from device.config import load_config
 

@@ -14,7 +14,13 @@ from repo.errors import BadInputError
 from repo.manifest import Manifest, PatchEntry, parse_manifest
 from tests.conftest import run_lorien
 
-BASE = {"repo_url": "http://127.0.0.1:1/", "family": "cls", "model_path": "/tmp/m.tflite", "state_dir": "/tmp/s"}
+BASE = {
+    "repo_url": "http://127.0.0.1:1/",
+    "family": "cls",
+    "model_path": "/tmp/m.tflite",
+    "state_dir": "/tmp/s",
+    "insecure_allow_unsigned": True,
+}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -59,7 +65,7 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
 def test_flags_override_the_file_and_services_parse(tmp_path: Path) -> None:
     text = (
         'repo_url = "http://x/repo"\nfamily = "c"\nmodel_path = "/m"\nstate_dir = "/s"\nport = 1\n'
-        'api_token = "0123456789"\nhost = "0.0.0.0"\n[service]\ncommand = ["/bin/app", "--serve"]\n'
+        'api_token = "0123456789"\nhost = "0.0.0.0"\ninsecure_allow_unsigned = true\n[service]\ncommand = ["/bin/app", "--serve"]\n'
         'pid_file = "/run/app.pid"\n'
     )
     config = load_config(_write(tmp_path, text), {"port": 2, "family": None})
@@ -87,6 +93,7 @@ def test_device_cli_refuses_a_missing_model_directory(tmp_path: Path) -> None:
         tmp_path / "absent" / "m.tflite",
         "--state-dir",
         tmp_path / "state",
+        "--insecure-allow-unsigned",
     )
     assert (
         result.returncode == 2 and "model_path: directory" in result.stderr and "does not exist" in result.stderr

@@ -60,8 +60,6 @@ BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE}
 WIDTHS = {1, 2, 4, 8}
 
 
-
-
 @dataclass(frozen=True)
 class Header:
     segment_count: int
