@@ -147,3 +147,5 @@ def test_plan_takes_a_two_hop_chain_when_cheaper_than_full(tmp_path: Path) -> No
     plan = cheapest_plan(manifest, Installed("1", first.sha256, first.size, None))
     assert [(s.source, s.target) for s in plan.steps] == [("1", "2"), ("2", "3")]
     assert plan.download_bytes < plan.full_size
+    capped = cheapest_plan(manifest, Installed("1", first.sha256, first.size, None), max_chain=1)
+    assert [s.kind for s in capped.steps] == ["full"]  # a chain longer than limits.max_chain_length
