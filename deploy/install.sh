@@ -49,14 +49,20 @@ if [ "$ROLE" != publisher ]; then
     install -m 0644 "$SRC/deploy/device.toml.example" "$DESTDIR/etc/lorien/device.toml.example"
     if [ ! -e "$DESTDIR/etc/lorien/device.toml" ]; then
         install -m 0640 "$SRC/deploy/device.toml.example" "$DESTDIR/etc/lorien/device.toml"
-        say "wrote /etc/lorien/device.toml: set repo_url, family and model_path"
+        say "wrote /etc/lorien/device.toml: set repo_url, family, model_path and trusted_keys (the publisher's .pub)"
     fi
 fi
 if [ "$ROLE" != device ]; then
     install -d -m 0755 "$DESTDIR/srv/lorien/models" "$DESTDIR/srv/lorien/repo"
+    if [ ! -e "$DESTDIR/etc/lorien/publisher.key" ]; then
+        "$OPT/venv/bin/lorien" keygen --out "$DESTDIR/etc/lorien" --name publisher >/dev/null
+        say "made signing key /etc/lorien/publisher.key; copy /etc/lorien/publisher.pub to every device (trusted_keys)"
+    fi
 fi
 if [ -z "$DESTDIR" ]; then
     chown -R lorien:lorien /var/lib/lorien
+    [ "$ROLE" = device ] || chown lorien:lorien /etc/lorien/publisher.key  # read by the watcher (mode 0600)
+    [ "$ROLE" = publisher ] || chown root:lorien /etc/lorien/device.toml  # mode 0640: readable by the service
     [ "$ROLE" = publisher ] || chown lorien:lorien /var/lib/lorien-model
     [ "$ROLE" = device ] || chown -R lorien:lorien /srv/lorien
     if command -v systemctl >/dev/null 2>&1; then

@@ -44,7 +44,7 @@ from device.state import (
 from repo.atomic import atomic_writer, fsync_dir
 from repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
 from repo.engine import apply_patch, require_engine
-from repo.errors import FreshnessError, IntegrityError, LorienError, SignatureError
+from repo.errors import FreshnessError, IntegrityError, LorienError, ManifestError, SignatureError
 from repo.fetch import HttpFetcher
 from repo.hashing import digest_file, iter_file, sha256_file
 from repo.layout import manifest_path
@@ -159,8 +159,8 @@ class Updater:
         document = read_verified(self.fetcher, path, self.trust)
         manifest = parse_manifest(document.data, where, self.config.limits)
         if manifest.family != self.config.family:
-            raise UpdateFailed(
-                f"manifest is for family {manifest.family!r}, this device runs {self.config.family!r}"
+            raise ManifestError(
+                f"{where}: is for family {manifest.family!r}, this device runs {self.config.family!r}"
             )
         accepted = self._accepted_manifest()
         check_freshness(manifest, accepted.get("sequence", 0), where)
@@ -300,7 +300,7 @@ class Updater:
             output = self.config.tmp_dir / f"{step.target_sha256}.model"
             if not (output.exists() and sha256_file(output) == step.target_sha256):
                 self._report(APPLYING, f"applying patch {step.source} → {step.target}", 100 * index / len(steps))
-                result = apply_patch(current, blob, output)
+                result = apply_patch(current, blob, output, limits=self.config.limits)
                 if result.target_sha256 != step.target_sha256:
                     output.unlink(missing_ok=True)
                     raise IntegrityError(

@@ -189,8 +189,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from publisher.serve import serve
+    from repo.signing import load_signing_key
 
-    serve(args.repo, host=args.host, port=args.port, admin_token=args.admin_token)
+    keys = tuple(load_signing_key(path) for path in args.sign_key or ())
+    serve(args.repo, host=args.host, port=args.port, admin_token=args.admin_token, sign_keys=keys)
     return 0
 
 
@@ -390,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     sub.add_argument("--admin-token", default=None, help="enables POST /create-patch for this bearer token")
+    sub.add_argument(
+        "--sign-key",
+        dest="sign_key",
+        type=Path,
+        action="append",
+        help="publisher key: POST /create-patch re-signs the manifest it changes (required for a signed repository)",
+    )
 
     sub = add("device", _cmd_device, "run the device updater service (HTTP API on 127.0.0.1:12315 by default)")
     sub.add_argument("--config", type=Path, help="device.toml (every option below can also be set there)")

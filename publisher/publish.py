@@ -261,7 +261,7 @@ class RepositoryWriter:
         relative = manifest_path(manifest.family)
         if not force and manifest.same_content(previous):
             assert previous is not None
-            if not self.needs_refresh(previous, now):
+            if not self.needs_refresh(previous, now) and previous.sequence >= self.options.min_sequence:
                 self.write_signed(relative, (self.root / relative).read_bytes())
                 return previous, False
         validity = self.options.validity

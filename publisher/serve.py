@@ -26,11 +26,12 @@ from typing import Any
 import bottle
 import waitress
 
-from publisher.publish import RepositoryWriter, ordered_patches
+from publisher.publish import PublishOptions, RepositoryWriter, ordered_patches
 from repo.errors import LorienError, RepositoryLockedError
 from repo.layout import BLOB_DIR, HTML_FILE, INDEX_FILE, PATCH_EXTENSION
 from repo.lock import repository_lock
 from repo.manifest import Manifest, VersionEntry, parse_index, parse_manifest
+from repo.signing import SigningKey
 from repo.versions import sort_versions
 
 log = logging.getLogger("lorien.serve")
@@ -102,9 +103,10 @@ def serve_file(root: Path, relative: str, download_name: str | None = None) -> b
 class SeedApi:
     """The Mallorn patch-server endpoints, answered from the repository's static documents."""
 
-    def __init__(self, root: Path, admin_token: str | None) -> None:
+    def __init__(self, root: Path, admin_token: str | None, sign_keys: tuple[SigningKey, ...] = ()) -> None:
         self.root = root
         self.admin_token = admin_token
+        self.sign_keys = sign_keys  # a signed repository's manifest is re-signed after /create-patch
 
     # -- reading the repository ------------------------------------------------------------------------------
     def manifests(self) -> list[Manifest]:
@@ -282,7 +284,8 @@ class SeedApi:
             return _error(400, str(error))
 
     def _create_patch_locked(self, family: str, source: str, target: str) -> bottle.HTTPResponse:
-        writer = RepositoryWriter(self.root)
+        writer = RepositoryWriter(self.root, options=PublishOptions(sign_keys=self.sign_keys))
+        writer.check_signing_mode()  # never leave a signed repository with an unsigned manifest
         manifest = writer.read_manifest(family)
         assert manifest is not None
         existing = manifest.patch(source, target)
@@ -305,9 +308,9 @@ class SeedApi:
         )
 
 
-def make_app(root: Path, admin_token: str | None = None) -> bottle.Bottle:
+def make_app(root: Path, admin_token: str | None = None, sign_keys: tuple[SigningKey, ...] = ()) -> bottle.Bottle:
     root = root.resolve()
-    api = SeedApi(root, admin_token)
+    api = SeedApi(root, admin_token, sign_keys)
     app = bottle.Bottle()
 
     def guarded(handler):  # repository problems become a JSON 500 naming the file, not a stack trace page
@@ -334,11 +337,16 @@ def make_app(root: Path, admin_token: str | None = None) -> bottle.Bottle:
 
 
 def serve(
-    root: Path, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None, announce=print
+    root: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    admin_token: str | None = None,
+    announce=print,
+    sign_keys: tuple[SigningKey, ...] = (),
 ) -> None:
     if not root.is_dir():
         raise LorienError(f"{root}: repository directory does not exist; run `lorien publish` first")
-    server = waitress.create_server(make_app(root, admin_token), host=host, port=port, threads=8)
+    server = waitress.create_server(make_app(root, admin_token, sign_keys), host=host, port=port, threads=8)
     announce(f"serving {root} at http://{server.effective_host}:{server.effective_port}/", flush=True)
     try:
         server.run()

@@ -34,7 +34,7 @@ RESERVED_FAMILY_NAMES = frozenset({BLOB_DIR})
 
 
 def family_name_problem(name: str) -> str | None:
-    if not FAMILY_PATTERN.match(name):
+    if not FAMILY_PATTERN.fullmatch(name):
         return "may only contain letters, digits and . _ - and must start with a letter or digit"
     if name in RESERVED_FAMILY_NAMES:
         return f"'{name}' is reserved by the repository layout; rename the directory"
@@ -49,7 +49,7 @@ def blob_path(sha256: str, extension: str) -> str:
     """Repository-relative path of a blob with this content digest."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
-    suffix = f".{extension}" if extension and _EXTENSION_PATTERN.match(extension) else ""
+    suffix = f".{extension}" if extension and _EXTENSION_PATTERN.fullmatch(extension) else ""
     return f"{BLOB_DIR}/sha256/{sha256[:2]}/{sha256}{suffix}"
 
 
@@ -70,7 +70,7 @@ def checked_relative_path(value: str, where: str) -> str:
     for part in value.split("/"):
         if part in ("", ".", "..") or part.startswith("."):
             raise ManifestError(f"{where}: path {value!r} has a forbidden component {part!r}")
-        if not _PATH_COMPONENT.match(part):
+        if not _PATH_COMPONENT.fullmatch(part):
             raise ManifestError(
                 f"{where}: path {value!r} has characters outside A-Z a-z 0-9 . _ + - (no %, :, ?, # or spaces: "
                 "they change meaning inside a URL)"

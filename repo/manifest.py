@@ -27,7 +27,10 @@ from repo.versions import version_name_problem
 SCHEMA_VERSION = 1
 MAX_DOCUMENT_BYTES = DEFAULT_LIMITS.max_document_bytes
 MAX_BLOB_SIZE = DEFAULT_LIMITS.max_blob_bytes
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_ENGINE = re.compile(r"[a-z0-9_-]{1,32}")
+_PATCH_ID = re.compile(r"[A-Za-z0-9._+-]{1,512}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -44,7 +47,7 @@ def utc_now() -> str:
 
 def parse_timestamp(text: str) -> datetime:
     """``YYYY-MM-DDTHH:MM:SSZ`` (UTC) → aware datetime; ValueError otherwise."""
-    if not _TIMESTAMP.match(text):
+    if not _TIMESTAMP.fullmatch(text):
         raise ValueError(f"{text!r} is not a UTC timestamp like 2026-01-31T12:00:00Z")
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
@@ -210,8 +213,10 @@ class _Reader:
         value = self._get(key)
         if not isinstance(value, str):
             raise ManifestError(f"{self.where}.{key}: expected a string, got {type(value).__name__}")
-        if pattern is not None and not pattern.match(value):
-            raise ManifestError(f"{self.where}.{key}: {value!r} is not in the expected form")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ManifestError(f"{self.where}.{key}: {value[:80]!r} is not in the expected form")
+        if _CONTROL.search(value) or not _encodable(value):
+            raise ManifestError(f"{self.where}.{key}: contains control characters or invalid Unicode")
         return value
 
     def int(self, key: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -246,6 +251,14 @@ class _Reader:
         return _Reader(value, where, self.limits)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: could be parsed but never written back
+        return False
+    return True
+
+
 def _load_json(raw: bytes, where: str, limits: Limits) -> Any:
     if len(raw) > limits.max_document_bytes:
         raise ManifestError(
@@ -253,8 +266,8 @@ def _load_json(raw: bytes, where: str, limits: Limits) -> Any:
         )
     try:
         return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{where}: not valid UTF-8 JSON: {error}") from None
+    except (UnicodeDecodeError, ValueError) as error:  # ValueError: also integers beyond 4300 digits
+        raise ManifestError(f"{where}: not valid UTF-8 JSON: {str(error)[:200]}") from None
     except RecursionError:
         raise ManifestError(f"{where}: JSON nested too deeply") from None
 
@@ -317,10 +330,10 @@ def _parse_version(reader: _Reader) -> VersionEntry:
 def _parse_patch(reader: _Reader) -> PatchEntry:
     sha256 = reader.str("sha256", _HEX64)
     return PatchEntry(
-        id=reader.str("id"),
+        id=reader.str("id", _PATCH_ID),
         source=_checked_version_name(reader, "from"),
         target=_checked_version_name(reader, "to"),
-        engine=reader.str("engine"),
+        engine=reader.str("engine", _ENGINE),
         size=reader.int("size", 1),
         sha256=sha256,
         md5=reader.str("md5", _HEX32),
@@ -354,7 +367,7 @@ def parse_manifest(raw: bytes, where: str = "manifest.json", limits: Limits = DE
     manifest = Manifest(
         family=family,
         sequence=reader.int("sequence", 0, 1 << 62),
-        generated_at=reader.str("generated_at"),
+        generated_at=reader.str("generated_at", _TIMESTAMP),
         latest=reader.str("latest"),
         versions=versions,
         patches=patches,

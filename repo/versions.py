@@ -19,7 +19,7 @@ _DIGIT_RUNS = re.compile(r"(\d+)")
 
 def version_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a version name, or None when it can."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         return "may only contain letters, digits and . _ + - and must start with a letter or digit"
     if not any(ch.isdigit() for ch in name):
         return "contains no digit, so it cannot be ordered as a version (e.g. 1.0, 2024.11.3, build7)"

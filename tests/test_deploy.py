@@ -58,6 +58,10 @@ def test_install_into_a_temporary_root_is_idempotent_and_units_verify(tmp_path: 
     assert subprocess.run([str(lorien), "--help"], capture_output=True, timeout=60).returncode == 0
     for unit in UNITS:
         assert (root / "etc" / "systemd" / "system" / unit).is_file()
+    key = root / "etc" / "lorien" / "publisher.key"  # the watcher's signing key, made once
+    assert key.stat().st_mode & 0o777 == 0o600 and "BEGIN PRIVATE KEY" in key.read_text()
+    assert (root / "etc" / "lorien" / "publisher.pub").is_file()
+    assert "--sign-key /etc/lorien/publisher.key" in (DEPLOY / "lorien-publisher.service").read_text()
     config = root / "etc" / "lorien" / "device.toml"
     config.write_text(config.read_text().replace("classifier", "my-family"))  # an operator's edit
     parts = ("etc", "var", "srv", "opt/lorien/src")

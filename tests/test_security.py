@@ -436,3 +436,55 @@ def test_path_traversal_in_a_manifest_is_refused_even_unsigned(site: Site, tmp_p
         assert answer["code"] == 422 and "blob" in answer["msg"], (hostile, answer)
     site.file(MANIFEST).write_bytes(good)
     assert check(device)["code"] == 200
+
+
+def test_create_patch_on_a_signed_repository_needs_the_key_and_re_signs(tmp_path: Path, keys) -> None:
+    import requests
+
+    site = Site(tmp_path / "s")
+    for version in ("1.0.0", "1.1.0", "1.2.0"):
+        site.add(version)
+    site.publish(keys["old"][0], keep=1)  # only 1.1.0→1.2.0 exists
+    before = site.file(MANIFEST).read_bytes()
+    url = "create-patch?source_version=1.0.0&target_version=1.1.0"
+    for extra, status in (
+        (("--admin-token", "t0ken"), 400),
+        (("--admin-token", "t0ken", "--sign-key", str(keys["old"][0])), 201),
+    ):
+        server = start_server(site.repo, *extra)
+        try:
+            answer = requests.post(server.url + url, headers={"Authorization": "Bearer t0ken"}, timeout=60)
+        finally:
+            server.process.terminate()
+            server.process.wait(10)
+        assert answer.status_code == status, answer.text
+        if status == 400:
+            assert "repository is signed" in answer.json()["error"]
+            assert site.file(MANIFEST).read_bytes() == before
+    raw = site.file(MANIFEST).read_bytes()
+    assert parse_manifest(raw).patch("1.0.0", "1.1.0") is not None
+    verify_document(raw, MANIFEST, site.file(MANIFEST + ".sig").read_bytes(), [load_trusted_key(keys["old"][1])])
+
+
+def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp_path: Path, keys) -> None:
+    site = Site(tmp_path / "s")
+    site.add("1.0.0")
+    site.publish(keys["old"][0])
+    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 1
+    site.publish(keys["old"][0], min_sequence=500)  # unchanged content, but below the floor: rewritten
+    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 500
+    site.publish(keys["old"][0], min_sequence=500)
+    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 500
+
+
+def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None:
+    from repo.engine import apply_patch, create_patch
+    from repo.errors import PatchError
+
+    site = Site(tmp_path / "s")
+    old, new, patch = site.all / "1.0.0.tflite", site.all / "1.1.0.tflite", tmp_path / "p.patch"
+    create_patch(old, new, patch)
+    apply_patch(old, patch, tmp_path / "ok.tflite", limits=Limits())
+    with pytest.raises(PatchError):
+        apply_patch(old, patch, tmp_path / "out.tflite", limits=Limits(max_payload=64, max_segment=64))
+    assert not (tmp_path / "out.tflite").exists()

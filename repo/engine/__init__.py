@@ -21,6 +21,7 @@ from repo.engine.lorien_engine import LorienEngine
 from repo.engine.mallorn_adapter import MallornEngine
 from repo.engine.zstd_dict import ZstdDictEngine
 from repo.errors import BadInputError, PatchError
+from repo.limits import Limits
 
 DEFAULT_ENGINE = LorienEngine.name
 
@@ -89,12 +90,18 @@ def create_patch(old: Path | str, new: Path | str, output: Path | str, engine: s
     )
 
 
-def apply_patch(model: Path | str, patch: Path | str, output: Path | str) -> ApplyResult:
-    """Apply ``patch`` to ``model`` and atomically write the verified result to ``output``."""
+def apply_patch(
+    model: Path | str, patch: Path | str, output: Path | str, limits: Limits | None = None
+) -> ApplyResult:
+    """Apply ``patch`` to ``model`` and atomically write the verified result to ``output``; ``limits`` replaces
+    the default bounds the lorien engine enforces on the patch container (a device's ``[limits]`` table)."""
     model, patch, output = Path(model), Path(patch), Path(output)
     _require_file(model, "model")
     _require_file(patch, "patch")
-    return engine_for_patch(patch).apply(model, patch, output)
+    engine = engine_for_patch(patch)
+    if limits is not None and engine.name == LorienEngine.name:
+        engine = LorienEngine(limits=limits)
+    return engine.apply(model, patch, output)
 
 
 def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
