@@ -84,6 +84,7 @@ class Updater:
         )
         self._run_lock = threading.Lock()
         self._digest_cache: tuple[tuple[int, int, int], str] | None = None
+        self.last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._thread: threading.Thread | None = None
         self.progress: dict[str, Any] = {
             "stage": self.state.get("stage"),
@@ -153,7 +154,17 @@ class Updater:
         """Fetch, verify (signature → parse → family → freshness) and remember the family's manifest.
 
         The highest sequence accepted is persisted before the manifest is used, so a restart cannot be talked
-        into an older one."""
+        into an older one. A refusal is also kept for ``/status`` (``trust.last_refusal``) until a manifest is
+        accepted again."""
+        try:
+            manifest = self._read_verified_manifest()
+        except (ManifestError, SignatureError, FreshnessError) as error:
+            self.last_refusal = {"message": str(error), "at": utc_now()}
+            raise
+        self.last_refusal = None
+        return manifest
+
+    def _read_verified_manifest(self) -> Manifest:
         path = manifest_path(self.config.family)
         where = f"{self.config.repo_url}{path}"
         document = read_verified(self.fetcher, path, self.trust)
@@ -551,6 +562,7 @@ class Updater:
                 "insecure_allow_unsigned": self.config.insecure_allow_unsigned,
                 "highest_sequence": snapshot["highest_sequence"],
                 "accepted_manifest": snapshot["accepted_manifest"],
+                "last_refusal": self.last_refusal,
             },
         }
 

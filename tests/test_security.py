@@ -285,6 +285,7 @@ def test_device_refuses_tampered_unsigned_foreign_replayed_and_forked_manifests(
     def refused(expected: str) -> None:
         answer = check(device)
         assert answer["code"] == 422 and expected in answer["msg"], answer
+        assert expected in device.status()["trust"]["last_refusal"]["message"]
         assert sha256(model) == site.sha("1.0.0")  # nothing touched
 
     manifest.write_bytes(good_manifest.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))  # one byte
@@ -299,7 +300,7 @@ def test_device_refuses_tampered_unsigned_foreign_replayed_and_forked_manifests(
     site.add("1.2.0")
     site.publish(keys["old"][0])
     assert check(device)["data"]["latest"] == "1.2.0"
-    assert device.status()["trust"]["highest_sequence"] == 2
+    assert device.status()["trust"]["highest_sequence"] == 2 and device.status()["trust"]["last_refusal"] is None
     current_manifest, current_signature = manifest.read_bytes(), signature.read_bytes()
 
     manifest.write_bytes(good_manifest)  # a validly signed, older manifest replayed by a mirror or attacker
@@ -434,6 +435,11 @@ def test_path_traversal_in_a_manifest_is_refused_even_unsigned(site: Site, tmp_p
         site.file(MANIFEST).write_bytes(json.dumps(document).encode())
         answer = check(device)
         assert answer["code"] == 422 and "blob" in answer["msg"], (hostile, answer)
+    document = json.loads(good)  # oversized declared size: over limits.max_blob_bytes (1 TiB)
+    document["versions"][1]["size"] = document["versions"][1]["fingerprint"]["file_size"] = 2 << 40
+    site.file(MANIFEST).write_bytes(json.dumps(document).encode())
+    answer = check(device)
+    assert answer["code"] == 422 and "size: 2199023255552 is outside" in answer["msg"], answer
     site.file(MANIFEST).write_bytes(good)
     assert check(device)["code"] == 200
 
