@@ -47,6 +47,8 @@ def _empty() -> dict[str, Any]:
         "history": [],
         "highest_sequence": 0,
         "accepted_manifest": None,  # sequence, sha256, expires, signing key of the last manifest accepted
+        "accepted_manifests": {},  # "<repo_url>#<family>" → that record: rollback protection per repository
+        "known_versions": {},  # sha256 → version of models installed here (a manual rollback knows its version)
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 
 SPACE_MARGIN = 1 << 20
 MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
+KNOWN_VERSIONS = 50  # sha256 → version of models installed here, so a rollback knows which version it restores
 
 
 class Busy(LorienError):
@@ -85,6 +87,7 @@ class Updater:
         self._run_lock = threading.Lock()
         self._digest_cache: tuple[tuple[int, int, int], str] | None = None
         self.last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
+        self._trust_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.progress: dict[str, Any] = {
             "stage": self.state.get("stage"),
@@ -157,7 +160,8 @@ class Updater:
         into an older one. A refusal is also kept for ``/status`` (``trust.last_refusal``) until a manifest is
         accepted again."""
         try:
-            manifest = self._read_verified_manifest()
+            with self._trust_lock:  # check and record as one step: a concurrent check cannot lower the record
+                manifest = self._read_verified_manifest()
         except (ManifestError, SignatureError, FreshnessError) as error:
             self.last_refusal = {"message": str(error), "at": utc_now()}
             raise
@@ -181,24 +185,28 @@ class Updater:
                 f"{where}: sequence {manifest.sequence} was already accepted with different content "
                 "(a forked or replayed manifest); the publisher must publish a higher sequence"
             )
-        self.state.update(
-            highest_sequence=manifest.sequence,
-            accepted_manifest={
-                "repo_url": self.config.repo_url,
-                "family": self.config.family,
-                "sequence": manifest.sequence,
-                "sha256": digest,
-                "expires": manifest.expires,
-                "signed_by": document.keyid,
-                "at": utc_now(),
-            },
-        )
+        record = {
+            "repo_url": self.config.repo_url,
+            "family": self.config.family,
+            "sequence": manifest.sequence,
+            "sha256": digest,
+            "expires": manifest.expires,
+            "signed_by": document.keyid,
+            "at": utc_now(),
+        }
+        records = {**(self.state.get("accepted_manifests") or {}), self._trust_key(): record}
+        self.state.update(highest_sequence=manifest.sequence, accepted_manifest=record, accepted_manifests=records)
         return manifest
 
+    def _trust_key(self) -> str:
+        return f"{self.config.repo_url}#{self.config.family}"
+
     def _accepted_manifest(self) -> dict[str, Any]:
-        """What this device accepted last from the configured repository and family ({} if none)."""
-        accepted = self.state.get("accepted_manifest") or {}
-        if (accepted.get("repo_url"), accepted.get("family")) != (self.config.repo_url, self.config.family):
+        """What this device accepted last from the configured repository and family ({} if none). One record
+        per repository + family, so moving a device away and back keeps its protection. In signed mode, a
+        record of an unsigned manifest (accepted while insecure) does not count: anyone could have pinned it."""
+        accepted = (self.state.get("accepted_manifests") or {}).get(self._trust_key()) or {}
+        if self.trust.trusted_keys and not self.trust.allow_unsigned and accepted.get("signed_by") is None:
             return {}
         return accepted
 
@@ -342,7 +350,10 @@ class Updater:
         log.info("service: %s", service.stop_service(config))
         backup = None
         if config.model_path.exists():
-            backup = config.backup_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{previous_sha[:16]}.model"
+            counter = max((_backup_order(path)[1] for path in self._backups()), default=0) + 1
+            backup = (
+                config.backup_dir / f"{counter:08d}-{time.strftime('%Y%m%dT%H%M%S')}-{previous_sha[:16]}.model"
+            )
             _copy_atomically(config.model_path, backup)
         self.state.update_op(phase="backed_up", backup=str(backup) if backup else None)
         crash_point("after-backup")
@@ -361,8 +372,14 @@ class Updater:
         healthy, why = service.health_check(config)
         if healthy:
             self._prune_backups()
-            installed = {"version": version, "sha256": sha256_file(config.model_path)}
-            self.state.update(installed=installed)
+            digest = sha256_file(config.model_path)
+            installed = {"version": version, "sha256": digest}
+            known = dict(self.state.get("known_versions") or {})
+            if version is not None:
+                known.pop(digest, None)
+                known[digest] = version
+            known = dict(list(known.items())[-KNOWN_VERSIONS:])
+            self.state.update(installed=installed, known_versions=known)
             self._clean_tmp()
             self.state.finish(True, f"installed {version}: {why}", version)
             self._report(IDLE, f"installed {version}", 100.0)
@@ -393,8 +410,12 @@ class Updater:
                 f"not enough free space in {what} ({directory}): {free} bytes free, {needed + SPACE_MARGIN} needed"
             )
 
+    def _backups(self) -> list[Path]:
+        """Backups oldest first, by the counter in their names (not by clock: device clocks jump)."""
+        return sorted(self.config.backup_dir.glob("*.model"), key=_backup_order)
+
     def _prune_backups(self) -> None:
-        backups = sorted(self.config.backup_dir.glob("*.model"))
+        backups = self._backups()
         for old in backups[: max(0, len(backups) - self.config.keep_backups)]:
             old.unlink(missing_ok=True)
 
@@ -453,8 +474,10 @@ class Updater:
             digests = digest_file(path)
             if (digests.size, digests.md5) != (package["size"], package["md5"]):
                 raise IntegrityError(f"package {path.name} changed on disk since it was verified")
+            recorded = version
             if self.trust.trusted_keys and not self.trust.allow_unsigned:
                 listed = {entry.sha256: entry.version for entry in self.read_manifest().versions}
+                recorded = listed.get(digests.sha256, version)  # the signed name, not the client's label
                 if digests.sha256 not in listed:
                     raise SignatureError(
                         f"package {path.name} (sha256 {digests.sha256[:16]}…) is not a version in the signed "
@@ -463,13 +486,13 @@ class Updater:
                     )
             staged = self.config.tmp_dir / f"{digests.sha256}.model"
             _copy_atomically(path, staged)
-            self.state.update(op={"kind": "install", "target": version, "target_sha256": digests.sha256})
-            self._deploy(staged, version, digests.sha256)
+            self.state.update(op={"kind": "install", "target": recorded, "target_sha256": digests.sha256})
+            self._deploy(staged, recorded, digests.sha256)
 
         self.start("install", work)
 
     def rollback(self) -> None:
-        backups = sorted(self.config.backup_dir.glob("*.model"))
+        backups = self._backups()
         if not backups:
             raise UpdateFailed("no backup to roll back to")
         source = backups[-1]
@@ -478,8 +501,9 @@ class Updater:
             staged = self.config.tmp_dir / "manual-rollback.model"
             _copy_atomically(source, staged)
             sha = sha256_file(staged)
-            self.state.update(op={"kind": "rollback", "target": None, "target_sha256": sha})
-            self._deploy(staged, None, sha)  # the current model becomes the newest backup
+            version = (self.state.get("known_versions") or {}).get(sha)  # None: installed before lorien knew it
+            self.state.update(op={"kind": "rollback", "target": version, "target_sha256": sha})
+            self._deploy(staged, version, sha)  # the current model becomes the newest backup
 
         self.start("rollback", work)
 
@@ -556,7 +580,7 @@ class Updater:
             "busy": self.busy,
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
-            "backups": [p.name for p in sorted(self.config.backup_dir.glob("*.model"))],
+            "backups": [p.name for p in self._backups()],
             "trust": {
                 "trusted_keys": [key.keyid for key in self.config.trusted_keys],
                 "insecure_allow_unsigned": self.config.insecure_allow_unsigned,
@@ -565,6 +589,12 @@ class Updater:
                 "last_refusal": self.last_refusal,
             },
         }
+
+
+def _backup_order(path: Path) -> tuple[int, int, str]:
+    """Sort key: numbered backups (``00000012-…``) by number, after any older clock-named ones."""
+    match = re.match(r"(\d{8})-", path.name)
+    return (1, int(match.group(1)), path.name) if match else (0, 0, path.name)
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:

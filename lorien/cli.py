@@ -80,7 +80,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             + (f"; new patches: {patches}" if patches else "")
         )
     for family in report.refreshed:
-        print(f"{family}: expiry renewed (re-signed)" if args.sign_key else f"{family}: expiry renewed")
+        print(f"{family}: manifest renewed (expiry, sequence or signature)")
     print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
     for problem in report.all_problems():
         print(f"error: {problem}", file=sys.stderr)

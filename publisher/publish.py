@@ -46,6 +46,7 @@ from repo.layout import (
 )
 from repo.lock import repository_lock
 from repo.manifest import (
+    MAX_SEQUENCE,
     Index,
     IndexEntry,
     Manifest,
@@ -115,8 +116,11 @@ class PublishOptions:
             raise BadInputError(f"--keep must be 0 or more, got {self.keep}")
         if not 0 <= self.expires_days <= 3660:
             raise BadInputError(f"--expires-days must be from 0 (never) to 3660, got {self.expires_days}")
-        if self.min_sequence < 0:
-            raise BadInputError(f"--min-sequence must be 0 or more, got {self.min_sequence}")
+        if not 0 <= self.min_sequence <= MAX_SEQUENCE // 2:
+            raise BadInputError(
+                f"--min-sequence must be from 0 to {MAX_SEQUENCE // 2} (half the largest sequence, so renewals "
+                f"keep working for ever), got {self.min_sequence}"
+            )
 
 
 class RepositoryWriter:
@@ -161,17 +165,19 @@ class RepositoryWriter:
         return remaining < validity / 2 or remaining > validity + timedelta(minutes=1)
 
     def refresh_expiring(self) -> list[str]:
-        """Re-write (new expiry, next sequence, new signature) every manifest that needs it; families whose
-        model directory is gone are included. Returns the refreshed families."""
+        """Re-write (new expiry, next sequence, new signature) every manifest that needs it, and re-sign any whose
+        signature is missing or stale; families whose model directory is gone are included. Returns the
+        families whose metadata was rewritten."""
         refreshed = []
         now = datetime.now(UTC)
         for manifest in self.all_manifests()[0]:
-            if self.needs_refresh(manifest, now):
+            if self.needs_refresh(manifest, now) or manifest.sequence < self.options.min_sequence:
                 self.write_manifest(manifest, manifest, force=True)
                 refreshed.append(manifest.family)
             else:
                 relative = manifest_path(manifest.family)
-                self.write_signed(relative, (self.root / relative).read_bytes())
+                if self.write_signed(relative, (self.root / relative).read_bytes()):
+                    refreshed.append(manifest.family)
         return refreshed
 
     # -- housekeeping ------------------------------------------------------------------------------------------
@@ -250,7 +256,10 @@ class RepositoryWriter:
         try:
             return parse_manifest(path.read_bytes(), str(path))
         except ManifestError as error:
-            raise ManifestError(f"{error}; the existing manifest is damaged: fix or remove it") from None
+            raise ManifestError(
+                f"{error}; the existing manifest is damaged: restore it from a backup, or remove it and publish "
+                "with --min-sequence above the highest sequence devices accepted (they refuse a restart at 1)"
+            ) from None
 
     def write_manifest(
         self, manifest: Manifest, previous: Manifest | None, force: bool = False
@@ -262,10 +271,12 @@ class RepositoryWriter:
         if not force and manifest.same_content(previous):
             assert previous is not None
             if not self.needs_refresh(previous, now) and previous.sequence >= self.options.min_sequence:
-                self.write_signed(relative, (self.root / relative).read_bytes())
-                return previous, False
+                resigned = self.write_signed(relative, (self.root / relative).read_bytes())
+                return previous, resigned  # a repaired or rotated signature is a change mirrors must copy
         validity = self.options.validity
         sequence = max((previous.sequence + 1) if previous else 1, self.options.min_sequence)
+        if sequence > MAX_SEQUENCE:
+            raise ManifestError(f"{relative}: sequence would exceed {MAX_SEQUENCE}; start a new repository URL")
         final = replace(
             manifest,
             sequence=sequence,

@@ -246,7 +246,7 @@ class Watcher:
             log.error("renewing manifest expiry failed: %s; will retry", error)
             return
         for family in refreshed:
-            print(f"renewed family={family} (expiry extended, re-signed)", flush=True)
+            print(f"renewed family={family} (expiry, sequence or signature)", flush=True)
         if refreshed or index_written:
             self._after_publish()
 

@@ -27,6 +27,7 @@ from repo.versions import version_name_problem
 SCHEMA_VERSION = 1
 MAX_DOCUMENT_BYTES = DEFAULT_LIMITS.max_document_bytes
 MAX_BLOB_SIZE = DEFAULT_LIMITS.max_blob_bytes
+MAX_SEQUENCE = 1 << 62
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _ENGINE = re.compile(r"[a-z0-9_-]{1,32}")
 _PATCH_ID = re.compile(r"[A-Za-z0-9._+-]{1,512}")
@@ -366,7 +367,7 @@ def parse_manifest(raw: bytes, where: str = "manifest.json", limits: Limits = DE
             raise ManifestError(f"{where}.expires: {error}") from None
     manifest = Manifest(
         family=family,
-        sequence=reader.int("sequence", 0, 1 << 62),
+        sequence=reader.int("sequence", 0, MAX_SEQUENCE),
         generated_at=reader.str("generated_at", _TIMESTAMP),
         latest=reader.str("latest"),
         versions=versions,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
@@ -82,7 +83,6 @@ def generate_keypair(out_dir: Path, name: str = "lorien") -> tuple[Path, Path, s
             raise BadInputError(
                 f"{path}: already exists; refusing to overwrite a key (choose another --out/--name)"
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
     private = Ed25519PrivateKey.generate()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -90,10 +90,16 @@ def generate_keypair(out_dir: Path, name: str = "lorien") -> tuple[Path, Path, s
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    with atomic_writer(private_path, mode=0o600) as handle:
-        handle.write(private_pem)
-    with atomic_writer(public_path, mode=0o644) as handle:
-        handle.write(public_pem)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(private_path, mode=0o600) as handle:
+            handle.write(private_pem)
+        with atomic_writer(public_path, mode=0o644) as handle:
+            handle.write(public_pem)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            private_path.unlink()  # never leave half a key pair
+        raise BadInputError(f"{out_dir}: cannot write the key pair: {error.strerror or error}") from None
     return private_path, public_path, key_id(private.public_key())
 
 
@@ -238,22 +244,3 @@ def verify_document(
     raise SignatureError(
         f"{where}: the signature by trusted key {known[0].keyid[:16]} does not match the document"
     )
-
-
-def signed_by_all(data: bytes, document_path: str, signature_file: bytes, keys: Sequence[SigningKey]) -> bool:
-    """True when ``signature_file`` holds a valid signature over ``data`` by every one of ``keys`` and no other
-    (the publisher re-signs when its key set changes, e.g. during a key rotation)."""
-    try:
-        _doc, entries = _parse_signature_file(signature_file, document_path, DEFAULT_LIMITS)
-    except SignatureError:
-        return False
-    if sorted(entry.keyid for entry in entries) != sorted(key.keyid for key in keys):
-        return False
-    message = signed_message(document_path, data)
-    publics = {key.keyid: key.private.public_key() for key in keys}
-    try:
-        for entry in entries:
-            publics[entry.keyid].verify(entry.signature, message)
-    except InvalidSignature:
-        return False
-    return True

@@ -134,6 +134,9 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read_and_never_overwrite
     assert load_signing_key(private).keyid == load_trusted_key(public).keyid in result.stdout
     again = run_lorien("keygen", "--out", tmp_path / "k")
     assert again.returncode == 2 and "already exists" in again.stderr
+    (tmp_path / "file").write_text("x")
+    unwritable = run_lorien("keygen", "--out", tmp_path / "file" / "k")
+    assert unwritable.returncode == 2 and "cannot write the key pair" in unwritable.stderr
     not_a_key = tmp_path / "k" / "junk.pub"
     not_a_key.write_text("hello")
     with pytest.raises(Exception, match="not a PEM public key"):
@@ -473,14 +476,33 @@ def test_create_patch_on_a_signed_repository_needs_the_key_and_re_signs(tmp_path
 
 
 def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp_path: Path, keys) -> None:
+    from repo.errors import BadInputError
+
+    site = Site(tmp_path / "s")
+    site.add("1.0.0")
+    write_family(site.models / "orphan", ["1"], layer_sizes=SMALL_LAYERS, seed=2)
+    site.publish(keys["old"][0])
+    shutil.rmtree(site.models / "orphan")  # its manifest stays, no model directory any more
+    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 1
+    site.publish(keys["old"][0], min_sequence=500)  # unchanged content, but below the floor: rewritten
+    for document in (MANIFEST, "orphan/manifest.json"):
+        assert parse_manifest(site.file(document).read_bytes()).sequence == 500, document
+    site.publish(keys["old"][0], min_sequence=500)
+    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 500
+    with pytest.raises(BadInputError, match="--min-sequence must be from 0 to"):
+        site.publish(keys["old"][0], min_sequence=1 << 62)
+
+
+def test_a_missing_signature_is_rewritten_and_reported_as_a_change(tmp_path: Path, keys) -> None:
     site = Site(tmp_path / "s")
     site.add("1.0.0")
     site.publish(keys["old"][0])
-    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 1
-    site.publish(keys["old"][0], min_sequence=500)  # unchanged content, but below the floor: rewritten
-    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 500
-    site.publish(keys["old"][0], min_sequence=500)
-    assert parse_manifest(site.file(MANIFEST).read_bytes()).sequence == 500
+    signature = site.file(MANIFEST + ".sig")
+    good = signature.read_bytes()
+    signature.unlink()  # e.g. a crash between writing the manifest and its signature
+    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=(load_signing_key(keys["old"][0]),)))
+    assert signature.read_bytes() == good  # ed25519 is deterministic: the same bytes, the same signature
+    assert report.families[0].manifest_written  # so watch's --after-publish copies it to mirrors
 
 
 def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None:
@@ -494,3 +516,53 @@ def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None
     with pytest.raises(PatchError):
         apply_patch(old, patch, tmp_path / "out.tflite", limits=Limits(max_payload=64, max_segment=64))
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_a_manual_rollback_records_its_version_so_later_checks_never_downgrade(
+    site: Site, keys, tmp_path: Path, devices: list
+) -> None:
+    site.add("1.0.0")
+    site.add("1.1.0")
+    site.publish(keys["old"][0])
+    site.serve()
+    device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
+    assert update(device)["installed_version"] == "1.1.0"
+    site.add("1.2.0")
+    site.publish(keys["old"][0])
+    assert update(device)["installed_version"] == "1.2.0"  # two backups, possibly made in the same second
+    assert device.api("POST", "rollback").json()["code"] == 200
+    status = device.wait_until_done()
+    assert status["installed_version"] == "1.1.0" and sha256(device.model) == site.sha("1.1.0"), status
+    site.withdraw("1.1.0")
+    site.withdraw("1.2.0")
+    site.publish(keys["old"][0])  # latest is 1.0.0 now, and 1.1.0 is no longer in the manifest
+    status = update(device)
+    assert (
+        not status["last_result"]["ok"] and "installed version 1.1.0 is newer" in status["last_result"]["message"]
+    )
+    assert sha256(device.model) == site.sha("1.1.0")
+
+
+def test_a_sequence_pinned_while_insecure_does_not_block_the_signed_repository(
+    site: Site, keys, tmp_path: Path, devices: list
+) -> None:
+    site.add("1.0.0")
+    site.add("1.1.0")
+    site.publish()
+    site.serve()
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")  # insecure (harness default)
+    genuine = site.file(MANIFEST).read_bytes()
+    document = json.loads(genuine)
+    document["sequence"] = 1 << 62  # an on-path attacker pins the record while the device trusts no key
+    site.file(MANIFEST).write_bytes(json.dumps(document).encode())
+    assert check(device)["code"] == 200
+    device.stop()
+    site.file(MANIFEST).write_bytes(genuine)
+    site.publish(keys["old"][0])  # the repository gets signed, the device gets the key
+    signed = DeviceProcess(
+        tmp_path / "d", site.server.url, device.model, "--trusted-key", str(keys["old"][1]), family=FAMILY
+    )
+    devices.append(signed)
+    answer = check(signed)
+    assert answer["code"] == 200, answer
+    assert signed.status()["trust"]["accepted_manifest"]["signed_by"] == load_trusted_key(keys["old"][1]).keyid
