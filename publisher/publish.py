@@ -20,6 +20,7 @@ reader always sees a consistent repository. Re-running with no change rewrites n
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -30,9 +31,9 @@ from pathlib import Path
 
 from publisher.html import render_family_page, render_root_page
 from publisher.scan import ModelFile, scan_models
-from repo.atomic import atomic_writer, fsync_dir, is_temp_name, write_if_changed
+from repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
 from repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
-from repo.errors import BadInputError, IntegrityError, LorienError, ManifestError
+from repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
 from repo.fingerprint import fingerprint
 from repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from repo.layout import (
@@ -55,7 +56,7 @@ from repo.manifest import (
     format_timestamp,
     parse_manifest,
 )
-from repo.signing import SIGNATURE_SUFFIX, SigningKey, sign_document, signature_path
+from repo.signing import SIGNATURE_SUFFIX, SigningKey, TrustedKey, sign_document, signature_path, verify_document
 from repo.testhooks import crash_point
 from repo.versions import sort_versions
 
@@ -131,6 +132,7 @@ class RepositoryWriter:
         self.engine = get_engine(engine).name
         self.staging = root / STAGING_DIR
         self.options = options or PublishOptions()
+        self._was_signed: bool | None = None
 
     # -- signatures and expiry -----------------------------------------------------------------------------------
     def check_signing_mode(self) -> None:
@@ -147,12 +149,57 @@ class RepositoryWriter:
     def write_signed(self, relative: str, data: bytes) -> bool:
         """Write a metadata document, then its signature (ed25519 is deterministic: unchanged bytes and keys give
         the same .sig, so nothing is rewritten; a missing or stale .sig, e.g. after a crash or a key change, is
-        rewritten)."""
-        written = write_if_changed(self.root / relative, data)
-        if self.options.sign_keys:
-            signature = sign_document(data, relative, self.options.sign_keys)
-            written |= write_if_changed(self.root / signature_path(relative), signature)
-        return written
+        rewritten). While the two disagree on disk, a hidden ``.<name>.signing`` marker holds the SHA-256 of
+        the bytes being signed, so the next run can tell its own interrupted write from someone else's edit."""
+        if not self.options.sign_keys:
+            return write_if_changed(self.root / relative, data)
+        document, signature_file = self.root / relative, self.root / signature_path(relative)
+        signature = sign_document(data, relative, self.options.sign_keys)
+        if _read_or_none(document) == data and _read_or_none(signature_file) == signature:
+            return False
+        marker = self._signing_marker(relative)
+        atomic_write_bytes(marker, hashlib.sha256(data).hexdigest().encode())
+        write_if_changed(document, data)
+        crash_point("signature")
+        write_if_changed(signature_file, signature)
+        marker.unlink()
+        fsync_dir(marker.parent)
+        return True
+
+    def _signing_marker(self, relative: str) -> Path:
+        path = self.root / relative
+        return path.with_name(f".{path.name}.signing")
+
+    def check_untampered(self, relative: str, data: bytes) -> None:
+        """With signing keys, existing metadata must carry a valid signature by one of them — or be exactly what
+        an interrupted run of ours was signing. Anything else was changed by someone else, and re-signing it
+        would bless their change (e.g. an extra patch entry or ``allow_downgrade`` added on a web server)."""
+        if not self.options.sign_keys or not self._repository_was_signed():
+            return
+        own = tuple(TrustedKey(key.private.public_key(), key.keyid, key.source) for key in self.options.sign_keys)
+        try:
+            verify_document(data, relative, (self.root / signature_path(relative)).read_bytes(), own)
+            return
+        except FileNotFoundError:
+            reason = "it has no signature"
+        except SignatureError as error:
+            reason = str(error)
+        if _read_or_none(self._signing_marker(relative)) == hashlib.sha256(data).hexdigest().encode():
+            return  # our own write, interrupted between the document and its signature
+        raise SignatureError(
+            f"{self.root / relative}: not signed by the given --sign-key ({reason}). Either it was changed after "
+            "lorien signed it — restore it from a backup — or it was signed with another key: after a key "
+            "rotation, publish once with both the old and the new --sign-key"
+        )
+
+    def _repository_was_signed(self) -> bool:
+        """Whether the repository had signatures when this writer first looked (a first signed publish of an
+        unsigned repository signs its existing manifests as they are)."""
+        if self._was_signed is None:
+            self._was_signed = any(self.root.glob(f"*{SIGNATURE_SUFFIX}")) or any(
+                self.root.glob(f"*/*{SIGNATURE_SUFFIX}")
+            )
+        return self._was_signed
 
     def needs_refresh(self, manifest: Manifest, now: datetime) -> bool:
         """True when the manifest's expiry is not what the options want: within half the validity period of
@@ -175,8 +222,7 @@ class RepositoryWriter:
                 self.write_manifest(manifest, manifest, force=True)
                 refreshed.append(manifest.family)
             else:
-                relative = manifest_path(manifest.family)
-                if self.write_signed(relative, (self.root / relative).read_bytes()):
+                if self.write_signed(manifest_path(manifest.family), manifest.to_bytes()):
                     refreshed.append(manifest.family)
         return refreshed
 
@@ -253,8 +299,10 @@ class RepositoryWriter:
         path = self.root / manifest_path(family)
         if not path.exists():
             return None
+        data = path.read_bytes()
+        self.check_untampered(manifest_path(family), data)
         try:
-            return parse_manifest(path.read_bytes(), str(path))
+            return parse_manifest(data, str(path))
         except ManifestError as error:
             raise ManifestError(
                 f"{error}; the existing manifest is damaged: restore it from a backup, or remove it and publish "
@@ -271,7 +319,7 @@ class RepositoryWriter:
         if not force and manifest.same_content(previous):
             assert previous is not None
             if not self.needs_refresh(previous, now) and previous.sequence >= self.options.min_sequence:
-                resigned = self.write_signed(relative, (self.root / relative).read_bytes())
+                resigned = self.write_signed(relative, previous.to_bytes())  # the bytes that were checked
                 return previous, resigned  # a repaired or rotated signature is a change mirrors must copy
         validity = self.options.validity
         sequence = max((previous.sequence + 1) if previous else 1, self.options.min_sequence)
@@ -297,8 +345,10 @@ class RepositoryWriter:
             if path.parent.name == BLOB_DIR or path.parent.name.startswith("."):
                 continue
             try:
-                manifests.append(parse_manifest(path.read_bytes(), str(path)))
-            except ManifestError as error:
+                data = path.read_bytes()
+                self.check_untampered(f"{path.parent.name}/{MANIFEST_FILE}", data)
+                manifests.append(parse_manifest(data, str(path)))
+            except (ManifestError, SignatureError) as error:
                 problems.append(f"{error}; left out of index.json")
         return manifests, problems
 
@@ -309,6 +359,13 @@ class RepositoryWriter:
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
         crash_point("index")
         return self.write_signed(INDEX_FILE, index.to_bytes()), problems
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tuple[PatchEntry, ...]:

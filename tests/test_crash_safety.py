@@ -74,3 +74,25 @@ def test_sigkill_at_random_instants_then_converge(tmp_path: Path) -> None:
     assert final.returncode == 0, final.stdout
     manifest = json.loads((repo / "big" / "manifest.json").read_text())
     assert [v["version"] for v in manifest["versions"]] == ["1", "2", "3", "4"] and len(manifest["patches"]) == 3
+
+
+def test_sigkill_between_a_manifest_and_its_signature_heals_on_the_next_signed_publish(tmp_path: Path) -> None:
+    from repo.signing import generate_keypair
+
+    key, public, _keyid = generate_keypair(tmp_path / "keys")
+    models = tmp_path / "models"
+    write_family(models / "net", ["1.0", "1.1"], layer_sizes=(128, 256, 128, 10), seed=9)
+    repo = tmp_path / "repo"
+    assert run_lorien("publish", "--models", models, "--repo", repo, "--sign-key", key).returncode == 0
+    write_family(models / "net", ["1.0", "1.1", "1.2"], layer_sizes=(128, 256, 128, 10), seed=9)
+    killed = run_lorien(
+        "publish", "--models", models, "--repo", repo, "--sign-key", key, env={"LORIEN_TEST_CRASH_AT": "signature"}
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    stale = run_lorien("inspect", repo, "--key", public)  # new manifest, old signature: devices refuse it
+    assert stale.returncode == 1 and "signature is for other bytes" in stale.stdout
+    rerun = run_lorien("publish", "--models", models, "--repo", repo, "--sign-key", key)
+    assert rerun.returncode == 0, rerun.stderr
+    healed = run_lorien("inspect", repo, "--verify", "--key", public)
+    assert healed.returncode == 0, healed.stdout
+    assert not list(repo.rglob(".*.signing"))

@@ -223,6 +223,7 @@ def test_publish_signs_renews_expiry_at_half_life_and_inspect_checks_signatures(
     wrong = run_lorien("inspect", site.repo, "--key", keys["evil"][1])
     assert wrong.returncode == 1 and "none of which is trusted" in wrong.stdout
     raw = site.file(MANIFEST).read_bytes()
+    signature_before = site.file(MANIFEST + ".sig").read_bytes()
     site.file(MANIFEST).write_bytes(raw.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))
     tampered = run_lorien("inspect", site.repo, "--key", public)
     assert tampered.returncode == 1 and "signature is for other bytes" in tampered.stdout
@@ -231,6 +232,29 @@ def test_publish_signs_renews_expiry_at_half_life_and_inspect_checks_signatures(
     unsigned = run_lorien("publish", "--models", site.models, "--repo", site.repo)
     assert unsigned.returncode == 2 and "repository is signed" in unsigned.stderr
     assert site.file(MANIFEST).read_bytes() == raw  # nothing written
+
+    # someone with write access to the served directory edits a manifest: the publisher must not bless it
+    edited = json.loads(raw)
+    edited["allow_downgrade"] = True
+    site.file(MANIFEST).write_bytes(json.dumps(edited).encode())
+    blessed = run_lorien("publish", "--models", site.models, "--repo", site.repo, "--sign-key", keys["old"][0])
+    assert blessed.returncode == 2 and "not signed by the given --sign-key" in blessed.stderr, blessed.stderr
+    assert site.file(MANIFEST + ".sig").read_bytes() == signature_before
+    site.file(MANIFEST).write_bytes(raw)
+    other_key = run_lorien("publish", "--models", site.models, "--repo", site.repo, "--sign-key", keys["new"][0])
+    assert other_key.returncode == 2 and "publish once with both the old and the new" in other_key.stderr
+    both = run_lorien(
+        "publish",
+        "--models",
+        site.models,
+        "--repo",
+        site.repo,
+        "--sign-key",
+        keys["old"][0],
+        "--sign-key",
+        keys["new"][0],
+    )
+    assert both.returncode == 0, both.stderr
 
 
 def test_watch_renews_manifests_before_they_expire(tmp_path: Path, keys) -> None:
@@ -493,16 +517,17 @@ def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp
         site.publish(keys["old"][0], min_sequence=1 << 62)
 
 
-def test_a_missing_signature_is_rewritten_and_reported_as_a_change(tmp_path: Path, keys) -> None:
+def test_a_rewritten_signature_is_reported_as_a_change_and_a_deleted_one_is_refused(tmp_path: Path, keys) -> None:
     site = Site(tmp_path / "s")
     site.add("1.0.0")
     site.publish(keys["old"][0])
+    both = (load_signing_key(keys["old"][0]), load_signing_key(keys["new"][0]))
+    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=both))  # rotation step: same bytes
+    assert report.families[0].manifest_written  # the new .sig is a change: watch's --after-publish copies it
     signature = site.file(MANIFEST + ".sig")
-    good = signature.read_bytes()
-    signature.unlink()  # e.g. a crash between writing the manifest and its signature
-    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=(load_signing_key(keys["old"][0]),)))
-    assert signature.read_bytes() == good  # ed25519 is deterministic: the same bytes, the same signature
-    assert report.families[0].manifest_written  # so watch's --after-publish copies it to mirrors
+    signature.unlink()  # deleted by someone else (lorien's own interrupted writes leave a marker)
+    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=both))
+    assert "it has no signature" in " ".join(report.all_problems()) and not signature.exists()
 
 
 def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None:
