@@ -75,6 +75,15 @@ def live_server(published: Path) -> Iterator[LiveServer]:
     server.process.wait(timeout=10)
 
 
+@pytest.fixture
+def devices() -> Iterator[list]:
+    """`lorien device` processes (tests.device_harness.DeviceProcess) a test started; stopped afterwards."""
+    started: list = []
+    yield started
+    for device in started:
+        device.stop()
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip when a real component (nginx, inotify, …) is missing — but fail in CI, where .ci/run sets
     LORIEN_REQUIRE_REAL_COMPONENTS=1 and installs everything, so a skip there would hide a broken setup."""

@@ -8,10 +8,11 @@ request (as if the file were replaced between requests), or stall before sending
 from __future__ import annotations
 
 import http.server
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.http_thread import start_http_server
 
 
 @dataclass
@@ -29,22 +30,8 @@ class FaultyServer:
         self.root = root
         self.faults = faults or Faults()
         self._etag_counter = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._handle(self)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = start_http_server(self._handle)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
 
     def close(self) -> None:
         self.httpd.shutdown()

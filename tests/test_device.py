@@ -60,14 +60,6 @@ def install(family: Path, tmp_path: Path, version: str | None) -> Path:
     return target
 
 
-@pytest.fixture
-def devices() -> Iterator[list[DeviceProcess]]:
-    started: list[DeviceProcess] = []
-    yield started
-    for device in started:
-        device.stop()
-
-
 def start(devices: list[DeviceProcess], *args, **kwargs) -> DeviceProcess:
     device = DeviceProcess(*args, **kwargs)
     devices.append(device)

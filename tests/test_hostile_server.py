@@ -28,6 +28,7 @@ from repo.download import Downloader, DownloadPolicy, DownloadRequest
 from repo.errors import FetchError, IntegrityError
 from repo.fetch import HttpFetcher
 from repo.limits import DEFAULT_LIMITS
+from tests.http_thread import start_http_server
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes: the size "the manifest declares"
 ETAG = '"v1"'
@@ -47,22 +48,9 @@ class HostileServer:
         self.seen: list[dict[str, str | None]] = []
         self.sent: list[int] = []
         self.stop = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._answer(self)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = start_http_server(self._answer, poll_interval=0.05)
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.url = self.base + "blobs/model.bin"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self) -> None:
         self.stop.set()

@@ -94,14 +94,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
     made.close()
 
 
-@pytest.fixture
-def devices() -> Iterator[list[DeviceProcess]]:
-    started: list[DeviceProcess] = []
-    yield started
-    for device in started:
-        device.stop()
-
-
 def start_device(
     devices: list, site: Site, home: Path, version: str, *trusted: Path, extra: tuple[str, ...] = ()
 ) -> DeviceProcess:
@@ -112,6 +104,14 @@ def start_device(
     device = DeviceProcess(home, site.server.url, model, *flags, *extra, family=FAMILY)
     devices.append(device)
     return device
+
+
+def serve_signed(site: Site, keys, *versions: str) -> None:
+    """Publish ``versions`` (default 1.0.0 and 1.1.0) signed with the 'old' key, and serve the repository."""
+    for version in versions or ("1.0.0", "1.1.0"):
+        site.add(version)
+    site.publish(keys["old"][0])
+    site.serve()
 
 
 def check(device: DeviceProcess) -> dict:
@@ -295,10 +295,7 @@ def test_watch_renews_manifests_before_they_expire(tmp_path: Path, keys) -> None
 def test_device_refuses_tampered_unsigned_foreign_replayed_and_forked_manifests(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
-    site.add("1.0.0")
-    site.add("1.1.0")
-    site.publish(keys["old"][0])
-    site.serve()
+    serve_signed(site, keys)
     device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
     model = device.model
     answer = check(device)
@@ -395,10 +392,7 @@ def test_key_rotation_devices_trusting_old_and_new_keep_updating(
 def test_no_automatic_downgrade_unless_the_signed_manifest_allows_it(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
-    for version in ("1.0.0", "1.1.0", "1.2.0"):
-        site.add(version)
-    site.publish(keys["old"][0])
-    site.serve()
+    serve_signed(site, keys, "1.0.0", "1.1.0", "1.2.0")
     device = start_device(devices, site, tmp_path / "d", "1.1.0", keys["old"][1])
     assert update(device)["installed_version"] == "1.2.0"
     site.withdraw("1.2.0")  # the publisher withdraws 1.2.0: latest is 1.1.0 again
@@ -546,10 +540,7 @@ def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None
 def test_a_manual_rollback_records_its_version_so_later_checks_never_downgrade(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
-    site.add("1.0.0")
-    site.add("1.1.0")
-    site.publish(keys["old"][0])
-    site.serve()
+    serve_signed(site, keys)
     device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
     assert update(device)["installed_version"] == "1.1.0"
     site.add("1.2.0")
