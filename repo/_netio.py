@@ -88,9 +88,11 @@ def body_chunks(response: requests.Response, guard: RateGuard, size: int) -> Ite
 
 
 def refuse_content_encoding(response: requests.Response, url: str) -> None:
-    """FetchError when the body of a blob or range request is compressed despite ``Accept-Encoding: identity``."""
+    """FetchError (and the connection closed) when the body of a blob or range request is compressed despite
+    ``Accept-Encoding: identity``."""
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
+        response.close()
         raise FetchError(
             f"{url}: server sent Content-Encoding: {encoding} although asked for identity; byte ranges and "
             "declared sizes would not match — serve blobs uncompressed"
