@@ -25,8 +25,6 @@ from repo.limits import DEFAULT_LIMITS, Limits
 from repo.versions import version_name_problem
 
 SCHEMA_VERSION = 1
-MAX_DOCUMENT_BYTES = DEFAULT_LIMITS.max_document_bytes
-MAX_BLOB_SIZE = DEFAULT_LIMITS.max_blob_bytes
 MAX_SEQUENCE = 1 << 62
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _ENGINE = re.compile(r"[a-z0-9_-]{1,32}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -93,6 +93,3 @@ def check_freshness(manifest: Manifest, highest_sequence: int, where: str, now: 
             "accepted: refusing an older manifest (rollback attack or a stale mirror)"
         )
 
-
-def trusted_key_ids(keys: Sequence[TrustedKey]) -> list[str]:
-    return [key.keyid for key in keys]
