@@ -199,7 +199,7 @@ def _periodic_checks(updater: Updater) -> Callable[[], None]:
             if updater.busy or updater.state.get("stage") == DEPLOYING:
                 continue
             try:
-                updater.update_latest()
+                updater.update_latest(retry_rejected=False)
             except (Busy, LorienError) as error:
                 log.info("periodic check skipped: %s", error)
 

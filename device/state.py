@@ -49,6 +49,7 @@ def _empty() -> dict[str, Any]:
         "accepted_manifest": None,  # sequence, sha256, expires, signing key of the last manifest accepted
         "accepted_manifests": {},  # "<repo_url>#<family>" → that record: rollback protection per repository
         "known_versions": {},  # sha256 → version of models installed here (a manual rollback knows its version)
+        "rejected_targets": {},  # sha256 → {version, reason, at} of models deployed here and rolled back
     }
 
 

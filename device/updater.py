@@ -239,15 +239,26 @@ class Updater:
 
     # ------------------------------------------------------------------ manifest-driven update
 
-    def update_latest(self) -> None:
-        self.start("update-latest", self._update_latest)
+    def update_latest(self, retry_rejected: bool = True) -> None:
+        """Update to the manifest's latest. ``retry_rejected=False`` (periodic checks) skips a target that was
+        already deployed here and rolled back, instead of stopping the service for it on every interval."""
+        self.start("update-latest", lambda: self._update_latest(retry_rejected))
 
-    def _update_latest(self) -> None:
+    def _update_latest(self, retry_rejected: bool = True) -> None:
         self._stage(CHECKING, "reading the manifest")
         plan = self.check()
         if plan.up_to_date:
             self.state.finish(True, f"already up to date ({plan.latest})", plan.latest)
             self._report(IDLE, f"already up to date ({plan.latest})", 100.0)
+            return
+        rejected = (self.state.get("rejected_targets") or {}).get(plan.steps[-1].target_sha256)
+        if rejected and not retry_rejected:
+            message = (
+                f"latest {plan.latest} was rolled back here at {rejected['at']} ({rejected['reason']}); not "
+                "deploying it again automatically: POST /api/v1.0/update-latest retries it"
+            )
+            self.state.update(stage=IDLE)
+            self._report(IDLE, message, 100.0)
             return
         for step in plan.steps:
             if step.kind == "patch":
@@ -379,7 +390,9 @@ class Updater:
                 known.pop(digest, None)
                 known[digest] = version
             known = dict(list(known.items())[-KNOWN_VERSIONS:])
-            self.state.update(installed=installed, known_versions=known)
+            rejected = dict(self.state.get("rejected_targets") or {})
+            rejected.pop(digest, None)  # it works now (e.g. a fixed health check): periodic checks may take it
+            self.state.update(installed=installed, known_versions=known, rejected_targets=rejected)
             self._clean_tmp()
             self.state.finish(True, f"installed {version}: {why}", version)
             self._report(IDLE, f"installed {version}", 100.0)
@@ -400,6 +413,10 @@ class Updater:
         else:
             log.error("no backup to restore; the new model stays in place")
         log.info("service: %s", service.start_service(self.config))
+        if op.get("target_sha256"):  # remembered so periodic checks do not deploy it again and again
+            rejected = dict(self.state.get("rejected_targets") or {})
+            rejected[op["target_sha256"]] = {"version": op.get("target"), "reason": reason, "at": utc_now()}
+            self.state.update(rejected_targets=dict(list(rejected.items())[-KNOWN_VERSIONS:]))
         self.state.finish(False, f"rolled back: {reason}", op.get("target"), stage=FAILED)
         self._report(FAILED, "rolled back to the previous model", 100.0, error=reason)
 

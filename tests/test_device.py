@@ -108,6 +108,30 @@ def test_failed_health_check_rolls_back(family: Path, server: LiveServer, tmp_pa
     assert sha256(model) == before
 
 
+def test_periodic_checks_do_not_redeploy_a_rolled_back_version_until_asked(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
+) -> None:
+    model = install(family, tmp_path, "1.1.0")
+    before = sha256(model)
+    runs = tmp_path / "health-runs"
+    check = tmp_path / "health.sh"
+    check.write_text(f"#!/bin/sh\necho run >> {runs}\nexit 1\n")
+    check.chmod(0o755)
+    device = start(devices, tmp_path, server.url, model, "--health-check", str(check), "--check-interval", "0.3")
+    deadline = time.monotonic() + 30
+    while not runs.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = device.wait_until_done()
+    assert "rolled back: health check failed" in status["last_result"]["message"], status
+    time.sleep(2.0)  # several check intervals: the periodic check must not stop the service and deploy again
+    assert runs.read_text().count("run") == 1 and sha256(model) == before
+    assert device.status()["last_result"]["message"].startswith("rolled back")
+    while device.api("POST", "update-latest").json()["code"] == 409:  # an operator asks explicitly (409 while
+        time.sleep(0.05)  # a periodic check happens to run): tried again
+    device.wait_until_done()
+    assert runs.read_text().count("run") == 2 and sha256(model) == before
+
+
 def test_manual_rollback_restores_the_previous_model(
     family: Path, server: LiveServer, tmp_path: Path, devices: list
 ) -> None:
