@@ -48,8 +48,7 @@ def _publish_options(args: argparse.Namespace, **extra: object):  # -> PublishOp
         min_sequence=args.min_sequence,
         **extra,
     )
-    options.check()
-    return options
+    return options  # publish() and the watcher check it
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:

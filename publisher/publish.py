@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,6 +133,9 @@ class RepositoryWriter:
         self.engine = get_engine(engine).name
         self.staging = root / STAGING_DIR
         self.options = options or PublishOptions()
+        self._own_keys = tuple(
+            TrustedKey(key.private.public_key(), key.keyid, key.source) for key in self.options.sign_keys
+        )
         self._was_signed: bool | None = None
 
     # -- signatures and expiry -----------------------------------------------------------------------------------
@@ -139,10 +143,10 @@ class RepositoryWriter:
         """Refuse to write unsigned metadata into a signed repository (devices would reject it)."""
         if self.options.sign_keys:
             return
-        signed = sorted(self.root.glob(f"*{SIGNATURE_SUFFIX}")) + sorted(self.root.glob(f"*/*{SIGNATURE_SUFFIX}"))
-        if signed:
+        signed = next(self._signature_files(), None)
+        if signed is not None:
             raise BadInputError(
-                f"{self.root}: repository is signed ({signed[0].name} exists) but no --sign-key was given; pass "
+                f"{self.root}: repository is signed ({signed.name} exists) but no --sign-key was given; pass "
                 f"the publisher key, or delete the {SIGNATURE_SUFFIX} files to publish unsigned on purpose"
             )
 
@@ -155,13 +159,17 @@ class RepositoryWriter:
             return write_if_changed(self.root / relative, data)
         document, signature_file = self.root / relative, self.root / signature_path(relative)
         signature = sign_document(data, relative, self.options.sign_keys)
-        if _read_or_none(document) == data and _read_or_none(signature_file) == signature:
+        document_current = _read_or_none(document) == data
+        signature_current = _read_or_none(signature_file) == signature
+        if document_current and signature_current:
             return False
         marker = self._signing_marker(relative)
         atomic_write_bytes(marker, hashlib.sha256(data).hexdigest().encode())
-        write_if_changed(document, data)
+        if not document_current:
+            atomic_write_bytes(document, data)
         crash_point("signature")
-        write_if_changed(signature_file, signature)
+        if not signature_current:
+            atomic_write_bytes(signature_file, signature)
         marker.unlink()
         fsync_dir(marker.parent)
         return True
@@ -176,9 +184,8 @@ class RepositoryWriter:
         would bless their change (e.g. an extra patch entry or ``allow_downgrade`` added on a web server)."""
         if not self.options.sign_keys or not self._repository_was_signed():
             return
-        own = tuple(TrustedKey(key.private.public_key(), key.keyid, key.source) for key in self.options.sign_keys)
         try:
-            verify_document(data, relative, (self.root / signature_path(relative)).read_bytes(), own)
+            verify_document(data, relative, (self.root / signature_path(relative)).read_bytes(), self._own_keys)
             return
         except FileNotFoundError:
             reason = "it has no signature"
@@ -196,10 +203,13 @@ class RepositoryWriter:
         """Whether the repository had signatures when this writer first looked (a first signed publish of an
         unsigned repository signs its existing manifests as they are)."""
         if self._was_signed is None:
-            self._was_signed = any(self.root.glob(f"*{SIGNATURE_SUFFIX}")) or any(
-                self.root.glob(f"*/*{SIGNATURE_SUFFIX}")
-            )
+            self._was_signed = next(self._signature_files(), None) is not None
         return self._was_signed
+
+    def _signature_files(self) -> Iterator[Path]:
+        """``index.json.sig`` and every ``<family>/manifest.json.sig`` there is."""
+        yield from self.root.glob(f"*{SIGNATURE_SUFFIX}")
+        yield from self.root.glob(f"*/*{SIGNATURE_SUFFIX}")
 
     def needs_refresh(self, manifest: Manifest, now: datetime) -> bool:
         """True when the manifest's expiry is not what the options want: within half the validity period of
@@ -211,20 +221,28 @@ class RepositoryWriter:
         remaining = expires - now
         return remaining < validity / 2 or remaining > validity + timedelta(minutes=1)
 
-    def refresh_expiring(self) -> list[str]:
+    def refresh_expiring(self, manifests: list[Manifest]) -> tuple[list[Manifest], list[str]]:
         """Re-write (new expiry, next sequence, new signature) every manifest that needs it, and re-sign any whose
         signature is missing or stale; families whose model directory is gone are included. Returns the
-        families whose metadata was rewritten."""
-        refreshed = []
+        manifests as they now are, and the families whose metadata was rewritten."""
+        current, refreshed = [], []
         now = datetime.now(UTC)
-        for manifest in self.all_manifests()[0]:
+        for manifest in manifests:
             if self.needs_refresh(manifest, now) or manifest.sequence < self.options.min_sequence:
-                self.write_manifest(manifest, manifest, force=True)
+                manifest, _ = self.write_manifest(manifest, manifest, force=True)
                 refreshed.append(manifest.family)
-            else:
-                if self.write_signed(manifest_path(manifest.family), manifest.to_bytes()):
-                    refreshed.append(manifest.family)
-        return refreshed
+            elif self.write_signed(manifest_path(manifest.family), manifest.to_bytes()):
+                refreshed.append(manifest.family)
+            current.append(manifest)
+        return current, refreshed
+
+    def renew_and_index(self) -> tuple[list[str], bool, list[str]]:
+        """The end of every publish (and watch's renewal timer): read every manifest once, renew what needs it,
+        then write the root page and index.json. Returns (renewed families, index written, problems)."""
+        manifests, problems = self.all_manifests()
+        manifests, refreshed = self.refresh_expiring(manifests)
+        index_written, _ = self.write_index((manifests, problems))
+        return refreshed, index_written, problems
 
     # -- housekeeping ------------------------------------------------------------------------------------------
     def remove_leftovers(self) -> int:
@@ -352,9 +370,10 @@ class RepositoryWriter:
                 problems.append(f"{error}; left out of index.json")
         return manifests, problems
 
-    def write_index(self) -> tuple[bool, list[str]]:
-        """Root page first, then index.json (the very last write of a publish)."""
-        manifests, problems = self.all_manifests()
+    def write_index(self, loaded: tuple[list[Manifest], list[str]] | None = None) -> tuple[bool, list[str]]:
+        """Root page first, then index.json (the very last write of a publish), from ``loaded`` (manifests and
+        their problems, as :meth:`all_manifests` returns them) or the manifests on disk."""
+        manifests, problems = loaded or self.all_manifests()
         index = Index(families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests))
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
         crash_point("index")
@@ -503,7 +522,7 @@ def publish(
                     result.versions,
                     len(result.patches_created),
                 )
-        report.refreshed = writer.refresh_expiring()  # also families no longer in the models directory
-        report.index_written, index_problems = writer.write_index()
+        # also families no longer in the models directory
+        report.refreshed, report.index_written, index_problems = writer.renew_and_index()
         report.problems.extend(index_problems)
     return report

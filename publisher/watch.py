@@ -240,8 +240,7 @@ class Watcher:
             return
         try:
             writer = RepositoryWriter(self.settings.repo, self.settings.engine, self.settings.options)
-            refreshed = writer.refresh_expiring()
-            index_written, _problems = writer.write_index()
+            refreshed, index_written, _problems = writer.renew_and_index()
         except (LorienError, OSError) as error:
             log.error("renewing manifest expiry failed: %s; will retry", error)
             return
