@@ -584,15 +584,11 @@ class Updater:
 
     def status(self) -> dict[str, Any]:
         snapshot = self.state.snapshot()
-        model = self.config.model_path
-        installed = snapshot["installed"] or {}
-        current = self._model_sha256()
-        version = installed.get("version") if installed.get("sha256") == current else None
         return {
             "family": self.config.family,
-            "model_path": str(model),
-            "installed_version": version,
-            "installed_sha256": current,
+            "model_path": str(self.config.model_path),
+            "installed_version": self._installed_version(),
+            "installed_sha256": self._model_sha256(),
             "stage": snapshot["stage"],
             "busy": self.busy,
             "last_result": snapshot["last_result"],

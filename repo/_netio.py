@@ -87,6 +87,12 @@ def body_chunks(response: requests.Response, guard: RateGuard, size: int) -> Ite
         raise requests.exceptions.SSLError(error) from None
 
 
+def announced_length(response: requests.Response) -> int | None:
+    """The body length the server announced (``Content-Length``), or None when it gave none we can read."""
+    announced = response.headers.get("Content-Length", "")
+    return int(announced) if announced.isdigit() else None
+
+
 def refuse_content_encoding(response: requests.Response, url: str) -> None:
     """FetchError (and the connection closed) when the body of a blob or range request is compressed despite
     ``Accept-Encoding: identity``."""

@@ -34,7 +34,15 @@ from pathlib import Path
 
 import requests
 
-from repo._netio import IDENTITY, RateGuard, TooSlow, body_chunks, refuse_content_encoding, timeouts
+from repo._netio import (
+    IDENTITY,
+    RateGuard,
+    TooSlow,
+    announced_length,
+    body_chunks,
+    refuse_content_encoding,
+    timeouts,
+)
 from repo.atomic import atomic_write_bytes
 from repo.errors import FetchError, IntegrityError
 from repo.hashing import Digests, digest_file
@@ -183,8 +191,8 @@ class Downloader:
                 have, mode = 0, "wb"
             else:
                 raise FetchError(f"{request.url}: unexpected HTTP {response.status_code}")
-            announced = response.headers.get("Content-Length", "")
-            if announced.isdigit() and int(announced) > request.size - have:
+            announced = announced_length(response)
+            if announced is not None and announced > request.size - have:
                 raise IntegrityError(
                     f"server announced {announced} bytes from byte {have}, more than the declared "
                     f"{request.size} bytes; refusing the body"

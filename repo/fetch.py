@@ -25,7 +25,15 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from repo._netio import IDENTITY, RateGuard, TooSlow, body_chunks, refuse_content_encoding, timeouts
+from repo._netio import (
+    IDENTITY,
+    RateGuard,
+    TooSlow,
+    announced_length,
+    body_chunks,
+    refuse_content_encoding,
+    timeouts,
+)
 from repo.errors import FetchError
 from repo.hashing import CHUNK, iter_file
 from repo.layout import checked_relative_path
@@ -128,8 +136,8 @@ class HttpFetcher:
         """The body, failing past ``limit`` bytes, on a stall or below the minimum rate; always closed."""
         url = response.url
         try:
-            announced = response.headers.get("Content-Length", "")
-            if announced.isdigit() and int(announced) > limit and "Content-Encoding" not in response.headers:
+            announced = announced_length(response)
+            if announced is not None and announced > limit and "Content-Encoding" not in response.headers:
                 raise FetchError(f"{url}: server announced {announced} bytes, more than the {limit} bytes {what}")
             produced = 0
             for chunk in body_chunks(response, RateGuard(self.limits), min(CHUNK, limit + 1)):

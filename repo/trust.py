@@ -46,6 +46,11 @@ def read_verified(
     fetcher: Fetcher, path: str, policy: TrustPolicy, sleep: Callable[[float], None] = time.sleep
 ) -> VerifiedDocument:
     """The bytes of ``path`` once their signature checks out (or unsigned use is allowed), else SignatureError."""
+    if not policy.trusted_keys:  # nothing could verify a signature: do not fetch one
+        if not policy.allow_unsigned:
+            raise SignatureError(f"{path}: no trusted keys configured to verify it with")
+        log.warning("INSECURE: using %s without verifying it (no trusted keys)", path)
+        return VerifiedDocument(fetcher.read_document(path, policy.limits.max_document_bytes), None)
     last: SignatureError | None = None
     for attempt in range(SIGNATURE_ATTEMPTS):
         if attempt:
@@ -61,8 +66,6 @@ def read_verified(
                 "insecure_allow_unsigned = true to accept unsigned metadata (anyone on the path could then "
                 "install anything)"
             )
-            if not policy.trusted_keys and not policy.allow_unsigned:
-                break
         else:
             try:
                 keyid = verify_document(data, path, signature, policy.trusted_keys, limits=policy.limits)
@@ -92,4 +95,3 @@ def check_freshness(manifest: Manifest, highest_sequence: int, where: str, now: 
             f"{where}: sequence {manifest.sequence} is lower than {highest_sequence}, which this device already "
             "accepted: refusing an older manifest (rollback attack or a stale mirror)"
         )
-
