@@ -49,13 +49,22 @@ def _read_pid(pid_file: Path) -> int | None:
     return pid if pid > 1 else None
 
 
-def stop_service(config: DeviceConfig) -> str:
+def _by_unit_or_nothing(config: DeviceConfig, verb: str) -> str | None:
+    """Do ``verb`` with systemd when a unit is configured; say so when no service is. None: a command + pid file
+    is configured, which the caller manages itself."""
     service = config.service
     if service.unit:
-        _systemctl("stop", service.unit)
-        return f"systemctl stop {service.unit}"
+        _systemctl(verb, service.unit)
+        return f"systemctl {verb} {service.unit}"
     if not service.command or service.pid_file is None:
         return "no service configured"
+    return None
+
+
+def stop_service(config: DeviceConfig) -> str:
+    if (done := _by_unit_or_nothing(config, "stop")) is not None:
+        return done
+    service = config.service
     pid = _read_pid(service.pid_file)
     if pid is None or not _alive(pid):
         return "service was not running"
@@ -78,12 +87,9 @@ def stop_service(config: DeviceConfig) -> str:
 
 
 def start_service(config: DeviceConfig) -> str:
+    if (done := _by_unit_or_nothing(config, "start")) is not None:
+        return done
     service = config.service
-    if service.unit:
-        _systemctl("start", service.unit)
-        return f"systemctl start {service.unit}"
-    if not service.command or service.pid_file is None:
-        return "no service configured"
     running = _read_pid(service.pid_file)
     if running is not None and _alive(running):
         return f"already running as pid {running}"  # e.g. started before a crash of the updater
