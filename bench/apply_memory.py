@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repo.engine.lorien_engine import LorienEngine
+from lorien.repo.engine.lorien_engine import LorienEngine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 1 << 20

@@ -50,7 +50,7 @@ import flatbuffers
 import numpy as np
 
 from lorien.modelgen import _aligned_bytes, _int_vector, _offset_vector, finish_model
-from repo.fingerprint import detect_format
+from lorien.repo.fingerprint import detect_format
 
 GENERATOR_VERSION = 2
 

@@ -31,13 +31,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from device.config import load_config
-from device.updater import Updater
+from bench.tcp_proxy import CuttingProxy
+from lorien.device.config import load_config
+from lorien.device.updater import Updater
 from lorien.modelgen import DEFAULT_LAYERS, write_family
-from publisher.nginx_config import write_nginx_config
-from publisher.publish import PublishOptions, publish
-from repo.signing import generate_keypair, load_signing_key
-from tests.tcp_proxy import CuttingProxy
+from lorien.publisher.nginx_config import write_nginx_config
+from lorien.publisher.publish import PublishOptions, publish
+from lorien.repo.signing import generate_keypair, load_signing_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import bottle
 import waitress
 
-from device.state import DEPLOYING
-from device.updater import Busy, UpdateFailed, Updater
-from repo.errors import FetchError, LorienError
+from lorien.device.state import DEPLOYING
+from lorien.device.updater import Updater
+from lorien.repo.errors import Busy, LorienError, NetworkError, UpdateFailed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
                     return _envelope(409, str(error), {"stage": updater.state.get("stage")})
                 except UpdateFailed as error:
                     return _envelope(409, str(error))
-                except FetchError as error:
+                except NetworkError as error:
                     return _envelope(502, f"repository unreachable or bad: {error}")
                 except LorienError as error:
                     return _envelope(422, str(error))

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from repo.errors import BadInputError, LorienError
-from repo.layout import family_name_problem
-from repo.limits import DEFAULT_LIMITS, Limits
-from repo.signing import TrustedKey, load_trusted_key
+from lorien.repo.errors import BadInputError, LorienError
+from lorien.repo.layout import family_name_problem
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.signing import TrustedKey, load_trusted_key
 
 DEFAULT_PORT = 12315
 

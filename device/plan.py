@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from repo.engine import available_engines
-from repo.errors import FingerprintError
-from repo.fingerprint import fingerprint
-from repo.hashing import sha256_file
-from repo.limits import DEFAULT_LIMITS
-from repo.manifest import Manifest, VersionEntry
+from lorien.repo.engine import available_engines
+from lorien.repo.errors import FingerprintError
+from lorien.repo.fingerprint import fingerprint
+from lorien.repo.hashing import sha256_file
+from lorien.repo.limits import DEFAULT_LIMITS
+from lorien.repo.manifest import Manifest, VersionEntry
 
 
 @dataclass(frozen=True)

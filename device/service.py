@@ -16,15 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from device.config import DeviceConfig
-from repo.atomic import atomic_write_bytes
-from repo.errors import LorienError
+from lorien.device.config import DeviceConfig
+from lorien.repo.atomic import atomic_write_bytes
+from lorien.repo.errors import ServiceError
 
 log = logging.getLogger(__name__)
-
-
-class ServiceError(LorienError):
-    pass
 
 
 def _alive(pid: int) -> bool:

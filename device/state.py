@@ -19,8 +19,8 @@ from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from repo.atomic import atomic_write_bytes
-from repo.manifest import utc_now
+from lorien.repo.atomic import atomic_write_bytes
+from lorien.repo.manifest import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from device import service
-from device.config import DeviceConfig
-from device.plan import Plan, Step, cheapest_plan, identify
-from device.report import Callbacks
-from device.state import (
+from lorien.device import service
+from lorien.device.config import DeviceConfig
+from lorien.device.plan import Plan, Step, cheapest_plan, identify
+from lorien.device.report import Callbacks
+from lorien.device.state import (
     APPLYING,
     BUSY_STAGES,
     CHECKING,
@@ -42,31 +42,31 @@ from device.state import (
     ROLLING_BACK,
     StateStore,
 )
-from repo.atomic import atomic_writer, fsync_dir
-from repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
-from repo.engine import apply_patch, require_engine
-from repo.errors import FreshnessError, IntegrityError, LorienError, ManifestError, SignatureError
-from repo.fetch import HttpFetcher
-from repo.hashing import digest_file, iter_file, sha256_file
-from repo.layout import manifest_path
-from repo.manifest import Manifest, parse_manifest, utc_now
-from repo.testhooks import crash_point
-from repo.trust import TrustPolicy, check_freshness, read_verified
-from repo.versions import is_newer
+from lorien.repo.atomic import atomic_writer, fsync_dir
+from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
+from lorien.repo.engine import apply_patch, require_engine
+from lorien.repo.errors import (
+    Busy,
+    FreshnessError,
+    IntegrityError,
+    LorienError,
+    ManifestError,
+    SignatureError,
+    UpdateFailed,
+)
+from lorien.repo.fetch import HttpFetcher
+from lorien.repo.hashing import digest_file, iter_file, sha256_file
+from lorien.repo.layout import manifest_path
+from lorien.repo.manifest import Manifest, parse_manifest, utc_now
+from lorien.repo.testhooks import crash_point
+from lorien.repo.trust import TrustPolicy, check_freshness, read_verified
+from lorien.repo.versions import is_newer
 
 log = logging.getLogger(__name__)
 
 SPACE_MARGIN = 1 << 20
 MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
 KNOWN_VERSIONS = 50  # sha256 → version of models installed here, so a rollback knows which version it restores
-
-
-class Busy(LorienError):
-    """Another operation is running."""
-
-
-class UpdateFailed(LorienError):
-    pass
 
 
 class Updater:

@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from repo.errors import LorienError
+from lorien.repo.errors import LorienError
 
 DEFAULT_ENGINE = "lorien"
 ENGINE_NAMES = ("lorien", "zstd", "mallorn")
 
 
 def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    from repo.fingerprint import fingerprint
+    from lorien.repo.fingerprint import fingerprint
 
     result = fingerprint(args.file)
     if args.json:
@@ -34,8 +34,8 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def _publish_options(args: argparse.Namespace, **extra: object):  # -> PublishOptions
-    from publisher.publish import PublishOptions
-    from repo.signing import load_signing_key
+    from lorien.publisher.publish import PublishOptions
+    from lorien.repo.signing import load_signing_key
 
     keys = tuple(load_signing_key(path) for path in args.sign_key or ())
     if len({key.keyid for key in keys}) != len(keys):
@@ -52,7 +52,7 @@ def _publish_options(args: argparse.Namespace, **extra: object):  # -> PublishOp
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from repo.signing import generate_keypair
+    from lorien.repo.signing import generate_keypair
 
     private, public, keyid = generate_keypair(args.out, args.name)
     print(f"private key {private} (mode 0600: keep it on the publisher only)")
@@ -62,7 +62,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from publisher.publish import publish
+    from lorien.publisher.publish import publish
 
     report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
     for family in report.families:
@@ -87,7 +87,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from repo.engine import create_patch
+    from lorien.repo.engine import create_patch
 
     stats = create_patch(args.old, args.new, args.output, engine=args.engine)
     print(
@@ -98,7 +98,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from repo.engine import apply_patch
+    from lorien.repo.engine import apply_patch
 
     result = apply_patch(args.old, args.patch, args.output)
     print(
@@ -108,7 +108,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify_patch(args: argparse.Namespace) -> int:
-    from repo.engine import verify_patch
+    from lorien.repo.engine import verify_patch
 
     result = verify_patch(args.old, args.patch)
     print(f"ok: {args.patch} turns {args.old} into {result.target_size} bytes with sha256 {result.target_sha256}")
@@ -116,7 +116,7 @@ def _cmd_verify_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch_info(args: argparse.Namespace) -> int:
-    from repo.engine import patch_info, segment_summary
+    from lorien.repo.engine import patch_info, segment_summary
 
     info = patch_info(args.patch)
     summary = segment_summary(args.patch)
@@ -134,7 +134,7 @@ def _cmd_patch_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from publisher.watch import Watcher, WatchSettings
+    from lorien.publisher.watch import Watcher, WatchSettings
 
     if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
         raise LorienError("--keep, --settle and --grace must be >= 0 and --max-patch-ratio in (0, 10]")
@@ -147,7 +147,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _cmd_nginx_config(args: argparse.Namespace) -> int:
-    from publisher.nginx_config import write_nginx_config
+    from lorien.publisher.nginx_config import write_nginx_config
 
     config = write_nginx_config(args.repo, args.listen, args.prefix, user=args.user)
     print(f"wrote {config} and {config.parent / 'lorien-site.conf'}; run:")
@@ -156,8 +156,8 @@ def _cmd_nginx_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    from publisher.gc import collect_garbage
-    from repo.lock import repository_lock
+    from lorien.publisher.gc import collect_garbage
+    from lorien.repo.lock import repository_lock
 
     if not args.repo.is_dir():
         raise LorienError(f"{args.repo}: repository directory does not exist")
@@ -173,9 +173,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from repo.fetch import open_repository
-    from repo.inspect import inspect_repository, render_text
-    from repo.signing import load_trusted_key
+    from lorien.repo.fetch import open_repository
+    from lorien.repo.inspect import inspect_repository, render_text
+    from lorien.repo.signing import load_trusted_key
 
     keys = tuple(load_trusted_key(path) for path in args.key or ())
     report = inspect_repository(open_repository(args.repo), verify=args.verify, keys=keys)
@@ -187,8 +187,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from publisher.serve import serve
-    from repo.signing import load_signing_key
+    from lorien.publisher.serve import serve
+    from lorien.repo.signing import load_signing_key
 
     keys = tuple(load_signing_key(path) for path in args.sign_key or ())
     serve(args.repo, host=args.host, port=args.port, admin_token=args.admin_token, sign_keys=keys)
@@ -196,10 +196,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_device(args: argparse.Namespace) -> int:
-    from device.api import serve
-    from device.config import check_environment, load_config
-    from device.report import Callbacks, setup_logging
-    from device.updater import Updater
+    from lorien.device.api import serve
+    from lorien.device.config import check_environment, load_config
+    from lorien.device.report import Callbacks, setup_logging
+    from lorien.device.updater import Updater
 
     overrides = {
         key: getattr(args, key)

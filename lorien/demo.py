@@ -23,16 +23,16 @@ from pathlib import Path
 import requests
 import waitress
 
-from device.api import make_app as make_device_app
-from device.config import check_environment, load_config
-from device.updater import Updater
+from lorien.device.api import make_app as make_device_app
+from lorien.device.config import check_environment, load_config
+from lorien.device.updater import Updater
 from lorien.modelgen import write_family
-from publisher.publish import PublishOptions, publish
-from publisher.serve import make_app
-from repo.errors import LorienError
-from repo.fingerprint import fingerprint
-from repo.inspect import human_size
-from repo.signing import generate_keypair, load_signing_key
+from lorien.publisher.publish import PublishOptions, publish
+from lorien.publisher.serve import make_app
+from lorien.repo.errors import LorienError
+from lorien.repo.fingerprint import fingerprint
+from lorien.repo.inspect import human_size
+from lorien.repo.signing import generate_keypair, load_signing_key
 
 FAMILY = "demo-classifier"
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]

@@ -21,8 +21,8 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 
-from repo.atomic import atomic_write_bytes
-from repo.fingerprint import detect_format
+from lorien.repo.atomic import atomic_write_bytes
+from lorien.repo.fingerprint import detect_format
 
 FILE_IDENTIFIER = b"TFL3"
 SCHEMA_VERSION = 3

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo.atomic import atomic_write_bytes, is_temp_name
-from repo.errors import ManifestError
-from repo.layout import MANIFEST_FILE
-from repo.manifest import parse_manifest
+from lorien.repo.atomic import atomic_write_bytes, is_temp_name
+from lorien.repo.errors import ManifestError
+from lorien.repo.layout import MANIFEST_FILE
+from lorien.repo.manifest import parse_manifest
 
 log = logging.getLogger(__name__)
 

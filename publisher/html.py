@@ -10,11 +10,11 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from repo.inspect import human_size
-from repo.manifest import Index, Manifest
+from lorien.repo.inspect import human_size
+from lorien.repo.manifest import Index, Manifest
 
 _environment = Environment(
-    loader=PackageLoader("publisher", "templates"),
+    loader=PackageLoader("lorien.publisher", "templates"),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,

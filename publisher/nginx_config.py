@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from repo.atomic import atomic_write_bytes
-from repo.errors import BadInputError
+from lorien.repo.atomic import atomic_write_bytes
+from lorien.repo.errors import BadInputError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "nginx"
 _SAFE_PATH = re.compile(r"[A-Za-z0-9_./@+-]+")
 
 
@@ -42,8 +41,6 @@ def write_nginx_config(
     read the repository); ignored by an unprivileged nginx."""
     if not repo.is_dir():
         raise BadInputError(f"--repo: {repo} is not a directory; publish a repository first")
-    if not TEMPLATE_DIR.is_dir():
-        raise BadInputError(f"templates not found in {TEMPLATE_DIR}: run lorien from its source tree")
     values = {
         "repo": _checked_path(repo, "--repo"),
         "prefix": _checked_path(prefix, "--prefix"),
@@ -55,7 +52,7 @@ def write_nginx_config(
         raise BadInputError(f"--user: {user!r} is not a user name")
     values["access_log"] = values["prefix"] / "logs" / "access.log"
     environment = Environment(
-        loader=FileSystemLoader(TEMPLATE_DIR), undefined=StrictUndefined, keep_trailing_newline=True
+        loader=PackageLoader("lorien.nginx", "."), undefined=StrictUndefined, keep_trailing_newline=True
     )
     for directory in ("logs", "tmp"):
         (values["prefix"] / directory).mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from publisher.html import render_family_page, render_root_page
-from publisher.scan import ModelFile, scan_models
-from repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
-from repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
-from repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
-from repo.fingerprint import fingerprint
-from repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
-from repo.layout import (
+from lorien.publisher.html import render_family_page, render_root_page
+from lorien.publisher.scan import ModelFile, scan_models
+from lorien.repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
+from lorien.repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
+from lorien.repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
+from lorien.repo.fingerprint import fingerprint
+from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
+from lorien.repo.layout import (
     BLOB_DIR,
     HTML_FILE,
     INDEX_FILE,
@@ -46,8 +46,8 @@ from repo.layout import (
     blob_path,
     manifest_path,
 )
-from repo.lock import repository_lock
-from repo.manifest import (
+from lorien.repo.lock import repository_lock
+from lorien.repo.manifest import (
     MAX_SEQUENCE,
     Index,
     IndexEntry,
@@ -57,9 +57,16 @@ from repo.manifest import (
     format_timestamp,
     parse_manifest,
 )
-from repo.signing import SIGNATURE_SUFFIX, SigningKey, TrustedKey, sign_document, signature_path, verify_document
-from repo.testhooks import crash_point
-from repo.versions import sort_versions
+from lorien.repo.signing import (
+    SIGNATURE_SUFFIX,
+    SigningKey,
+    TrustedKey,
+    sign_document,
+    signature_path,
+    verify_document,
+)
+from lorien.repo.testhooks import crash_point
+from lorien.repo.versions import sort_versions
 
 log = logging.getLogger("lorien.publish")
 

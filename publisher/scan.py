@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repo.errors import BadInputError
-from repo.fingerprint import MIN_FILE_SIZE
-from repo.layout import family_name_problem
-from repo.versions import same_version, sort_versions, version_name_problem
+from lorien.repo.errors import BadInputError
+from lorien.repo.fingerprint import MIN_FILE_SIZE
+from lorien.repo.layout import family_name_problem
+from lorien.repo.versions import same_version, sort_versions, version_name_problem
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".swp", "~")
 

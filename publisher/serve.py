@@ -26,13 +26,13 @@ from typing import Any
 import bottle
 import waitress
 
-from publisher.publish import PublishOptions, RepositoryWriter, ordered_patches
-from repo.errors import LorienError, RepositoryLockedError
-from repo.layout import BLOB_DIR, HTML_FILE, INDEX_FILE, PATCH_EXTENSION
-from repo.lock import repository_lock
-from repo.manifest import Manifest, VersionEntry, parse_index, parse_manifest
-from repo.signing import SigningKey
-from repo.versions import sort_versions
+from lorien.publisher.publish import PublishOptions, RepositoryWriter, ordered_patches
+from lorien.repo.errors import LorienError, RepositoryLockedError
+from lorien.repo.layout import BLOB_DIR, HTML_FILE, INDEX_FILE, PATCH_EXTENSION
+from lorien.repo.lock import repository_lock
+from lorien.repo.manifest import Manifest, VersionEntry, parse_index, parse_manifest
+from lorien.repo.signing import SigningKey
+from lorien.repo.versions import sort_versions
 
 log = logging.getLogger("lorien.serve")
 

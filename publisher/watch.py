@@ -29,12 +29,12 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from publisher.gc import collect_garbage
-from publisher.publish import PublishOptions, PublishReport, RepositoryWriter, publish
-from publisher.scan import is_ignored
-from repo.engine import DEFAULT_ENGINE
-from repo.errors import BadInputError, LorienError
-from repo.lock import repository_lock
+from lorien.publisher.gc import collect_garbage
+from lorien.publisher.publish import PublishOptions, PublishReport, RepositoryWriter, publish
+from lorien.publisher.scan import is_ignored
+from lorien.repo.engine import DEFAULT_ENGINE
+from lorien.repo.errors import BadInputError, LorienError
+from lorien.repo.lock import repository_lock
 
 log = logging.getLogger(__name__)
 

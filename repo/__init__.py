@@ -5,12 +5,12 @@ pieces. Nothing in here imports ``publisher`` or ``device``.
 
 Public API (Mallorn-compatible names where Mallorn has them)::
 
-    from repo import fingerprint, create_patch, apply_patch, verify_patch, patch_info
+    from lorien.repo import fingerprint, create_patch, apply_patch, verify_patch, patch_info
 """
 
-from repo.engine import apply_patch, create_patch, patch_info, verify_patch
-from repo.errors import LorienError
-from repo.fingerprint import Fingerprint, fingerprint
+from lorien.repo.engine import apply_patch, create_patch, patch_info, verify_patch
+from lorien.repo.errors import LorienError
+from lorien.repo.fingerprint import Fingerprint, fingerprint
 
 __all__ = [
     "Fingerprint",

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 import requests
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
-from repo.errors import FetchError
-from repo.limits import Limits
+from lorien.repo.errors import NetworkError
+from lorien.repo.limits import Limits
 
 IDENTITY = {"Accept-Encoding": "identity"}
 
@@ -94,12 +94,12 @@ def announced_length(response: requests.Response) -> int | None:
 
 
 def refuse_content_encoding(response: requests.Response, url: str) -> None:
-    """FetchError (and the connection closed) when the body of a blob or range request is compressed despite
+    """NetworkError (and the connection closed) when the body of a blob or range request is compressed despite
     ``Accept-Encoding: identity``."""
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         response.close()
-        raise FetchError(
+        raise NetworkError(
             f"{url}: server sent Content-Encoding: {encoding} although asked for identity; byte ranges and "
             "declared sizes would not match — serve blobs uncompressed"
         )

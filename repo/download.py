@@ -14,7 +14,7 @@ Data flow of :meth:`Downloader.fetch`::
       → a connection error, a stall (no byte for ``limits.stall_timeout``), a body averaging below
         ``limits.min_rate`` B/s over ``limits.rate_window`` (repo._netio.RateGuard), a short body or a 5xx
         leaves the ``.part`` in place and retries (bounded, exponential backoff) from where it stopped; after
-        the last attempt :class:`FetchError` carries the last reason
+        the last attempt :class:`NetworkError` carries the last reason
       → complete: size, MD5 (mandatory) and SHA-256 (when known) are checked; a mismatch deletes the file and
         downloads again, a bounded number of times, then raises :class:`IntegrityError`
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import requests
 
-from repo._netio import (
+from lorien.repo._netio import (
     IDENTITY,
     RateGuard,
     TooSlow,
@@ -43,10 +43,10 @@ from repo._netio import (
     refuse_content_encoding,
     timeouts,
 )
-from repo.atomic import atomic_write_bytes
-from repo.errors import FetchError, IntegrityError
-from repo.hashing import Digests, digest_file
-from repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.atomic import atomic_write_bytes
+from lorien.repo.errors import IntegrityError, NetworkError
+from lorien.repo.hashing import Digests, digest_file
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Downloader:
             if attempt < self.policy.attempts:
                 self.sleep(pause)
                 pause = min(pause * 2, self.policy.max_backoff)
-        raise FetchError(f"{request.url}: download failed after {self.policy.attempts} attempts: {last_error}")
+        raise NetworkError(f"{request.url}: download failed after {self.policy.attempts} attempts: {last_error}")
 
     def _attempt(self, request: DownloadRequest) -> None:
         part = request.destination
@@ -177,7 +177,7 @@ class Downloader:
             if response.status_code in RETRYABLE_STATUS:
                 raise _Transient(f"HTTP {response.status_code} {response.reason}")
             if response.status_code >= 400:
-                raise FetchError(f"{request.url}: HTTP {response.status_code} {response.reason}")
+                raise NetworkError(f"{request.url}: HTTP {response.status_code} {response.reason}")
             refuse_content_encoding(response, request.url)
             validator = _validator(response)
             if response.status_code == 206:
@@ -190,7 +190,7 @@ class Downloader:
                     log.info("server sent the whole file for %s (range ignored or file changed)", request.url)
                 have, mode = 0, "wb"
             else:
-                raise FetchError(f"{request.url}: unexpected HTTP {response.status_code}")
+                raise NetworkError(f"{request.url}: unexpected HTTP {response.status_code}")
             announced = announced_length(response)
             if announced is not None and announced > request.size - have:
                 raise IntegrityError(

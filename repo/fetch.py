@@ -8,7 +8,7 @@ Higher layers (inspect, the device) only see this interface, so transports are s
 
 :class:`HttpFetcher` treats the server as untrusted, within its :class:`~repo.limits.Limits`: connecting takes
 at most ``connect_timeout`` and a server silent for ``stall_timeout`` is cut off; a body that averages below
-``min_rate`` B/s over a ``rate_window`` fails with a :class:`FetchError` naming the URL, bytes and seconds
+``min_rate`` B/s over a ``rate_window`` fails with a :class:`NetworkError` naming the URL, bytes and seconds
 (repo._netio); a Content-Length above the bound fails before any body byte is read, and a body without one is
 cut one chunk past the bound. Blob and range requests send ``Accept-Encoding: identity`` and refuse a
 compressed answer.
@@ -25,7 +25,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from repo._netio import (
+from lorien.repo._netio import (
     IDENTITY,
     RateGuard,
     TooSlow,
@@ -34,10 +34,10 @@ from repo._netio import (
     refuse_content_encoding,
     timeouts,
 )
-from repo.errors import FetchError
-from repo.hashing import CHUNK, iter_file
-from repo.layout import checked_relative_path
-from repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.errors import NetworkError
+from lorien.repo.hashing import CHUNK, iter_file
+from lorien.repo.layout import checked_relative_path
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 
 class Fetcher(Protocol):
@@ -55,7 +55,7 @@ class Fetcher(Protocol):
 class DirectoryFetcher:
     def __init__(self, root: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         if not root.is_dir():
-            raise FetchError(f"{root}: repository directory does not exist")
+            raise NetworkError(f"{root}: repository directory does not exist")
         self.root = root
         self.location = str(root)
         self.limits = limits
@@ -70,9 +70,9 @@ class DirectoryFetcher:
             with open(file, "rb") as handle:
                 data = handle.read(limit + 1)
         except OSError as error:
-            raise FetchError(f"{file}: cannot read: {error.strerror}") from None
+            raise NetworkError(f"{file}: cannot read: {error.strerror}") from None
         if len(data) > limit:
-            raise FetchError(f"{file}: larger than the {limit}-byte limit")
+            raise NetworkError(f"{file}: larger than the {limit}-byte limit")
         return data
 
     def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]:
@@ -82,10 +82,10 @@ class DirectoryFetcher:
             for chunk in iter_file(file):
                 produced += len(chunk)
                 if produced > max_bytes:
-                    raise FetchError(f"{file}: larger than the {max_bytes} bytes the manifest declares")
+                    raise NetworkError(f"{file}: larger than the {max_bytes} bytes the manifest declares")
                 yield chunk
         except OSError as error:
-            raise FetchError(f"{file}: cannot read: {error.strerror}") from None
+            raise NetworkError(f"{file}: cannot read: {error.strerror}") from None
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         with open(self._path(path), "rb") as handle:
@@ -126,10 +126,10 @@ class HttpFetcher:
         try:
             response = self.session.get(url, headers=headers, stream=True, timeout=timeouts(self.limits))
         except requests.RequestException as error:
-            raise FetchError(f"{url}: request failed: {error}") from None
+            raise NetworkError(f"{url}: request failed: {error}") from None
         if response.status_code >= 400:
             response.close()
-            raise FetchError(f"{url}: HTTP {response.status_code} {response.reason}")
+            raise NetworkError(f"{url}: HTTP {response.status_code} {response.reason}")
         return response
 
     def _bounded(self, response: requests.Response, limit: int, what: str) -> Iterator[bytes]:
@@ -138,17 +138,19 @@ class HttpFetcher:
         try:
             announced = announced_length(response)
             if announced is not None and announced > limit and "Content-Encoding" not in response.headers:
-                raise FetchError(f"{url}: server announced {announced} bytes, more than the {limit} bytes {what}")
+                raise NetworkError(
+                    f"{url}: server announced {announced} bytes, more than the {limit} bytes {what}"
+                )
             produced = 0
             for chunk in body_chunks(response, RateGuard(self.limits), min(CHUNK, limit + 1)):
                 produced += len(chunk)
                 if produced > limit:
-                    raise FetchError(f"{url}: server sent more than the {limit} bytes {what}")
+                    raise NetworkError(f"{url}: server sent more than the {limit} bytes {what}")
                 yield chunk
         except TooSlow as error:
-            raise FetchError(f"{url}: {error}") from None
+            raise NetworkError(f"{url}: {error}") from None
         except requests.RequestException as error:
-            raise FetchError(f"{url}: download interrupted: {error}") from None
+            raise NetworkError(f"{url}: download interrupted: {error}") from None
         finally:
             response.close()
 
@@ -166,11 +168,13 @@ class HttpFetcher:
         wanted = end - start + 1
         if response.status_code != 206:
             response.close()
-            raise FetchError(f"{response.url}: asked for a byte range, got HTTP {response.status_code}")
+            raise NetworkError(f"{response.url}: asked for a byte range, got HTTP {response.status_code}")
         refuse_content_encoding(response, response.url)
         data = b"".join(self._bounded(response, wanted, "requested"))
         if len(data) != wanted:
-            raise FetchError(f"{response.url}: range {start}-{end} returned {len(data)} bytes, expected {wanted}")
+            raise NetworkError(
+                f"{response.url}: range {start}-{end} returned {len(data)} bytes, expected {wanted}"
+            )
         return data
 
 
@@ -180,5 +184,5 @@ def open_repository(location: str | Path, limits: Limits = DEFAULT_LIMITS) -> Fe
     if scheme in ("http", "https"):
         return HttpFetcher(text, limits=limits)
     if scheme and len(scheme) > 1:
-        raise FetchError(f"{text}: unsupported URL scheme {scheme!r}; use a directory or an http(s):// URL")
+        raise NetworkError(f"{text}: unsupported URL scheme {scheme!r}; use a directory or an http(s):// URL")
     return DirectoryFetcher(Path(text), limits)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from repo.errors import FingerprintError
+from lorien.repo.errors import FingerprintError
 
 HEADER_SIZE = 64 * 1024
 TAIL_SIZE = 4 * 1024

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from repo.errors import LorienError
-from repo.fetch import Fetcher
-from repo.hashing import digest_chunks
-from repo.layout import INDEX_FILE
-from repo.manifest import Index, Manifest, parse_index, parse_manifest
-from repo.signing import TrustedKey
-from repo.trust import TrustPolicy, read_verified
+from lorien.repo.errors import LorienError
+from lorien.repo.fetch import Fetcher
+from lorien.repo.hashing import digest_chunks
+from lorien.repo.layout import INDEX_FILE
+from lorien.repo.manifest import Index, Manifest, parse_index, parse_manifest
+from lorien.repo.signing import TrustedKey
+from lorien.repo.trust import TrustPolicy, read_verified
 
 
 @dataclass

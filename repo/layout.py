@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from repo.errors import ManifestError
+from lorien.repo.errors import ManifestError
 
 INDEX_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"

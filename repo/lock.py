@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from repo.errors import RepositoryLockedError
-from repo.layout import LOCK_FILE
+from lorien.repo.errors import RepositoryLockedError
+from lorien.repo.layout import LOCK_FILE
 
 
 @contextlib.contextmanager

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from repo.atomic import canonical_json
-from repo.errors import ManifestError
-from repo.fingerprint import FORMATS, Fingerprint
-from repo.layout import checked_blob_path, checked_relative_path, family_name_problem
-from repo.limits import DEFAULT_LIMITS, Limits
-from repo.versions import version_name_problem
+from lorien.repo.atomic import canonical_json
+from lorien.repo.errors import ManifestError
+from lorien.repo.fingerprint import FORMATS, Fingerprint
+from lorien.repo.layout import checked_blob_path, checked_relative_path, family_name_problem
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.versions import version_name_problem
 
 SCHEMA_VERSION = 1
 MAX_SEQUENCE = 1 << 62

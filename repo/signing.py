@@ -33,9 +33,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from repo.atomic import atomic_writer, canonical_json
-from repo.errors import BadInputError, SignatureError
-from repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.atomic import atomic_writer, canonical_json
+from lorien.repo.errors import BadInputError, SignatureError
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from repo.errors import FetchError, FreshnessError, SignatureError
-from repo.fetch import Fetcher
-from repo.limits import DEFAULT_LIMITS, Limits
-from repo.manifest import Manifest
-from repo.signing import TrustedKey, signature_path, verify_document
+from lorien.repo.errors import FreshnessError, NetworkError, SignatureError
+from lorien.repo.fetch import Fetcher
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.manifest import Manifest
+from lorien.repo.signing import TrustedKey, signature_path, verify_document
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def read_verified(
             sleep(1.0)
         try:
             signature = fetcher.read_document(signature_path(path), policy.limits.max_signature_bytes)
-        except FetchError as error:
+        except NetworkError as error:
             signature, missing = None, error
         data = fetcher.read_document(path, policy.limits.max_document_bytes)
         if signature is None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repo.atomic import atomic_write_bytes, atomic_writer, canonical_json, is_temp_name, write_if_changed
+from lorien.repo.atomic import atomic_write_bytes, atomic_writer, canonical_json, is_temp_name, write_if_changed
 
 
 def test_replace_and_failure_keeps_old_content(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import run_lorien
+from tests.support.processes import run_lorien
 
 
 def test_demo_runs_end_to_end() -> None:

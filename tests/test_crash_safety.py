@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import write_family
-from tests.conftest import run_lorien
+from tests.support.processes import run_lorien
 
 CRASH_POINTS = ["blob", "patch", "manifest", "html", "index"]
 
@@ -77,7 +77,7 @@ def test_sigkill_at_random_instants_then_converge(tmp_path: Path) -> None:
 
 
 def test_sigkill_between_a_manifest_and_its_signature_heals_on_the_next_signed_publish(tmp_path: Path) -> None:
-    from repo.signing import generate_keypair
+    from lorien.repo.signing import generate_keypair
 
     key, public, _keyid = generate_keypair(tmp_path / "keys")
     models = tmp_path / "models"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_lorien
+from tests.support.processes import run_lorien
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNITS = ("lorien-device.service", "lorien-publisher.service")
@@ -102,12 +102,12 @@ def test_example_device_config_is_valid(tmp_path: Path) -> None:
     text = (DEPLOY / "device.toml.example").read_text()
     text = text.replace("/var/lib/lorien-model/model.tflite", str(tmp_path / "model.tflite"))
     text = text.replace('"/var/lib/lorien"', f'"{tmp_path / "state"}"')
-    from repo.signing import generate_keypair
+    from lorien.repo.signing import generate_keypair
 
     _private, public, _keyid = generate_keypair(tmp_path / "keys")
     text = text.replace("/etc/lorien/publisher.pub", str(public))
     (tmp_path / "device.toml").write_text(text)
-    from device.config import load_config
+    from lorien.device.config import load_config
 
     config = load_config(tmp_path / "device.toml")
     assert config.family == "classifier" and config.check_interval == 3600

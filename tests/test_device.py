@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import DEFAULT_LAYERS, write_family
-from publisher.publish import publish
-from tests.conftest import LiveServer, start_server
-from tests.device_harness import DeviceProcess, sha256
-from tests.faulty_server import Faults, FaultyServer
+from lorien.publisher.publish import publish
+from tests.support.device_harness import DeviceProcess, sha256
+from tests.support.faulty_server import Faults, FaultyServer
+from tests.support.processes import LiveServer, start_server
 
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from device.config import check_environment, load_config
-from device.plan import Installed, cheapest_plan, identify
-from publisher.publish import publish
-from repo.errors import BadInputError
-from repo.manifest import Manifest, PatchEntry, parse_manifest
-from tests.conftest import run_lorien
+from lorien.device.config import check_environment, load_config
+from lorien.device.plan import Installed, cheapest_plan, identify
+from lorien.publisher.publish import publish
+from lorien.repo.errors import BadInputError
+from lorien.repo.manifest import Manifest, PatchEntry, parse_manifest
+from tests.support.processes import run_lorien
 
 BASE = {
     "repo_url": "http://127.0.0.1:1/",

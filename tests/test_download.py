@@ -9,8 +9,8 @@ import pytest
 import requests
 import responses
 
-from repo.download import Downloader, DownloadPolicy, DownloadRequest
-from repo.errors import FetchError, IntegrityError
+from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest
+from lorien.repo.errors import IntegrityError, NetworkError
 
 URL = "http://repo.test/blobs/model.bin"
 DATA = bytes(range(256)) * 400  # 102,400 bytes
@@ -143,14 +143,14 @@ def test_timeouts_and_resets_are_retried_with_backoff(tmp_path: Path) -> None:
 @responses.activate
 def test_gives_up_after_bounded_attempts_with_a_clear_error(tmp_path: Path) -> None:
     responses.add_callback(responses.GET, URL, callback=Script("reset"))
-    with pytest.raises(FetchError, match="failed after 4 attempts: ConnectionError"):
+    with pytest.raises(NetworkError, match="failed after 4 attempts: ConnectionError"):
         _downloader().fetch(_request(tmp_path))
 
 
 @responses.activate
 def test_http_errors_are_not_retried_forever(tmp_path: Path) -> None:
     responses.add(responses.GET, URL, status=404)
-    with pytest.raises(FetchError, match="HTTP 404"):
+    with pytest.raises(NetworkError, match="HTTP 404"):
         _downloader().fetch(_request(tmp_path))
 
 

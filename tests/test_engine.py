@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repo.engine import apply_patch, container, create_patch, get_engine, patch_info, verify_patch, zstd_dict
-from repo.errors import BadInputError, IntegrityError, PatchError
-from repo.hashing import sha256_file
+from lorien.repo.engine import (
+    apply_patch,
+    container,
+    create_patch,
+    get_engine,
+    patch_info,
+    verify_patch,
+    zstd_dict,
+)
+from lorien.repo.errors import BadInputError, IntegrityError, PatchError
+from lorien.repo.hashing import sha256_file
 
 HEADER_SIZES = {"lorien": container.HEADER_SIZE, "zstd": zstd_dict.HEADER_SIZE}
 TARGET_SHA_AT = {"lorien": 64, "zstd": 56}

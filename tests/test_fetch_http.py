@@ -6,8 +6,8 @@ import pytest
 import requests
 import responses
 
-from repo.errors import FetchError
-from repo.fetch import DirectoryFetcher, HttpFetcher, open_repository
+from lorien.repo.errors import NetworkError
+from lorien.repo.fetch import DirectoryFetcher, HttpFetcher, open_repository
 
 BASE = "http://repo.test/r/"
 
@@ -18,35 +18,35 @@ def test_document_and_http_errors() -> None:
     responses.get(BASE + "missing.json", status=404)
     fetcher = HttpFetcher(BASE.rstrip("/"))
     assert fetcher.read_document("index.json").startswith(b"{")
-    with pytest.raises(FetchError, match="HTTP 404"):
+    with pytest.raises(NetworkError, match="HTTP 404"):
         fetcher.read_document("missing.json")
 
 
 @responses.activate
 def test_document_over_limit_is_refused() -> None:
     responses.get(BASE + "index.json", body=b"x" * 2000)
-    with pytest.raises(FetchError, match="more than the 1000 bytes"):
+    with pytest.raises(NetworkError, match="more than the 1000 bytes"):
         HttpFetcher(BASE).read_document("index.json", limit=1000)
 
 
 @responses.activate
 def test_endless_blob_is_cut_at_the_declared_size() -> None:
     responses.get(BASE + "blobs/a", body=b"y" * 5000)
-    with pytest.raises(FetchError, match="more than the 4096 bytes the manifest declares"):
+    with pytest.raises(NetworkError, match="more than the 4096 bytes the manifest declares"):
         b"".join(HttpFetcher(BASE).iter_blob("blobs/a", 4096))
 
 
 @responses.activate
 def test_range_answered_with_200_is_an_error_not_silent_corruption() -> None:
     responses.get(BASE + "blobs/a", body=b"z" * 100, status=200)
-    with pytest.raises(FetchError, match="asked for a byte range, got HTTP 200"):
+    with pytest.raises(NetworkError, match="asked for a byte range, got HTTP 200"):
         HttpFetcher(BASE).read_range("blobs/a", 10, 19)
 
 
 @responses.activate
 def test_range_with_wrong_length_is_an_error() -> None:
     responses.get(BASE + "blobs/a", body=b"z" * 5, status=206)
-    with pytest.raises(FetchError, match="returned 5 bytes, expected 10"):
+    with pytest.raises(NetworkError, match="returned 5 bytes, expected 10"):
         HttpFetcher(BASE).read_range("blobs/a", 10, 19)
 
 
@@ -60,12 +60,12 @@ def test_range_request_header() -> None:
 @responses.activate
 def test_connection_error_is_a_fetch_error() -> None:
     responses.get(BASE + "index.json", body=requests.ConnectionError("refused"))
-    with pytest.raises(FetchError, match="request failed"):
+    with pytest.raises(NetworkError, match="request failed"):
         HttpFetcher(BASE).read_document("index.json")
 
 
 def test_paths_from_documents_cannot_escape(tmp_path) -> None:
-    from repo.errors import ManifestError
+    from lorien.repo.errors import ManifestError
 
     with pytest.raises(ManifestError):
         HttpFetcher(BASE).url("../../secret")
@@ -76,5 +76,5 @@ def test_paths_from_documents_cannot_escape(tmp_path) -> None:
 def test_open_repository_dispatch(tmp_path) -> None:
     assert isinstance(open_repository("https://x.test/repo"), HttpFetcher)
     assert isinstance(open_repository(tmp_path), DirectoryFetcher)
-    with pytest.raises(FetchError, match="unsupported URL scheme"):
+    with pytest.raises(NetworkError, match="unsupported URL scheme"):
         open_repository("ftp://x.test/repo")

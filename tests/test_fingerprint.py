@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from repo.errors import FingerprintError
-from repo.fingerprint import detect_format, fingerprint, fingerprint_bytes
-from tests.conftest import run_lorien
+from lorien.repo.errors import FingerprintError
+from lorien.repo.fingerprint import detect_format, fingerprint, fingerprint_bytes
+from tests.support.processes import run_lorien
 
 KIB = 1024
 

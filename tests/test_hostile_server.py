@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-import repo.download
-from repo._netio import RateGuard, TooSlow
-from repo.download import Downloader, DownloadPolicy, DownloadRequest
-from repo.errors import FetchError, IntegrityError
-from repo.fetch import HttpFetcher
-from repo.limits import DEFAULT_LIMITS
-from tests.http_thread import start_http_server
+from lorien.repo import download as download_module
+from lorien.repo._netio import RateGuard, TooSlow
+from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest
+from lorien.repo.errors import IntegrityError, NetworkError
+from lorien.repo.fetch import HttpFetcher
+from lorien.repo.limits import DEFAULT_LIMITS
+from tests.support.http_thread import start_http_server
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes: the size "the manifest declares"
 ETAG = '"v1"'
@@ -175,7 +175,7 @@ def test_trickling_server_is_cut_off_by_the_fetcher(serve, call: str) -> None:
     server = serve("trickle")
     fetcher = HttpFetcher(server.base, limits=SLOW)
     began = time.monotonic()
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(NetworkError) as caught:
         if call == "read_document":
             fetcher.read_document("blobs/model.bin")
         else:
@@ -188,7 +188,7 @@ def test_trickling_server_fails_the_download_after_resumed_attempts(serve, tmp_p
     server = serve("trickle")
     request = _request(tmp_path, server.url)
     began = time.monotonic()
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(NetworkError) as caught:
         _downloader(SLOW, attempts=2).fetch(request)
     assert time.monotonic() - began < 5
     _check_slow(str(caught.value), f"{server.url}: download failed after 2 attempts: ")
@@ -219,7 +219,7 @@ def test_rate_guard_measures_each_window_so_a_fast_start_earns_no_credit() -> No
 def test_stalled_server_is_a_clear_fetch_error(serve) -> None:
     server = serve("stall")
     began = time.monotonic()
-    with pytest.raises(FetchError) as caught:
+    with pytest.raises(NetworkError) as caught:
         HttpFetcher(server.base, limits=STALL).read_document("blobs/model.bin")
     assert time.monotonic() - began < 3
     assert str(caught.value) == (
@@ -232,7 +232,7 @@ def test_stalled_server_fails_the_download_and_keeps_the_part(serve, tmp_path: P
     request = _request(tmp_path, server.url)
     began = time.monotonic()
     with pytest.raises(
-        FetchError, match=r"failed after 2 attempts: ReadTimeout: no data for 1 s, the server stalled"
+        NetworkError, match=r"failed after 2 attempts: ReadTimeout: no data for 1 s, the server stalled"
     ):
         _downloader(STALL, attempts=2).fetch(request)
     assert time.monotonic() - began < 5
@@ -248,13 +248,13 @@ def test_endless_body_never_grows_the_part_past_the_declared_size(
 ) -> None:
     server = serve(how)
     sizes: list[int] = []
-    real_discard = repo.download.discard
+    real_discard = download_module.discard
 
     def recording_discard(part: Path) -> None:  # what the .part held when the download gave it up
         sizes.append(part.stat().st_size if part.exists() else -1)
         real_discard(part)
 
-    monkeypatch.setattr(repo.download, "discard", recording_discard)
+    monkeypatch.setattr(download_module, "discard", recording_discard)
     request = _request(tmp_path, server.url)
     with pytest.raises(IntegrityError) as caught:
         _downloader().fetch(request)
@@ -291,7 +291,7 @@ def test_endless_blob_stream_stops_at_the_declared_size(serve, how: str) -> None
     server = serve(how)
     received = 0
     with pytest.raises(
-        FetchError,
+        NetworkError,
         match=rf"^{re.escape(server.url)}: server sent more than the {len(DATA)} bytes the manifest declares$",
     ):
         for chunk in HttpFetcher(server.base).iter_blob("blobs/model.bin", len(DATA)):
@@ -305,7 +305,7 @@ def test_endless_document_is_refused_in_bounded_memory(serve, how: str) -> None:
     server = serve(how)
     tracemalloc.start()
     try:
-        with pytest.raises(FetchError, match=r"more than the 1000 bytes allowed for a document$"):
+        with pytest.raises(NetworkError, match=r"more than the 1000 bytes allowed for a document$"):
             HttpFetcher(server.base).read_document("blobs/model.bin", limit=1000)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -334,7 +334,7 @@ def test_503_between_attempts_keeps_the_part_and_resumes(serve, tmp_path: Path) 
 
 def test_503_forever_fails_after_the_attempts_with_the_status(serve, tmp_path: Path) -> None:
     server = serve("503")
-    with pytest.raises(FetchError, match=r"download failed after 3 attempts: HTTP 503 Service Unavailable$"):
+    with pytest.raises(NetworkError, match=r"download failed after 3 attempts: HTTP 503 Service Unavailable$"):
         _downloader(attempts=3).fetch(_request(tmp_path, server.url))
     assert len(server.seen) == 3
 
@@ -353,8 +353,8 @@ def test_downloads_and_blob_reads_ask_for_identity_encoding(serve, tmp_path: Pat
 def test_a_compressed_blob_sent_anyway_is_refused(serve, tmp_path: Path) -> None:
     server = serve("gzip")
     message = r"server sent Content-Encoding: gzip although asked for identity"
-    with pytest.raises(FetchError, match=message):
+    with pytest.raises(NetworkError, match=message):
         _downloader().fetch(_request(tmp_path, server.url))
-    with pytest.raises(FetchError, match=message):
+    with pytest.raises(NetworkError, match=message):
         b"".join(HttpFetcher(server.base).iter_blob("blobs/model.bin", len(DATA)))
     assert len(server.seen) == 2  # not retried: the server will not change its mind

@@ -11,7 +11,7 @@ import numpy as np
 import tflite
 
 from lorien.modelgen import fine_tune, random_mlp, to_tflite
-from repo.fingerprint import detect_format
+from lorien.repo.fingerprint import detect_format
 
 
 class _Links(HTMLParser):

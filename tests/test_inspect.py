@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import LiveServer, run_lorien
+from tests.support.processes import LiveServer, run_lorien
 
 
 def _blob(repo: Path, kind: str = "patches") -> Path:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorien.modelgen import fine_tune, random_mlp, to_tflite
-from repo.engine import apply_patch, codecs, create_patch, patch_info, require_engine, segment_summary
-from repo.engine.container import (
+from lorien.repo.engine import apply_patch, codecs, create_patch, patch_info, require_engine, segment_summary
+from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
     HEADER_SIZE,
@@ -28,13 +28,13 @@ from repo.engine.container import (
     Transform,
     pack_header,
 )
-from repo.engine.formats import find_tensors
-from repo.engine.lorien_engine import LorienEngine
-from repo.engine.mallorn_adapter import load_mallorn
-from repo.errors import LorienError, PatchError
-from repo.hashing import sha256_file
-from tests.conftest import run_lorien
-from tests.model_files import mlp_tensors, nudged, write_gguf, write_onnx, write_safetensors
+from lorien.repo.engine.formats import find_tensors
+from lorien.repo.engine.lorien_engine import LorienEngine
+from lorien.repo.engine.mallorn_adapter import load_mallorn
+from lorien.repo.errors import LorienError, PatchError
+from lorien.repo.hashing import sha256_file
+from tests.support.model_files import mlp_tensors, nudged, write_gguf, write_onnx, write_safetensors
+from tests.support.processes import run_lorien
 
 WRITERS = {"safetensors": write_safetensors, "gguf": write_gguf, "onnx": write_onnx}
 FAST = LorienEngine(level=3)

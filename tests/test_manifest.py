@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from repo.errors import ManifestError
-from repo.layout import blob_path, checked_relative_path
-from repo.manifest import parse_index, parse_manifest
+from lorien.repo.errors import ManifestError
+from lorien.repo.layout import blob_path, checked_relative_path
+from lorien.repo.manifest import parse_index, parse_manifest
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "repo" / "schemas"
 

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from repo.errors import ManifestError
-from repo.fingerprint import FORMATS, Fingerprint
-from repo.layout import blob_path, checked_blob_path, checked_relative_path
-from repo.limits import DEFAULT_LIMITS, Limits
-from repo.manifest import (
+from lorien.repo.errors import ManifestError
+from lorien.repo.fingerprint import FORMATS, Fingerprint
+from lorien.repo.layout import blob_path, checked_blob_path, checked_relative_path
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.manifest import (
     Index,
     IndexEntry,
     Manifest,

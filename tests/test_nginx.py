@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.tcp_proxy import CuttingProxy
 from lorien.modelgen import DEFAULT_LAYERS, write_family
-from publisher.nginx_config import write_nginx_config
-from publisher.publish import publish
-from tests.conftest import require, run_lorien
-from tests.device_harness import DeviceProcess, sha256
-from tests.tcp_proxy import CuttingProxy
+from lorien.publisher.nginx_config import write_nginx_config
+from lorien.publisher.publish import publish
+from tests.support.device_harness import DeviceProcess, sha256
+from tests.support.processes import require, run_lorien
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import write_family
-from publisher.publish import publish
-from repo.engine import apply_patch
-from repo.errors import BadInputError
-from repo.versions import sort_versions, version_name_problem
-from tests.conftest import SMALL_LAYERS, run_lorien
+from lorien.publisher.publish import publish
+from lorien.repo.engine import apply_patch
+from lorien.repo.errors import BadInputError
+from lorien.repo.versions import sort_versions, version_name_problem
+from tests.support.processes import SMALL_LAYERS, run_lorien
 
 
 def _manifest(repo: Path, family: str = "classifier") -> dict:
@@ -188,8 +188,8 @@ def test_version_ordering() -> None:
 
 
 def test_second_writer_fails_fast_naming_the_holder(published: Path, models_dir: Path) -> None:
-    from repo.errors import RepositoryLockedError
-    from repo.lock import repository_lock
+    from lorien.repo.errors import RepositoryLockedError
+    from lorien.repo.lock import repository_lock
 
     with repository_lock(published):
         with pytest.raises(RepositoryLockedError, match=f"pid {os.getpid()}"):

@@ -23,20 +23,20 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import write_family
-from publisher.publish import PublishOptions, publish
-from repo.errors import FreshnessError, ManifestError, SignatureError
-from repo.limits import Limits
-from repo.manifest import parse_manifest
-from repo.signing import (
+from lorien.publisher.publish import PublishOptions, publish
+from lorien.repo.errors import FreshnessError, ManifestError, SignatureError
+from lorien.repo.limits import Limits
+from lorien.repo.manifest import parse_manifest
+from lorien.repo.signing import (
     generate_keypair,
     load_signing_key,
     load_trusted_key,
     sign_document,
     verify_document,
 )
-from repo.trust import check_freshness
-from tests.conftest import SMALL_LAYERS, LiveServer, run_lorien, start_server
-from tests.device_harness import DeviceProcess, sha256
+from lorien.repo.trust import check_freshness
+from tests.support.device_harness import DeviceProcess, sha256
+from tests.support.processes import SMALL_LAYERS, LiveServer, run_lorien, start_server
 
 FAMILY = "cls"
 MANIFEST = f"{FAMILY}/manifest.json"
@@ -494,7 +494,7 @@ def test_create_patch_on_a_signed_repository_needs_the_key_and_re_signs(tmp_path
 
 
 def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp_path: Path, keys) -> None:
-    from repo.errors import BadInputError
+    from lorien.repo.errors import BadInputError
 
     site = Site(tmp_path / "s")
     site.add("1.0.0")
@@ -525,8 +525,8 @@ def test_a_rewritten_signature_is_reported_as_a_change_and_a_deleted_one_is_refu
 
 
 def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None:
-    from repo.engine import apply_patch, create_patch
-    from repo.errors import PatchError
+    from lorien.repo.engine import apply_patch, create_patch
+    from lorien.repo.errors import PatchError
 
     site = Site(tmp_path / "s")
     old, new, patch = site.all / "1.0.0.tflite", site.all / "1.1.0.tflite", tmp_path / "p.patch"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from repo.engine import apply_patch
-from tests.conftest import LiveServer
+from lorien.repo.engine import apply_patch
+from tests.support.processes import LiveServer
 
 
 def _manifest(server: LiveServer) -> dict:
@@ -160,8 +160,8 @@ def test_check_update_bad_input_is_400(live_server: LiveServer, body: bytes, fra
 
 
 def test_check_update_reports_ambiguous_short_ids(tmp_path: Path) -> None:
-    from publisher.publish import publish
-    from tests.conftest import start_server
+    from lorien.publisher.publish import publish
+    from tests.support.processes import start_server
 
     models = tmp_path / "models"
     (models / "tiny").mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_create_patch_requires_admin_token_and_creates(live_server: LiveServer) 
 
 
 def test_create_patch_disabled_without_token(published: Path) -> None:
-    from tests.conftest import start_server
+    from tests.support.processes import start_server
 
     server = start_server(published)
     try:
@@ -220,7 +220,7 @@ def test_create_patch_disabled_without_token(published: Path) -> None:
 
 
 def test_serve_missing_repo_is_a_clear_error(tmp_path: Path) -> None:
-    from tests.conftest import run_lorien
+    from tests.support.processes import run_lorien
 
     result = run_lorien("serve", tmp_path / "absent", "--port", "0")
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import write_family
-from tests.conftest import SMALL_LAYERS, require, run_lorien
+from tests.support.processes import SMALL_LAYERS, require, run_lorien
 
 SETTLE = "1.0"
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
-from repo.engine.lorien_engine import LorienEngine
-from repo.engine.mallorn_adapter import MallornEngine
-from repo.engine.zstd_dict import ZstdDictEngine
-from repo.errors import BadInputError, PatchError
-from repo.limits import Limits
+from lorien.repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
+from lorien.repo.engine.lorien_engine import LorienEngine
+from lorien.repo.engine.mallorn_adapter import MallornEngine
+from lorien.repo.engine.zstd_dict import ZstdDictEngine
+from lorien.repo.errors import BadInputError, PatchError
+from lorien.repo.limits import Limits
 
 DEFAULT_ENGINE = LorienEngine.name
 

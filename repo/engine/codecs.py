@@ -19,8 +19,8 @@ import math
 import numpy as np
 import zstandard
 
-from repo.engine.container import Backend, Codec, Segment, Transform
-from repo.errors import PatchError
+from lorien.repo.engine.container import Backend, Codec, Segment, Transform
+from lorien.repo.errors import PatchError
 
 MAX_WINDOW_LOG = 26
 MAX_DICT_HASH_LOG = 25  # 128 MiB of hash table on the create side at most; the applier never needs one

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import BinaryIO
 
-from repo.errors import PatchError
-from repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.errors import PatchError
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
 FORMAT_VERSION = 1

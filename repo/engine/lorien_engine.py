@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from repo.atomic import atomic_writer
-from repo.engine import codecs
-from repo.engine.base import ApplyResult, PatchInfo
-from repo.engine.container import (
+from lorien.repo.atomic import atomic_writer
+from lorien.repo.engine import codecs
+from lorien.repo.engine.base import ApplyResult, PatchInfo
+from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
     MAGIC,
@@ -52,9 +52,9 @@ from repo.engine.container import (
     pack_header,
     read_header_and_table,
 )
-from repo.engine.formats import TensorRegion, find_tensors
-from repo.errors import PatchError
-from repo.hashing import sha256_file
+from lorien.repo.engine.formats import TensorRegion, find_tensors
+from lorien.repo.errors import PatchError
+from lorien.repo.hashing import sha256_file
 
 MiB = 1 << 20
 PIECE = 8 * MiB  # tensor and generic chunk size on the create side

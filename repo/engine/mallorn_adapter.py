@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from repo.atomic import atomic_writer
-from repo.engine.base import ApplyResult, PatchInfo
-from repo.errors import IntegrityError, PatchError
-from repo.hashing import sha256_file
+from lorien.repo.atomic import atomic_writer
+from lorien.repo.engine.base import ApplyResult, PatchInfo
+from lorien.repo.errors import IntegrityError, PatchError
+from lorien.repo.hashing import sha256_file
 
 
 def load_mallorn() -> ModuleType | None:

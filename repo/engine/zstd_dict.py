@@ -24,10 +24,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from repo.atomic import atomic_writer
-from repo.engine.base import ApplyResult, PatchInfo
-from repo.errors import PatchError
-from repo.hashing import sha256_file
+from lorien.repo.atomic import atomic_writer
+from lorien.repo.engine.base import ApplyResult, PatchInfo
+from lorien.repo.errors import PatchError
+from lorien.repo.hashing import sha256_file
 
 MAGIC = b"LRNZSTD1"
 _HEADER = struct.Struct("<8sQQ32s32s")

@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy (tests and ``bench/fleet.py``): forwards to an upstream server, cuts chosen
+"""A fault-injecting TCP proxy (``bench/fleet.py`` and the tests): forwards to an upstream server, cuts chosen
 responses.
 
 For every connection, ``decide(first request line)`` returns None (forward untouched) or the number of response

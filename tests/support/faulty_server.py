@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.http_thread import start_http_server
+from tests.support.http_thread import start_http_server
 
 
 @dataclass
