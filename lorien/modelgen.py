@@ -109,22 +109,48 @@ def to_tflite(model: Mlp, description: str = "lorien demo classifier") -> bytes:
 
 
 def _build_tflite(model: Mlp, description: str) -> bytes:
+    """The flatbuffer, built bottom-up as flatbuffers requires: buffers, tensors, operators, subgraph, codes."""
     builder = flatbuffers.Builder(
         1024 + sum(w.nbytes + b.nbytes for w, b in zip(model.weights, model.biases, strict=True))
     )
-    sizes = model.layer_sizes
-    # Buffers: 0 is the conventional empty buffer; then one per weight and bias tensor.
+    buffer_offsets = _buffers(builder, model)
+    tensors, layer_io, output_index = _tensor_table(model)
+    tensor_offsets = [_tensor(builder, *tensor) for tensor in tensors]
+    operator_offsets = _operators(builder, layer_io, output_index)
+    tensors_vec = _offset_vector(builder, tensor_offsets)
+    operators_vec = _offset_vector(builder, operator_offsets)
+    subgraph = _subgraph(builder, tensors_vec, operators_vec, output_index)
+    # Operator codes (index 0: FULLY_CONNECTED, 1: SOFTMAX).
+    code_offsets = []
+    for code in (OP_FULLY_CONNECTED, OP_SOFTMAX):
+        builder.StartObject(4)
+        builder.PrependInt32Slot(3, code, 0)
+        builder.PrependInt32Slot(2, 1, 1)
+        builder.PrependInt8Slot(0, code, 0)
+        code_offsets.append(builder.EndObject())
+    finish_model(builder, code_offsets, subgraph, buffer_offsets, description)
+    return bytes(builder.Output())
+
+
+def _buffers(builder: flatbuffers.Builder, model: Mlp) -> list[int]:
+    """Buffer 0 is the conventional empty buffer; then one per weight and bias tensor."""
     payloads = [b""]
     for w, b in zip(model.weights, model.biases, strict=True):
         payloads += [w.tobytes(), b.tobytes()]
-    buffer_offsets = []
+    offsets = []
     for payload in payloads:
         data = _aligned_bytes(builder, payload) if payload else None
         builder.StartObject(3)
         if data is not None:
             builder.PrependUOffsetTRelativeSlot(0, data, 0)
-        buffer_offsets.append(builder.EndObject())
-    # Tensors: activations (input, hidden..., logits, output) and constant weights/biases.
+        offsets.append(builder.EndObject())
+    return offsets
+
+
+def _tensor_table(model: Mlp) -> tuple[list[tuple[str, list[int], int]], list[tuple[int, int, int]], int]:
+    """(name, shape, buffer) of every tensor — activations (input, hidden…, logits, output) and constant
+    weights/biases —, the (weights, bias, output) tensor indices of each layer, and the output's index."""
+    sizes = model.layer_sizes
     tensors: list[tuple[str, list[int], int]] = [("input", [1, sizes[0]], 0)]
     layer_io = []
     for i, (w, b) in enumerate(zip(model.weights, model.biases, strict=True)):
@@ -136,50 +162,54 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
         out_index = len(tensors)
         tensors.append((f"dense_{i}/out", [1, w.shape[0]], 0))
         layer_io.append((w_index, b_index, out_index))
-    output_index = len(tensors)
     tensors.append(("probabilities", [1, sizes[-1]], 0))
-    tensor_offsets = []
-    for name, shape, buffer in tensors:
-        name_offset = builder.CreateString(name)
-        shape_offset = _int_vector(builder, shape)
-        builder.StartObject(5)
-        builder.PrependUOffsetTRelativeSlot(3, name_offset, 0)
-        builder.PrependUint32Slot(2, buffer, 0)
-        builder.PrependInt8Slot(1, TENSOR_FLOAT32, -1)
-        builder.PrependUOffsetTRelativeSlot(0, shape_offset, 0)
-        tensor_offsets.append(builder.EndObject())
-    # Operators.
-    operator_offsets = []
+    return tensors, layer_io, len(tensors) - 1
+
+
+def _tensor(builder: flatbuffers.Builder, name: str, shape: list[int], buffer: int) -> int:
+    name_offset = builder.CreateString(name)
+    shape_offset = _int_vector(builder, shape)
+    builder.StartObject(5)
+    builder.PrependUOffsetTRelativeSlot(3, name_offset, 0)
+    builder.PrependUint32Slot(2, buffer, 0)
+    builder.PrependInt8Slot(1, TENSOR_FLOAT32, -1)
+    builder.PrependUOffsetTRelativeSlot(0, shape_offset, 0)
+    return builder.EndObject()
+
+
+def _operator(
+    builder: flatbuffers.Builder, code_index: int, options_type: int, options: int, io: tuple[list[int], list[int]]
+) -> int:
+    inputs, outputs = _int_vector(builder, io[0]), _int_vector(builder, io[1])
+    builder.StartObject(5)
+    builder.PrependUOffsetTRelativeSlot(4, options, 0)
+    builder.PrependUint8Slot(3, options_type, 0)
+    builder.PrependUOffsetTRelativeSlot(2, outputs, 0)
+    builder.PrependUOffsetTRelativeSlot(1, inputs, 0)
+    builder.PrependUint32Slot(0, code_index, 0)
+    return builder.EndObject()
+
+
+def _operators(builder: flatbuffers.Builder, layer_io: list[tuple[int, int, int]], output_index: int) -> list[int]:
+    """One FULLY_CONNECTED per layer (ReLU except the last), then SOFTMAX into the output tensor."""
+    offsets = []
     previous = 0
     for i, (w_index, b_index, out_index) in enumerate(layer_io):
         last = i == len(layer_io) - 1
         builder.StartObject(4)  # FullyConnectedOptions
         builder.PrependInt8Slot(0, 0 if last else ACTIVATION_RELU, 0)
         options = builder.EndObject()
-        inputs = _int_vector(builder, [previous, w_index, b_index])
-        outputs = _int_vector(builder, [out_index])
-        builder.StartObject(5)
-        builder.PrependUOffsetTRelativeSlot(4, options, 0)
-        builder.PrependUint8Slot(3, OPTIONS_FULLY_CONNECTED, 0)
-        builder.PrependUOffsetTRelativeSlot(2, outputs, 0)
-        builder.PrependUOffsetTRelativeSlot(1, inputs, 0)
-        builder.PrependUint32Slot(0, 0, 0)
-        operator_offsets.append(builder.EndObject())
+        io = ([previous, w_index, b_index], [out_index])
+        offsets.append(_operator(builder, 0, OPTIONS_FULLY_CONNECTED, options, io))
         previous = out_index
     builder.StartObject(1)  # SoftmaxOptions
     builder.PrependFloat32Slot(0, 1.0, 0.0)
     softmax_options = builder.EndObject()
-    inputs, outputs = _int_vector(builder, [previous]), _int_vector(builder, [output_index])
-    builder.StartObject(5)
-    builder.PrependUOffsetTRelativeSlot(4, softmax_options, 0)
-    builder.PrependUint8Slot(3, OPTIONS_SOFTMAX, 0)
-    builder.PrependUOffsetTRelativeSlot(2, outputs, 0)
-    builder.PrependUOffsetTRelativeSlot(1, inputs, 0)
-    builder.PrependUint32Slot(0, 1, 0)
-    operator_offsets.append(builder.EndObject())
-    # Subgraph.
-    tensors_vec = _offset_vector(builder, tensor_offsets)
-    operators_vec = _offset_vector(builder, operator_offsets)
+    offsets.append(_operator(builder, 1, OPTIONS_SOFTMAX, softmax_options, ([previous], [output_index])))
+    return offsets
+
+
+def _subgraph(builder: flatbuffers.Builder, tensors_vec: int, operators_vec: int, output_index: int) -> int:
     sg_inputs, sg_outputs = _int_vector(builder, [0]), _int_vector(builder, [output_index])
     sg_name = builder.CreateString("main")
     builder.StartObject(5)
@@ -188,17 +218,7 @@ def _build_tflite(model: Mlp, description: str) -> bytes:
     builder.PrependUOffsetTRelativeSlot(2, sg_outputs, 0)
     builder.PrependUOffsetTRelativeSlot(1, sg_inputs, 0)
     builder.PrependUOffsetTRelativeSlot(0, tensors_vec, 0)
-    subgraph = builder.EndObject()
-    # Operator codes (index 0: FULLY_CONNECTED, 1: SOFTMAX).
-    code_offsets = []
-    for code in (OP_FULLY_CONNECTED, OP_SOFTMAX):
-        builder.StartObject(4)
-        builder.PrependInt32Slot(3, code, 0)
-        builder.PrependInt32Slot(2, 1, 1)
-        builder.PrependInt8Slot(0, code, 0)
-        code_offsets.append(builder.EndObject())
-    finish_model(builder, code_offsets, subgraph, buffer_offsets, description)
-    return bytes(builder.Output())
+    return builder.EndObject()
 
 
 def finish_model(
