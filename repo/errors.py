@@ -106,9 +106,6 @@ class NetworkError(LorienError):
     exit_code = 4
 
 
-NetworkError = NetworkError  # the name the code grew up with; one class
-
-
 # -------------------------------------------------------------------------------------------- local I/O (5)
 
 
