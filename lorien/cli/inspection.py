@@ -1,0 +1,47 @@
+"""``lorien inspect``: read a repository (a directory or an http(s) URL) the way a device would and report it.
+
+Data flow: :func:`~repo.fetch.open_repository` → :func:`~repo.inspect.inspect_repository` (index.json, every
+manifest, with ``--key`` their signatures, with ``--verify`` every blob re-hashed) → text or JSON on stdout.
+Findings end the command with exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lorien.cli._options import Commands, add_command, add_json_option
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from lorien.repo.fetch import open_repository
+    from lorien.repo.inspect import inspect_repository, render_text
+    from lorien.repo.signing import load_trusted_key
+
+    keys = tuple(load_trusted_key(path) for path in args.key or ())
+    report = inspect_repository(open_repository(args.repo), verify=args.verify, keys=keys)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(render_text(report, args.verify))
+    return 0 if report.ok else 1
+
+
+def register(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "inspect",
+        _inspect,
+        "show a repository (directory or http(s) URL)",
+        doing="inspecting the repository",
+    )
+    command.add_argument("repo", help="repository directory or base URL")
+    add_json_option(command)
+    command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
+    command.add_argument(
+        "--key",
+        type=Path,
+        action="append",
+        help="trusted public key: index.json and every manifest must be signed by it (repeatable)",
+    )
