@@ -25,7 +25,7 @@ def add_command(
     commands: Commands, name: str, handler: Handler, help_text: str, doing: str
 ) -> argparse.ArgumentParser:
     """A subcommand whose parsed arguments carry ``handler`` and ``doing``: what the command is doing, for the
-    one-line message when the file system refuses it (``"writing the patch"``)."""
+    one-line message when the file system refuses it (``"making the patch"``)."""
     command = commands.add_parser(name, help=help_text, description=help_text)
     command.set_defaults(handler=handler, doing=doing)
     return command
