@@ -4,6 +4,10 @@
 and what to write instead. Checks that can only fail at run time (is the model directory writable?) are in
 :func:`check_environment`, called at startup so a misconfigured device refuses to start instead of failing
 mid-update.
+
+Every config key is also a ``lorien device`` flag: :func:`config_flags` derives them from the dataclass fields
+(each field's help is in its metadata), and :func:`overrides_from_flags` turns the parsed flags back into
+``overrides`` keyed like the TOML file, so flag values pass the same checks.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from lorien.repo.errors import BadInputError, LorienError
@@ -24,13 +30,19 @@ from lorien.repo.signing import TrustedKey, load_trusted_key
 DEFAULT_PORT = 12315
 
 
+def _flag_help(text: str, flag: str | None = None) -> dict[str, str]:
+    """Field metadata for the ``lorien device`` flag of a config key: its help, and its name when it is not
+    ``--`` + the key with dashes (``trusted_keys`` → ``--trusted-key``)."""
+    return {"help": text, "flag": flag} if flag else {"help": text}
+
+
 @dataclass(frozen=True)
 class ServiceControl:
     """How to stop/start the program that uses the model: a systemd unit, or a command + pid file, or nothing."""
 
-    unit: str | None = None
-    command: list[str] | None = None
-    pid_file: Path | None = None
+    unit: str | None = field(default=None, metadata=_flag_help("systemd unit to stop/start around a deploy"))
+    command: list[str] | None = field(default=None, metadata=_flag_help("command to start the model's consumer"))
+    pid_file: Path | None = field(default=None, metadata=_flag_help("its pid file (with --service-command)"))
 
     @property
     def configured(self) -> bool:
@@ -39,24 +51,42 @@ class ServiceControl:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    repo_url: str
-    family: str
-    model_path: Path
-    state_dir: Path
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    api_token: str | None = None
-    check_interval: float = 0.0  # seconds; 0 = only on request
-    service: ServiceControl = field(default_factory=ServiceControl)
-    health_check: list[str] | None = None  # command; exit 0 = healthy
-    health_check_litert: bool = False  # built-in: load the TFLite model with LiteRT
-    health_timeout: float = 60.0
-    callback_url: str | None = None
-    keep_backups: int = 2
-    stop_timeout: float = 10.0  # SIGTERM → SIGKILL grace period
-    trusted_keys: tuple[TrustedKey, ...] = ()  # publisher public keys; a manifest must be signed by one of them
-    insecure_allow_unsigned: bool = False  # use unsigned / badly signed metadata anyway (logged loudly)
-    limits: Limits = DEFAULT_LIMITS
+    repo_url: str = field(metadata=_flag_help("base URL of the repository"))
+    family: str = field(metadata=_flag_help("model family to follow"))
+    model_path: Path = field(metadata=_flag_help("the model file the application loads"))
+    state_dir: Path = field(metadata=_flag_help("tmp/, backups/, logs/ and state.json live here"))
+    host: str = field(
+        default="127.0.0.1", metadata=_flag_help("API address (default 127.0.0.1; others need api_token)")
+    )
+    port: int = field(default=DEFAULT_PORT, metadata=_flag_help("API port (default 12315; 0 picks a free one)"))
+    api_token: str | None = field(default=None, metadata=_flag_help("bearer token required by mutating requests"))
+    check_interval: float = field(default=0.0, metadata=_flag_help("seconds; 0 = on request only"))
+    service: ServiceControl = field(default_factory=ServiceControl)  # flags --service-unit, --service-command, …
+    health_check: list[str] | None = field(
+        default=None, metadata=_flag_help("command run after deploy; exit 0 = healthy")
+    )
+    health_check_litert: bool = field(
+        default=False,
+        metadata=_flag_help("also load the TFLite model with LiteRT after deploy (needs the litert extra)"),
+    )
+    health_timeout: float = field(default=60.0, metadata=_flag_help("seconds (default 60)"))
+    callback_url: str | None = field(default=None, metadata=_flag_help("POST stage changes here (best effort)"))
+    keep_backups: int = field(default=2, metadata=_flag_help("backups kept (default 2)"))
+    stop_timeout: float = field(default=10.0, metadata=_flag_help("SIGTERM→SIGKILL seconds (default 10)"))
+    trusted_keys: tuple[TrustedKey, ...] = field(
+        default=(),
+        metadata=_flag_help(
+            "publisher public key; manifests must be signed by one of these (repeatable, for key rotation)",
+            flag="--trusted-key",
+        ),
+    )
+    insecure_allow_unsigned: bool = field(
+        default=False,
+        metadata=_flag_help(
+            "accept unsigned or badly signed manifests (anyone on the network path could install anything)"
+        ),
+    )
+    limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
 
     @property
     def tmp_dir(self) -> Path:
@@ -76,6 +106,74 @@ class DeviceConfig:
 
 
 _SIMPLE_KEYS = {f.name for f in fields(DeviceConfig)} - {"service"}
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """A ``lorien device`` flag that sets one config key: ``--repo-url`` → ``repo_url``, ``--service-unit`` →
+    ``service.unit``. The value goes through the same checks as the TOML value it replaces."""
+
+    flag: str
+    key: tuple[str, ...]  # the TOML key, with the table it sits in
+    value_type: type  # what the flag's text becomes: str, int or float; bool = a switch
+    repeatable: bool  # each use adds one item to a list (trusted_keys)
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+def config_flags() -> tuple[ConfigFlag, ...]:
+    """One flag per field of :class:`DeviceConfig` (and of a nested dataclass such as ``service``), in field
+    order, so a new field gets its flag without touching the CLI; ``flag=None`` in a field's metadata keeps it
+    TOML-only."""
+    found = []
+    for config_field, hint in _fields_with_hints(DeviceConfig):
+        if "flag" in config_field.metadata and config_field.metadata["flag"] is None:
+            continue
+        if is_dataclass(hint):
+            found += [
+                _flag(nested, nested_hint, (config_field.name, nested.name))
+                for nested, nested_hint in _fields_with_hints(hint)
+            ]
+        else:
+            found.append(_flag(config_field, hint, (config_field.name,)))
+    return tuple(found)
+
+
+def overrides_from_flags(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config overrides (for :func:`load_config`) from parsed flag values by ``dest``; None = not given."""
+    overrides: dict[str, Any] = {}
+    for flag in config_flags():
+        value = values.get(flag.dest)
+        if value is None:
+            continue
+        *tables, name = flag.key
+        table = overrides
+        for outer in tables:
+            table = table.setdefault(outer, {})
+        table[name] = value
+    return overrides
+
+
+def _fields_with_hints(cls: type) -> list[tuple[Field, Any]]:
+    hints = get_type_hints(cls)
+    return [(each, hints[each.name]) for each in fields(cls)]
+
+
+def _flag(config_field: Field, hint: Any, key: tuple[str, ...]) -> ConfigFlag:
+    if isinstance(hint, UnionType):  # X | None: the flag gives an X
+        (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
+    kind = get_origin(hint) or hint
+    return ConfigFlag(
+        flag=config_field.metadata.get("flag") or "--" + "-".join(key).replace("_", "-"),
+        key=key,
+        # a path or a command is text in TOML too (a command string is split on whitespace)
+        value_type=kind if kind in (bool, int, float) else str,
+        repeatable=kind is tuple,
+        help=config_field.metadata["help"],
+    )
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> DeviceConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from lorien.repo.engine import available_engines
 from tests.support.processes import run_lorien
 
 
@@ -28,3 +29,11 @@ def test_help_lists_commands() -> None:
     out = run_lorien("--help").stdout
     for command in ("fingerprint", "publish", "inspect", "serve", "demo"):
         assert command in out
+
+
+def test_engine_option_lists_the_engines_of_the_registry() -> None:
+    for command in ("diff", "publish", "watch"):
+        assert (
+            f"patch engine: {' | '.join(available_engines())} (default lorien)"
+            in run_lorien(command, "--help").stdout
+        )

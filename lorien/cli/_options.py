@@ -1,0 +1,56 @@
+"""What the command groups share: registering a command with its handler, and the options several commands
+take (``--json``, ``--engine``, ``--sign-key``), each defined once here.
+
+A group module calls :func:`add_command` for each of its commands and adds that command's own arguments right
+after; ``main`` later calls the handler stored on the parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorien.repo.engine import DEFAULT_ENGINE, available_engines
+
+if TYPE_CHECKING:
+    from lorien.repo.signing import SigningKey
+
+Handler = Callable[[argparse.Namespace], int]
+Commands = argparse._SubParsersAction  # what ArgumentParser.add_subparsers returns
+
+
+def add_command(
+    commands: Commands, name: str, handler: Handler, help_text: str, doing: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose parsed arguments carry ``handler`` and ``doing``: what the command is doing, for the
+    one-line message when the file system refuses it (``"making the patch"``)."""
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    command.set_defaults(handler=handler, doing=doing)
+    return command
+
+
+def add_json_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_engine_option(command: argparse.ArgumentParser) -> None:
+    """``--engine``, listing the engines of the registry that work here; an unknown name is refused by the
+    registry itself, with the same one-line message the library gives."""
+    command.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        help=f"patch engine: {' | '.join(available_engines())} (default {DEFAULT_ENGINE})",
+    )
+
+
+def add_sign_key_option(command: argparse.ArgumentParser, help_text: str) -> None:
+    command.add_argument("--sign-key", dest="sign_key", type=Path, action="append", help=help_text)
+
+
+def load_sign_keys(args: argparse.Namespace) -> tuple[SigningKey, ...]:
+    """The ``--sign-key`` files, loaded (each a one-line error if unreadable or not a private key)."""
+    from lorien.repo.signing import load_signing_key
+
+    return tuple(load_signing_key(path) for path in args.sign_key or ())

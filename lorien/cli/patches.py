@@ -1,0 +1,110 @@
+"""The delta engine on its own, one file at a time: ``diff`` makes a patch, ``apply`` applies one, ``verify-patch``
+applies without writing, ``patch-info`` describes one. No repository is involved.
+
+Each command's arguments are added next to its handler; the work is done by :mod:`repo.engine`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lorien.cli._options import Commands, add_command, add_engine_option, add_json_option
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from lorien.repo.engine import create_patch
+
+    stats = create_patch(args.old, args.new, args.output, engine=args.engine)
+    print(
+        f"{args.output}: {stats.patch_size} bytes, {100 * stats.ratio:.2f}% of the {stats.target_size}-byte new "
+        f"model (engine {stats.engine}, {stats.seconds:.2f}s)"
+    )
+    return 0
+
+
+def _add_diff(commands: Commands) -> None:
+    command = add_command(
+        commands, "diff", _diff, "create a patch that turns OLD into NEW", doing="making the patch"
+    )
+    command.add_argument("old", type=Path)
+    command.add_argument("new", type=Path)
+    command.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
+    add_engine_option(command)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from lorien.repo.engine import apply_patch
+
+    result = apply_patch(args.old, args.patch, args.output)
+    print(
+        f"{args.output}: {result.target_size} bytes, sha256 {result.target_sha256} verified (engine {result.engine})"
+    )
+    return 0
+
+
+def _add_apply(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "apply",
+        _apply,
+        "apply PATCH to OLD and write the verified result (atomically) to -o",
+        doing="applying the patch",
+    )
+    command.add_argument("old", type=Path)
+    command.add_argument("patch", type=Path)
+    command.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+
+
+def _verify_patch(args: argparse.Namespace) -> int:
+    from lorien.repo.engine import verify_patch
+
+    result = verify_patch(args.old, args.patch)
+    print(f"ok: {args.patch} turns {args.old} into {result.target_size} bytes with sha256 {result.target_sha256}")
+    return 0
+
+
+def _add_verify_patch(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "verify-patch",
+        _verify_patch,
+        "check that PATCH applies to OLD and yields its target; writes nothing",
+        doing="verifying the patch",
+    )
+    command.add_argument("old", type=Path)
+    command.add_argument("patch", type=Path)
+
+
+def _patch_info(args: argparse.Namespace) -> int:
+    from lorien.repo.engine import patch_info, segment_summary
+
+    info = patch_info(args.patch)
+    summary = segment_summary(args.patch)
+    if args.json:
+        print(json.dumps({**info.to_dict(), "segments": summary}, indent=2))
+        return 0
+    for key, value in info.to_dict().items():
+        print(f"{key:<14} {value}")
+    for codec, counts in summary.items():
+        print(
+            f"{'segments':<14} {codec}: {counts['count']} covering {counts['target_bytes']} bytes, "
+            f"payload {counts['payload_bytes']} bytes"
+        )
+    return 0
+
+
+def _add_patch_info(commands: Commands) -> None:
+    command = add_command(
+        commands, "patch-info", _patch_info, "show a patch's header and segments", doing="reading the patch"
+    )
+    command.add_argument("patch", type=Path)
+    add_json_option(command)
+
+
+def register(commands: Commands) -> None:
+    _add_diff(commands)
+    _add_apply(commands)
+    _add_verify_patch(commands)
+    _add_patch_info(commands)

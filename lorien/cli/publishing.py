@@ -1,0 +1,238 @@
+"""The publisher's commands: ``publish`` and ``watch`` (models directory → static repository), ``gc`` (remove
+blobs nothing references any more) and ``nginx-config`` (serve the repository with nginx).
+
+Each command's arguments are added next to its handler; ``publish`` and ``watch`` share their options for the
+models, the repository and the manifests, which end up in one :class:`~publisher.publish.PublishOptions`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorien.cli._options import Commands, add_command, add_engine_option, add_sign_key_option, load_sign_keys
+from lorien.repo.errors import BadInputError
+
+if TYPE_CHECKING:
+    from lorien.publisher.publish import PublishOptions
+
+
+def _add_models_and_repository(command: argparse.ArgumentParser) -> None:
+    """Where publish and watch read models and write the repository, and how many patches they make."""
+    command.add_argument("--models", type=Path, required=True, help="models directory")
+    command.add_argument("--repo", type=Path, required=True, help="repository directory (created if missing)")
+    command.add_argument(
+        "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
+    )
+
+
+def _add_manifest_options(command: argparse.ArgumentParser) -> None:
+    """How publish and watch sign, date and sequence manifests, and which engine makes their patches."""
+    add_sign_key_option(
+        command,
+        "ed25519 private key (lorien keygen); writes manifest.json.sig and index.json.sig. Repeat during a key "
+        "rotation to sign with the old and the new key",
+    )
+    command.add_argument(
+        "--expires-days",
+        dest="expires_days",
+        type=float,
+        default=7.0,
+        help="manifests expire this many days after being written; devices refuse expired ones (default 7; "
+        "0 = never). Re-publishing renews them once half the period has passed",
+    )
+    downgrade = command.add_mutually_exclusive_group()
+    downgrade.add_argument(
+        "--allow-downgrade",
+        dest="allow_downgrade",
+        action="store_const",
+        const=True,
+        help="let devices on a newer (e.g. withdrawn) version install latest; stays set until --forbid-downgrade",
+    )
+    downgrade.add_argument(
+        "--forbid-downgrade",
+        dest="allow_downgrade",
+        action="store_const",
+        const=False,
+        help="undo --allow-downgrade: devices on a newer version keep it instead of installing an older latest "
+        "(the default)",
+    )
+    command.add_argument(
+        "--min-sequence",
+        dest="min_sequence",
+        type=int,
+        default=0,
+        help="start manifest sequences at least here (after rebuilding a repository devices already follow)",
+    )
+    add_engine_option(command)
+
+
+def _publish_options(args: argparse.Namespace, **extra: object) -> PublishOptions:
+    """The options of publish and watch; publish() and the watcher check them."""
+    from lorien.publisher.publish import PublishOptions
+
+    keys = load_sign_keys(args)
+    if len({key.keyid for key in keys}) != len(keys):
+        raise BadInputError("--sign-key: the same key was given twice")
+    return PublishOptions(
+        keep=args.keep,
+        sign_keys=keys,
+        expires_days=args.expires_days,
+        allow_downgrade=args.allow_downgrade,
+        min_sequence=args.min_sequence,
+        **extra,
+    )
+
+
+def _add_grace_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds an unreferenced blob stays before garbage collection (default 3600; 0 = remove now)",
+    )
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from lorien.publisher.publish import publish
+
+    report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
+    for family in report.families:
+        if family.problems:
+            print(f"{family.family}: not published ({len(family.problems)} problem(s))")
+            continue
+        patches = ", ".join(
+            f"{src}→{dst} {stats.patch_size} B ({100 * stats.ratio:.1f}% of full, {stats.seconds:.1f}s)"
+            for src, dst, stats in family.patches_created
+        )
+        state = "manifest updated" if family.manifest_written else "unchanged"
+        print(
+            f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
+            + (f"; new patches: {patches}" if patches else "")
+        )
+    for family in report.refreshed:
+        print(f"{family}: manifest renewed (expiry, sequence or signature)")
+    print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
+    for problem in report.all_problems():
+        print(f"error: {problem}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
+def _add_publish(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "publish",
+        _publish,
+        "publish MODELS/<family>/<version>.<ext> into a static repository",
+        doing="publishing",
+    )
+    _add_models_and_repository(command)
+    _add_manifest_options(command)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from lorien.publisher.watch import Watcher, WatchSettings
+
+    if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
+        raise BadInputError("--keep, --settle and --grace must be >= 0 and --max-patch-ratio in (0, 10]")
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    options = _publish_options(args, max_patch_ratio=args.max_patch_ratio, lenient=True)
+    settings = WatchSettings(
+        args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish
+    )
+    return Watcher(settings).run()
+
+
+def _add_watch(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "watch",
+        _watch,
+        "publish model files as they land (inotify via watchdog), safely",
+        doing="watching and publishing",
+    )
+    _add_models_and_repository(command)
+    command.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds a file's size and mtime must stay unchanged (default 2; renames need none)",
+    )
+    _add_grace_option(command)
+    command.add_argument(
+        "--max-patch-ratio",
+        dest="max_patch_ratio",
+        type=float,
+        default=0.9,
+        help="do not publish a patch larger than this share of the full model (default 0.9)",
+    )
+    command.add_argument(
+        "--after-publish",
+        dest="after_publish",
+        help="shell command run after each publish that changed something ($LORIEN_REPO is set)",
+    )
+    _add_manifest_options(command)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from lorien.publisher.gc import collect_garbage
+    from lorien.repo.lock import repository_lock
+
+    if not args.repo.is_dir():
+        raise BadInputError(f"{args.repo}: repository directory does not exist")
+    with repository_lock(args.repo):
+        report = collect_garbage(args.repo, args.grace)
+    for blob in report.removed:
+        print(f"removed {blob}")
+    for blob, seconds in sorted(report.waiting.items()):
+        print(f"kept {blob}: unreferenced, may go in {seconds:.0f} s")
+    for problem in report.problems:
+        print(f"error: {problem} (nothing deleted)", file=sys.stderr)
+    return 2 if report.problems else 0
+
+
+def _add_gc(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "gc",
+        _gc,
+        "remove blobs no manifest has referenced for --grace seconds",
+        doing="collecting unreferenced blobs",
+    )
+    command.add_argument("repo", type=Path)
+    _add_grace_option(command)
+
+
+def _nginx_config(args: argparse.Namespace) -> int:
+    from lorien.publisher.nginx_config import write_nginx_config
+
+    config = write_nginx_config(args.repo, args.listen, args.prefix, user=args.user)
+    print(f"wrote {config} and {config.parent / 'lorien-site.conf'}; run:")
+    print(f"  nginx -p {config.parent} -c {config} -g 'daemon off;'")
+    return 0
+
+
+def _add_nginx_config(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "nginx-config",
+        _nginx_config,
+        "write an nginx.conf serving a repository (unprivileged)",
+        doing="writing the nginx configuration",
+    )
+    command.add_argument("--repo", type=Path, required=True, help="repository directory")
+    command.add_argument("--listen", required=True, help="HOST:PORT or PORT, e.g. 127.0.0.1:8080")
+    command.add_argument("--prefix", type=Path, required=True, help="directory for nginx.conf, logs/ and tmp/")
+    command.add_argument(
+        "--user", help="workers' user when nginx starts as root (its default, nobody, may not read REPO)"
+    )
+
+
+def register(commands: Commands) -> None:
+    _add_publish(commands)
+    _add_watch(commands)
+    _add_nginx_config(commands)
+    _add_gc(commands)

@@ -1,0 +1,40 @@
+"""``lorien serve``: a repository over HTTP (waitress + Bottle), with the Mallorn seed endpoints.
+
+The handler loads the ``--sign-key`` files (so ``POST /create-patch`` can re-sign what it changes) and hands
+everything to :func:`~publisher.serve.serve`, which runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lorien.cli._options import Commands, add_command, add_sign_key_option, load_sign_keys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lorien.publisher.serve import serve
+
+    keys = load_sign_keys(args)
+    serve(args.repo, host=args.host, port=args.port, admin_token=args.admin_token, sign_keys=keys)
+    return 0
+
+
+def register(commands: Commands) -> None:
+    command = add_command(
+        commands,
+        "serve",
+        _serve,
+        "serve a repository over HTTP (waitress) with the Mallorn seed endpoints",
+        doing="serving the repository",
+    )
+    command.add_argument("repo", type=Path)
+    command.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    command.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
+    command.add_argument("--admin-token", default=None, help="enables POST /create-patch for this bearer token")
+    add_sign_key_option(
+        command,
+        "publisher key: POST /create-patch re-signs the manifest it changes (required for a signed repository)",
+    )

@@ -1,0 +1,67 @@
+"""``lorien device`` flags are derived from the configuration dataclass: one per key, same names as before,
+and their values reach ``load_config`` as the TOML keys they replace."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from lorien.cli import build_parser
+from lorien.device.config import DeviceConfig, ServiceControl, config_flags, load_config, overrides_from_flags
+
+REQUIRED = ["--repo-url", "http://127.0.0.1:1/", "--family", "fam", "--model-path", "m", "--state-dir", "s"]
+
+
+def _overrides(*flags: str) -> dict:
+    return overrides_from_flags(vars(build_parser().parse_args(["device", *flags])))
+
+
+def test_every_config_key_but_the_limits_table_has_its_flag() -> None:
+    assert {flag.key[0] for flag in config_flags()} == {f.name for f in fields(DeviceConfig)} - {"limits"}
+    assert {flag.flag for flag in config_flags()} == {
+        "--repo-url", "--family", "--model-path", "--state-dir", "--host", "--port", "--api-token",
+        "--check-interval", "--callback-url", "--keep-backups", "--health-check", "--health-check-litert",
+        "--health-timeout", "--stop-timeout", "--trusted-key", "--insecure-allow-unsigned", "--service-unit",
+        "--service-command", "--service-pid-file",
+    }  # fmt: skip
+
+
+def test_flags_not_given_override_nothing() -> None:
+    assert _overrides() == {}
+
+
+def test_flag_values_become_the_toml_keys_they_replace() -> None:
+    overrides = _overrides(
+        *REQUIRED,
+        "--port", "8080",
+        "--check-interval", "0.5",
+        "--health-check-litert",
+        "--trusted-key", "old.pub",
+        "--trusted-key", "new.pub",
+        "--service-command", "app --serve",
+        "--service-pid-file", "app.pid",
+    )  # fmt: skip
+    assert overrides == {
+        "repo_url": "http://127.0.0.1:1/",
+        "family": "fam",
+        "model_path": "m",
+        "state_dir": "s",
+        "port": 8080,
+        "check_interval": 0.5,
+        "health_check_litert": True,
+        "trusted_keys": ["old.pub", "new.pub"],
+        "service": {"command": "app --serve", "pid_file": "app.pid"},
+    }
+
+
+def test_flags_pass_the_checks_of_the_config_file() -> None:
+    config = load_config(
+        None,
+        _overrides(
+            *REQUIRED, "--insecure-allow-unsigned", "--service-command", "app --serve", "--service-pid-file", "p"
+        ),
+    )
+    assert config.service.command == ["app", "--serve"] and config.service.pid_file == Path("p")
+    assert config.insecure_allow_unsigned and config.port == 12315
+    unit = load_config(None, _overrides(*REQUIRED, "--insecure-allow-unsigned", "--service-unit", "app.service"))
+    assert unit.service == ServiceControl(unit="app.service")
