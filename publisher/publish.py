@@ -35,7 +35,7 @@ from lorien.publisher.scan import ModelFile, scan_models
 from lorien.repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
 from lorien.repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
 from lorien.repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
-from lorien.repo.fingerprint import fingerprint
+from lorien.repo.fingerprint import fingerprint, sampled_hash
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from lorien.repo.layout import (
     BLOB_DIR,
@@ -427,6 +427,7 @@ def _version_entries(
             md5=digests.md5,
             fingerprint=model_fingerprint,
             blob=blob_path(digests.sha256, model.extension),
+            sampled_sha256=sampled_hash(model.path),
         )
         entries.append((model, entry, digests))
     return entries

@@ -11,6 +11,10 @@ Known flaw we keep for compatibility but never rely on: for files under 68 KiB b
 ``combined_hash`` is all zeros and every small file has ``short_id == "0000000000000000"``. Versions are
 therefore identified by ``(file_size, header_hash, tail_hash)`` (:meth:`Fingerprint.matches`), and a lookup by
 ``short_id`` alone must report ambiguity instead of guessing.
+
+Also here, lorien's own extension (never part of the fingerprint): :func:`sampled_hash`, a SHA-256 over 64
+blocks of 4 KiB spread evenly over the file, which tells apart the many files Mallorn's fingerprint cannot
+(releases of one architecture, fine-tunes of one base). Exact algorithm in ``docs/fingerprint.md``.
 """
 
 from __future__ import annotations
@@ -119,3 +123,59 @@ def fingerprint(path: Path | str) -> Fingerprint:
     return Fingerprint(
         detect_format(head[:16]), size, header_digest.hex(), tail_digest.hex(), combined, combined[:16]
     )
+
+
+# --- lorien's sampled hash (an extension; the Mallorn fingerprint above is unchanged) ---------------------------
+
+SAMPLE_BLOCK_SIZE = 4 * 1024
+SAMPLE_BLOCKS = 64
+SAMPLED_WHOLE_FILE_LIMIT = SAMPLE_BLOCK_SIZE * SAMPLE_BLOCKS  # 256 KiB: up to this size the whole file is hashed
+
+
+def sample_offsets(size: int) -> list[int]:
+    """Start offsets of the sampled blocks of a ``size``-byte file (docs/fingerprint.md, "Sampled hash").
+
+    Up to 256 KiB: one "block", the whole file at offset 0. Above: 64 blocks of 4 KiB at
+    ``floor(i * (size - 4096) / 63)`` for i = 0..63 — the first starts the file, the last ends it, none overlap.
+    """
+    if size <= SAMPLED_WHOLE_FILE_LIMIT:
+        return [0]
+    span = size - SAMPLE_BLOCK_SIZE
+    return [i * span // (SAMPLE_BLOCKS - 1) for i in range(SAMPLE_BLOCKS)]
+
+
+def _sampled_digest(size: int, blocks: list[bytes]) -> str:
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    for block in blocks:
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def sampled_hash_bytes(data: bytes) -> str:
+    """:func:`sampled_hash` of an in-memory file."""
+    size = len(data)
+    if size <= SAMPLED_WHOLE_FILE_LIMIT:
+        return _sampled_digest(size, [data])
+    return _sampled_digest(size, [data[o : o + SAMPLE_BLOCK_SIZE] for o in sample_offsets(size)])
+
+
+def sampled_hash(path: Path | str) -> str:
+    """lorien's sampled SHA-256 of a model file, reading at most 256 KiB of it (64 seeks on a large file).
+
+    It tells apart files that Mallorn's fingerprint cannot (same size, first 64 KiB and last 4 KiB: releases of
+    one architecture, fine-tunes of one base) when their weights differ anywhere in the sampled blocks. It is a
+    cheap hint, not an identity: files differing only between the samples share it (then only ``sha256`` helps).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= SAMPLED_WHOLE_FILE_LIMIT:
+                return _sampled_digest(size, [handle.read()])
+            blocks = []
+            for offset in sample_offsets(size):
+                handle.seek(offset)
+                blocks.append(handle.read(SAMPLE_BLOCK_SIZE))
+    except OSError as error:
+        raise FingerprintError(f"{path}: cannot read: {error.strerror}") from None
+    return _sampled_digest(size, blocks)

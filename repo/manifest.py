@@ -60,13 +60,14 @@ class VersionEntry:
     md5: str
     fingerprint: Fingerprint
     blob: str
+    sampled_sha256: str | None = None  # lorien's sampled hash (repo.fingerprint.sampled_hash); optional field
 
     @property
     def format(self) -> str:
         return self.fingerprint.format
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "version": self.version,
             "filename": self.filename,
             "size": self.size,
@@ -75,6 +76,9 @@ class VersionEntry:
             "fingerprint": self.fingerprint.to_dict(),
             "blob": self.blob,
         }
+        if self.sampled_sha256 is not None:
+            data["sampled_sha256"] = self.sampled_sha256
+        return data
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,7 @@ def _parse_version(reader: _Reader) -> VersionEntry:
         md5=reader.str("md5", _HEX32),
         fingerprint=_parse_fingerprint(reader.sub("fingerprint")),
         blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+        sampled_sha256=reader.str("sampled_sha256", _HEX64) if "sampled_sha256" in reader.data else None,
     )
     if entry.fingerprint.file_size != entry.size:
         raise ManifestError(f"{reader.where}: fingerprint.file_size disagrees with size")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -102,92 +101,63 @@ def test_no_traversal_or_hidden_files(live_server: LiveServer, path: str) -> Non
     assert "root:" not in response.text
 
 
-def test_seed_manifest_patch_fingerprint_health(live_server: LiveServer) -> None:
+def test_seed_endpoints_keep_lorien_fields(live_server: LiveServer) -> None:
+    """Mallorn's shapes are checked by tests/test_mallorn_seed.py; here lorien's additional keys."""
     health = requests.get(live_server.url + "health", timeout=10).json()
-    assert health == {"status": "ok", "families": 1, "versions": 3}
+    assert (health["status"], health["families"], health["versions"]) == ("healthy", 1, 3)
     seed = requests.get(live_server.url + "manifest", timeout=10).json()
-    assert {m["version"] for m in seed["models"]} == {"1.0.0", "1.1.0", "1.2.0"}
+    assert {m["version"] for m in seed["models"]} == {"1.0.0", "1.1.0", "1.2.0"} and seed["families"] == [
+        "classifier"
+    ]
+    assert all(len(m["sampled_sha256"]) == 64 for m in seed["models"])
     patch = seed["patches"][0]
+    assert patch["patch_id"] == patch["id"] and patch["family"] == "classifier"
     full = requests.get(live_server.url + patch["url"].lstrip("/"), timeout=10)
     assert full.status_code == 200 and hashlib.sha256(full.content).hexdigest() == patch["sha256"]
-    resumed = requests.get(
-        live_server.url + patch["url"].lstrip("/"), headers={"Range": "bytes=1000-"}, timeout=10
-    )
-    assert resumed.status_code == 206 and resumed.content == full.content[1000:]
-    assert requests.get(live_server.url + "patch/nope", timeout=10).status_code == 404
     fp = requests.get(live_server.url + "fingerprint/classifier_1.0.0", timeout=10).json()
-    assert fp["version"] == "1.0.0" and len(fp["short_id"]) == 16
+    assert fp["version"] == "1.0.0" and len(fp["short_id"]) == 16 and len(fp["sampled_sha256"]) == 64
     assert requests.get(live_server.url + "fingerprint/classifier", timeout=10).json()["version"] == "1.2.0"
     assert requests.get(live_server.url + "fingerprint/classifier@1.1.0", timeout=10).json()["version"] == "1.1.0"
-    assert requests.get(live_server.url + "fingerprint/other", timeout=10).status_code == 404
+    missing = requests.get(live_server.url + "patch/nope", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"] == missing.json()["detail"]
 
 
-def test_check_update(live_server: LiveServer) -> None:
+def test_check_update_lorien_fields(live_server: LiveServer) -> None:
     manifest = _manifest(live_server)
-    old = manifest["versions"][0]["fingerprint"]
-    answer = requests.post(live_server.url + "check-update", json={"short_id": old["short_id"]}, timeout=10).json()
-    assert answer["update_available"] is True
-    assert (answer["current_version"], answer["latest_version"]) == ("1.0.0", "1.2.0")
-    assert answer["patch_url"] == "/patch/classifier_1.0.0_to_1.2.0"
-    assert answer["expected_hash"] == manifest["versions"][-1]["sha256"]
-    latest = manifest["versions"][-1]["fingerprint"]
+    old, latest = manifest["versions"][0], manifest["versions"][-1]
     answer = requests.post(
-        live_server.url + "check-update",
-        json={"short_id": latest["short_id"], "file_size": latest["file_size"]},
-        timeout=10,
+        live_server.url + "check-update", json={"short_id": old["fingerprint"]["short_id"]}, timeout=10
     ).json()
-    assert answer["update_available"] is False and answer["patch_url"] is None
-    unknown = requests.post(live_server.url + "check-update", json={"short_id": "f" * 16}, timeout=10)
-    assert unknown.status_code == 404 and "short_id" in unknown.json()["error"]
-
-
-@pytest.mark.parametrize(
-    ("body", "fragment"),
-    [
-        (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "JSON object"),
-        (json.dumps({"short_id": 5}).encode(), "short_id"),
-        (json.dumps({"short_id": "XYZ"}).encode(), "short_id"),
-        (json.dumps({"short_id": "0" * 16, "file_size": "big"}).encode(), "file_size"),
-        (json.dumps({"short_id": "0" * 16, "header_hash": 1}).encode(), "header_hash"),
-    ],
-)
-def test_check_update_bad_input_is_400(live_server: LiveServer, body: bytes, fragment: str) -> None:
-    response = requests.post(
-        live_server.url + "check-update", data=body, headers={"Content-Type": "application/json"}, timeout=10
+    assert answer["patch_url"] == "/patch/classifier_1.0.0_to_1.2.0" == "/patch/" + answer["patch_id"]
+    assert (answer["family"], answer["full_url"], answer["full_size"]) == (
+        "classifier",
+        "/" + latest["blob"],
+        latest["size"],
     )
-    assert response.status_code == 400 and fragment in response.json()["error"]
+    assert (answer["expected_hash"], answer["expected_md5"]) == (latest["sha256"], latest["md5"])
+    wrong = requests.post(
+        live_server.url + "check-update",
+        json={"short_id": old["fingerprint"]["short_id"], "sha256": latest["sha256"]},
+        timeout=10,
+    )
+    assert wrong.status_code == 200 and wrong.json()["current_version"] == "unknown"  # every field sent must agree
 
 
-def test_check_update_reports_ambiguous_short_ids(tmp_path: Path) -> None:
-    from lorien.publisher.publish import publish
-    from tests.support.processes import start_server
-
-    models = tmp_path / "models"
-    (models / "tiny").mkdir(parents=True)
-    (models / "tiny" / "1.bin").write_bytes(b"first small model")
-    (models / "tiny" / "2.bin").write_bytes(b"second small model, longer")
-    assert publish(models, tmp_path / "repo").ok
-    server = start_server(tmp_path / "repo")
-    try:
-        response = requests.post(server.url + "check-update", json={"short_id": "0" * 16}, timeout=10)
-        assert response.status_code == 409 and "ambiguous" in response.json()["error"]
-        exact = requests.post(
-            server.url + "check-update", json={"short_id": "0" * 16, "file_size": 17}, timeout=10
-        )
-        assert exact.status_code == 200 and exact.json()["current_version"] == "1"
-    finally:
-        server.process.terminate()
-        server.process.wait(timeout=10)
+def test_check_update_body_limit_and_unknown_route(live_server: LiveServer) -> None:
+    large = requests.post(live_server.url + "check-update", data=b" " * (65 * 1024), timeout=10)
+    assert large.status_code == 413 and "limit" in large.json()["detail"]
+    unknown = requests.post(live_server.url + "nope", timeout=10)
+    assert unknown.status_code == 405 and unknown.headers["Content-Type"] == "application/json"
+    assert unknown.json()["error"] == unknown.json()["detail"]
 
 
 def test_create_patch_requires_admin_token_and_creates(live_server: LiveServer) -> None:
     url = live_server.url + "create-patch?source_version=1.0.0&target_version=1.1.0"
     assert requests.post(url, timeout=10).status_code == 401
     assert requests.post(url, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
-    created = requests.post(url, headers={"Authorization": "Bearer s3cret"}, timeout=60)
-    assert created.status_code == 201, created.text
-    assert created.json()["id"] == "classifier_1.0.0_to_1.1.0"
+    created = requests.post(url, headers={"X-Admin-Token": "s3cret"}, timeout=60)
+    assert created.status_code == 200 and created.json()["created"] is True, created.text
+    assert created.json()["id"] == created.json()["patch_id"] == "classifier_1.0.0_to_1.1.0"
     manifest = _manifest(live_server)
     assert manifest["sequence"] == 2
     assert "classifier_1.0.0_to_1.1.0" in {p["id"] for p in manifest["patches"]}
@@ -198,7 +168,7 @@ def test_create_patch_requires_admin_token_and_creates(live_server: LiveServer) 
         headers={"Authorization": "Bearer s3cret"},
         timeout=10,
     )
-    assert missing.status_code == 400
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["query", "target_version"]
     unknown = requests.post(
         live_server.url + "create-patch?source_version=1.0.0&target_version=9",
         headers={"Authorization": "Bearer s3cret"},
