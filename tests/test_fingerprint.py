@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorien.repo.errors import FingerprintError
-from lorien.repo.fingerprint import detect_format, fingerprint, fingerprint_bytes
+from lorien.repo.fingerprint import detect_format, fingerprint, fingerprint_bytes, sampled_hash
 from tests.support.processes import run_lorien
 
 KIB = 1024
@@ -105,8 +105,10 @@ def test_cli_json_keys(tmp_path: Path) -> None:
     result = run_lorien("fingerprint", path, "--json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"format", "file_size", "header_hash", "tail_hash", "combined_hash", "short_id"}
+    mallorn_fields = {"format", "file_size", "header_hash", "tail_hash", "combined_hash", "short_id"}
+    assert set(document) == mallorn_fields | {"sampled_sha256"}
     assert document["combined_hash"] == expected(data)["combined_hash"]
+    assert document["sampled_sha256"] == sampled_hash(path)
 
 
 def test_cli_error_exit_code(tmp_path: Path) -> None:

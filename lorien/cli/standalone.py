@@ -14,13 +14,16 @@ from lorien.cli._options import Commands, add_command, add_json_option
 
 
 def _fingerprint(args: argparse.Namespace) -> int:
-    from lorien.repo.fingerprint import fingerprint
+    from lorien.repo.fingerprint import fingerprint, sampled_hash
 
     result = fingerprint(args.file)
+    # The Mallorn fields, then lorien's sampled hash (what a lorien-aware client sends to /check-update when
+    # several versions share one Mallorn identity, docs/fingerprint.md).
+    fields = {**result.to_dict(), "sampled_sha256": sampled_hash(args.file)}
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(fields, indent=2))
     else:
-        for key, value in result.to_dict().items():
+        for key, value in fields.items():
             print(f"{key:<14} {value}")
         if result.short_id_is_ambiguous:
             print("note: files under 68 KiB all share this short_id; identify them by size + header/tail hash")
