@@ -53,11 +53,6 @@ class Stage(StrEnum):
     ROLLING_BACK = "rolling_back"
     FAILED = "failed"
 
-    @property
-    def busy(self) -> bool:
-        """An operation was running in this stage (after a restart: one was interrupted)."""
-        return self not in (Stage.IDLE, Stage.FAILED)
-
 
 class Phase(StrEnum):
     """Where a deploy is, persisted before each step: the model path may have changed only from ``replaced`` on."""
@@ -149,27 +144,29 @@ class Situation:
 
 
 ANY = "*"
-_REPLACED = (Phase.REPLACED, Phase.HEALTH)
-_DEPLOY_PHASES = tuple(Phase)
-_NEW = (OnDisk.NEW, OnDisk.SAME)
-_OLD = (OnDisk.OLD, OnDisk.SAME)
-_RESUMABLE = (Stage.DOWNLOADING, Stage.APPLYING, Stage.DEPLOYING)
-_IDLE_STAGES = (Stage.IDLE, Stage.FAILED)
+_IDLE, _DEPLOYING, _ROLLING_BACK = (Stage.IDLE, Stage.FAILED), (Stage.DEPLOYING,), (Stage.ROLLING_BACK,)
+_RESUMABLE, _DOWNLOADING = (Stage.DOWNLOADING, Stage.APPLYING, Stage.DEPLOYING), (Stage.DOWNLOADING,)
+_NO_OP, _UPDATE, _TOPE = (None,), (Kind.UPDATE_LATEST,), (Kind.DOWNLOAD,)  # _TOPE: a package download
+_PHASED, _REPLACED = tuple(Phase), (Phase.REPLACED, Phase.HEALTH)
+_NEW, _OLD = (OnDisk.NEW, OnDisk.SAME), (OnDisk.OLD, OnDisk.SAME)
+_YES, _NO = (True,), (False,)
 
-# First matching row wins; ANY matches every value. Columns: stage, operation kind, deploy phase, model on disk,
-# candidate present, health retries left → action. docs/device.md prints the same table.
+# First matching row wins; ANY matches every value. docs/device.md prints the same table.
+# fmt: off
 HEAL_TABLE: tuple[tuple[Any, Any, Any, Any, Any, Any, Heal], ...] = (
-    (_IDLE_STAGES, ANY, ANY, ANY, ANY, ANY, Heal.NOTHING),
-    (ANY, (None,), ANY, ANY, ANY, ANY, Heal.RESET),
-    ((Stage.ROLLING_BACK,), ANY, ANY, ANY, ANY, ANY, Heal.RESUME_ROLLBACK),
-    ((Stage.DEPLOYING,), ANY, _REPLACED, _NEW, ANY, (True,), Heal.RECHECK),
-    ((Stage.DEPLOYING,), ANY, _REPLACED, _NEW, ANY, (False,), Heal.ROLL_BACK_SUSPECT),
-    ((Stage.DEPLOYING,), ANY, _DEPLOY_PHASES, _OLD, (True,), ANY, Heal.REDEPLOY),
-    ((Stage.DEPLOYING,), ANY, _DEPLOY_PHASES, ANY, ANY, ANY, Heal.ROLL_BACK_UNKNOWN),
-    (_RESUMABLE, (Kind.UPDATE_LATEST,), ANY, ANY, ANY, ANY, Heal.RESUME_UPDATE),
-    ((Stage.DOWNLOADING,), (Kind.DOWNLOAD,), ANY, ANY, ANY, ANY, Heal.RESTART_DOWNLOAD),
-    (ANY, ANY, ANY, ANY, ANY, ANY, Heal.GIVE_UP),
+    # stage, operation kind, deploy phase, model on disk, candidate present, health retries left → action
+    (_IDLE,          ANY,     ANY,       ANY,   ANY,   ANY,   Heal.NOTHING),
+    (ANY,            _NO_OP,  ANY,       ANY,   ANY,   ANY,   Heal.RESET),
+    (_ROLLING_BACK,  ANY,     ANY,       ANY,   ANY,   ANY,   Heal.RESUME_ROLLBACK),
+    (_DEPLOYING,     ANY,     _REPLACED, _NEW,  ANY,   _YES,  Heal.RECHECK),
+    (_DEPLOYING,     ANY,     _REPLACED, _NEW,  ANY,   _NO,   Heal.ROLL_BACK_SUSPECT),
+    (_DEPLOYING,     ANY,     _PHASED,   _OLD,  _YES,  ANY,   Heal.REDEPLOY),
+    (_DEPLOYING,     ANY,     _PHASED,   ANY,   ANY,   ANY,   Heal.ROLL_BACK_UNKNOWN),
+    (_RESUMABLE,     _UPDATE, ANY,       ANY,   ANY,   ANY,   Heal.RESUME_UPDATE),
+    (_DOWNLOADING,   _TOPE,   ANY,       ANY,   ANY,   ANY,   Heal.RESTART_DOWNLOAD),
+    (ANY,            ANY,     ANY,       ANY,   ANY,   ANY,   Heal.GIVE_UP),
 )
+# fmt: on
 
 
 def heal_action(situation: Situation) -> Heal:
