@@ -3,9 +3,9 @@
 One operation runs at a time in a background thread; the HTTP API only starts operations and reads
 :meth:`Updater.status_view` / :meth:`Updater.status`. Data flows through the modules like this::
 
-    fetch manifest + .sig (repo.trust.read_signed) ─▶ trusted.verify_manifest (pure) ─▶ persist the record
-      ─▶ plan.cheapest_plan ─▶ download each step (repo.download: resumable, size + MD5 + SHA-256)
-      ─▶ apply patches in tmp/ (repo.engine, each result's SHA-256 checked) ─▶ deploy.Deployer
+    fetch manifest + .sig (repo.trust.read_signed) ─▶ trusted.verify_manifest (no I/O) ─▶ persist the record
+      ─▶ plan.cheapest_plan ─▶ steps.download_steps (resumable; size + MD5 + SHA-256)
+      ─▶ steps.apply_steps (patches in tmp/, each result's SHA-256 checked) ─▶ deploy.Deployer.deploy
 
 Every stage transition is persisted in ``state.json`` *before* the work it announces (``state`` has the
 diagram), so :meth:`Updater.heal` can finish or undo after a crash or power cut, by ``state.HEAL_TABLE``:
