@@ -5,6 +5,10 @@ Mutating requests (POST) need ``Authorization: Bearer <api_token>`` when a token
 constant time). Bodies are bounded (413), every field is type- and range-checked (400 naming the field), and a
 request that fails validation changes nothing. Long work runs in the updater's background thread, so the API
 stays responsive; a second operation while one runs gets 409.
+
+``ROUTES`` lists every endpoint; ``_answer`` is the one place that checks the token, parses the body, calls the
+handler and maps errors to status codes (Busy and UpdateFailed 409, NetworkError 502, other LorienError 422).
+Handlers use only the updater's public methods (``status_view``, ``status``, ``check``, operations).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +25,7 @@ from urllib.parse import urlsplit
 import bottle
 import waitress
 
-from lorien.device.state import DEPLOYING
+from lorien.device.state import Stage
 from lorien.device.updater import Updater
 from lorien.repo.errors import Busy, LorienError, NetworkError, UpdateFailed
 
@@ -75,93 +80,91 @@ def _field(data: dict[str, Any], name: str, kind: type, pattern: re.Pattern[str]
     return value
 
 
+Handler = Callable[[Updater, dict[str, Any]], tuple[str, Any]]  # (updater, JSON body) → (msg, data)
+
+
+def _download(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
+    limits = updater.config.limits
+    version = _field(body, "version", str, _VERSION)
+    url = _field(body, "package_url", str)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiError(400, "package_url: must be an http:// or https:// URL")
+    name = _field(body, "package_name", str, _NAME)
+    if name in (".", ".."):
+        raise ApiError(400, "package_name: must be a file name")
+    size = _field(body, "package_size", int)
+    if not 0 < size <= limits.max_blob_bytes:
+        raise ApiError(400, f"package_size: must be from 1 to {limits.max_blob_bytes}")
+    md5 = _field(body, "package_md5", str, _MD5)
+    updater.download_package(version, url, name, size, md5)
+    return "download started", {"version": version}
+
+
+def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
+    version = _field(body, "version", str, _VERSION)
+    updater.install_package(version)
+    return "update started", {"version": version}
+
+
+def _update_latest(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
+    updater.update_latest()
+    return "update started", {}
+
+
+def _rollback(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
+    updater.rollback()
+    return "rollback started", {}
+
+
+# Every route. POST routes need the token (when one is configured) and have their body parsed (bounded, a JSON
+# object or empty) before the handler runs; GET routes read no body.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/download", _download),
+    ("POST", "/update", _update),
+    ("GET", "/progress", lambda updater, body: ("success", updater.status_view().progress)),
+    ("POST", "/check", lambda updater, body: ("success", updater.check().to_dict())),
+    ("POST", "/update-latest", _update_latest),
+    ("POST", "/rollback", _rollback),
+    ("GET", "/status", lambda updater, body: ("success", updater.status())),
+)
+
+
+def _answer(updater: Updater, token: str | None, method: str, handler: Handler) -> str:
+    """Token (POST), body (POST), the handler, and its result or error as the envelope."""
+    try:
+        body: dict[str, Any] = {}
+        if method == "POST":
+            if token:
+                given = bottle.request.get_header("Authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <api_token>)")
+            body = _read_body(updater.config.limits.max_request_body)
+        message, data = handler(updater, body)
+        return _envelope(200, message, data)
+    except ApiError as error:
+        return _envelope(error.status, str(error))
+    except Busy as error:
+        return _envelope(409, str(error), {"stage": updater.status_view().stage})
+    except UpdateFailed as error:
+        return _envelope(409, str(error))
+    except NetworkError as error:
+        return _envelope(502, f"repository unreachable or bad: {error}")
+    except LorienError as error:
+        return _envelope(422, str(error))
+
+
 def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
     app = bottle.Bottle()
-    limits = updater.config.limits
-
-    def _body() -> dict[str, Any]:
-        return _read_body(limits.max_request_body)
-
-    def endpoint(method: str, path: str, mutating: bool) -> Callable:
-        def decorate(handler: Callable[[], tuple[str, Any]]) -> Callable:
-            def wrapped() -> str:
-                try:
-                    if mutating and token:
-                        given = bottle.request.get_header("Authorization", "")
-                        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                            raise ApiError(
-                                401, "missing or wrong bearer token (Authorization: Bearer <api_token>)"
-                            )
-                    message, data = handler()
-                    return _envelope(200, message, data)
-                except ApiError as error:
-                    return _envelope(error.status, str(error))
-                except Busy as error:
-                    return _envelope(409, str(error), {"stage": updater.state.get("stage")})
-                except UpdateFailed as error:
-                    return _envelope(409, str(error))
-                except NetworkError as error:
-                    return _envelope(502, f"repository unreachable or bad: {error}")
-                except LorienError as error:
-                    return _envelope(422, str(error))
-
-            app.route(f"{PREFIX}{path}", method=method, callback=wrapped)
-            return wrapped
-
-        return decorate
-
-    @endpoint("POST", "/download", mutating=True)
-    def download() -> tuple[str, Any]:
-        data = _body()
-        version = _field(data, "version", str, _VERSION)
-        url = _field(data, "package_url", str)
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ApiError(400, "package_url: must be an http:// or https:// URL")
-        name = _field(data, "package_name", str, _NAME)
-        if name in (".", ".."):
-            raise ApiError(400, "package_name: must be a file name")
-        size = _field(data, "package_size", int)
-        if not 0 < size <= limits.max_blob_bytes:
-            raise ApiError(400, f"package_size: must be from 1 to {limits.max_blob_bytes}")
-        md5 = _field(data, "package_md5", str, _MD5)
-        updater.download_package(version, url, name, size, md5)
-        return "download started", {"version": version}
-
-    @endpoint("POST", "/update", mutating=True)
-    def update() -> tuple[str, Any]:
-        version = _field(_body(), "version", str, _VERSION)
-        updater.install_package(version)
-        return "update started", {"version": version}
-
-    @endpoint("GET", "/progress", mutating=False)
-    def progress() -> tuple[str, Any]:
-        return "success", updater.progress
-
-    @endpoint("POST", "/check", mutating=True)
-    def check() -> tuple[str, Any]:
-        _body()
-        return "success", updater.check().to_dict()
-
-    @endpoint("POST", "/update-latest", mutating=True)
-    def update_latest() -> tuple[str, Any]:
-        _body()
-        updater.update_latest()
-        return "update started", {}
-
-    @endpoint("POST", "/rollback", mutating=True)
-    def rollback() -> tuple[str, Any]:
-        _body()
-        updater.rollback()
-        return "rollback started", {}
-
-    @endpoint("GET", "/status", mutating=False)
-    def status() -> tuple[str, Any]:
-        return "success", updater.status()
-
+    for method, path, handler in ROUTES:
+        app.route(f"{PREFIX}{path}", method=method, callback=_route(updater, token, method, handler))
     for code in (404, 405, 500):
         app.error(code)(lambda error: _envelope(error.status_code, error.status_line))
     return app
+
+
+def _route(updater: Updater, token: str | None, method: str, handler: Handler) -> Callable[[], str]:
+    return lambda: _answer(updater, token, method, handler)
 
 
 def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
@@ -187,8 +190,6 @@ def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
 
 
 def _periodic_checks(updater: Updater) -> Callable[[], None]:
-    import threading
-
     interval = updater.config.check_interval
     stopped = threading.Event()
     if interval <= 0:
@@ -196,7 +197,8 @@ def _periodic_checks(updater: Updater) -> Callable[[], None]:
 
     def loop() -> None:
         while not stopped.wait(interval):
-            if updater.busy or updater.state.get("stage") == DEPLOYING:
+            view = updater.status_view()
+            if view.busy or view.stage == Stage.DEPLOYING:
                 continue
             try:
                 updater.update_latest(retry_rejected=False)

@@ -1,7 +1,10 @@
-"""Telling the world: logging (rotating file + stdout for journald) and best-effort callbacks.
+"""Telling the world: logging (rotating file + stdout for journald), best-effort callbacks, and the progress
+that ``GET /progress`` shows.
 
-Callbacks are POSTed from one background thread with short timeouts; a full queue drops the oldest news
-rather than ever blocking an update.
+:class:`Reporter` is where the pipeline announces news: a stage change is persisted in ``state.json`` first
+(``enter``), then shown, logged and sent to the callback URL (``report``); download progress is only shown
+(``show``). Callbacks are POSTed from one background thread with short timeouts; a full queue drops the oldest
+news rather than ever blocking an update.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from lorien.device.state import Stage, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +65,29 @@ class Callbacks:
                 session.post(self.url, json=event, timeout=self.timeout)
             except requests.RequestException as error:
                 log.debug("callback to %s failed: %s", self.url, error)
+
+
+class Reporter:
+    """The current ``{stage, progress, message, error}`` of one device, and the news about it."""
+
+    def __init__(self, family: str, state: StateStore, callbacks: Callbacks) -> None:
+        self._family = family
+        self._state = state
+        self._callbacks = callbacks
+        self._current: dict[str, Any] = {"stage": state.stage(), "progress": 0, "message": "", "error": None}
+
+    def current(self) -> dict[str, Any]:
+        return dict(self._current)
+
+    def show(self, stage: Stage, message: str, percent: float, error: str | None = None) -> None:
+        self._current = {"stage": stage, "progress": round(percent, 1), "message": message, "error": error}
+
+    def report(self, stage: Stage, message: str, percent: float, error: str | None = None) -> None:
+        self.show(stage, message, percent, error)
+        log.info("%s: %s", stage, message)
+        self._callbacks.send({"family": self._family, **self._current})
+
+    def enter(self, stage: Stage, message: str, percent: float = 0.0) -> None:
+        """Persist ``stage`` (before the work it announces), then report it."""
+        self._state.update(stage=stage)
+        self.report(stage, message, percent)

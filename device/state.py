@@ -1,13 +1,27 @@
-"""The updater's explicit states and their persistence in ``state.json`` (atomic write at every transition).
+"""The updater's explicit states, the record of the operation in progress, and what ``heal`` does after a crash.
 
-Stages (Mender/RAUC style, one operation at a time)::
+Everything here is persisted in ``state.json`` (atomic write at every transition, *before* the work it
+announces). Stages, exactly as the updater moves between them (one operation at a time)::
 
-    idle → checking → downloading → applying → deploying → idle (success)
-                                                  └→ rolling_back → idle (failed, old model restored)
-    any stage → failed (nothing deployed; the model path was never touched)
+    idle|failed ─update-latest─▶ checking ─▶ downloading ─▶ applying ─▶ deploying ─▶ idle     installed
+                                    └─────▶ idle     up to date, or latest was rolled back here (periodic check)
+    idle|failed ─download─▶ downloading ─▶ idle                                        TOPE package verified
+    idle|failed ─install|rollback─▶ deploying ─▶ idle
+    deploying ─health check fails, or an error once the model was replaced─▶ rolling_back ─▶ failed
+    checking|downloading|applying|deploying ─error─▶ failed    model path untouched (a stopped service is
+        restarted); install and rollback also fail from idle|failed before they deploy (package changed, …)
 
-``deploying`` records a ``phase`` (stopping → backed_up → replaced → started → health) so that a restart after a
-crash knows whether the model path holds the old or the new model and can finish or roll back.
+  after a restart (``Updater.heal``, by HEAL_TABLE below):
+    any busy stage without a recorded operation ─▶ idle
+    rolling_back ─▶ rolling_back ─▶ failed
+    deploying (with a phase) ─▶ deploying (health check again, or the deploy again) | rolling_back ─▶ failed
+    downloading|applying|deploying (no phase yet), update-latest ─▶ downloading ─▶ applying ─▶ …
+    downloading, TOPE download ─▶ idle ─▶ downloading ─▶ idle
+    any other busy stage ─▶ failed
+
+``deploying`` records a :class:`Phase` in the operation: stopping → backed_up → replaced → health (health again
+after a restart; stopping again when the deploy is redone), so that a restart knows whether the model path can
+hold the new model (only from ``replaced`` on) and can finish or roll back.
 """
 
 from __future__ import annotations
@@ -16,30 +30,167 @@ import json
 import logging
 import threading
 from copy import deepcopy
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from lorien.device.plan import Step
 from lorien.repo.atomic import atomic_write_bytes
 from lorien.repo.manifest import utc_now
 
 log = logging.getLogger(__name__)
 
-IDLE, CHECKING, DOWNLOADING, APPLYING, DEPLOYING, ROLLING_BACK, FAILED = (
-    "idle",
-    "checking",
-    "downloading",
-    "applying",
-    "deploying",
-    "rolling_back",
-    "failed",
-)
-BUSY_STAGES = {CHECKING, DOWNLOADING, APPLYING, DEPLOYING, ROLLING_BACK}
 HISTORY = 20
+
+
+class Stage(StrEnum):
+    IDLE = "idle"
+    CHECKING = "checking"
+    DOWNLOADING = "downloading"
+    APPLYING = "applying"
+    DEPLOYING = "deploying"
+    ROLLING_BACK = "rolling_back"
+    FAILED = "failed"
+
+
+class Phase(StrEnum):
+    """Where a deploy is, persisted before each step: the model path may have changed only from ``replaced`` on."""
+
+    STOPPING = "stopping"
+    BACKED_UP = "backed_up"
+    REPLACED = "replaced"
+    HEALTH = "health"
+
+
+class Kind(StrEnum):
+    UPDATE_LATEST = "update-latest"
+    DOWNLOAD = "download"
+    INSTALL = "install"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """The operation in progress, persisted as the ``op`` object of ``state.json`` (unset fields are left out)."""
+
+    kind: Kind
+    target: str | None = None  # version name (None: unknown, e.g. a manual rollback to an unnamed model)
+    target_sha256: str | None = None
+    steps: tuple[Step, ...] | None = None  # update-latest: the plan's downloads
+    previous: dict[str, Any] | None = None  # update-latest: the installed model when planned (plan.Installed)
+    candidate: str | None = None  # the verified file to deploy
+    phase: Phase | None = None  # deploying only
+    previous_sha256: str | None = None  # the model path's content before the deploy
+    backup: str | None = None
+    health_attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {field.name: getattr(self, field.name) for field in fields(self)}
+        if self.steps is not None:
+            data["steps"] = [step.to_dict() for step in self.steps]
+        return {key: value for key, value in data.items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Operation:
+        known = {field.name for field in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        values["kind"] = Kind(values["kind"])
+        if values.get("steps") is not None:
+            values["steps"] = tuple(Step.from_dict(step) for step in values["steps"])
+        if values.get("phase") is not None:
+            values["phase"] = Phase(values["phase"])
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------------ healing
+
+
+class OnDisk(StrEnum):
+    """What the model path holds during an interrupted deploy (compared by SHA-256)."""
+
+    NEW = "new"  # the deploy's target
+    OLD = "old"  # what was there before the deploy
+    SAME = "new=old"  # both: the target has the same bytes as the previous model (e.g. a rollback to a twin)
+    OTHER = "other"
+    UNCHECKED = "-"  # not hashed: only a deploy with a phase needs it
+
+
+class Heal(StrEnum):
+    """What ``heal`` does (``Updater.heal`` runs it)."""
+
+    NOTHING = "nothing"
+    RESET = "reset"  # stage back to idle: the crash came before the operation was recorded
+    RESUME_ROLLBACK = "resume-rollback"
+    RECHECK = "recheck"  # start the service (unless running) and run the health check again
+    ROLL_BACK_SUSPECT = "roll-back-suspect"  # the device died during every health check: the model is the suspect
+    REDEPLOY = "redeploy"  # the deploy again from its start, with the same candidate
+    ROLL_BACK_UNKNOWN = "roll-back-unknown"  # restore the backup
+    RESUME_UPDATE = "resume-update"  # download (resuming .part files), apply, deploy
+    RESTART_DOWNLOAD = "restart-download"  # the TOPE package download again (resuming its .part)
+    GIVE_UP = "give-up"  # the operation ends as failed; the model path was not touched
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What ``heal`` looks at after a restart."""
+
+    stage: Stage
+    kind: Kind | None  # None: no operation recorded
+    phase: Phase | None
+    on_disk: OnDisk
+    candidate: bool  # the verified file to deploy is still there
+    health_retries_left: bool
+
+
+ANY = "*"
+_IDLE, _DEPLOYING, _ROLLING_BACK = (Stage.IDLE, Stage.FAILED), (Stage.DEPLOYING,), (Stage.ROLLING_BACK,)
+_RESUMABLE, _DOWNLOADING = (Stage.DOWNLOADING, Stage.APPLYING, Stage.DEPLOYING), (Stage.DOWNLOADING,)
+_NO_OP, _UPDATE, _TOPE = (None,), (Kind.UPDATE_LATEST,), (Kind.DOWNLOAD,)  # _TOPE: a package download
+_PHASED, _REPLACED = tuple(Phase), (Phase.REPLACED, Phase.HEALTH)
+_NEW, _OLD = (OnDisk.NEW, OnDisk.SAME), (OnDisk.OLD, OnDisk.SAME)
+_YES, _NO = (True,), (False,)
+
+# First matching row wins; ANY matches every value. docs/device.md prints the same table.
+# fmt: off
+HEAL_TABLE: tuple[tuple[Any, Any, Any, Any, Any, Any, Heal], ...] = (
+    # stage, operation kind, deploy phase, model on disk, candidate present, health retries left → action
+    (_IDLE,          ANY,     ANY,       ANY,   ANY,   ANY,   Heal.NOTHING),
+    (ANY,            _NO_OP,  ANY,       ANY,   ANY,   ANY,   Heal.RESET),
+    (_ROLLING_BACK,  ANY,     ANY,       ANY,   ANY,   ANY,   Heal.RESUME_ROLLBACK),
+    (_DEPLOYING,     ANY,     _REPLACED, _NEW,  ANY,   _YES,  Heal.RECHECK),
+    (_DEPLOYING,     ANY,     _REPLACED, _NEW,  ANY,   _NO,   Heal.ROLL_BACK_SUSPECT),
+    (_DEPLOYING,     ANY,     _PHASED,   _OLD,  _YES,  ANY,   Heal.REDEPLOY),
+    (_DEPLOYING,     ANY,     _PHASED,   ANY,   ANY,   ANY,   Heal.ROLL_BACK_UNKNOWN),
+    (_RESUMABLE,     _UPDATE, ANY,       ANY,   ANY,   ANY,   Heal.RESUME_UPDATE),
+    (_DOWNLOADING,   _TOPE,   ANY,       ANY,   ANY,   ANY,   Heal.RESTART_DOWNLOAD),
+    (ANY,            ANY,     ANY,       ANY,   ANY,   ANY,   Heal.GIVE_UP),
+)
+# fmt: on
+
+
+def heal_action(situation: Situation) -> Heal:
+    """The first row of :data:`HEAL_TABLE` that matches ``situation``."""
+    values = (
+        situation.stage,
+        situation.kind,
+        situation.phase,
+        situation.on_disk,
+        situation.candidate,
+        situation.health_retries_left,
+    )
+    for *columns, action in HEAL_TABLE:
+        if all(column == ANY or value in column for column, value in zip(columns, values, strict=True)):
+            return action
+    raise AssertionError("HEAL_TABLE ends with a row that matches everything")
+
+
+# ------------------------------------------------------------------------------------------ persistence
 
 
 def _empty() -> dict[str, Any]:
     return {
-        "stage": IDLE,
+        "stage": Stage.IDLE,
         "op": None,
         "package": None,
         "installed": None,
@@ -85,19 +236,30 @@ class StateStore:
         with self._lock:
             return deepcopy(self._data.get(key))
 
+    def stage(self) -> Stage:
+        return Stage(self.get("stage"))
+
+    def operation(self) -> Operation | None:
+        op = self.get("op")
+        return Operation.from_dict(op) if op else None
+
     def update(self, **changes: Any) -> None:
         """Apply changes and persist atomically before returning."""
         with self._lock:
             self._data.update(deepcopy(changes))
             atomic_write_bytes(self.path, (json.dumps(self._data, indent=2, sort_keys=True) + "\n").encode())
 
-    def update_op(self, **changes: Any) -> None:
-        with self._lock:
-            op = deepcopy(self._data.get("op") or {})
-            op.update(changes)
-            self.update(op=op)
+    def begin(self, operation: Operation, **changes: Any) -> None:
+        self.update(op=operation.to_dict(), **changes)
 
-    def finish(self, ok: bool, message: str, version: str | None, stage: str = IDLE) -> None:
+    def update_op(self, **changes: Any) -> None:
+        """Change fields of the operation in progress (``Operation`` field names)."""
+        with self._lock:
+            operation = self.operation()
+            assert operation is not None, "update_op without an operation in progress"
+            self.begin(replace(operation, **changes))
+
+    def finish(self, ok: bool, message: str, version: str | None, stage: Stage = Stage.IDLE) -> None:
         result = {"ok": ok, "message": message, "version": version, "at": utc_now()}
         with self._lock:
             op = self._data.get("op") or {}

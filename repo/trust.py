@@ -2,8 +2,11 @@
 
 Data flow for one document (a family manifest or ``index.json``)::
 
-    fetch <path>.sig and <path> (bounded) ─▶ verify the exact bytes against the trusted keys (repo.signing)
-        ─▶ parse (repo.manifest, strict)  ─▶ freshness: not expired, sequence not below the highest accepted
+    fetch <path>.sig and <path> (bounded, read_signed) ─▶ verify the exact bytes against the trusted keys
+        (verify_signature, no I/O: repo.signing) ─▶ parse (repo.manifest, strict)
+        ─▶ freshness (check_freshness): not expired, sequence not below the highest accepted
+
+``read_verified`` is the first two steps; a caller that checks more (the device) passes all four to ``read_signed``.
 
 Unsigned metadata is only used when the caller explicitly allows it (``insecure_allow_unsigned``), and that is
 logged as a warning every time. A signature that does not match is fetched again (twice, one second apart)
@@ -17,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from lorien.repo.errors import FreshnessError, NetworkError, SignatureError
 from lorien.repo.fetch import Fetcher
@@ -27,6 +31,7 @@ from lorien.repo.signing import TrustedKey, signature_path, verify_document
 log = logging.getLogger(__name__)
 
 SIGNATURE_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,42 +47,74 @@ class VerifiedDocument:
     keyid: str | None  # None: used unsigned, by policy
 
 
-def read_verified(
-    fetcher: Fetcher, path: str, policy: TrustPolicy, sleep: Callable[[float], None] = time.sleep
-) -> VerifiedDocument:
-    """The bytes of ``path`` once their signature checks out (or unsigned use is allowed), else SignatureError."""
-    if not policy.trusted_keys:  # nothing could verify a signature: do not fetch one
+@dataclass(frozen=True)
+class SignedDocument:
+    """A document's bytes as fetched, with its detached signature. ``signature`` is None when none was fetched
+    (no trusted keys) or fetching it failed (``missing`` says why)."""
+
+    data: bytes
+    signature: bytes | None = None
+    missing: str = ""
+
+
+def verify_signature(document: SignedDocument, path: str, policy: TrustPolicy) -> VerifiedDocument:
+    """The document once its signature checks out (or unsigned use is allowed), else SignatureError. No I/O."""
+    if not policy.trusted_keys:
         if not policy.allow_unsigned:
             raise SignatureError(f"{path}: no trusted keys configured to verify it with")
         log.warning("INSECURE: using %s without verifying it (no trusted keys)", path)
-        return VerifiedDocument(fetcher.read_document(path, policy.limits.max_document_bytes), None)
+        return VerifiedDocument(document.data, None)
+    try:
+        if document.signature is None:
+            raise SignatureError(
+                f"{path}: no signature ({document.missing}); sign the repository with `lorien publish --sign-key`, "
+                "or set insecure_allow_unsigned = true to accept unsigned metadata (anyone on the path could then "
+                "install anything)"
+            )
+        keyid = verify_document(document.data, path, document.signature, policy.trusted_keys, limits=policy.limits)
+    except SignatureError as error:
+        if not policy.allow_unsigned:
+            raise
+        log.warning("INSECURE: using %s without a valid signature (%s)", path, error)
+        return VerifiedDocument(document.data, None)
+    return VerifiedDocument(document.data, keyid)
+
+
+def read_signed(
+    fetcher: Fetcher,
+    path: str,
+    policy: TrustPolicy,
+    accept: Callable[[SignedDocument], T],
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Fetch ``<path>.sig`` and ``path`` (bounded) and return ``accept(document)``. While ``accept`` raises
+    SignatureError, both are fetched again (``SIGNATURE_ATTEMPTS`` in all, one second apart); other errors end it."""
+    if not policy.trusted_keys:  # nothing could verify a signature: fetch none (nor the document, unless allowed)
+        data = fetcher.read_document(path, policy.limits.max_document_bytes) if policy.allow_unsigned else b""
+        return accept(SignedDocument(data))
     last: SignatureError | None = None
     for attempt in range(SIGNATURE_ATTEMPTS):
         if attempt:
             sleep(1.0)
         try:
-            signature = fetcher.read_document(signature_path(path), policy.limits.max_signature_bytes)
+            signature, missing = fetcher.read_document(signature_path(path), policy.limits.max_signature_bytes), ""
         except NetworkError as error:
-            signature, missing = None, error
+            signature, missing = None, str(error)
         data = fetcher.read_document(path, policy.limits.max_document_bytes)
-        if signature is None:
-            last = SignatureError(
-                f"{path}: no signature ({missing}); sign the repository with `lorien publish --sign-key`, or set "
-                "insecure_allow_unsigned = true to accept unsigned metadata (anyone on the path could then "
-                "install anything)"
-            )
-        else:
-            try:
-                keyid = verify_document(data, path, signature, policy.trusted_keys, limits=policy.limits)
-                return VerifiedDocument(data, keyid)
-            except SignatureError as error:
-                last = error
-        if policy.allow_unsigned:
-            log.warning("INSECURE: using %s without a valid signature (%s)", path, last)
-            return VerifiedDocument(data, None)
+        try:
+            return accept(SignedDocument(data, signature, missing))
+        except SignatureError as error:
+            last = error
         log.warning("%s: %s (attempt %d of %d)", path, last, attempt + 1, SIGNATURE_ATTEMPTS)
     assert last is not None
     raise last
+
+
+def read_verified(
+    fetcher: Fetcher, path: str, policy: TrustPolicy, sleep: Callable[[float], None] = time.sleep
+) -> VerifiedDocument:
+    """The bytes of ``path`` once their signature checks out (or unsigned use is allowed), else SignatureError."""
+    return read_signed(fetcher, path, policy, lambda document: verify_signature(document, path, policy), sleep)
 
 
 def check_freshness(manifest: Manifest, highest_sequence: int, where: str, now: datetime | None = None) -> None:
