@@ -11,7 +11,8 @@ for ``inspect --verify``) and the resumable downloader (repo.download: the devic
       → Transport.get checks the answer          500/502/503/504 → TransientNetworkError (retried); other
                                                  4xx/5xx → NetworkError; a 416 to a range request is returned
                                                  (the caller may already hold the whole file); a 206 must start
-                                                 at the byte asked for; a blob sent compressed is refused
+                                                 at the byte asked for (else retried); a blob sent compressed is
+                                                 refused
       → iterating the Body                       a Content-Length past ``limit`` is refused before the first
                                                  body byte (OversizeError); the chunks stop at ``limit`` (the
                                                  bytes up to it are handed over, then OversizeError); every
@@ -291,12 +292,11 @@ class HttpTransport(Transport):
     def __init__(
         self,
         limits: Limits = DEFAULT_LIMITS,
-        session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(limits, clock, sleep)
-        self.session = session or requests.Session()
+        self.session = requests.Session()
 
     def _open(self, url: str, headers: dict[str, str]) -> Answer:
         timeout = (self.limits.connect_timeout, self.limits.stall_timeout)
