@@ -38,6 +38,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TypeVar
 
 import requests
@@ -289,14 +290,9 @@ class HttpTransport(Transport):
     ``stall_timeout``, bodies read as they arrive (``read1``: a fixed-size read would wait for a whole chunk,
     so a trickling server would never be looked at)."""
 
-    def __init__(
-        self,
-        limits: Limits = DEFAULT_LIMITS,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(limits, clock, sleep)
-        self.session = requests.Session()
+    @cached_property
+    def session(self) -> requests.Session:
+        return requests.Session()
 
     def _open(self, url: str, headers: dict[str, str]) -> Answer:
         timeout = (self.limits.connect_timeout, self.limits.stall_timeout)
