@@ -29,7 +29,7 @@ from lorien.device.deploy import Deployer
 from lorien.device.plan import Plan, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
-from lorien.device.steps import DownloaderFactory, apply_steps, download_steps
+from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
 from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
 from lorien.repo.engine import require_engine
@@ -47,6 +47,7 @@ from lorien.repo.hashing import digest_file, sha256_file
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, utc_now
 from lorien.repo.testhooks import crash_point
+from lorien.repo.transport import Transport
 from lorien.repo.trust import TrustPolicy, read_signed
 from lorien.repo.versions import is_newer
 
@@ -69,15 +70,15 @@ class Updater:
         self,
         config: DeviceConfig,
         callbacks: Callbacks | None = None,
-        downloader_factory: DownloaderFactory | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        """``transport``: how repository files are fetched (default: HTTP with the config's limits; tests pass
+        ``tests/support/simulator.RepositorySimulator``)."""
         self.config = config
         self._state = StateStore(config.state_file)
-        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits)
+        self._transport = transport
+        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
-        self._downloader_factory = downloader_factory or (
-            lambda progress: Downloader(policy=DownloadPolicy(limits=config.limits), on_progress=progress)
-        )
         self._reporter = Reporter(config.family, self._state, callbacks or Callbacks(None))
         self._deployer = Deployer(config, self._state, self._reporter)
         self._run_lock = threading.Lock()
@@ -85,6 +86,10 @@ class Updater:
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._trust_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
+        policy = DownloadPolicy(limits=self.config.limits)
+        return Downloader(policy=policy, on_progress=on_progress, transport=self._transport)
 
     # ------------------------------------------------------------------ operation control
 
@@ -239,7 +244,7 @@ class Updater:
         steps = list(operation.steps)
         self._reporter.enter(Stage.DOWNLOADING, f"downloading {len(steps)} file(s)")
         tmp_dir = self.config.tmp_dir
-        blobs = download_steps(steps, tmp_dir, self.fetcher.url, self._downloader_factory, self._reporter)
+        blobs = download_steps(steps, tmp_dir, self.fetcher.url, self._downloader, self._reporter)
         crash_point("after-download")
         self._reporter.enter(Stage.APPLYING, "applying")
         candidate = apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
@@ -277,7 +282,7 @@ class Updater:
                     progress.percent,
                 )
 
-            self._downloader_factory(on_progress).fetch(DownloadRequest(url, part, size, md5))
+            self._downloader(on_progress).fetch(DownloadRequest(url, part, size, md5))
             os.replace(part, path)
             self._state.update(package={**package, "done": True})
             self._state.finish(True, f"package {name} for {version} downloaded and MD5-verified", version)

@@ -1,57 +1,44 @@
-"""Resumable, bounded, verified HTTP downloads into a ``.part`` file (the device's download client).
+"""Resumable, bounded, verified downloads into a ``.part`` file (the device's download client).
 
-Data flow of :meth:`Downloader.fetch`::
+Data flow of :meth:`Downloader.fetch`, over the transport (repo.transport: ``Get`` → answer checks → bounded,
+rate-guarded body)::
 
-    .part + .part.json (validator, url, size) from an earlier attempt?
-      → GET with ``Range: bytes=N-`` and ``If-Range: <ETag or Last-Modified>`` (no validator → start at 0),
-        always ``Accept-Encoding: identity`` (a compressed body would break offsets and the size bound; one
-        sent anyway is refused)
-      → 206 from N: append · 200: the server ignored the range or the file changed → start again at 0
-        · 416 with a complete file: done · 500/502/503/504: retried like a connection error · other 4xx/5xx:
-        error at once
+    .part + .part.json (validator, url, size) from an earlier attempt, for this URL and size?
+      → yes: Get(url, size, start=N, validator) — ``Range: bytes=N-`` and ``If-Range``; no: start at 0 (a
+        .part without a usable record is discarded). Always ``Accept-Encoding: identity`` (a compressed body
+        would break offsets and the size bound; one sent anyway is refused)
+      → 206 from N: append · 200: the server ignored the range or the file changed → write from 0
+        · 416 with a complete file: done (a shorter one is discarded, the next attempt starts at 0)
+        · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
       → never more than the declared size is read or written: a Content-Length beyond it fails before the
-        body, a body without one is cut at it (both :class:`IntegrityError`, like a digest mismatch)
+        body, a body without one is cut at it (OversizeError: the file is downloaded once more like a digest
+        mismatch, then IntegrityError)
       → a connection error, a stall (no byte for ``limits.stall_timeout``), a body averaging below
-        ``limits.min_rate`` B/s over ``limits.rate_window`` (repo._netio.RateGuard), a short body or a 5xx
-        leaves the ``.part`` in place and retries (bounded, exponential backoff) from where it stopped; after
-        the last attempt :class:`NetworkError` carries the last reason
+        ``limits.min_rate`` B/s over ``limits.rate_window``, a short body or a 5xx leaves the ``.part`` in
+        place; ``policy.retry`` (DOWNLOAD_RETRY: 6 attempts, backoff 0.5 s doubling to 8 s) runs the next
+        attempt from where it stopped; after the last one :class:`NetworkError` carries the last reason
       → complete: size, MD5 (mandatory) and SHA-256 (when known) are checked; a mismatch deletes the file and
-        downloads again, a bounded number of times, then raises :class:`IntegrityError`
+        downloads again, ``policy.verify_attempts`` times in all, then raises :class:`IntegrityError`
 
 The caller owns the ``.part`` path; on success it holds exactly the verified bytes. Timeouts and rates come
-from ``DownloadPolicy.limits`` (:class:`~repo.limits.Limits`).
+from the transport's :class:`~repo.limits.Limits` (the default transport is built from ``policy.limits``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
-from lorien.repo._netio import (
-    IDENTITY,
-    RateGuard,
-    TooSlow,
-    announced_length,
-    body_chunks,
-    refuse_content_encoding,
-    timeouts,
-)
 from lorien.repo.atomic import atomic_write_bytes
-from lorien.repo.errors import IntegrityError, NetworkError
+from lorien.repo.errors import IntegrityError, OversizeError, TransientNetworkError
 from lorien.repo.hashing import Digests, digest_file
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.transport import DOWNLOAD_RETRY, Body, Get, HttpTransport, RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_STATUS = frozenset({500, 502, 503, 504})  # the server's trouble, maybe passing: retry with backoff
-NET_CHUNK = 64 * 1024  # bytes read per step: a cut connection loses at most this much of what arrived
 
 
 @dataclass(frozen=True)
@@ -75,46 +62,37 @@ class Progress:
         return 100.0 * self.done / self.total if self.total else 100.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DownloadPolicy:
-    attempts: int = 6  # connection-level tries per download (each resumes)
-    verify_attempts: int = 2  # whole downloads after a digest mismatch
-    backoff: float = 0.5  # first pause; doubles up to max_backoff
-    max_backoff: float = 8.0
-    limits: Limits = DEFAULT_LIMITS  # connect/stall timeouts and the minimum rate
-
-    @property
-    def timeout(self) -> tuple[float, float]:
-        """(connect, read) for requests, from ``limits``."""
-        return timeouts(self.limits)
-
-
-class _Restart(Exception):
-    """The partial file cannot be continued: start again from zero."""
+    retry: RetryPolicy = DOWNLOAD_RETRY  # attempts per download, each resuming the .part
+    verify_attempts: int = 2  # whole downloads after a digest mismatch or an oversized body
+    limits: Limits = DEFAULT_LIMITS  # for the default transport: connect/stall timeouts, the minimum rate
 
 
 class Downloader:
     def __init__(
         self,
-        session: requests.Session | None = None,
+        *,
         policy: DownloadPolicy | None = None,
         on_progress: Callable[[Progress], None] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        transport: Transport | None = None,
     ) -> None:
-        self.session = session or requests.Session()
         self.policy = policy or DownloadPolicy()
         self.on_progress = on_progress
-        self.sleep = sleep
-
-    # ------------------------------------------------------------------ public
+        self.transport = transport or HttpTransport(self.policy.limits)
 
     def fetch(self, request: DownloadRequest) -> Digests:
-        """Download (or finish downloading) ``request.url`` and return the verified digests."""
+        """Download (or finish downloading) ``request.url`` and return the verified digests.
+
+        Raises:
+            IntegrityError: every download had the wrong size or digest, or was longer than declared.
+            NetworkError: the last attempt of a download failed, or the server answered an HTTP error.
+        """
         last_error = ""
         for verify_round in range(self.policy.verify_attempts):
             try:
-                self._download(request)
-            except IntegrityError as error:  # the server sent more than declared
+                self.policy.retry.run(lambda: self._attempt(request), self.transport.sleep, "download")
+            except OversizeError as error:
                 last_error = str(error)
                 discard(request.destination)
                 continue
@@ -123,112 +101,62 @@ class Downloader:
             if problem is None:
                 _meta_path(request.destination).unlink(missing_ok=True)
                 return digests
-            last_error = problem
+            last_error = f"{request.url}: {problem}"
             log.warning(
                 "download of %s failed verification (%s); round %d", request.url, problem, verify_round + 1
             )
             discard(request.destination)
-        raise IntegrityError(f"{request.url}: {last_error} after {self.policy.verify_attempts} downloads")
-
-    # ------------------------------------------------------------------ one download, resumed across attempts
-
-    def _download(self, request: DownloadRequest) -> None:
-        pause = self.policy.backoff
-        last_error = "no attempt made"
-        for attempt in range(1, self.policy.attempts + 1):
-            try:
-                self._attempt(request)
-                return
-            except _Restart as reason:
-                log.info("restarting download of %s from zero: %s", request.url, reason)
-                discard(request.destination)
-                last_error = str(reason)
-                continue  # a restart is progress, not a failure: no pause
-            except (requests.RequestException, _Transient, TooSlow) as error:
-                # ours already read well; a requests error needs its kind (ConnectionError, ReadTimeout, ...)
-                ours = isinstance(error, (_Transient, TooSlow))
-                last_error = str(error) if ours else f"{type(error).__name__}: {error}"
-                log.warning("download of %s interrupted (attempt %d): %s", request.url, attempt, last_error)
-            if attempt < self.policy.attempts:
-                self.sleep(pause)
-                pause = min(pause * 2, self.policy.max_backoff)
-        raise NetworkError(f"{request.url}: download failed after {self.policy.attempts} attempts: {last_error}")
+        raise IntegrityError(f"{last_error} after {self.policy.verify_attempts} downloads")
 
     def _attempt(self, request: DownloadRequest) -> None:
         part = request.destination
         part.parent.mkdir(parents=True, exist_ok=True)
-        have = part.stat().st_size if part.exists() else 0
-        meta = _read_meta(part)
-        if have and (
-            meta.get("url") != request.url or meta.get("size") != request.size or not meta.get("validator")
-        ):
-            raise _Restart("the partial file has no usable validator for this URL")
-        if have > request.size:
-            raise _Restart(f"partial file holds {have} bytes, more than the declared {request.size}")
-        headers = dict(IDENTITY)
-        if have:
-            headers.update({"Range": f"bytes={have}-", "If-Range": meta["validator"]})
-        response = self.session.get(request.url, headers=headers, stream=True, timeout=self.policy.timeout)
-        with contextlib.closing(response):
-            if response.status_code == 416 and have:
+        have, validator = _resumable(request)
+        get = Get(request.url, request.size, start=have, validator=validator, blob=True)
+        with self.transport.get(get) as body:
+            if body.status == 416:
                 if have == request.size:
                     return  # complete already; verification decides
-                raise _Restart(f"server refused the range from byte {have} (HTTP 416)")
-            if response.status_code in RETRYABLE_STATUS:
-                raise _Transient(f"HTTP {response.status_code} {response.reason}")
-            if response.status_code >= 400:
-                raise NetworkError(f"{request.url}: HTTP {response.status_code} {response.reason}")
-            refuse_content_encoding(response, request.url)
-            validator = _validator(response)
-            if response.status_code == 206:
-                start = _content_range_start(response)
-                if start != have:
-                    raise _Restart(f"server answered the range from byte {start} instead of {have}")
-                mode = "ab"
-            elif response.status_code == 200:
-                if have:
-                    log.info("server sent the whole file for %s (range ignored or file changed)", request.url)
-                have, mode = 0, "wb"
-            else:
-                raise NetworkError(f"{request.url}: unexpected HTTP {response.status_code}")
-            announced = announced_length(response)
-            if announced is not None and announced > request.size - have:
-                raise IntegrityError(
-                    f"server announced {announced} bytes from byte {have}, more than the declared "
-                    f"{request.size} bytes; refusing the body"
-                )
-            _write_meta(part, {"url": request.url, "size": request.size, "validator": validator})
-            self._stream(response, part, mode, have, request)
+                discard(part)
+                raise TransientNetworkError(request.url, f"server refused the range from byte {have} (HTTP 416)")
+            if have and body.status == 200:
+                log.info("server sent the whole file for %s (range ignored or file changed)", request.url)
+            _write_meta(part, {"url": request.url, "size": request.size, "validator": body.validator})
+            self._stream(body, request)
 
-    def _stream(
-        self, response: requests.Response, part: Path, mode: str, have: int, request: DownloadRequest
-    ) -> None:
-        started, received = time.monotonic(), 0
-        remaining = request.size - have
-        guard = RateGuard(self.policy.limits)
-        with open(part, mode) as sink:
-            for chunk in body_chunks(response, guard, NET_CHUNK):
-                if len(chunk) > remaining:
-                    sink.write(chunk[:remaining])
-                    raise IntegrityError(
-                        f"server sent more than the declared {request.size} bytes; refusing the rest"
-                    )
+    def _stream(self, body: Body, request: DownloadRequest) -> None:
+        clock = self.transport.clock
+        started, received = clock(), 0
+        remaining = request.size - body.offset
+        with open(request.destination, "ab" if body.offset else "wb") as sink:
+            for chunk in body:
                 sink.write(chunk)
                 remaining -= len(chunk)
                 received += len(chunk)
                 if self.on_progress is not None:
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    rate = received / elapsed
+                    rate = received / max(clock() - started, 1e-6)
                     self.on_progress(
                         Progress(request.size - remaining, request.size, rate, remaining / rate if rate else None)
                     )
-            sink.flush()
         if remaining:
-            raise _Transient(f"connection ended {remaining} bytes early")
+            raise TransientNetworkError(request.url, f"connection ended {remaining} bytes early")
 
 
-class _Transient(Exception):
-    """A short body or a 5xx answer: worth another attempt after a pause, resuming the ``.part``."""
+def _resumable(request: DownloadRequest) -> tuple[int, str | None]:
+    """(bytes of the ``.part`` to resume after, their validator); a ``.part`` that cannot be continued is
+    discarded and the download starts at 0."""
+    part = request.destination
+    have = part.stat().st_size if part.exists() else 0
+    if not have:
+        return 0, None
+    meta = _read_meta(part)
+    usable = meta.get("url") == request.url and meta.get("size") == request.size and meta.get("validator")
+    if not usable or have > request.size:
+        why = "no usable validator for this URL" if not usable else f"{have} bytes, more than {request.size}"
+        log.info("restarting download of %s from zero: the partial file has %s", request.url, why)
+        discard(part)
+        return 0, None
+    return have, meta["validator"]
 
 
 def discard(part: Path) -> None:
@@ -245,24 +173,6 @@ def _mismatch(digests: Digests, request: DownloadRequest) -> str | None:
     if request.sha256 and digests.sha256 != request.sha256.lower():
         return f"SHA-256 {digests.sha256} differs from the expected {request.sha256.lower()}"
     return None
-
-
-def _validator(response: requests.Response) -> str | None:
-    """A validator usable in If-Range: a strong ETag, else Last-Modified."""
-    etag = response.headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return response.headers.get("Last-Modified")
-
-
-def _content_range_start(response: requests.Response) -> int:
-    value = response.headers.get("Content-Range", "")
-    try:
-        unit, _, spec = value.partition(" ")
-        start = int(spec.split("-", 1)[0])
-    except ValueError:
-        return -1
-    return start if unit == "bytes" else -1
 
 
 def _meta_path(part: Path) -> Path:

@@ -106,6 +106,21 @@ class NetworkError(LorienError):
     exit_code = 4
 
 
+class TransientNetworkError(NetworkError):
+    """A failure that may pass by itself: a connection refused, reset or broken, a timeout, a stall, a body
+    below the minimum rate, an HTTP 500/502/503/504. ``repo.transport.RetryPolicy`` retries these; ``reason`` is
+    the message without the URL, for the error that reports the last attempt."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+class OversizeError(NetworkError):
+    """A server announced or sent more bytes than the request allows (a document limit, a blob's declared size).
+    Nothing past the bound is read; the downloader counts it like a digest mismatch."""
+
+
 # -------------------------------------------------------------------------------------------- local I/O (5)
 
 

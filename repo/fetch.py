@@ -1,17 +1,16 @@
 """Reading repository files from a directory or over HTTP, behind one small fetcher interface.
 
 ``open_repository(location)`` returns a :class:`Fetcher` for a local path or an ``http(s)://`` base URL. A
-fetcher answers three questions: the bytes of a small document (bounded by ``limit``, by default
-``limits.max_document_bytes``), a stream of a blob's bytes (bounded by the size the manifest declares, so a
-server can never feed us endless data), and a byte range of a blob.
-Higher layers (inspect, the device) only see this interface, so transports are swappable in tests.
+fetcher answers two questions: the bytes of a small document (bounded by ``limit``, by default
+``limits.max_document_bytes``) and a stream of a blob's bytes (bounded by the size the manifest declares, so a
+server can never feed us endless data). Higher layers (inspect, trust, the device) only see this interface.
 
-:class:`HttpFetcher` treats the server as untrusted, within its :class:`~repo.limits.Limits`: connecting takes
-at most ``connect_timeout`` and a server silent for ``stall_timeout`` is cut off; a body that averages below
-``min_rate`` B/s over a ``rate_window`` fails with a :class:`NetworkError` naming the URL, bytes and seconds
-(repo._netio); a Content-Length above the bound fails before any body byte is read, and a body without one is
-cut one chunk past the bound. Blob and range requests send ``Accept-Encoding: identity`` and refuse a
-compressed answer.
+:class:`HttpFetcher` turns a repository path into a URL under its base and hands the request to its
+:class:`~repo.transport.Transport` (by default :class:`~repo.transport.HttpTransport`; tests inject an in-memory
+repository): ``Get(url, limit)`` for a document, the same with ``blob=True`` for a blob. The transport
+bounds the body, guards its rate, cuts off a stalled server and names the URL in every error; the fetcher
+retries getting an answer under ``REQUEST_RETRY`` (connection errors, timeouts, 500/502/503/504) and reads the
+body once: a document that stalls or trickles fails at once with a :class:`NetworkError`.
 """
 
 from __future__ import annotations
@@ -21,23 +20,11 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
-
-from lorien.repo._netio import (
-    IDENTITY,
-    RateGuard,
-    TooSlow,
-    announced_length,
-    body_chunks,
-    refuse_content_encoding,
-    timeouts,
-)
 from lorien.repo.errors import NetworkError
-from lorien.repo.hashing import CHUNK, iter_file
+from lorien.repo.hashing import iter_file
 from lorien.repo.layout import checked_relative_path
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
+from lorien.repo.transport import REQUEST_RETRY, Body, Get, HttpTransport, RetryPolicy, Transport
 
 
 class Fetcher(Protocol):
@@ -46,10 +33,8 @@ class Fetcher(Protocol):
     def read_document(self, path: str, limit: int | None = None) -> bytes:
         """At most ``limit`` bytes (default: the fetcher's ``limits.max_document_bytes``)."""
 
-    def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]: ...
-
-    def read_range(self, path: str, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` inclusive."""
+    def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]:
+        """The blob's bytes as they arrive; NetworkError past ``max_bytes``."""
 
 
 class DirectoryFetcher:
@@ -87,95 +72,38 @@ class DirectoryFetcher:
         except OSError as error:
             raise NetworkError(f"{file}: cannot read: {error.strerror}") from None
 
-    def read_range(self, path: str, start: int, end: int) -> bytes:
-        with open(self._path(path), "rb") as handle:
-            handle.seek(start)
-            return handle.read(end - start + 1)
-
-
-def http_session(retries: int = 3) -> requests.Session:
-    """A session that retries idempotent requests on connection errors and 5xx, with bounded backoff."""
-    session = requests.Session()
-    retry = Retry(
-        total=retries,
-        backoff_factor=0.2,
-        backoff_max=5,
-        status_forcelist=(500, 502, 503, 504),
-        allowed_methods=("GET", "HEAD"),
-    )
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
 
 class HttpFetcher:
+    """Documents and blobs under ``base_url``, through ``transport`` (default: HTTP with ``limits``)."""
+
     def __init__(
-        self, base_url: str, session: requests.Session | None = None, limits: Limits = DEFAULT_LIMITS
+        self,
+        base_url: str,
+        limits: Limits = DEFAULT_LIMITS,
+        *,
+        transport: Transport | None = None,
+        retry: RetryPolicy = REQUEST_RETRY,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.location = self.base_url
-        self.session = session or http_session()
         self.limits = limits
+        self.transport = transport or HttpTransport(limits)
+        self.retry = retry
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, checked_relative_path(path, "repository path"))
 
-    def _get(self, path: str, headers: dict[str, str] | None = None) -> requests.Response:
-        url = self.url(path)
-        try:
-            response = self.session.get(url, headers=headers, stream=True, timeout=timeouts(self.limits))
-        except requests.RequestException as error:
-            raise NetworkError(f"{url}: request failed: {error}") from None
-        if response.status_code >= 400:
-            response.close()
-            raise NetworkError(f"{url}: HTTP {response.status_code} {response.reason}")
-        return response
-
-    def _bounded(self, response: requests.Response, limit: int, what: str) -> Iterator[bytes]:
-        """The body, failing past ``limit`` bytes, on a stall or below the minimum rate; always closed."""
-        url = response.url
-        try:
-            announced = announced_length(response)
-            if announced is not None and announced > limit and "Content-Encoding" not in response.headers:
-                raise NetworkError(
-                    f"{url}: server announced {announced} bytes, more than the {limit} bytes {what}"
-                )
-            produced = 0
-            for chunk in body_chunks(response, RateGuard(self.limits), min(CHUNK, limit + 1)):
-                produced += len(chunk)
-                if produced > limit:
-                    raise NetworkError(f"{url}: server sent more than the {limit} bytes {what}")
-                yield chunk
-        except TooSlow as error:
-            raise NetworkError(f"{url}: {error}") from None
-        except requests.RequestException as error:
-            raise NetworkError(f"{url}: download interrupted: {error}") from None
-        finally:
-            response.close()
+    def _open(self, request: Get) -> Body:
+        return self.retry.run(lambda: self.transport.get(request), self.transport.sleep, "request")
 
     def read_document(self, path: str, limit: int | None = None) -> bytes:
         limit = self.limits.max_document_bytes if limit is None else limit
-        return b"".join(self._bounded(self._get(path), limit, "allowed for a document"))
+        with self._open(Get(self.url(path), limit)) as body:
+            return b"".join(body)
 
     def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]:
-        response = self._get(path, headers=IDENTITY)
-        refuse_content_encoding(response, response.url)
-        yield from self._bounded(response, max_bytes, "the manifest declares")
-
-    def read_range(self, path: str, start: int, end: int) -> bytes:
-        response = self._get(path, headers={"Range": f"bytes={start}-{end}", **IDENTITY})
-        wanted = end - start + 1
-        if response.status_code != 206:
-            response.close()
-            raise NetworkError(f"{response.url}: asked for a byte range, got HTTP {response.status_code}")
-        refuse_content_encoding(response, response.url)
-        data = b"".join(self._bounded(response, wanted, "requested"))
-        if len(data) != wanted:
-            raise NetworkError(
-                f"{response.url}: range {start}-{end} returned {len(data)} bytes, expected {wanted}"
-            )
-        return data
+        with self._open(Get(self.url(path), max_bytes, blob=True)) as body:
+            yield from body
 
 
 def open_repository(location: str | Path, limits: Limits = DEFAULT_LIMITS) -> Fetcher:

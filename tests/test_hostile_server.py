@@ -1,4 +1,5 @@
-"""Both HTTP clients (repo.fetch.HttpFetcher, repo.download.Downloader) against real hostile servers on 127.0.0.1.
+"""Both HTTP clients (repo.fetch.HttpFetcher, repo.download.Downloader) over the real HTTP transport
+(repo.transport.HttpTransport) against real hostile servers on 127.0.0.1.
 
 The server answers each request with the next behaviour of its script (the last one repeats): trickling bytes,
 stalling after the headers, endless bodies (chunked, close-delimited, or a Content-Length far above the
@@ -23,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from lorien.repo import download as download_module
-from lorien.repo._netio import RateGuard, TooSlow
 from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest
 from lorien.repo.errors import IntegrityError, NetworkError
 from lorien.repo.fetch import HttpFetcher
 from lorien.repo.limits import DEFAULT_LIMITS
+from lorien.repo.transport import HttpTransport, RateGuard, RetryPolicy, TooSlow
 from tests.support.http_thread import start_http_server
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes: the size "the manifest declares"
@@ -150,8 +151,9 @@ def _request(tmp_path: Path, url: str) -> DownloadRequest:
 
 
 def _downloader(limits=DEFAULT_LIMITS, attempts: int = 2, pauses: list[float] | None = None) -> Downloader:
-    policy = DownloadPolicy(attempts=attempts, backoff=0.01, max_backoff=0.02, limits=limits)
-    return Downloader(policy=policy, sleep=pauses.append if pauses is not None else lambda _: None)
+    policy = DownloadPolicy(retry=RetryPolicy(attempts, backoff=0.01, max_backoff=0.02))
+    transport = HttpTransport(limits, sleep=pauses.append if pauses is not None else lambda _: None)
+    return Downloader(policy=policy, transport=transport)
 
 
 SLOW_MESSAGE = (
@@ -222,18 +224,14 @@ def test_stalled_server_is_a_clear_fetch_error(serve) -> None:
     with pytest.raises(NetworkError) as caught:
         HttpFetcher(server.base, limits=STALL).read_document("blobs/model.bin")
     assert time.monotonic() - began < 3
-    assert str(caught.value) == (
-        f"{server.url}: download interrupted: no data for 1 s, the server stalled (limits.stall_timeout=1)"
-    )
+    assert str(caught.value) == (f"{server.url}: no data for 1 s, the server stalled (limits.stall_timeout=1)")
 
 
 def test_stalled_server_fails_the_download_and_keeps_the_part(serve, tmp_path: Path) -> None:
     server = serve("stall")
     request = _request(tmp_path, server.url)
     began = time.monotonic()
-    with pytest.raises(
-        NetworkError, match=r"failed after 2 attempts: ReadTimeout: no data for 1 s, the server stalled"
-    ):
+    with pytest.raises(NetworkError, match=r"failed after 2 attempts: no data for 1 s, the server stalled"):
         _downloader(STALL, attempts=2).fetch(request)
     assert time.monotonic() - began < 5
     assert server.seen[1]["Range"] == "bytes=10-" and request.destination.read_bytes() == DATA[:20]
@@ -259,7 +257,7 @@ def test_endless_body_never_grows_the_part_past_the_declared_size(
     with pytest.raises(IntegrityError) as caught:
         _downloader().fetch(request)
     assert str(caught.value) == (
-        f"{server.url}: server sent more than the declared {len(DATA)} bytes; refusing the rest after 2 downloads"
+        f"{server.url}: server sent more than the {len(DATA)} bytes the manifest declares after 2 downloads"
     )
     assert sizes == [len(DATA), len(DATA)]  # written up to the bound, never past it
     assert all(_offered_more(server, index) for index in range(len(server.sent)))  # the server did offer more
@@ -271,7 +269,8 @@ def test_content_length_above_the_declared_size_is_refused_before_the_body(serve
     request = _request(tmp_path, server.url)
     with pytest.raises(
         IntegrityError,
-        match=rf"server announced {HUGE} bytes from byte 0, more than the declared {len(DATA)} bytes",
+        match=rf"server announced {HUGE} bytes, more than the {len(DATA)} bytes the manifest declares after 2 "
+        r"downloads$",
     ):
         _downloader().fetch(request)
     assert not request.destination.exists() and len(server.seen) == 2
