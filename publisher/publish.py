@@ -11,7 +11,9 @@ Flow, under the repository's writer lock:
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
 Blobs are immutable and appear before anything refers to them; a manifest is replaced in one rename; so a
-reader always sees a consistent repository. Re-running with no change rewrites nothing.
+reader always sees a consistent repository. Re-running with no change rewrites nothing. A full disk (or any
+other refusal of the file system) ends the publish with one ``LocalIOError`` naming the path — and, for a
+blob, the space it needs, checked before copying — and leaves no temporary or staging file behind.
 
 ``LORIEN_TEST_CRASH_AT=<point>`` makes the process SIGKILL itself at a named point (``blob``, ``patch``,
 ``manifest``, ``html``, ``index``). It exists for the crash-safety tests and does nothing when unset.
@@ -31,10 +33,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lorien.publisher.html import render_family_page, render_root_page
-from lorien.publisher.scan import ModelFile, scan_models
-from lorien.repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
+from lorien.publisher.scan import ModelFile, ScanResult, scan_models
+from lorien.repo.atomic import (
+    atomic_write_bytes,
+    atomic_writer,
+    fsync_dir,
+    is_temp_name,
+    require_space,
+    write_failure,
+    write_if_changed,
+)
 from lorien.repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
-from lorien.repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
+from lorien.repo.errors import (
+    BadInputError,
+    IntegrityError,
+    LocalIOError,
+    LorienError,
+    ManifestError,
+    SignatureError,
+)
 from lorien.repo.fingerprint import fingerprint
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from lorien.repo.layout import (
@@ -277,13 +294,19 @@ class RepositoryWriter:
         destination = self.blob_file(relative)
         if destination.exists() and destination.stat().st_size == expected.size:
             return relative, False
+        require_space(destination, expected.size, f"the blob of {source}")
         accumulator = DigestAccumulator()
-        with atomic_writer(destination) as out:
-            for chunk in iter_file(source):
-                accumulator.update(chunk)
-                out.write(chunk)
-            if accumulator.result() != expected:
-                raise IntegrityError(f"{source}: changed while being published; publish again once it is stable")
+        try:
+            with atomic_writer(destination) as out:
+                for chunk in iter_file(source):
+                    accumulator.update(chunk)
+                    out.write(chunk)
+                if accumulator.result() != expected:
+                    raise IntegrityError(
+                        f"{source}: changed while being published; publish again once it is stable"
+                    )
+        except OSError as error:
+            raise write_failure(error, destination, f"the blob of {source}", expected.size) from None
         crash_point("blob")
         return relative, True
 
@@ -506,30 +529,41 @@ def publish(
     scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
     report.skipped.extend(scan.skipped)
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext() if locked else repository_lock(repo_dir):
-        writer = RepositoryWriter(repo_dir, engine, options)
-        writer.check_signing_mode()
-        writer.remove_leftovers()
-        for family, messages in scan.problems.items():
-            if family is not None:
-                report.families.append(FamilyResult(family, problems=list(messages)))
-        for family, files in scan.families.items():
-            try:
-                result = publish_family(writer, family, files, options.keep, options)
-            except LorienError as error:
-                result = FamilyResult(family, problems=[str(error)])
-            report.families.append(result)
-            report.skipped.extend(result.skipped)
-            if result.manifest_written:
-                log.info(
-                    "published %s %s (%d versions, %d new patches)",
-                    family,
-                    result.latest,
-                    result.versions,
-                    len(result.patches_created),
-                )
-        # also families no longer in the models directory
-        report.refreshed, report.index_written, index_problems = writer.renew_and_index()
-        report.problems.extend(index_problems)
+    try:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.nullcontext() if locked else repository_lock(repo_dir):
+            writer = RepositoryWriter(repo_dir, engine, options)
+            writer.check_signing_mode()
+            writer.remove_leftovers()
+            _publish_families(writer, scan, options, report)
+            # also families no longer in the models directory
+            report.refreshed, report.index_written, index_problems = writer.renew_and_index()
+            report.problems.extend(index_problems)
+    except OSError as error:  # e.g. the disk filled while writing a manifest or a page
+        raise LocalIOError.wrap(error, f"publishing into {repo_dir}") from None
     return report
+
+
+def _publish_families(
+    writer: RepositoryWriter, scan: ScanResult, options: PublishOptions, report: PublishReport
+) -> None:
+    for family, messages in scan.problems.items():
+        if family is not None:
+            report.families.append(FamilyResult(family, problems=list(messages)))
+    for family, files in scan.families.items():
+        try:
+            result = publish_family(writer, family, files, options.keep, options)
+        except LocalIOError:
+            raise  # a full or read-only disk ends the publish: the other families would fail the same way
+        except LorienError as error:
+            result = FamilyResult(family, problems=[str(error)])
+        report.families.append(result)
+        report.skipped.extend(result.skipped)
+        if result.manifest_written:
+            log.info(
+                "published %s %s (%d versions, %d new patches)",
+                family,
+                result.latest,
+                result.versions,
+                len(result.patches_created),
+            )
