@@ -44,6 +44,7 @@ from lorien.repo.atomic import (
     write_if_changed,
 )
 from lorien.repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
+from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import (
     BadInputError,
     IntegrityError,
@@ -132,6 +133,7 @@ class PublishOptions:
     expires_days: float = DEFAULT_EXPIRES_DAYS  # manifests expire this long after being written; 0 = never
     allow_downgrade: bool | None = None  # None: keep what each family's manifest says (default False)
     min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted
+    warned: set[Path] = field(default_factory=set)  # backup/editor files already warned about (once per file)
 
     @property
     def validity(self) -> timedelta | None:
@@ -423,25 +425,36 @@ def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tupl
     return tuple(sorted(patches, key=lambda patch: (rank[patch.target], rank[patch.source])))
 
 
+def _published(previous: Manifest | None, version: str) -> VersionEntry | None:
+    if previous is None:
+        return None
+    try:
+        return previous.version(version)
+    except KeyError:
+        return None
+
+
 def _version_entries(
     files: list[ModelFile], previous: Manifest | None, result: FamilyResult
 ) -> list[tuple[ModelFile, VersionEntry, Digests]]:
     entries = []
     for model in files:
+        old = _published(previous, model.version)
+        if old is None and (why := incomplete_reason(model.path)):
+            result.problems.append(
+                f"{model.path}: {why}; not published — waiting for the rest (lorien watch retries when it changes; "
+                "if it is damaged rather than still being copied, replace it)"
+            )
+            continue
         digests = digest_file(model.path)
         model_fingerprint = fingerprint(model.path)
-        if previous is not None:
-            try:
-                old = previous.version(model.version)
-            except KeyError:
-                old = None
-            if old is not None and old.sha256 != digests.sha256:
-                result.problems.append(
-                    f"{model.path}: version {model.version} was already published with sha256 {old.sha256[:16]}… "
-                    f"and now has {digests.sha256[:16]}…; devices may hold the old content, so publish the new "
-                    "content under a new version name"
-                )
-                continue
+        if old is not None and old.sha256 != digests.sha256:
+            result.problems.append(
+                f"{model.path}: version {model.version} was already published with sha256 {old.sha256[:16]}… "
+                f"and now has {digests.sha256[:16]}…; devices may hold the old content, so publish the new "
+                "content under a new version name"
+            )
+            continue
         entry = VersionEntry(
             version=model.version,
             filename=model.path.name,
@@ -464,8 +477,8 @@ def publish_family(
     entries = _version_entries(files, previous, result)
     if result.problems and options.lenient:
         result.skipped, result.problems = result.problems, []
-    if result.problems:
-        return result
+    if result.problems or not entries:
+        return result  # (lenient: every file of the family is still incomplete or bad)
     versions = []
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
@@ -529,6 +542,10 @@ def publish(
     scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
     report.skipped.extend(scan.skipped)
+    for path in scan.ignored:
+        if path not in options.warned:
+            options.warned.add(path)
+            log.warning("ignoring %s: a backup or editor file, not a version (rename it to publish it)", path)
     try:
         repo_dir.mkdir(parents=True, exist_ok=True)
         with contextlib.nullcontext() if locked else repository_lock(repo_dir):

@@ -1,11 +1,19 @@
-"""A full file system under the real ``lorien publish``, ``diff`` and ``apply``: exit 5, one line naming the path,
-nothing left behind. Each test mounts its own 5 MiB tmpfs (root only; outside CI a missing capability skips)."""
+"""What ``lorien publish`` refuses to take from the models directory, and how it ends on a full disk.
+
+- A full file system under the real ``lorien publish``, ``diff`` and ``apply``: exit 5, one line naming the
+  path, nothing left behind. Each such test mounts its own 5 MiB tmpfs (root only; outside CI a missing
+  capability skips, in CI it fails).
+- Backup and editor names (``1.0.0.onnx.bak``) are never versions, and are warned about once per file.
+- A structurally incomplete model (a copy that stalled) is a problem for its version, never a version.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +21,8 @@ import pytest
 
 from lorien.modelgen import write_family
 from lorien.repo.atomic import is_temp_name
+from lorien.repo.engine.completeness import incomplete_reason
+from tests.support.model_files import mlp_tensors, write_gguf, write_onnx, write_safetensors
 from tests.support.processes import SMALL_LAYERS, require, run_lorien
 
 
@@ -96,3 +106,63 @@ def test_diff_and_apply_onto_a_full_disk(small_fs: Path, models: Path, tmp_path:
     result = run_lorien("apply", old, patch, "-o", small_fs / "1.1.0.tflite")
     assert_one_line_exit_5(result, str(small_fs / "1.1.0.tflite"), f"{new.stat().st_size} bytes needed")
     assert sorted(os.listdir(small_fs)) == ["filler"]
+
+
+BACKUP_NAMES = ["1.0.0.tflite.bak", "1.0.0.tflite.orig", "1.0.0.tflite.old", "1.0.0.tflite.rej", "1.1.0.tflite~",
+                "#1.1.0.tflite#", "1.1.0.tflite.swp"]  # fmt: skip
+
+
+def test_backup_and_editor_names_are_ignored_with_one_warning_each(models: Path, tmp_path: Path) -> None:
+    family = models / "cls"
+    for name in BACKUP_NAMES:
+        shutil.copy(family / f"{name.strip('#')[:5]}.tflite", family / name)
+    repo = tmp_path / "repo"
+    result = run_lorien("publish", "--models", models, "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    published = json.loads((repo / "cls" / "manifest.json").read_text())
+    assert [entry["version"] for entry in published["versions"]] == ["1.0.0", "1.1.0"]
+    warnings = [line for line in result.stderr.splitlines() if "backup or editor file" in line]
+    assert sorted(line.split("ignoring ")[1].split(":")[0] for line in warnings) == sorted(
+        str(family / name) for name in BACKUP_NAMES
+    )
+
+
+def whole_models(directory: Path) -> list[Path]:
+    directory.mkdir()
+    tensors = mlp_tensors(5)
+    write_safetensors(directory / "m.safetensors", tensors)
+    write_gguf(directory / "m.gguf", tensors)
+    write_onnx(directory / "m.onnx", tensors)
+    write_family(directory, ["m"], layer_sizes=SMALL_LAYERS, seed=5)
+    with zipfile.ZipFile(directory / "m.pt", "w") as archive:
+        archive.writestr("data.pkl", os.urandom(20_000))
+    return sorted(directory.iterdir())
+
+
+def test_a_file_cut_anywhere_is_incomplete_and_a_whole_one_is_not(tmp_path: Path) -> None:
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    wholes = whole_models(tmp_path / "whole")
+    assert [model.suffix for model in wholes] == [".gguf", ".onnx", ".pt", ".safetensors", ".tflite"]
+    for model in wholes:
+        assert incomplete_reason(model) is None, model
+        data = model.read_bytes()
+        for length in range(16, len(data), len(data) // 97):
+            (cut / model.name).write_bytes(data[:length])
+            assert incomplete_reason(cut / model.name), (model.name, length)
+
+
+def test_unknown_or_foreign_bytes_are_not_judged(tmp_path: Path) -> None:
+    for name in ("a.tflite", "a.onnx", "a.safetensors", "a.gguf", "a.pt", "a.bin"):
+        (tmp_path / name).write_bytes(b"\x00" * 64 + os.urandom(4096))
+        assert incomplete_reason(tmp_path / name) is None
+
+
+def test_publish_reports_an_incomplete_file_as_a_problem_of_its_version(models: Path, tmp_path: Path) -> None:
+    half = models / "cls" / "1.1.0.tflite"
+    half.write_bytes(half.read_bytes()[: half.stat().st_size // 2])
+    repo = tmp_path / "repo"
+    result = run_lorien("publish", "--models", models, "--repo", repo)
+    assert result.returncode == 2
+    assert f"{half}: incomplete TFLite file" in result.stderr and "waiting for the rest" in result.stderr
+    assert not (repo / "cls" / "manifest.json").exists()
