@@ -166,3 +166,39 @@ def test_publish_reports_an_incomplete_file_as_a_problem_of_its_version(models: 
     assert result.returncode == 2
     assert f"{half}: incomplete TFLite file" in result.stderr and "waiting for the rest" in result.stderr
     assert not (repo / "cls" / "manifest.json").exists()
+
+
+def test_a_disk_that_fills_during_apply_is_one_clean_error(
+    small_fs: Path, models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lorien.repo import atomic
+    from lorien.repo.engine import apply_patch, create_patch
+    from lorien.repo.errors import LocalIOError
+
+    old, new = models / "cls" / "1.0.0.tflite", models / "cls" / "1.1.0.tflite"
+    patch = tmp_path / "update.lpatch"
+    create_patch(old, new, patch)
+    fill(small_fs, leave=8192)
+    monkeypatch.setattr(
+        atomic, "free_bytes", lambda directory: 1 << 40
+    )  # the space check passes, the disk is full
+    with pytest.raises(
+        LocalIOError, match=rf"{new.stat().st_size} bytes needed.*{small_fs / 'out.tflite'}.*No space"
+    ):
+        apply_patch(old, patch, small_fs / "out.tflite")
+    assert sorted(os.listdir(small_fs)) == ["filler"]
+
+
+def test_gc_on_a_full_disk_is_one_clean_error(small_fs: Path, models: Path) -> None:
+    from lorien.publisher.gc import collect_garbage
+    from lorien.repo.errors import LocalIOError
+
+    repo = small_fs / "repo"
+    assert run_lorien("publish", "--models", models, "--repo", repo).returncode == 0
+    (models / "cls" / "1.0.0.tflite").unlink()  # withdrawn: its blob and patch wait for the grace period
+    assert run_lorien("publish", "--models", models, "--repo", repo).returncode == 0
+    fill(small_fs, leave=0)
+    # in-process: `lorien gc` takes the writer lock first, whose pid write (repo/lock.py) fails on a full disk too
+    with pytest.raises(LocalIOError, match=rf"{repo / '.gc.json'}: No space left on device"):
+        collect_garbage(repo, grace=3600)
+    assert leftovers(small_fs) == []

@@ -118,3 +118,16 @@ def test_the_zstd_window_limit_is_a_device_limit(source: Path, tmp_path: Path) -
         apply_patch(source, patch, tmp_path / "refused.bin", limits=Limits(max_window=1 << 20))
     assert not (tmp_path / "refused.bin").exists()
     assert DEFAULT_LIMITS.max_window == 1 << 27
+
+
+def test_a_device_limits_table_reaches_the_bomb_limits(tmp_path: Path) -> None:
+    from lorien.device.config import load_config
+
+    config = tmp_path / "device.toml"
+    config.write_text(
+        'repo_url = "http://127.0.0.1:1/repo/"\nfamily = "cls"\n'
+        f'model_path = "{tmp_path / "model.tflite"}"\nstate_dir = "{tmp_path / "state"}"\n'
+        "insecure_allow_unsigned = true\n[limits]\nmax_target = 1073741824\nmax_window = 1048576\n"
+    )
+    limits = load_config(config).limits
+    assert (limits.max_target, limits.max_window) == (1 << 30, 1 << 20)
