@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorien.repo.atomic import atomic_write_bytes, is_temp_name
+from lorien.repo.atomic import atomic_write_bytes, is_temp_name, write_failure
 from lorien.repo.errors import ManifestError
 from lorien.repo.layout import MANIFEST_FILE
 from lorien.repo.manifest import parse_manifest
@@ -88,5 +88,8 @@ def collect_garbage(repo: Path, grace: float = DEFAULT_GRACE, now: float | None 
             updated[blob] = seen
             report.waiting[blob] = grace - (now - seen)
     if updated != first_seen:
-        atomic_write_bytes(state_file, (json.dumps(updated, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            atomic_write_bytes(state_file, (json.dumps(updated, indent=1, sort_keys=True) + "\n").encode())
+        except OSError as error:  # e.g. disk full: the removals stand, the clocks restart next time
+            raise write_failure(error, state_file, "the garbage collector's state") from None
     return report

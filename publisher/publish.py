@@ -11,7 +11,9 @@ Flow, under the repository's writer lock:
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
 Blobs are immutable and appear before anything refers to them; a manifest is replaced in one rename; so a
-reader always sees a consistent repository. Re-running with no change rewrites nothing.
+reader always sees a consistent repository. Re-running with no change rewrites nothing. A full disk (or any
+other refusal of the file system) ends the publish with one ``LocalIOError`` naming the path — and, for a
+blob, the space it needs, checked before copying — and leaves no temporary or staging file behind.
 
 ``LORIEN_TEST_CRASH_AT=<point>`` makes the process SIGKILL itself at a named point (``blob``, ``patch``,
 ``manifest``, ``html``, ``index``). It exists for the crash-safety tests and does nothing when unset.
@@ -31,10 +33,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lorien.publisher.html import render_family_page, render_root_page
-from lorien.publisher.scan import ModelFile, scan_models
-from lorien.repo.atomic import atomic_write_bytes, atomic_writer, fsync_dir, is_temp_name, write_if_changed
+from lorien.publisher.scan import ModelFile, ScanResult, scan_models
+from lorien.repo.atomic import (
+    atomic_write_bytes,
+    atomic_writer,
+    fsync_dir,
+    is_temp_name,
+    require_space,
+    write_failure,
+    write_if_changed,
+)
 from lorien.repo.engine import DEFAULT_ENGINE, PatchStats, create_patch, get_engine
-from lorien.repo.errors import BadInputError, IntegrityError, LorienError, ManifestError, SignatureError
+from lorien.repo.engine.completeness import incomplete_reason
+from lorien.repo.errors import (
+    BadInputError,
+    IntegrityError,
+    LocalIOError,
+    LorienError,
+    ManifestError,
+    SignatureError,
+)
 from lorien.repo.fingerprint import fingerprint, sampled_hash
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from lorien.repo.layout import (
@@ -115,6 +133,7 @@ class PublishOptions:
     expires_days: float = DEFAULT_EXPIRES_DAYS  # manifests expire this long after being written; 0 = never
     allow_downgrade: bool | None = None  # None: keep what each family's manifest says (default False)
     min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted
+    warned: set[Path] = field(default_factory=set)  # backup/editor files already warned about (once per file)
 
     @property
     def validity(self) -> timedelta | None:
@@ -277,13 +296,19 @@ class RepositoryWriter:
         destination = self.blob_file(relative)
         if destination.exists() and destination.stat().st_size == expected.size:
             return relative, False
+        require_space(destination, expected.size, f"the blob of {source}")
         accumulator = DigestAccumulator()
-        with atomic_writer(destination) as out:
-            for chunk in iter_file(source):
-                accumulator.update(chunk)
-                out.write(chunk)
-            if accumulator.result() != expected:
-                raise IntegrityError(f"{source}: changed while being published; publish again once it is stable")
+        try:
+            with atomic_writer(destination) as out:
+                for chunk in iter_file(source):
+                    accumulator.update(chunk)
+                    out.write(chunk)
+                if accumulator.result() != expected:
+                    raise IntegrityError(
+                        f"{source}: changed while being published; publish again once it is stable"
+                    )
+        except OSError as error:
+            raise write_failure(error, destination, f"the blob of {source}", expected.size) from None
         crash_point("blob")
         return relative, True
 
@@ -400,25 +425,36 @@ def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tupl
     return tuple(sorted(patches, key=lambda patch: (rank[patch.target], rank[patch.source])))
 
 
+def _published(previous: Manifest | None, version: str) -> VersionEntry | None:
+    if previous is None:
+        return None
+    try:
+        return previous.version(version)
+    except KeyError:
+        return None
+
+
 def _version_entries(
     files: list[ModelFile], previous: Manifest | None, result: FamilyResult
 ) -> list[tuple[ModelFile, VersionEntry, Digests]]:
     entries = []
     for model in files:
+        old = _published(previous, model.version)
+        if old is None and (why := incomplete_reason(model.path)):
+            result.problems.append(
+                f"{model.path}: {why}; not published — waiting for the rest (lorien watch retries when it changes; "
+                "if it is damaged rather than still being copied, replace it)"
+            )
+            continue
         digests = digest_file(model.path)
         model_fingerprint = fingerprint(model.path)
-        if previous is not None:
-            try:
-                old = previous.version(model.version)
-            except KeyError:
-                old = None
-            if old is not None and old.sha256 != digests.sha256:
-                result.problems.append(
-                    f"{model.path}: version {model.version} was already published with sha256 {old.sha256[:16]}… "
-                    f"and now has {digests.sha256[:16]}…; devices may hold the old content, so publish the new "
-                    "content under a new version name"
-                )
-                continue
+        if old is not None and old.sha256 != digests.sha256:
+            result.problems.append(
+                f"{model.path}: version {model.version} was already published with sha256 {old.sha256[:16]}… "
+                f"and now has {digests.sha256[:16]}…; devices may hold the old content, so publish the new "
+                "content under a new version name"
+            )
+            continue
         entry = VersionEntry(
             version=model.version,
             filename=model.path.name,
@@ -442,8 +478,8 @@ def publish_family(
     entries = _version_entries(files, previous, result)
     if result.problems and options.lenient:
         result.skipped, result.problems = result.problems, []
-    if result.problems:
-        return result
+    if result.problems or not entries:
+        return result  # (lenient: every file of the family is still incomplete or bad)
     versions = []
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
@@ -507,30 +543,45 @@ def publish(
     scan = scan_models(models_dir, exclude=exclude, lenient=options.lenient)
     report.problems.extend(scan.problems.get(None, []))
     report.skipped.extend(scan.skipped)
-    repo_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.nullcontext() if locked else repository_lock(repo_dir):
-        writer = RepositoryWriter(repo_dir, engine, options)
-        writer.check_signing_mode()
-        writer.remove_leftovers()
-        for family, messages in scan.problems.items():
-            if family is not None:
-                report.families.append(FamilyResult(family, problems=list(messages)))
-        for family, files in scan.families.items():
-            try:
-                result = publish_family(writer, family, files, options.keep, options)
-            except LorienError as error:
-                result = FamilyResult(family, problems=[str(error)])
-            report.families.append(result)
-            report.skipped.extend(result.skipped)
-            if result.manifest_written:
-                log.info(
-                    "published %s %s (%d versions, %d new patches)",
-                    family,
-                    result.latest,
-                    result.versions,
-                    len(result.patches_created),
-                )
-        # also families no longer in the models directory
-        report.refreshed, report.index_written, index_problems = writer.renew_and_index()
-        report.problems.extend(index_problems)
+    for path in scan.ignored:
+        if path not in options.warned:
+            options.warned.add(path)
+            log.warning("ignoring %s: a backup or editor file, not a version (rename it to publish it)", path)
+    try:
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.nullcontext() if locked else repository_lock(repo_dir):
+            writer = RepositoryWriter(repo_dir, engine, options)
+            writer.check_signing_mode()
+            writer.remove_leftovers()
+            _publish_families(writer, scan, options, report)
+            # also families no longer in the models directory
+            report.refreshed, report.index_written, index_problems = writer.renew_and_index()
+            report.problems.extend(index_problems)
+    except OSError as error:  # e.g. the disk filled while writing a manifest or a page
+        raise LocalIOError.wrap(error, f"publishing into {repo_dir}") from None
     return report
+
+
+def _publish_families(
+    writer: RepositoryWriter, scan: ScanResult, options: PublishOptions, report: PublishReport
+) -> None:
+    for family, messages in scan.problems.items():
+        if family is not None:
+            report.families.append(FamilyResult(family, problems=list(messages)))
+    for family, files in scan.families.items():
+        try:
+            result = publish_family(writer, family, files, options.keep, options)
+        except LocalIOError:
+            raise  # a full or read-only disk ends the publish: the other families would fail the same way
+        except LorienError as error:
+            result = FamilyResult(family, problems=[str(error)])
+        report.families.append(result)
+        report.skipped.extend(result.skipped)
+        if result.manifest_written:
+            log.info(
+                "published %s %s (%d versions, %d new patches)",
+                family,
+                result.latest,
+                result.versions,
+                len(result.patches_created),
+            )

@@ -4,8 +4,10 @@ Output: a :class:`ScanResult` whose ``families`` maps a family name to its model
 ``problems`` maps a family name (or ``None`` for the models directory itself) to one-line messages. A family
 with any problem is not in ``families``: the publisher writes nothing for it.
 
-Ignored on purpose: hidden files and names that look like partial downloads or editor leftovers (``.part``,
-``.tmp``, ``.partial``, ``.crdownload``, ``.swp``, ``~``), so a copy in progress is never taken as a version.
+Ignored on purpose: hidden files and names that look like partial downloads (``.part``, ``.tmp``, ``.partial``,
+``.crdownload``), so a copy in progress is never taken as a version; and backup or editor leftovers (``.bak``,
+``.orig``, ``.old``, ``.rej``, ``.swp``, a ``~`` suffix, ``#name#``), so ``1.0.0.onnx.bak`` never becomes
+version ``1.0.0.onnx``. The latter are listed in ``ScanResult.ignored``: the publisher warns about each once.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from lorien.repo.fingerprint import MIN_FILE_SIZE
 from lorien.repo.layout import family_name_problem
 from lorien.repo.versions import same_version, sort_versions, version_name_problem
 
-IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".swp", "~")
+PARTIAL_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload")
+BACKUP_SUFFIXES = (".bak", ".orig", ".old", ".rej", ".swp", "~")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class ScanResult:
     lenient: bool = False  # watch mode: a bad file is skipped (and listed in ``skipped``), its family still goes
     skipped: list[str] = field(default_factory=list)
     exclude: frozenset[Path] = frozenset()  # files not to look at yet (still being written)
+    ignored: list[Path] = field(default_factory=list)  # backup and editor files left out (warned about)
 
     def add_problem(self, family: str | None, message: str) -> None:
         self.problems.setdefault(family, []).append(message)
@@ -50,8 +54,22 @@ class ScanResult:
         return [message for messages in self.problems.values() for message in messages]
 
 
+def is_backup_name(name: str) -> bool:
+    """``1.0.0.onnx.bak``, ``1.0.0.onnx~``, ``#1.0.0.onnx#`` and the like: a copy someone (or an editor) kept."""
+    return name.endswith(BACKUP_SUFFIXES) or (len(name) > 1 and name.startswith("#") and name.endswith("#"))
+
+
 def is_ignored(name: str) -> bool:
-    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+    return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES) or is_backup_name(name)
+
+
+def _skip(entry: Path, result: ScanResult) -> bool:
+    """True for a name that is never a version; a backup name is also noted so the publisher can warn."""
+    if not is_ignored(entry.name):
+        return False
+    if is_backup_name(entry.name) and not entry.name.startswith("."):
+        result.ignored.append(entry)
+    return True
 
 
 def split_model_name(name: str) -> tuple[str, str]:
@@ -85,7 +103,7 @@ def scan_family(directory: Path, result: ScanResult) -> None:
         return
     files: list[ModelFile] = []
     for entry in sorted(directory.iterdir()):
-        if is_ignored(entry.name) or entry in result.exclude:
+        if entry in result.exclude or _skip(entry, result):
             continue
         if entry.is_dir():
             result.file_problem(
@@ -133,7 +151,7 @@ def scan_models(models_dir: Path, exclude: frozenset[Path] = frozenset(), lenien
     except OSError as error:
         raise BadInputError(f"{models_dir}: cannot list models directory: {error.strerror}") from None
     for entry in entries:
-        if is_ignored(entry.name):
+        if _skip(entry, result):
             continue
         if entry.is_dir():
             scan_family(entry, result)

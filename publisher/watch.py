@@ -282,7 +282,7 @@ class Watcher:
     def _gc(self) -> None:
         try:
             report = collect_garbage(self.settings.repo, self.settings.grace)
-        except OSError as error:  # e.g. disk full writing .gc.json: keep watching, try again later
+        except (LorienError, OSError) as error:  # e.g. disk full writing .gc.json: keep watching, retry later
             log.error("garbage collection failed: %s", error)
             return
         for blob in report.removed:

@@ -4,17 +4,25 @@ Recipe: write to a temporary file in the destination's directory, flush + fsync 
 destination, then fsync the directory so the rename itself survives power loss. On any exception the temporary
 file is removed and the destination is untouched. Temporary names start with ``.`` and contain ``.tmp-`` so
 servers never publish them and cleaners can recognise them.
+
+Large writes (blobs, patch results) first check that the destination's file system has room
+(:func:`require_space`); a write that still fails — the disk filled meanwhile, a quota — becomes one
+:class:`~repo.errors.LocalIOError` naming the path and the space needed (:func:`write_failure`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from lorien.repo.errors import LocalIOError
 
 TEMP_MARKER = ".tmp-"
 
@@ -52,6 +60,29 @@ def atomic_writer(destination: Path | str, mode: int = 0o644) -> Iterator[IO[byt
             temp_path.unlink()
         raise
     fsync_dir(destination.parent)
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on ``directory``'s file system (its nearest existing parent)."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return shutil.disk_usage(directory).free
+
+
+def require_space(destination: Path | str, needed: int, what: str) -> None:
+    """Refuse, before writing anything, a ``needed``-byte ``what`` that cannot fit beside ``destination``."""
+    destination = Path(destination)
+    free = free_bytes(destination.parent)
+    if needed > free:
+        error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+        raise LocalIOError.wrap(error, f"writing {what} ({needed} bytes needed, {free} free)")
+
+
+def write_failure(error: OSError, destination: Path | str, what: str, needed: int | None = None) -> LocalIOError:
+    """A failed write as one line naming ``destination`` (``write()`` errors carry no file name of their own)."""
+    named = OSError(error.errno, error.strerror or str(error), error.filename or str(destination))
+    space = f" ({needed} bytes needed)" if needed is not None else ""
+    return LocalIOError.wrap(named, f"writing {what}{space}")
 
 
 def atomic_write_bytes(destination: Path | str, data: bytes) -> None:

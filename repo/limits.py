@@ -36,7 +36,8 @@ class Limits:
     max_segment: int = 16 * MiB  # target bytes one non-COPY segment may produce
     max_reference: int = 16 * MiB  # source bytes one segment may read as reference (COPY excepted)
     max_payload: int = 17 * MiB  # payload bytes of one segment
-    max_target: int = 1 << 40
+    max_target: int = 1 << 40  # bytes one patch may produce (any engine); free space is checked as well
+    max_window: int = 1 << 27  # zstd window the ``zstd`` engine's decoder may allocate (a power of two)
 
     def with_overrides(self, values: dict[str, Any], where: str) -> Limits:
         """A copy with ``values`` applied; unknown names and non-positive numbers raise ValueError naming them."""

@@ -251,3 +251,35 @@ def test_a_watcher_started_during_a_copy_waits_for_it(watched, sources: list[Pat
     wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0"], what="both versions once the copy completed")
     entry = next(v for v in manifest(repo)["versions"] if v["version"] == "1.1.0")
     assert entry["size"] == len(data)
+
+
+def test_a_stalled_copy_is_not_published_until_it_is_whole(watched, sources: list[Path]) -> None:
+    models, repo, running = watched
+    watcher = start(running, models, repo)
+    wait_until(lambda: versions(repo) == ["1.0.0"])
+    data = sources[1].read_bytes()
+    target = models / "cls" / "1.1.0.tflite"
+    with open(target, "wb") as stalled:
+        stalled.write(data[: len(data) // 2])
+        stalled.flush()
+        watcher.wait_for_line("1.1.0.tflite: incomplete TFLite file")  # settled, looked at, refused
+        assert versions(repo) == ["1.0.0"]
+        stalled.write(data[len(data) // 2 :])
+    wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0"], what="the file once whole")
+    entry = next(v for v in manifest(repo)["versions"] if v["version"] == "1.1.0")
+    assert entry["size"] == len(data) and (repo / entry["blob"]).read_bytes() == data
+    assert sum("incomplete TFLite file" in line for line in watcher.lines) == 1
+
+
+def test_backup_names_are_never_versions_and_warned_once(watched, sources: list[Path]) -> None:
+    models, repo, running = watched
+    shutil.copy(sources[0], models / "cls" / "1.0.0.tflite.bak")
+    watcher = start(running, models, repo)
+    wait_until(lambda: versions(repo) == ["1.0.0"])
+    shutil.copy(sources[1], models / "cls" / "1.1.0.tflite~")
+    shutil.copy(sources[1], models / "cls")
+    wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0"])
+    shutil.copy(sources[2], models / "cls")
+    wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0", "1.2.0"])
+    for name in ("1.0.0.tflite.bak", "1.1.0.tflite~"):
+        assert sum(f"ignoring {models / 'cls' / name}:" in line for line in watcher.lines) == 1, watcher.lines

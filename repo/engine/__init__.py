@@ -6,9 +6,11 @@ engine. Each engine writes a self-describing patch (its magic bytes say which en
 side never needs to be told the engine; the name is still recorded per patch in the manifest so a device can
 refuse engines it does not have before downloading anything.
 
-Data flow of ``apply_patch``: check the source model's size and SHA-256 against the patch header → decode into
-a temporary file beside ``output`` while hashing → compare with the target SHA-256 in the header → atomically
-rename. On any failure the temporary file is removed and ``output`` is untouched.
+Data flow of ``apply_patch``: the declared target size against ``Limits.max_target`` and the free space beside
+``output`` (a patch bomb is refused before one byte is written) → check the source model's size and SHA-256
+against the patch header → decode into a temporary file beside ``output`` while hashing → compare with the
+target SHA-256 in the header → atomically rename. On any failure the temporary file is removed and ``output``
+is untouched; a write that fails anyway (the disk filled meanwhile) is one ``LocalIOError`` naming ``output``.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lorien.repo.atomic import require_space, write_failure
 from lorien.repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.engine.mallorn_adapter import MallornEngine
 from lorien.repo.engine.zstd_dict import ZstdDictEngine
-from lorien.repo.errors import BadInputError, PatchError
-from lorien.repo.limits import Limits
+from lorien.repo.errors import BadInputError, LocalIOError, PatchError
+from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 DEFAULT_ENGINE = LorienEngine.name
 
@@ -79,7 +82,10 @@ def create_patch(old: Path | str, new: Path | str, output: Path | str, engine: s
     _require_file(new, "new model")
     chosen = get_engine(engine)
     started = time.perf_counter()
-    chosen.create(old, new, output)
+    try:
+        chosen.create(old, new, output)
+    except OSError as error:
+        raise write_failure(error, output, "the patch") from None
     info = chosen.info(output)
     return PatchStats(
         engine=chosen.name,
@@ -98,10 +104,29 @@ def apply_patch(
     model, patch, output = Path(model), Path(patch), Path(output)
     _require_file(model, "model")
     _require_file(patch, "patch")
-    engine = engine_for_patch(patch)
-    if limits is not None and engine.name == LorienEngine.name:
-        engine = LorienEngine(limits=limits)
-    return engine.apply(model, patch, output)
+    limits = limits or DEFAULT_LIMITS
+    engine = _bounded(engine_for_patch(patch), limits)
+    target_size = engine.info(patch).target_size
+    if target_size > limits.max_target:
+        raise PatchError(
+            f"{patch}: corrupt patch: target size {target_size} exceeds the limit {limits.max_target}"
+        )
+    require_space(output, target_size, f"the result of {patch.name}")
+    try:
+        return engine.apply(model, patch, output)
+    except OSError as error:
+        raise write_failure(error, output, f"the result of {patch.name}", target_size) from None
+
+
+def _bounded(engine: Engine, limits: Limits) -> Engine:
+    """``engine`` enforcing ``limits`` (the shared instances use the defaults)."""
+    if limits is DEFAULT_LIMITS:
+        return engine
+    if isinstance(engine, LorienEngine):
+        return LorienEngine(limits=limits)
+    if isinstance(engine, ZstdDictEngine):
+        return ZstdDictEngine(limits=limits)
+    return engine
 
 
 def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
@@ -109,7 +134,10 @@ def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
     model, patch = Path(model), Path(patch)
     _require_file(model, "model")
     _require_file(patch, "patch")
-    return engine_for_patch(patch).apply(model, patch, None)
+    try:
+        return engine_for_patch(patch).apply(model, patch, None)
+    except OSError as error:
+        raise LocalIOError.wrap(error, f"verifying {patch}") from None
 
 
 def require_engine(name: str, what: str = "patch") -> Engine:
