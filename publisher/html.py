@@ -1,7 +1,8 @@
 """HTML pages for people inspecting a repository, rendered with jinja2 from the manifests.
 
-Pages are a pure function of the manifests (their ``generated_at`` included), so re-publishing with no change
-renders identical bytes and nothing is rewritten. Links are relative, so the pages work from any base URL.
+Pages are a pure function of the manifests (their ``generated_at`` included; given the root, also of the key ids
+in their ``.sig`` files), so re-publishing with no change renders identical bytes and nothing is rewritten. Links
+are relative, so the pages work from any base URL.
 
 Both pages flag every group of versions that share a Mallorn identity (a ``short_id``; often the whole
 fingerprint): a Mallorn client cannot tell them apart (docs/fingerprint.md). They show each manifest's
@@ -40,7 +41,7 @@ _CHART_BARS = 560  # px for the longest bar; the chart is 120 px wider for the s
 _CHART_LABEL_CHARS = 90  # longer "from → to" labels are cut (the full one is the label's tooltip)
 
 
-def signature_key_ids(root: Path | None, family: str) -> list[str] | None:
+def _signature_key_ids(root: Path | None, family: str) -> list[str] | None:
     """Key ids listed in ``<family>/manifest.json.sig`` under ``root``: ``None`` without a root or a ``.sig``,
     ``[]`` when the file cannot be read as a signature file. Nothing is verified."""
     if root is None:
@@ -127,7 +128,7 @@ def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
         patch_rows=patch_rows,
         chart=_bytes_chart(patch_rows),
         show_signers=root is not None,
-        key_ids=signature_key_ids(root, manifest.family),
+        key_ids=_signature_key_ids(root, manifest.family),
         groups=groups,
         shared={group["short_id"]: group for group in groups},
     )
@@ -141,7 +142,7 @@ def render_root_page(index: Index, manifests: list[Manifest], root: Path | None 
             "entry": entry,
             "manifest": by_name[entry.name],
             "latest": by_name[entry.name].latest_entry(),
-            "key_ids": signature_key_ids(root, entry.name),
+            "key_ids": _signature_key_ids(root, entry.name),
         }
         for entry in index.families
     ]
