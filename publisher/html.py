@@ -120,7 +120,8 @@ def identity_groups(versions: Iterable[tuple[str, VersionEntry]]) -> list[dict[s
 
 
 def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
-    """The family's ``index.html``; ``root`` (the repository) lets it show the key ids of the manifest's ``.sig``."""
+    """The family's ``index.html``; ``root`` (the repository) lets it show the key ids in the manifest's
+    ``.sig``."""
     groups = identity_groups((entry.version, entry) for entry in manifest.versions)
     patch_rows = _patch_rows(manifest)
     return _environment.get_template("family.html").render(

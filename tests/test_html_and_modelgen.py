@@ -1,4 +1,5 @@
-"""HTML pages for people (content; the layout in a real browser is tests/test_pages_browser.py), and the TFLite generator read back by the independent `tflite` package."""
+"""HTML pages for people (their content; their layout in a real browser: tests/test_pages_browser.py), and
+the TFLite generator read back by the independent `tflite` package."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""The built-in LiteRT health check (``health_check_litert``) with the real ``ai-edge-litert`` interpreter: generated
-TFLite models that load, and ones that do not (truncated, not a model, layers that do not fit together) — called
-directly, and through a real ``lorien device`` update that is rolled back when the new model does not load."""
+"""The built-in LiteRT health check (``health_check_litert``) with the real ``ai-edge-litert`` interpreter:
+generated TFLite models that load, and ones that do not (truncated, not a model, layers that do not fit
+together) — called directly, and through a real ``lorien device`` update that is rolled back when the new model
+does not load."""
 
 from __future__ import annotations
 

@@ -36,7 +36,10 @@ LONG_VERSIONS = ["2.0.0-rc.1+build.20261201.0123456789abcdef", "2.0.0-rc.2+build
 
 # Runs in the page: sizes the tests assert on (getBoundingClientRect is in CSS pixels of the viewport).
 LAYOUT = """(() => {
-  const box = (el) => { const r = el.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width}; };
+  const box = (el) => {
+    const r = el.getBoundingClientRect();
+    return {left: r.left, right: r.right, width: r.width};
+  };
   return {
     innerWidth: window.innerWidth,
     scrollWidth: document.documentElement.scrollWidth,
@@ -63,12 +66,13 @@ class Browser:
     def __init__(self, executable: str, profile: Path) -> None:
         to_browser_read, self._to_browser = map(_above_4, os.pipe())
         self._from_browser, from_browser_write = map(_above_4, os.pipe())
-        # The protocol pipe must be fds 3 and 4 in Chromium: let bash move ours there (dash takes single-digit fds only).
+        # The protocol pipe must be fds 3 and 4 in Chromium: let bash move ours there (dash takes single-digit
+        # fds only).
         moves = f"3<&{to_browser_read} 4>&{from_browser_write} {to_browser_read}<&- {from_browser_write}>&-"
         self.process = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" {moves}', executable, "--headless=new", "--no-sandbox", "--disable-gpu",
-             "--remote-debugging-pipe", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}",
-             "--no-first-run", "--hide-scrollbars", "about:blank"],
+            ["bash", "-c", f'exec "$0" "$@" {moves}', executable, "--headless=new", "--no-sandbox",
+             "--disable-gpu", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             f"--window-size={WIDTH},{HEIGHT}", "--no-first-run", "--hide-scrollbars", "about:blank"],
             pass_fds=(to_browser_read, from_browser_write),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
