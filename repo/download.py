@@ -3,13 +3,15 @@
 Data flow of :meth:`Downloader.fetch`, over the transport (repo.transport: ``Get`` → answer checks → bounded,
 rate-guarded body)::
 
-    .part + .part.json (validator, url, size) from an earlier attempt, for this URL and size?
+    .part + .part.json (validator, url, size) from an earlier attempt, for this URL and size, with a validator
+    that is a short visible-ASCII strong ETag or HTTP date (``transport.usable_validator``; no other is kept)?
       → yes: Get(url, size, start=N, validator) — ``Range: bytes=N-`` and ``If-Range``; no: start at 0 (a
         .part without a usable record is discarded). Always ``Accept-Encoding: identity`` (a compressed body
         would break offsets and the size bound; one sent anyway is refused)
       → 206 from N: append · 200: the server ignored the range or the file changed → write from 0
         · 416 with a complete file: done (a shorter one is discarded, the next attempt starts at 0)
-        · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
+        · another 4xx to the resuming request (ResumeRefused): the .part is discarded and the file asked for
+          once more from 0 · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
       → never more than the declared size is read or written: a Content-Length beyond it fails before the
         body, a body without one is cut at it (OversizeError: the file is downloaded once more like a digest
         mismatch, then IntegrityError)
@@ -33,10 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorien.repo.atomic import atomic_write_bytes
-from lorien.repo.errors import IntegrityError, OversizeError, TransientNetworkError
+from lorien.repo.errors import IntegrityError, OversizeError, ResumeRefused, TransientNetworkError
 from lorien.repo.hashing import Digests, digest_file
+from lorien.repo.headers import usable_validator
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
-from lorien.repo.transport import DOWNLOAD_RETRY, Body, Get, HttpTransport, RetryPolicy, Transport
+from lorien.repo.transport import (
+    DOWNLOAD_RETRY,
+    Body,
+    Get,
+    HttpTransport,
+    RetryPolicy,
+    Transport,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +122,7 @@ class Downloader:
         part = request.destination
         part.parent.mkdir(parents=True, exist_ok=True)
         have, validator = _resumable(request)
-        get = Get(request.url, request.size, start=have, validator=validator, blob=True)
-        with self.transport.get(get) as body:
+        with self._open(request, have, validator) as body:
             if body.status == 416:
                 if have == request.size:
                     return  # complete already; verification decides
@@ -123,6 +132,16 @@ class Downloader:
                 log.info("server sent the whole file for %s (range ignored or file changed)", request.url)
             _write_meta(part, {"url": request.url, "size": request.size, "validator": body.validator})
             self._stream(body, request)
+
+    def _open(self, request: DownloadRequest, have: int, validator: str | None) -> Body:
+        """The answer to a request from byte ``have``; a 4xx to a resuming request discards the ``.part`` and
+        asks once more from zero (a 4xx to that is an error)."""
+        try:
+            return self.transport.get(Get(request.url, request.size, start=have, validator=validator, blob=True))
+        except ResumeRefused as error:
+            log.warning("%s; discarding the %d bytes downloaded and starting again from zero", error, have)
+            discard(request.destination)
+            return self.transport.get(Get(request.url, request.size, blob=True))
 
     def _stream(self, body: Body, request: DownloadRequest) -> None:
         clock = self.transport.clock
@@ -150,13 +169,15 @@ def _resumable(request: DownloadRequest) -> tuple[int, str | None]:
     if not have:
         return 0, None
     meta = _read_meta(part)
-    usable = meta.get("url") == request.url and meta.get("size") == request.size and meta.get("validator")
+    validator = meta.get("validator")
+    # an older lorien kept any validator: one an honest server refuses would make every resume fail
+    usable = meta.get("url") == request.url and meta.get("size") == request.size and usable_validator(validator)
     if not usable or have > request.size:
         why = "no usable validator for this URL" if not usable else f"{have} bytes, more than {request.size}"
         log.info("restarting download of %s from zero: the partial file has %s", request.url, why)
         discard(part)
         return 0, None
-    return have, meta["validator"]
+    return have, validator
 
 
 def discard(part: Path) -> None:

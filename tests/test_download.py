@@ -165,6 +165,54 @@ def test_default_policy_makes_six_attempts_with_capped_backoff(tmp_path: Path, s
     assert sim.pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
 
 
+# ---------------------------------------------------------------- validators
+
+
+@pytest.mark.parametrize("etag", ['"v1\x01"', '"' + "a" * 10_000 + '"', 'W/"weak"', "unquoted", '"caf\u00e9"'])
+def test_an_unusable_etag_is_never_kept_so_the_download_restarts_from_zero(
+    tmp_path: Path, sim: RepositorySimulator, etag: str
+) -> None:
+    sim.inject(PATH, Fault(etag=etag, cut=30000))
+    _downloader(sim).fetch(_request(tmp_path, sim))
+    assert [seen.headers.get("Range") for seen in sim.requests] == [None, None]  # no resume with that validator
+    assert (tmp_path / "model.part").read_bytes() == DATA
+
+
+def test_a_poisoned_record_from_an_older_version_is_ignored(tmp_path: Path, sim: RepositorySimulator) -> None:
+    request = _request(tmp_path, sim)
+    request.destination.write_bytes(DATA[:2000])
+    meta = {"url": request.url, "size": len(DATA), "validator": '"v1\r\nX-Evil: 1"'}
+    (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    _downloader(sim).fetch(request)
+    assert len(sim.requests) == 1 and "If-Range" not in sim.requests[0].headers
+    assert request.destination.read_bytes() == DATA
+
+
+def _resumable_part(tmp_path: Path, sim: RepositorySimulator) -> DownloadRequest:
+    request = _request(tmp_path, sim)
+    request.destination.write_bytes(DATA[:2000])
+    meta = {"url": request.url, "size": len(DATA), "validator": sim.etags[PATH]}
+    (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    return request
+
+
+def test_a_4xx_to_a_resuming_request_restarts_from_zero_once(tmp_path: Path, sim: RepositorySimulator) -> None:
+    request = _resumable_part(tmp_path, sim)
+    sim.inject(PATH, Fault(status=400))
+    _downloader(sim).fetch(request)
+    assert [seen.headers.get("Range") for seen in sim.requests] == ["bytes=2000-", None]
+    assert request.destination.read_bytes() == DATA
+
+
+def test_a_second_4xx_after_the_restart_is_an_error(tmp_path: Path, sim: RepositorySimulator) -> None:
+    request = _resumable_part(tmp_path, sim)
+    sim.inject(PATH, Fault(status=400), Fault(status=403))
+    with pytest.raises(NetworkError) as caught:
+        _downloader(sim).fetch(request)
+    assert str(caught.value) == f"{request.url}: HTTP 403 Forbidden" and len(sim.requests) == 2
+    assert not request.destination.exists()
+
+
 def test_progress_reports_bytes_percent_and_rate(tmp_path: Path, sim: RepositorySimulator) -> None:
     seen = []
     sim.inject(PATH, Fault(rate=51200))  # 2 s of simulated time
