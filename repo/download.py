@@ -17,8 +17,10 @@ rate-guarded body)::
         mismatch, then IntegrityError)
       → a connection error, a stall (no byte for ``limits.stall_timeout``), a body averaging below
         ``limits.min_rate`` B/s over ``limits.rate_window``, a short body or a 5xx leaves the ``.part`` in
-        place; ``policy.retry`` (DOWNLOAD_RETRY: 6 attempts, backoff 0.5 s doubling to 8 s) runs the next
-        attempt from where it stopped; after the last one :class:`NetworkError` carries the last reason
+        place; ``policy.retry`` (DOWNLOAD_RETRY: a time budget of 3600 s of pauses, backoff 0.5 s doubling to
+        60 s; the device's ``[retry]`` table) runs the next attempt from where it stopped, after telling
+        ``on_progress`` that it waits (``Progress.waiting``); once the budget is spent :class:`NetworkError`
+        carries the last reason
       → complete: size, MD5 (mandatory) and SHA-256 (when known) are checked; a mismatch deletes the file and
         downloads again, ``policy.verify_attempts`` times in all, then raises :class:`IntegrityError`
 
@@ -46,6 +48,7 @@ from lorien.repo.transport import (
     HttpTransport,
     RetryPolicy,
     Transport,
+    Waiting,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class Progress:
     total: int
     rate: float  # bytes per second over this attempt
     eta: float | None  # seconds
+    waiting: Waiting | None = None  # set while the download waits to retry (done: what the .part holds)
 
     @property
     def percent(self) -> float:
@@ -101,7 +105,9 @@ class Downloader:
         last_error = ""
         for verify_round in range(self.policy.verify_attempts):
             try:
-                self.policy.retry.run(lambda: self._attempt(request), self.transport.sleep, "download")
+                self.policy.retry.run(
+                    lambda: self._attempt(request), self.transport.sleep, "download", self._on_wait(request)
+                )
             except OversizeError as error:
                 last_error = str(error)
                 discard(request.destination)
@@ -117,6 +123,19 @@ class Downloader:
             )
             discard(request.destination)
         raise IntegrityError(f"{last_error} after {self.policy.verify_attempts} downloads")
+
+    def _on_wait(self, request: DownloadRequest) -> Callable[[Waiting], None] | None:
+        """Tell ``on_progress`` that the download waits for its next attempt."""
+        on_progress = self.on_progress
+        if on_progress is None:
+            return None
+        part = request.destination
+
+        def on_wait(waiting: Waiting) -> None:
+            done = part.stat().st_size if part.exists() else 0
+            on_progress(Progress(done, request.size, 0.0, None, waiting))
+
+        return on_wait
 
     def _attempt(self, request: DownloadRequest) -> None:
         part = request.destination

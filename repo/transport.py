@@ -23,14 +23,15 @@ for ``inspect --verify``) and the resumable downloader (repo.download: the devic
                                                  chunk feeds the RateGuard (``min_rate`` over ``rate_window``)
                                                  and is checked against the ``deadline``
       → RetryPolicy.run(action, sleep, what)     repeats ``action`` on TransientNetworkError with capped
-                                                 exponential backoff; after the last attempt a NetworkError
-                                                 names the URL and the last reason
+                                                 exponential backoff, for a number of attempts or a time budget;
+                                                 then a NetworkError names the URL and the last reason
 
 Every error names the URL. What an attempt covers is the caller's choice: the fetcher retries getting an
 answer (a document that stalls mid-body fails at once, so slow retrieval stays bounded by one window), and a
 document as a whole has ``limits.document_timeout``; the downloader retries whole attempts, each resuming its
-``.part``. The two attempt counts, REQUEST_RETRY and DOWNLOAD_RETRY, are defined here, next to the statuses
-that count as passing trouble.
+``.part``. The two policies, REQUEST_RETRY (4 attempts) and DOWNLOAD_RETRY (a time budget of 3600 s of pauses,
+which the device's ``[retry]`` table replaces), are defined here, next to the statuses that count as passing
+trouble.
 
 Timeouts: connecting takes at most ``limits.connect_timeout``; a server silent for ``limits.stall_timeout``
 is cut off (the read timeout); a server that keeps sending, but too slowly, is caught by the RateGuard, which
@@ -71,36 +72,67 @@ READ_SIZE = 64 * 1024  # bytes asked for per read: a cut connection loses at mos
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """``attempts`` tries in all; the pause before a retry starts at ``backoff`` seconds and doubles up to
-    ``max_backoff``. Only TransientNetworkError is retried."""
+class Waiting:
+    """What a policy reports before a pause: attempt ``attempt`` comes in ``pause`` seconds; the last one failed
+    for ``reason`` (the device shows ``connection lost, retry 3 in 16 s``)."""
 
-    attempts: int
+    attempt: int
+    pause: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries TransientNetworkError (nothing else); the pause before a retry starts at ``backoff`` seconds and
+    doubles up to ``max_backoff``. Bounded by ``attempts`` (tries in all), or by ``budget``: the pauses add up to
+    at most that many seconds — a time budget, so an outage shorter than it is waited out however many attempts
+    that takes, and the next pause that would pass it ends the retries instead."""
+
+    attempts: int | None
     backoff: float
     max_backoff: float
+    budget: float | None = None
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if self.attempts is None and self.budget is None:
+            raise ValueError("RetryPolicy needs attempts or a budget")
+        if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
 
-    def run(self, action: Callable[[], T], sleep: Callable[[float], None], what: str) -> T:
-        """``action()``'s result, retrying it on TransientNetworkError; ``what`` names it in the final error."""
-        pause, last = self.backoff, None
-        for attempt in range(1, self.attempts + 1):
+    def run(
+        self,
+        action: Callable[[], T],
+        sleep: Callable[[float], None],
+        what: str,
+        on_wait: Callable[[Waiting], None] | None = None,
+    ) -> T:
+        """``action()``'s result, retrying it on TransientNetworkError; ``what`` names it in the final error,
+        ``on_wait`` hears of every pause before it starts."""
+        pause, waited, attempt = self.backoff, 0.0, 0
+        while True:
+            attempt += 1
             try:
                 return action()
             except TransientNetworkError as error:
                 last = error
-                log.info("%s interrupted (attempt %d of %d): %s", what, attempt, self.attempts, error)
-            if attempt < self.attempts:
-                sleep(pause)
-                pause = min(pause * 2, self.max_backoff)
-        assert last is not None
-        raise NetworkError(f"{last.url}: {what} failed after {self.attempts} attempts: {last.reason}")
+                log.info("%s interrupted (attempt %d): %s", what, attempt, error)  # the final error says it once
+            if self.attempts is not None and attempt >= self.attempts:
+                raise NetworkError(f"{last.url}: {what} failed after {attempt} attempts: {last.reason}")
+            if self.budget is not None and waited + pause > self.budget:
+                raise NetworkError(
+                    f"{last.url}: {what} failed after {attempt} attempts and {waited:g} s of waiting (retry budget "
+                    f"{self.budget:g} s): {last.reason}"
+                )
+            if on_wait is not None:
+                on_wait(Waiting(attempt + 1, pause, last.reason))
+            sleep(pause)
+            waited += pause
+            pause = min(pause * 2, self.max_backoff)
 
 
 REQUEST_RETRY = RetryPolicy(attempts=4, backoff=0.2, max_backoff=5.0)  # documents: getting an answer
-DOWNLOAD_RETRY = RetryPolicy(attempts=6, backoff=0.5, max_backoff=8.0)  # blobs: whole attempts, each resuming
+# blobs: whole attempts, each resuming; a time budget (the device's [retry] table sets it)
+DOWNLOAD_RETRY = RetryPolicy(attempts=None, backoff=0.5, max_backoff=60.0, budget=3600.0)
 
 
 # ------------------------------------------------------------------------------------------------ rate guard

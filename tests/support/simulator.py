@@ -9,7 +9,8 @@ retry policy, the fetcher, the downloader.
 Faults are injected per path, one :class:`Fault` per request in order (then normal answers, or the last fault
 for ever): an HTTP status, a connection that fails before answering or breaks after N bytes, a body that ends
 early, a changed ETag, a range ignored or misplaced, extra bytes, a lying Content-Length, a compressed body, a slow or
-stalled body, a slow head. Time is simulated: the transport's clock advances as a slow body trickles, a stall or a retry
+stalled body, a slow head; ``down_until`` makes the whole repository unreachable until a simulated moment (an
+outage). Time is simulated: the transport's clock advances as a slow body trickles, a stall or a retry
 pause passes, so the rate guard and the backoff are exercised without sleeping. Every request is recorded
 (``requests``: path and headers) and every pause (``pauses``).
 """
@@ -61,6 +62,7 @@ class RepositorySimulator(Transport):
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
         self.now = 0.0
+        self.down_until = 0.0  # an outage: every request fails to connect until this simulated time
         self.pauses: list[float] = []
         self.requests: list[Seen] = []
         self._faults: dict[str, list[Fault]] = {}
@@ -99,6 +101,8 @@ class RepositorySimulator(Transport):
     def _open(self, url: str, headers: dict[str, str], head: Deadline, whole: Deadline | None) -> Answer:
         path = url.removeprefix(self.BASE)
         self.requests.append(Seen(path, dict(headers)))
+        if self.now < self.down_until:
+            raise TransientNetworkError(url, "ConnectionError: connection refused")
         fault = self._next_fault(path)
         if fault.drop:
             raise TransientNetworkError(url, fault.drop)
