@@ -25,7 +25,7 @@ def usable_validator(value: str | None) -> bool:
     """Whether ``value`` may be kept and sent back as If-Range: a strong ETag or an HTTP date, visible ASCII
     and at most MAX_VALIDATOR characters. Anything else (control characters, 10 KB, a weak ETag) would be
     refused by an honest server on every resume."""
-    if not value or len(value) > MAX_VALIDATOR:
+    if not isinstance(value, str) or not value or len(value) > MAX_VALIDATOR:  # a record's value may be anything
         return False
     if _STRONG_ETAG.fullmatch(value):
         return True

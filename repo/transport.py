@@ -98,6 +98,8 @@ class RetryPolicy:
             raise ValueError("RetryPolicy needs attempts or a budget")
         if self.attempts is not None and self.attempts < 1:
             raise ValueError(f"RetryPolicy.attempts must be at least 1, got {self.attempts}")
+        if self.budget is not None and self.backoff <= 0:
+            raise ValueError("RetryPolicy with a budget needs a positive backoff, or it would never spend it")
 
     def run(
         self,

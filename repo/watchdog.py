@@ -56,15 +56,16 @@ class Watchdog:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._timer: threading.Timer | None = None
+        self._armed = 0  # which arm() the running timer belongs to: a replaced one's late firing is ignored
 
     def arm(self, deadline: Deadline, seconds_left: float) -> None:
         """Watch ``deadline``, which passes ``seconds_left`` from now (replacing what was watched before)."""
         self.disarm(release=False)
-        timer = threading.Timer(max(seconds_left, 0.0), self._fire, (deadline,))
-        timer.daemon = True
         with self._lock:
-            self._timer = timer
-        timer.start()
+            self._armed += 1
+            self._timer = threading.Timer(max(seconds_left, 0.0), self._fire, (deadline, self._armed))
+            self._timer.daemon = True
+            self._timer.start()
 
     def disarm(self, release: bool = True) -> None:
         """Stop watching; ``release`` also forgets the socket (the answer is closed)."""
@@ -91,10 +92,10 @@ class Watchdog:
         finally:
             _current.watchdog = None
 
-    def _fire(self, deadline: Deadline) -> None:
+    def _fire(self, deadline: Deadline, armed: int) -> None:
         with self._lock:
-            if self._timer is None:
-                return  # disarmed while the timer was starting
+            if self._timer is None or armed != self._armed:
+                return  # disarmed or re-armed while this timer was going off
             self.fired = deadline
             _shut(self._sock)
 

@@ -196,6 +196,11 @@ def test_a_spent_time_budget_fails_with_the_last_reason(tmp_path: Path, sim: Rep
     )
 
 
+def test_a_budget_needs_a_pause_that_spends_it() -> None:
+    with pytest.raises(ValueError, match="needs a positive backoff"):
+        RetryPolicy(None, backoff=0.0, max_backoff=0.0, budget=10.0)
+
+
 def test_progress_tells_of_each_wait_before_it(tmp_path: Path, sim: RepositorySimulator) -> None:
     sim.inject(PATH, Fault(cut=1000), Fault(status=503))
     seen: list[Progress] = []
@@ -220,10 +225,13 @@ def test_an_unusable_etag_is_never_kept_so_the_download_restarts_from_zero(
     assert (tmp_path / "model.part").read_bytes() == DATA
 
 
-def test_a_poisoned_record_from_an_older_version_is_ignored(tmp_path: Path, sim: RepositorySimulator) -> None:
+@pytest.mark.parametrize("validator", ['"v1\r\nX-Evil: 1"', '"' + "a" * 300 + '"', 123, ["x"]])
+def test_a_poisoned_record_from_an_older_version_is_ignored(
+    tmp_path: Path, sim: RepositorySimulator, validator: object
+) -> None:
     request = _request(tmp_path, sim)
     request.destination.write_bytes(DATA[:2000])
-    meta = {"url": request.url, "size": len(DATA), "validator": '"v1\r\nX-Evil: 1"'}
+    meta = {"url": request.url, "size": len(DATA), "validator": validator}
     (tmp_path / "model.part.json").write_text(json.dumps(meta))
     _downloader(sim).fetch(request)
     assert len(sim.requests) == 1 and "If-Range" not in sim.requests[0].headers
