@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from lorien.repo.errors import NetworkError
+from lorien.repo.fetch import HttpFetcher
+from lorien.repo.inspect import inspect_repository
+from lorien.repo.transport import REQUEST_RETRY
 from tests.support.processes import LiveServer, run_lorien
+from tests.support.simulator import Fault, RepositorySimulator
 
 
 def _blob(repo: Path, kind: str = "patches") -> Path:
@@ -61,3 +68,18 @@ def test_inspect_missing_or_broken_repository(tmp_path: Path) -> None:
     assert result.returncode == 1 and "not valid UTF-8 JSON" in result.stdout
     result = run_lorien("inspect", "ftp://example.invalid/repo")
     assert result.returncode != 0 and "unsupported URL scheme" in result.stderr
+
+
+def test_an_index_that_cannot_be_fetched_is_raised_after_one_round_of_retries(published: Path) -> None:
+    sim = RepositorySimulator.from_directory(published)
+    sim.inject("index.json", Fault(drop="ConnectionRefusedError: [Errno 111] Connection refused"), forever=True)
+    with pytest.raises(NetworkError, match=r"index\.json: request failed after \d+ attempts"):
+        inspect_repository(HttpFetcher(sim.BASE, transport=sim))
+    assert len(sim.requests) == REQUEST_RETRY.attempts  # read once, not again by the command
+
+
+def test_an_index_that_arrives_but_does_not_parse_is_a_finding(published: Path) -> None:
+    sim = RepositorySimulator.from_directory(published)
+    sim.add("index.json", b"{broken")
+    report = inspect_repository(HttpFetcher(sim.BASE, transport=sim))
+    assert report.index is None and not report.ok and "not valid UTF-8 JSON" in report.problems[0]

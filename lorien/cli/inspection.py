@@ -2,7 +2,8 @@
 
 Data flow: :func:`~repo.fetch.open_repository` → :func:`~repo.inspect.inspect_repository` (index.json, every
 manifest, with ``--key`` their signatures, with ``--verify`` every blob re-hashed) → text or JSON on stdout.
-Findings end the command with exit 1; a repository that cannot be reached at all is a network error (exit 4).
+Findings end the command with exit 1; a repository whose index.json cannot be fetched at all (unreachable, an HTTP
+error) is a network error that ``inspect_repository`` raises (exit 4).
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from lorien.cli._options import Commands, add_command, add_json_option
 def _inspect(args: argparse.Namespace) -> int:
     from lorien.repo.fetch import open_repository
     from lorien.repo.inspect import inspect_repository, render_text
-    from lorien.repo.layout import INDEX_FILE
     from lorien.repo.signing import load_trusted_key
 
-    if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
-        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if not args.verbose:  # both warn at each retry; the error that ends the command says why it failed
+        for name in ("urllib3", "lorien.repo.transport"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     keys = tuple(load_trusted_key(path) for path in args.key or ())
     fetcher = open_repository(args.repo)
-    report = inspect_repository(fetcher, verify=args.verify, keys=keys)
-    if report.index is None:
-        # The report only says why index.json is unusable. Read it once more so that an unreachable server or
-        # an HTTP error ends the command as what it is (a NetworkError, exit 4), not as a finding (exit 1).
-        fetcher.read_document(INDEX_FILE)
+    report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
