@@ -9,14 +9,14 @@ error) is a network error that ``inspect_repository`` raises (exit 4).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command, add_json_option
+from lorien.cli._options import Commands, add_command, add_json_option, print_fields
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    """show a repository (directory or http(s) URL)"""
     from lorien.repo.fetch import open_repository
     from lorien.repo.inspect import inspect_repository, render_text
     from lorien.repo.signing import load_trusted_key
@@ -28,20 +28,14 @@ def _inspect(args: argparse.Namespace) -> int:
     fetcher = open_repository(args.repo)
     report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_fields(report.to_dict(), as_json=True)
     else:
         print(render_text(report, args.verify))
     return 0 if report.ok else 1
 
 
 def register(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "inspect",
-        _inspect,
-        "show a repository (directory or http(s) URL)",
-        doing="inspecting the repository",
-    )
+    command = add_command(commands, "inspect", _inspect, doing="inspecting the repository")
     command.add_argument("repo", help="repository directory or base URL")
     add_json_option(command)
     command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
