@@ -20,6 +20,8 @@ from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.faulty_server import Faults, FaultyServer
 from tests.support.processes import LiveServer, start_server
 
+pytestmark = pytest.mark.slow  # real `lorien serve` and `lorien device` processes
+
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -53,12 +53,14 @@ def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> N
     assert report["families"][0]["patches"][0]["percent_of_full"] > 0
 
 
+@pytest.mark.slow
 def test_inspect_over_http(live_server: LiveServer) -> None:
     result = run_lorien("inspect", live_server.url, "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verified 5 blobs" in result.stdout
 
 
+@pytest.mark.slow
 def test_inspect_missing_or_broken_repository(tmp_path: Path) -> None:
     result = run_lorien("inspect", tmp_path / "nothing")
     assert result.returncode != 0 and "does not exist" in result.stderr
