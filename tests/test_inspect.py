@@ -28,6 +28,7 @@ def test_inspect_text_lists_versions_and_patches(published: Path) -> None:
     assert "1.0.0 → 1.2.0" in out and "%" in out and "tflite" in out
 
 
+@pytest.mark.slow
 def test_inspect_verify_passes_then_names_every_bad_file(published: Path) -> None:
     ok = run_lorien("inspect", published, "--verify")
     assert ok.returncode == 0 and "all sizes and digests match" in ok.stdout
@@ -43,6 +44,7 @@ def test_inspect_verify_passes_then_names_every_bad_file(published: Path) -> Non
     assert missing.name in bad.stdout and "cannot read" in bad.stdout
 
 
+@pytest.mark.slow
 def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> None:
     blob = _blob(published, "versions")
     blob.write_bytes(blob.read_bytes()[:-1])
