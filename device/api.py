@@ -98,13 +98,13 @@ def _download(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
         raise ApiError(400, f"package_size: must be from 1 to {limits.max_blob_bytes}")
     md5 = _field(body, "package_md5", str, _MD5)
     updater.download_package(version, url, name, size, md5)
-    return "download started", {"version": version}
+    return "success", {"version": version, "status": "downloading"}  # TOPE: msg "success", data.status
 
 
 def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
     version = _field(body, "version", str, _VERSION)
     updater.install_package(version)
-    return "update started", {"version": version}
+    return "success", {"version": version, "status": "installing"}
 
 
 def _update_latest(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:

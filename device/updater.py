@@ -62,7 +62,7 @@ class StatusView:
 
     stage: Stage
     busy: bool
-    progress: dict[str, Any]  # {stage, progress (percent), message, error}
+    progress: dict[str, Any]  # TOPE's {stage, progress (integer percent), message, error} + lorien's keys
 
 
 class Updater:
@@ -93,10 +93,17 @@ class Updater:
 
     # ------------------------------------------------------------------ operation control
 
-    def _start(self, kind: str, work: Callable[[], None]) -> None:
-        """Run ``work`` in the background, or raise Busy."""
+    def _start(self, kind: str, work: Callable[[], None], announce: tuple[Stage, str] | None = None) -> None:
+        """Run ``work`` in the background, or raise Busy. ``announce``: the stage entered before the request is
+        answered, so that a client polling ``/progress`` right after never sees the previous operation's end."""
         if not self._run_lock.acquire(blocking=False):
             raise Busy(f"another operation is running ({self._state.stage()}); try again when it finishes")
+        if announce is not None:
+            try:
+                self._reporter.enter(*announce)
+            except BaseException:
+                self._run_lock.release()
+                raise
 
         def run() -> None:
             try:
@@ -271,7 +278,6 @@ class Updater:
 
         def work() -> None:
             self._state.begin(Operation(Kind.DOWNLOAD, target=version), package=package)
-            self._reporter.enter(Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)")
             path = Path(package["path"])
             part = path.with_name(path.name + ".part")
 
@@ -288,7 +294,7 @@ class Updater:
             self._state.finish(True, f"package {name} for {version} downloaded and MD5-verified", version)
             self._reporter.report(Stage.IDLE, f"package {name} downloaded", 100.0)
 
-        self._start(Kind.DOWNLOAD, work)
+        self._start(Kind.DOWNLOAD, work, (Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)"))
 
     def install_package(self, version: str) -> None:
         """Deploy the TOPE package downloaded for ``version`` in the background; in signed mode only a model
@@ -325,7 +331,7 @@ class Updater:
             self._state.begin(Operation(Kind.INSTALL, target=recorded, target_sha256=digests.sha256))
             self._deployer.deploy(staged, recorded, digests.sha256)
 
-        self._start(Kind.INSTALL, work)
+        self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
 
     def rollback(self) -> None:
         """Deploy the newest backup in the background (the current model becomes a backup).
@@ -358,6 +364,7 @@ class Updater:
         if action is Heal.NOTHING or action is Heal.RESET:
             if action is Heal.RESET:
                 self._state.update(stage=Stage.IDLE)
+                self._reporter.resync()
             return "nothing to heal"
         assert operation is not None
         target = operation.target
@@ -373,6 +380,7 @@ class Updater:
             self._state.finish(
                 False, f"operation {kind} interrupted by a restart in stage {stage}", target, Stage.FAILED
             )
+            self._reporter.resync()
             return f"gave up on the interrupted {kind} ({stage}); the model path was not touched"
         if action is Heal.RESUME_UPDATE:
             work, done = self._continue_update, f"resuming the interrupted update to {target} ({stage})"
@@ -411,7 +419,7 @@ class Updater:
 
     def status_view(self) -> StatusView:
         """The stage, whether an operation is running, and the ``/progress`` document; cheap (nothing hashed)."""
-        return StatusView(self._state.stage(), self._run_lock.locked(), self._reporter.current())
+        return StatusView(self._state.stage(), self._run_lock.locked(), self._reporter.tope_progress())
 
     def status(self) -> dict[str, Any]:
         """The ``GET /status`` document: installed version and SHA-256, stage, results, backups, trust state."""
