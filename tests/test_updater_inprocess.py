@@ -102,7 +102,7 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
     assert len(status["backups"]) == 1
     assert _blob_requests(sim) == [step.blob for step in plan.steps]  # each blob fetched once, nothing else
     progress = updater.status_view().progress
-    assert progress["stage"] == "idle" and progress["progress"] == 100.0
+    assert progress["stage"] == "success" and progress["lorien_stage"] == "idle" and progress["progress"] == 100
     again = updater.check()
     assert again.up_to_date and not again.steps
 

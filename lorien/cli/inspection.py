@@ -21,9 +21,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from lorien.repo.inspect import inspect_repository, render_text
     from lorien.repo.signing import load_trusted_key
 
-    if not args.verbose:  # both warn at each retry; the error that ends the command says why it failed
-        for name in ("urllib3", "lorien.repo.transport"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     keys = tuple(load_trusted_key(path) for path in args.key or ())
     fetcher = open_repository(args.repo)
     report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
