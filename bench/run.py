@@ -302,18 +302,10 @@ def bench_tool(tool: str, pair: Pair, new_sha256: str, work: Path, timeout: floa
         "apply_cmd": shlex.join(steps.apply),
     }
     try:
-        create = run_measured(steps.create, timeout)
-        record.update(create_s=create.seconds, create_rss_mib=create.peak_rss_mib)
-        if create.status != "ok" or not patch.is_file():
-            status = "create-timeout" if create.status == "timeout" else "create-error"
-            record.update(status=status, error=create.stderr or "no patch file written")
+        if not _measured_step("create", steps.create, patch, "patch file", timeout, record):
             return record
         record["patch_bytes"] = patch.stat().st_size
-        applied = run_measured(steps.apply, timeout)
-        record.update(apply_s=applied.seconds, apply_rss_mib=applied.peak_rss_mib)
-        if applied.status != "ok" or not out.is_file():
-            status = "apply-timeout" if applied.status == "timeout" else "apply-error"
-            record.update(status=status, error=applied.stderr or "no output file written")
+        if not _measured_step("apply", steps.apply, out, "output file", timeout, record):
             return record
         got = sha256_file(out)
         if got != new_sha256:
@@ -323,6 +315,20 @@ def bench_tool(tool: str, pair: Pair, new_sha256: str, work: Path, timeout: floa
         return record
     finally:
         _remove(patch, out)
+
+
+def _measured_step(
+    stage: str, command: list[str], output: Path, what: str, timeout: float, record: dict[str, Any]
+) -> bool:
+    """Run one stage ("create" or "apply") measured into ``record`` (``<stage>_s``, ``<stage>_rss_mib``); True
+    when it succeeded and wrote ``output``, else the record gets ``<stage>-timeout``/``-error`` and the error."""
+    run = run_measured(command, timeout)
+    record.update({f"{stage}_s": run.seconds, f"{stage}_rss_mib": run.peak_rss_mib})
+    if run.status == "ok" and output.is_file():
+        return True
+    status = f"{stage}-timeout" if run.status == "timeout" else f"{stage}-error"
+    record.update(status=status, error=run.stderr or f"no {what} written")
+    return False
 
 
 def bench_pair(pair: Pair, tools: Sequence[str], work: Path, timeout: float, log: Callable[[str], None]) -> dict:

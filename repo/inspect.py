@@ -2,7 +2,10 @@
 
 Flow: ``index.json`` → each family's manifest → (with verify) stream every referenced blob once, comparing
 size, SHA-256 and MD5 with the manifest. Problems are collected, never raised one at a time, so a report names
-every missing or mismatching file in one go.
+every missing or mismatching file in one go — except when ``index.json`` itself cannot be fetched (the server
+is unreachable after the transport's retries, or answers an HTTP error; a directory has no readable index):
+there is no repository to report on, so that :class:`~repo.errors.NetworkError` is raised, once. An index that
+arrives but does not parse, or (with keys) is not validly signed, is a problem in the report like any other.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lorien.repo.errors import LorienError
+from lorien.repo.errors import LorienError, NetworkError
 from lorien.repo.fetch import Fetcher
 from lorien.repo.hashing import digest_chunks
 from lorien.repo.layout import INDEX_FILE
@@ -56,7 +59,11 @@ class Report:
 
 
 def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
-    """Read index.json and every manifest; with ``keys``, each must carry a valid signature by one of them."""
+    """Read index.json and every manifest; with ``keys``, each must carry a valid signature by one of them.
+
+    Raises:
+        NetworkError: index.json could not be fetched at all.
+    """
     report = Report(fetcher.location)
     policy = TrustPolicy(keys)
 
@@ -69,6 +76,8 @@ def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
 
     try:
         report.index = parse_index(read(INDEX_FILE), INDEX_FILE)
+    except NetworkError:
+        raise  # nothing to inspect: the command ends as a network failure, not with findings
     except LorienError as error:
         report.problems.append(str(error))
         return report

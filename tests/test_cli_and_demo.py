@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from lorien.repo.engine import available_engines
 from tests.support.processes import run_lorien
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end() -> None:
     result = run_lorien("demo", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

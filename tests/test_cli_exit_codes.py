@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.processes import run_lorien
 
 
@@ -27,6 +29,7 @@ def test_file_system_refusal_exits_5_naming_the_path_and_the_job(tmp_path: Path)
     assert line.startswith("lorien diff: error: ") and str(in_the_way) in line
 
 
+@pytest.mark.slow
 def test_unreachable_server_exits_4_with_one_line() -> None:
     result = run_lorien("inspect", "http://127.0.0.1:9/")  # nothing listens on the discard port
     assert result.returncode == 4 and result.stdout == ""

@@ -15,6 +15,8 @@ import pytest
 from lorien.modelgen import write_family
 from tests.support.processes import run_lorien
 
+pytestmark = pytest.mark.slow  # real `lorien publish` processes killed with SIGKILL
+
 CRASH_POINTS = ["blob", "patch", "manifest", "html", "index"]
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.processes import run_lorien
 
+pytestmark = pytest.mark.slow  # installs into a temporary root and runs the real CLI
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 UNITS = ("lorien-device.service", "lorien-publisher.service")
 HARDENING = {"NoNewPrivileges": "true", "ProtectSystem": "strict", "PrivateTmp": "true", "ProtectHome": "true"}

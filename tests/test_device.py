@@ -14,27 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from lorien.modelgen import DEFAULT_LAYERS, write_family
-from lorien.publisher.publish import publish
+from lorien.modelgen import DEFAULT_LAYERS
+from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.faulty_server import Faults, FaultyServer
 from tests.support.processes import LiveServer, start_server
 
-VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
+pytestmark = pytest.mark.slow  # real `lorien serve` and `lorien device` processes
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three 2 MB TFLite versions; the repository has only 1.0.0→1.1.0 and 1.1.0→1.2.0 (a two-hop chain)."""
     root = tmp_path_factory.mktemp("device-family")
-    write_family(root / "all" / "cls", VERSIONS, layer_sizes=DEFAULT_LAYERS, seed=11)
-    models = root / "models" / "cls"
-    models.mkdir(parents=True)
-    for version in VERSIONS[:2]:
-        shutil.copy(root / "all" / "cls" / f"{version}.tflite", models)
-    assert publish(root / "models", root / "repo").ok
-    shutil.copy(root / "all" / "cls" / "1.2.0.tflite", models)
-    assert publish(root / "models", root / "repo", keep=1).ok
+    publish_two_hop_family(root, DEFAULT_LAYERS)
     return root
 
 
@@ -44,10 +37,6 @@ def server(family: Path) -> Iterator[LiveServer]:
     yield live
     live.process.terminate()
     live.process.wait(10)
-
-
-def model_file(family: Path, version: str) -> Path:
-    return family / "all" / "cls" / f"{version}.tflite"
 
 
 def install(family: Path, tmp_path: Path, version: str | None) -> Path:
@@ -70,22 +59,30 @@ def latest_sha(family: Path) -> str:
     return hashlib.sha256(model_file(family, "1.2.0").read_bytes()).hexdigest()
 
 
+def failed_update(device: DeviceProcess, model: Path) -> str:
+    """POST update-latest, which must end failed with the model as it was; the failure's message."""
+    before = sha256(model)
+    device.api("POST", "update-latest")
+    status = device.wait_until_done()
+    assert status["stage"] == "failed" and not status["last_result"]["ok"], status
+    assert sha256(model) == before
+    return status["last_result"]["message"]
+
+
 # --------------------------------------------------------------------------- updates
 
 
-@pytest.mark.parametrize(
-    ("installed", "expected_steps"), [("1.1.0", ["patch"]), ("1.0.0", ["patch", "patch"]), (None, ["full"])]
-)
-def test_update_latest_by_patch_chain_or_full_file(
-    family: Path, server: LiveServer, tmp_path: Path, devices: list, installed: str | None, expected_steps: list
+def test_update_latest_over_the_api_by_a_two_hop_chain(
+    family: Path, server: LiveServer, tmp_path: Path, devices: list
 ) -> None:
-    model = install(family, tmp_path, installed)
+    """The API's documents around an update through real processes; one patch, the full file and the other
+    update logic run in-process on the in-memory repository (tests/test_updater_inprocess.py)."""
+    model = install(family, tmp_path, "1.0.0")
     device = start(devices, tmp_path, server.url, model)
     plan = device.api("POST", "check").json()["data"]
-    assert plan["installed"]["version"] == installed and plan["latest"] == "1.2.0"
-    assert [step["kind"] for step in plan["steps"]] == expected_steps
-    if installed is not None:
-        assert plan["download_bytes"] < plan["full_size"] / 2
+    assert plan["installed"]["version"] == "1.0.0" and plan["latest"] == "1.2.0"
+    assert [step["kind"] for step in plan["steps"]] == ["patch", "patch"]
+    assert plan["download_bytes"] < plan["full_size"] / 2
     assert device.api("POST", "update-latest").json()["code"] == 200
     status = device.wait_until_done()
     assert status["last_result"]["ok"], status
@@ -100,13 +97,8 @@ def test_update_latest_by_patch_chain_or_full_file(
 
 def test_failed_health_check_rolls_back(family: Path, server: LiveServer, tmp_path: Path, devices: list) -> None:
     model = install(family, tmp_path, "1.1.0")
-    before = sha256(model)
     device = start(devices, tmp_path, server.url, model, "--health-check", "false")
-    device.api("POST", "update-latest")
-    status = device.wait_until_done()
-    assert status["stage"] == "failed" and not status["last_result"]["ok"]
-    assert "rolled back: health check failed" in status["last_result"]["message"]
-    assert sha256(model) == before
+    assert "rolled back: health check failed" in failed_update(device, model)
 
 
 def test_periodic_checks_do_not_redeploy_a_rolled_back_version_until_asked(
@@ -352,7 +344,6 @@ def test_service_that_cannot_start_after_replace_gets_the_old_model_back(
     family: Path, server: LiveServer, tmp_path: Path, devices: list
 ) -> None:
     model = install(family, tmp_path, "1.1.0")
-    before = sha256(model)
     device = start(
         devices,
         tmp_path,
@@ -363,10 +354,7 @@ def test_service_that_cannot_start_after_replace_gets_the_old_model_back(
         "--service-pid-file",
         str(tmp_path / "app.pid"),
     )
-    device.api("POST", "update-latest")
-    status = device.wait_until_done()
-    assert status["stage"] == "failed" and "cannot start" in status["last_result"]["message"], status
-    assert sha256(model) == before
+    assert "cannot start" in failed_update(device, model)
 
 
 def test_a_device_dying_in_every_health_check_rolls_back(

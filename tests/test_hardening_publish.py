@@ -25,6 +25,8 @@ from lorien.repo.engine.completeness import incomplete_reason
 from tests.support.model_files import mlp_tensors, write_gguf, write_onnx, write_safetensors
 from tests.support.processes import SMALL_LAYERS, require, run_lorien
 
+pytestmark = pytest.mark.slow  # a real tmpfs and `lorien` processes
+
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:

@@ -31,6 +31,8 @@ from lorien.repo.limits import DEFAULT_LIMITS
 from lorien.repo.transport import HttpTransport, RateGuard, RetryPolicy, TooSlow
 from tests.support.http_thread import start_http_server
 
+pytestmark = pytest.mark.slow  # real trickling and stalling servers, waited out in real time
+
 DATA = bytes(range(256)) * 40  # 10,240 bytes: the size "the manifest declares"
 ETAG = '"v1"'
 SLOW = replace(DEFAULT_LIMITS, min_rate=1000, rate_window=1.0, stall_timeout=5.0)  # trickle: 100 B/s

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from lorien.repo.errors import NetworkError
+from lorien.repo.fetch import HttpFetcher
+from lorien.repo.inspect import inspect_repository
+from lorien.repo.transport import REQUEST_RETRY
 from tests.support.processes import LiveServer, run_lorien
+from tests.support.simulator import Fault, RepositorySimulator
 
 
 def _blob(repo: Path, kind: str = "patches") -> Path:
@@ -21,6 +28,7 @@ def test_inspect_text_lists_versions_and_patches(published: Path) -> None:
     assert "1.0.0 → 1.2.0" in out and "%" in out and "tflite" in out
 
 
+@pytest.mark.slow
 def test_inspect_verify_passes_then_names_every_bad_file(published: Path) -> None:
     ok = run_lorien("inspect", published, "--verify")
     assert ok.returncode == 0 and "all sizes and digests match" in ok.stdout
@@ -36,6 +44,7 @@ def test_inspect_verify_passes_then_names_every_bad_file(published: Path) -> Non
     assert missing.name in bad.stdout and "cannot read" in bad.stdout
 
 
+@pytest.mark.slow
 def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> None:
     blob = _blob(published, "versions")
     blob.write_bytes(blob.read_bytes()[:-1])
@@ -46,12 +55,14 @@ def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> N
     assert report["families"][0]["patches"][0]["percent_of_full"] > 0
 
 
+@pytest.mark.slow
 def test_inspect_over_http(live_server: LiveServer) -> None:
     result = run_lorien("inspect", live_server.url, "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verified 5 blobs" in result.stdout
 
 
+@pytest.mark.slow
 def test_inspect_missing_or_broken_repository(tmp_path: Path) -> None:
     result = run_lorien("inspect", tmp_path / "nothing")
     assert result.returncode != 0 and "does not exist" in result.stderr
@@ -61,3 +72,18 @@ def test_inspect_missing_or_broken_repository(tmp_path: Path) -> None:
     assert result.returncode == 1 and "not valid UTF-8 JSON" in result.stdout
     result = run_lorien("inspect", "ftp://example.invalid/repo")
     assert result.returncode != 0 and "unsupported URL scheme" in result.stderr
+
+
+def test_an_index_that_cannot_be_fetched_is_raised_after_one_round_of_retries(published: Path) -> None:
+    sim = RepositorySimulator.from_directory(published)
+    sim.inject("index.json", Fault(drop="ConnectionRefusedError: [Errno 111] Connection refused"), forever=True)
+    with pytest.raises(NetworkError, match=r"index\.json: request failed after \d+ attempts"):
+        inspect_repository(HttpFetcher(sim.BASE, transport=sim))
+    assert len(sim.requests) == REQUEST_RETRY.attempts  # read once, not again by the command
+
+
+def test_an_index_that_arrives_but_does_not_parse_is_a_finding(published: Path) -> None:
+    sim = RepositorySimulator.from_directory(published)
+    sim.add("index.json", b"{broken")
+    report = inspect_repository(HttpFetcher(sim.BASE, transport=sim))
+    assert report.index is None and not report.ok and "not valid UTF-8 JSON" in report.problems[0]

@@ -186,6 +186,7 @@ def test_float32_to_float16_prediction_makes_a_cast_nearly_free(tmp_path: Path) 
 # --------------------------------------------------------------------------- format-aware behaviour
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_dense_fine_tune_uses_byte_planes_and_beats_whole_file_zstd(fmt: str, tmp_path: Path) -> None:
     tensors = mlp_tensors(3, (256, 512, 512, 10))
@@ -231,6 +232,7 @@ def test_identical_files_are_one_copy(tmp_path: Path) -> None:
     assert patch.stat().st_size == HEADER_SIZE + ENTRY_SIZE
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     edits=st.lists(
@@ -403,6 +405,7 @@ def test_hostile_tables_are_refused_before_allocating(case: str, tmp_path: Path)
 # --------------------------------------------------------------------------- bounded memory
 
 
+@pytest.mark.slow
 def test_apply_memory_stays_bounded_on_a_200_mb_model(tmp_path: Path) -> None:
     """Peak RSS of a real `lorien apply` subprocess on a ~200 MB model, whatever the segments hold."""
     rng = np.random.default_rng(99)
@@ -434,6 +437,7 @@ def test_apply_memory_stays_bounded_on_a_200_mb_model(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI and engines
 
 
+@pytest.mark.slow
 def test_patch_cli_round_trip_info_and_verify(tmp_path: Path) -> None:
     tensors = mlp_tensors(31)
     write_onnx(tmp_path / "old.onnx", tensors)
@@ -451,6 +455,7 @@ def test_patch_cli_round_trip_info_and_verify(tmp_path: Path) -> None:
     assert (tmp_path / "out.onnx").read_bytes() == (tmp_path / "new.onnx").read_bytes()
 
 
+@pytest.mark.slow
 def test_patch_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     tensors = mlp_tensors(33)
     write_safetensors(tmp_path / "a", tensors)

@@ -18,6 +18,8 @@ from tests.seed_clients.mallorn_client import MallornClient, MallornHTTPError, V
 from tests.support.model_files import write_onnx
 from tests.support.processes import LiveServer, start_server
 
+pytestmark = pytest.mark.slow  # a real `lorien serve` process per test
+
 TOKEN = {"Authorization": "Bearer s3cret"}
 
 

@@ -340,6 +340,7 @@ def test_the_valid_base_documents_pass_every_invariant() -> None:
 # --------------------------------------------------------------------------- 1. raw input
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=1000)
 @given(raw=st.binary(max_size=512))
 def test_arbitrary_bytes_are_refused_or_valid(raw: bytes) -> None:
@@ -355,6 +356,7 @@ def test_arbitrary_text_is_refused_or_valid(text: str) -> None:
     check_index_bytes(raw)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=800)
 @given(
     value=plain_json,
@@ -437,6 +439,7 @@ def _mutate(data: st.DataObject, document: Any, path_key: str, tricks: list[str]
         owner[path_key] = trick.replace("{sha}", sha).replace("{aa}", sha[:2])
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=2000)
 @given(data=st.data(), count=st.integers(1, 4), ascii_only=st.booleans())
 def test_mutated_manifests_are_refused_or_valid(data: st.DataObject, count: int, ascii_only: bool) -> None:
@@ -446,6 +449,7 @@ def test_mutated_manifests_are_refused_or_valid(data: st.DataObject, count: int,
     check_manifest_bytes(_encode(document, ascii_only))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(data=st.data(), count=st.integers(1, 4), ascii_only=st.booleans())
 def test_mutated_indexes_are_refused_or_valid(data: st.DataObject, count: int, ascii_only: bool) -> None:
@@ -553,6 +557,7 @@ def _sweep(base: dict, check) -> list[str]:
     return failures
 
 
+@pytest.mark.slow
 def test_every_single_substitution_in_a_manifest_is_refused_or_valid() -> None:
     failures = _sweep(BASE.to_dict(), check_manifest_bytes)
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:25])
@@ -599,12 +604,14 @@ def mutated_bytes(draw: st.DrawFn, original: bytes) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=1500)
 @given(raw=mutated_bytes(BASE_RAW))
 def test_byte_mutated_manifests_are_refused_or_valid(raw: bytes) -> None:
     check_manifest_bytes(raw)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=500)
 @given(raw=mutated_bytes(BASE_INDEX_RAW))
 def test_byte_mutated_indexes_are_refused_or_valid(raw: bytes) -> None:
@@ -774,6 +781,7 @@ def valid_manifests(draw: st.DrawFn) -> Manifest:
     )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=400)
 @given(manifest=valid_manifests())
 def test_valid_manifests_round_trip(manifest: Manifest) -> None:

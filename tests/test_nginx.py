@@ -25,6 +25,8 @@ from lorien.publisher.publish import publish
 from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.processes import require, run_lorien
 
+pytestmark = pytest.mark.slow  # real nginx and `lorien device` processes
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 

@@ -107,6 +107,7 @@ def test_zstd_patches_cannot_ask_for_more_than_their_sizes_need(
     assert_nothing_written(out)
 
 
+@pytest.mark.slow
 def test_the_zstd_window_limit_is_a_device_limit(source: Path, tmp_path: Path) -> None:
     new = tmp_path / "in" / "new.bin"
     new.write_bytes(source.read_bytes()[::-1])

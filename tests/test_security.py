@@ -38,6 +38,8 @@ from lorien.repo.trust import check_freshness
 from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.processes import SMALL_LAYERS, LiveServer, run_lorien, start_server
 
+pytestmark = pytest.mark.slow  # real `lorien serve`, `lorien device` and `lorien watch` processes
+
 FAMILY = "cls"
 MANIFEST = f"{FAMILY}/manifest.json"
 

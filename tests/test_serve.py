@@ -11,6 +11,8 @@ import requests
 from lorien.repo.engine import apply_patch
 from tests.support.processes import LiveServer
 
+pytestmark = pytest.mark.slow  # a real `lorien serve` process per test
+
 
 def _manifest(server: LiveServer) -> dict:
     return requests.get(server.url + "classifier/manifest.json", timeout=10).json()

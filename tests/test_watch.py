@@ -18,6 +18,8 @@ import pytest
 from lorien.modelgen import write_family
 from tests.support.processes import SMALL_LAYERS, require, run_lorien
 
+pytestmark = pytest.mark.slow  # real `lorien watch` processes on inotify
+
 SETTLE = "1.0"
 
 

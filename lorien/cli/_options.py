@@ -1,14 +1,19 @@
-"""What the command groups share: registering a command with its handler, and the options several commands
-take (``--json``, ``--engine``, ``--sign-key``), each defined once here.
+"""What the command groups share: registering a command with its handler, the options several commands take
+(``--json``, ``--engine``, ``--sign-key``), and the two ways several commands print a result (a ``key value``
+table or JSON, and problems on stderr), each defined once here.
 
-A group module calls :func:`add_command` for each of its commands and adds that command's own arguments right
-after; ``main`` later calls the handler stored on the parsed arguments.
+A group module calls :func:`add_command` for each of its commands — the handler's docstring is the command's
+help — and adds that command's own arguments right after; ``main`` later calls the handler stored on the parsed
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import inspect
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,10 +27,12 @@ Commands = argparse._SubParsersAction  # what ArgumentParser.add_subparsers retu
 
 
 def add_command(
-    commands: Commands, name: str, handler: Handler, help_text: str, doing: str
+    commands: Commands, name: str, handler: Handler, help_text: str | None = None, *, doing: str
 ) -> argparse.ArgumentParser:
     """A subcommand whose parsed arguments carry ``handler`` and ``doing``: what the command is doing, for the
-    one-line message when the file system refuses it (``"making the patch"``)."""
+    one-line message when the file system refuses it (``"making the patch"``). Its help is ``help_text``, or
+    else the handler's docstring."""
+    help_text = help_text or inspect.getdoc(handler)
     command = commands.add_parser(name, help=help_text, description=help_text)
     command.set_defaults(handler=handler, doing=doing)
     return command
@@ -54,3 +61,18 @@ def load_sign_keys(args: argparse.Namespace) -> tuple[SigningKey, ...]:
     from lorien.repo.signing import load_signing_key
 
     return tuple(load_signing_key(path) for path in args.sign_key or ())
+
+
+def print_fields(fields: Mapping[str, object], as_json: bool) -> None:
+    """With ``--json`` one JSON object, else one ``key value`` line per field (keys in a 14-wide column)."""
+    if as_json:
+        print(json.dumps(fields, indent=2))
+        return
+    for key, value in fields.items():
+        print(f"{key:<14} {value}")
+
+
+def print_problems(problems: Iterable[str], note: str = "") -> None:
+    """One ``error: …`` line on stderr per problem a command found (``note`` is appended to each)."""
+    for problem in problems:
+        print(f"error: {problem}{note}", file=sys.stderr)

@@ -2,49 +2,39 @@
 
 Data flow: :func:`~repo.fetch.open_repository` → :func:`~repo.inspect.inspect_repository` (index.json, every
 manifest, with ``--key`` their signatures, with ``--verify`` every blob re-hashed) → text or JSON on stdout.
-Findings end the command with exit 1; a repository that cannot be reached at all is a network error (exit 4).
+Findings end the command with exit 1; a repository whose index.json cannot be fetched at all (unreachable, an HTTP
+error) is a network error that ``inspect_repository`` raises (exit 4).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command, add_json_option
+from lorien.cli._options import Commands, add_command, add_json_option, print_fields
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    """show a repository (directory or http(s) URL)"""
     from lorien.repo.fetch import open_repository
     from lorien.repo.inspect import inspect_repository, render_text
-    from lorien.repo.layout import INDEX_FILE
     from lorien.repo.signing import load_trusted_key
 
     if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     keys = tuple(load_trusted_key(path) for path in args.key or ())
     fetcher = open_repository(args.repo)
-    report = inspect_repository(fetcher, verify=args.verify, keys=keys)
-    if report.index is None:
-        # The report only says why index.json is unusable. Read it once more so that an unreachable server or
-        # an HTTP error ends the command as what it is (a NetworkError, exit 4), not as a finding (exit 1).
-        fetcher.read_document(INDEX_FILE)
+    report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_fields(report.to_dict(), as_json=True)
     else:
         print(render_text(report, args.verify))
     return 0 if report.ok else 1
 
 
 def register(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "inspect",
-        _inspect,
-        "show a repository (directory or http(s) URL)",
-        doing="inspecting the repository",
-    )
+    command = add_command(commands, "inspect", _inspect, doing="inspecting the repository")
     command.add_argument("repo", help="repository directory or base URL")
     add_json_option(command)
     command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")

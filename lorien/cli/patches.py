@@ -1,19 +1,20 @@
 """The delta engine on its own, one file at a time: ``diff`` makes a patch, ``apply`` applies one, ``verify-patch``
 applies without writing, ``patch-info`` describes one. No repository is involved.
 
-Each command's arguments are added next to its handler; the work is done by :mod:`repo.engine`.
+Each command's arguments are added next to its handler, whose docstring is the command's help; the work is done
+by :mod:`repo.engine`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command, add_engine_option, add_json_option
+from lorien.cli._options import Commands, add_command, add_engine_option, add_json_option, print_fields
 
 
 def _diff(args: argparse.Namespace) -> int:
+    """create a patch that turns OLD into NEW"""
     from lorien.repo.engine import create_patch
 
     stats = create_patch(args.old, args.new, args.output, engine=args.engine)
@@ -25,9 +26,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _add_diff(commands: Commands) -> None:
-    command = add_command(
-        commands, "diff", _diff, "create a patch that turns OLD into NEW", doing="making the patch"
-    )
+    command = add_command(commands, "diff", _diff, doing="making the patch")
     command.add_argument("old", type=Path)
     command.add_argument("new", type=Path)
     command.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
@@ -35,6 +34,7 @@ def _add_diff(commands: Commands) -> None:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    """apply PATCH to OLD and write the verified result (atomically) to -o"""
     from lorien.repo.engine import apply_patch
 
     result = apply_patch(args.old, args.patch, args.output)
@@ -45,19 +45,14 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _add_apply(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "apply",
-        _apply,
-        "apply PATCH to OLD and write the verified result (atomically) to -o",
-        doing="applying the patch",
-    )
+    command = add_command(commands, "apply", _apply, doing="applying the patch")
     command.add_argument("old", type=Path)
     command.add_argument("patch", type=Path)
     command.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
 
 
 def _verify_patch(args: argparse.Namespace) -> int:
+    """check that PATCH applies to OLD and yields its target; writes nothing"""
     from lorien.repo.engine import verify_patch
 
     result = verify_patch(args.old, args.patch)
@@ -66,27 +61,21 @@ def _verify_patch(args: argparse.Namespace) -> int:
 
 
 def _add_verify_patch(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "verify-patch",
-        _verify_patch,
-        "check that PATCH applies to OLD and yields its target; writes nothing",
-        doing="verifying the patch",
-    )
+    command = add_command(commands, "verify-patch", _verify_patch, doing="verifying the patch")
     command.add_argument("old", type=Path)
     command.add_argument("patch", type=Path)
 
 
 def _patch_info(args: argparse.Namespace) -> int:
+    """show a patch's header and segments"""
     from lorien.repo.engine import patch_info, segment_summary
 
-    info = patch_info(args.patch)
+    info = patch_info(args.patch).to_dict()
     summary = segment_summary(args.patch)
     if args.json:
-        print(json.dumps({**info.to_dict(), "segments": summary}, indent=2))
+        print_fields({**info, "segments": summary}, as_json=True)
         return 0
-    for key, value in info.to_dict().items():
-        print(f"{key:<14} {value}")
+    print_fields(info, as_json=False)
     for codec, counts in summary.items():
         print(
             f"{'segments':<14} {codec}: {counts['count']} covering {counts['target_bytes']} bytes, "
@@ -96,9 +85,7 @@ def _patch_info(args: argparse.Namespace) -> int:
 
 
 def _add_patch_info(commands: Commands) -> None:
-    command = add_command(
-        commands, "patch-info", _patch_info, "show a patch's header and segments", doing="reading the patch"
-    )
+    command = add_command(commands, "patch-info", _patch_info, doing="reading the patch")
     command.add_argument("patch", type=Path)
     add_json_option(command)
 

@@ -1,19 +1,26 @@
 """The publisher's commands: ``publish`` and ``watch`` (models directory → static repository), ``gc`` (remove
 blobs nothing references any more) and ``nginx-config`` (serve the repository with nginx).
 
-Each command's arguments are added next to its handler; ``publish`` and ``watch`` share their options for the
-models, the repository and the manifests, which end up in one :class:`~publisher.publish.PublishOptions`.
+Each command's arguments are added next to its handler, whose docstring is the command's help; ``publish`` and
+``watch`` share their options for the models, the repository and the manifests, which end up in one
+:class:`~publisher.options.PublishOptions`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorien.cli._options import Commands, add_command, add_engine_option, add_sign_key_option, load_sign_keys
+from lorien.cli._options import (
+    Commands,
+    add_command,
+    add_engine_option,
+    add_sign_key_option,
+    load_sign_keys,
+    print_problems,
+)
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -97,6 +104,7 @@ def _add_grace_option(command: argparse.ArgumentParser) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    """publish MODELS/<family>/<version>.<ext> into a static repository"""
     from lorien.publisher.publish import publish
 
     report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
@@ -116,24 +124,18 @@ def _publish(args: argparse.Namespace) -> int:
     for family in report.refreshed:
         print(f"{family}: manifest renewed (expiry, sequence or signature)")
     print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
-    for problem in report.all_problems():
-        print(f"error: {problem}", file=sys.stderr)
+    print_problems(report.all_problems())
     return 0 if report.ok else 2
 
 
 def _add_publish(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "publish",
-        _publish,
-        "publish MODELS/<family>/<version>.<ext> into a static repository",
-        doing="publishing",
-    )
+    command = add_command(commands, "publish", _publish, doing="publishing")
     _add_models_and_repository(command)
     _add_manifest_options(command)
 
 
 def _watch(args: argparse.Namespace) -> int:
+    """publish model files as they land (inotify via watchdog), safely"""
     from lorien.publisher.watch import Watcher, WatchSettings
 
     if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
@@ -147,13 +149,7 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _add_watch(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "watch",
-        _watch,
-        "publish model files as they land (inotify via watchdog), safely",
-        doing="watching and publishing",
-    )
+    command = add_command(commands, "watch", _watch, doing="watching and publishing")
     _add_models_and_repository(command)
     command.add_argument(
         "--settle",
@@ -178,6 +174,7 @@ def _add_watch(commands: Commands) -> None:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    """remove blobs no manifest has referenced for --grace seconds"""
     from lorien.publisher.gc import collect_garbage
     from lorien.repo.lock import repository_lock
 
@@ -189,24 +186,18 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"removed {blob}")
     for blob, seconds in sorted(report.waiting.items()):
         print(f"kept {blob}: unreferenced, may go in {seconds:.0f} s")
-    for problem in report.problems:
-        print(f"error: {problem} (nothing deleted)", file=sys.stderr)
+    print_problems(report.problems, " (nothing deleted)")
     return 2 if report.problems else 0
 
 
 def _add_gc(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "gc",
-        _gc,
-        "remove blobs no manifest has referenced for --grace seconds",
-        doing="collecting unreferenced blobs",
-    )
+    command = add_command(commands, "gc", _gc, doing="collecting unreferenced blobs")
     command.add_argument("repo", type=Path)
     _add_grace_option(command)
 
 
 def _nginx_config(args: argparse.Namespace) -> int:
+    """write an nginx.conf serving a repository (unprivileged)"""
     from lorien.publisher.nginx_config import write_nginx_config
 
     config = write_nginx_config(args.repo, args.listen, args.prefix, user=args.user)
@@ -216,13 +207,7 @@ def _nginx_config(args: argparse.Namespace) -> int:
 
 
 def _add_nginx_config(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "nginx-config",
-        _nginx_config,
-        "write an nginx.conf serving a repository (unprivileged)",
-        doing="writing the nginx configuration",
-    )
+    command = add_command(commands, "nginx-config", _nginx_config, doing="writing the nginx configuration")
     command.add_argument("--repo", type=Path, required=True, help="repository directory")
     command.add_argument("--listen", required=True, help="HOST:PORT or PORT, e.g. 127.0.0.1:8080")
     command.add_argument("--prefix", type=Path, required=True, help="directory for nginx.conf, logs/ and tmp/")

@@ -13,6 +13,7 @@ from lorien.cli._options import Commands, add_command, add_sign_key_option, load
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """serve a repository over HTTP (waitress) with the Mallorn seed endpoints"""
     from lorien.publisher.serve import serve
 
     keys = load_sign_keys(args)
@@ -21,13 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    command = add_command(
-        commands,
-        "serve",
-        _serve,
-        "serve a repository over HTTP (waitress) with the Mallorn seed endpoints",
-        doing="serving the repository",
-    )
+    command = add_command(commands, "serve", _serve, doing="serving the repository")
     command.add_argument("repo", type=Path)
     command.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
