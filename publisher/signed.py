@@ -198,7 +198,7 @@ class SignedMetadataWriter:
         return final, True
 
     def write_family_page(self, manifest: Manifest) -> None:
-        write_if_changed(self.root / manifest.family / HTML_FILE, render_family_page(manifest).encode())
+        write_if_changed(self.root / manifest.family / HTML_FILE, render_family_page(manifest, self.root).encode())
         crash_point("html")
 
     def all_manifests(self) -> tuple[list[Manifest], list[str]]:
@@ -219,7 +219,7 @@ class SignedMetadataWriter:
         their problems, as :meth:`all_manifests` returns them) or the manifests on disk."""
         manifests, problems = loaded or self.all_manifests()
         index = Index(families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests))
-        write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests).encode())
+        write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests, self.root).encode())
         crash_point("index")
         return self.write_signed(INDEX_FILE, index.to_bytes()), problems
 
