@@ -147,7 +147,7 @@ def _download(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
         raise ApiError(400, f"package_size: must be from 1 to {limits.max_blob_bytes}")
     md5 = _field(body, "package_md5", str, _MD5)
     updater.download_package(version, url, name, size, md5)
-    return "download started", {"version": version}
+    return "success", {"version": version, "status": "downloading"}  # TOPE: msg "success", data.status
 
 
 def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
@@ -156,7 +156,7 @@ def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
     if not isinstance(force, bool):
         raise ApiError(400, "force: must be true or false")
     updater.install_package(version, force=force)
-    return "update started", {"version": version}
+    return "success", {"version": version, "status": "installing"}
 
 
 def _update_latest(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:

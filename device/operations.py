@@ -35,10 +35,23 @@ class Slots:
         """An operation is running."""
         return self._operation.locked()
 
-    def start(self, kind: str, work: Callable[[], None], busy: Callable[[], str]) -> None:
-        """Run ``work`` in the background, or raise Busy with the message ``busy()``."""
+    def start(
+        self,
+        kind: str,
+        work: Callable[[], None],
+        busy: Callable[[], str],
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``work`` in the background, or raise Busy with the message ``busy()``. ``before`` runs in the
+        caller's thread once the slot is taken (the slot is given back if it raises)."""
         if not self._operation.acquire(blocking=False):
             raise Busy(busy())
+        if before is not None:
+            try:
+                before()
+            except BaseException:
+                self._operation.release()
+                raise
 
         def run() -> None:
             try:

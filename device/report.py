@@ -4,13 +4,19 @@ that ``GET /progress`` shows.
 :class:`Reporter` is where the pipeline announces news: a stage change is persisted in ``state.json`` first
 (``enter``), then shown, logged and sent to the callback URL (``report``); download progress is only shown
 (``show``). Callbacks are POSTed from one background thread with short timeouts; a full queue drops the oldest
-news rather than ever blocking an update.
+news rather than ever blocking an update. Progress is an integer percent (floored: 100 only when done).
+
+``GET /progress`` is TOPE's document (:meth:`Reporter.tope_progress`): TOPE's stage names (``idle``,
+``downloading``, ``installing``, ``toInstall``, ``success``, ``failed``), so that a TOPE GUI can tell "finished"
+from "never started"; lorien's own stage and the last finished operation ride along as extra keys. Callbacks and
+``/status`` keep lorien's stages (docs/compatibility.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import sys
 import threading
@@ -20,7 +26,7 @@ from typing import Any
 
 import requests
 
-from lorien.device.state import Stage, StateStore
+from lorien.device.state import Kind, Stage, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,23 @@ class Callbacks:
                 log.debug("callback to %s failed: %s", self.url, error)
 
 
+# lorien's stages as TOPE's /progress names them; a finished operation is told apart by tope_progress
+TOPE_STAGES: dict[Stage, str] = {
+    Stage.IDLE: "idle",
+    Stage.CHECKING: "downloading",  # TOPE has no check: it is the start of the download
+    Stage.DOWNLOADING: "downloading",
+    Stage.APPLYING: "installing",  # building the new model from patches: TOPE's unpacking of a package
+    Stage.DEPLOYING: "installing",
+    Stage.ROLLING_BACK: "installing",  # TOPE rolls back inside "installing", then ends "failed"
+    Stage.FAILED: "failed",
+}
+
+
+def percent_int(percent: float) -> int:
+    """TOPE's integer percent: floored, so 100 means done, and clamped to 0..100."""
+    return min(100, max(0, math.floor(percent)))
+
+
 class Reporter:
     """The current ``{stage, progress, message, error}`` of one device, and the news about it."""
 
@@ -74,13 +97,39 @@ class Reporter:
         self._family = family
         self._state = state
         self._callbacks = callbacks
-        self._current: dict[str, Any] = {"stage": state.stage(), "progress": 0, "message": "", "error": None}
+        self._current: dict[str, Any] = {}
+        self.resync()
+
+    def resync(self) -> None:
+        """Show what ``state.json`` says (at startup, and after ``heal`` changed the stage without news)."""
+        last = self._state.get("last_result")
+        self._current = {"stage": self._state.stage(), "progress": 0, "message": "ready", "error": None}
+        if last and self._state.stage() in (Stage.IDLE, Stage.FAILED):
+            ok = bool(last.get("ok"))
+            error = None if ok else last.get("message")
+            self._current.update(progress=100 if ok else 0, message=last.get("message") or "", error=error)
 
     def current(self) -> dict[str, Any]:
         return dict(self._current)
 
+    def tope_progress(self) -> dict[str, Any]:
+        """``GET /progress``: TOPE's ``{stage, progress, message, error}`` plus ``lorien_stage`` and
+        ``last_result`` (the last finished operation: ``{ok, kind, version, message, at}``, or null). Between
+        operations the stage is that operation's end (``toInstall`` after a download, ``success``, ``failed``),
+        ``idle`` only when none ever finished: a check with nothing to do does not change it."""
+        view = self.current()
+        last = next((entry for entry in self._state.get("history") or [] if entry.get("kind")), None)
+        stage = TOPE_STAGES[Stage(view["stage"])]
+        if stage == "idle" and last is None:
+            view["progress"] = 0
+        elif stage == "idle" and last["ok"]:
+            stage, view["progress"] = ("toInstall" if last["kind"] == Kind.DOWNLOAD else "success"), 100
+        elif stage == "idle":
+            stage, view["progress"], view["error"] = "failed", 0, last["message"]
+        return {**view, "stage": stage, "lorien_stage": view["stage"], "last_result": last}
+
     def show(self, stage: Stage, message: str, percent: float, error: str | None = None) -> None:
-        self._current = {"stage": stage, "progress": round(percent, 1), "message": message, "error": error}
+        self._current = {"stage": stage, "progress": percent_int(percent), "message": message, "error": error}
 
     def report(self, stage: Stage, message: str, percent: float, error: str | None = None) -> None:
         self.show(stage, message, percent, error)

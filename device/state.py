@@ -9,7 +9,8 @@ announces). Stages, exactly as the updater moves between them (one operation at 
     idle|failed ─install|rollback─▶ deploying ─▶ idle
     deploying ─health check fails, or an error once the model was replaced─▶ rolling_back ─▶ failed
     checking|downloading|applying|deploying ─error─▶ failed    model path untouched (a stopped service is
-        restarted); install and rollback also fail from idle|failed before they deploy (package changed, …)
+        restarted); install fails from deploying before its first phase (package changed, not signed, …),
+        rollback from idle|failed before it deploys
 
   after a restart (``Updater.heal``, by HEAL_TABLE below):
     any busy stage without a recorded operation ─▶ idle

@@ -65,7 +65,7 @@ class StatusView:
 
     stage: Stage
     busy: bool
-    progress: dict[str, Any]  # {stage, progress (percent), message, error}
+    progress: dict[str, Any]  # TOPE's {stage, progress (integer percent), message, error} + lorien's keys
 
 
 class Updater:
@@ -96,10 +96,14 @@ class Updater:
 
     # ------------------------------------------------------------------ operation control
 
-    def _start(self, kind: str, work: Callable[[], None]) -> None:
-        """Run ``work`` in the background, or raise Busy."""
+    def _start(self, kind: str, work: Callable[[], None], announce: tuple[Stage, str] | None = None) -> None:
+        """Run ``work`` in the background, or raise Busy. ``announce``: the stage entered before the request is
+        answered, so that a client polling ``/progress`` right after never sees the previous operation's end."""
         self._slots.start(
-            kind, work, lambda: f"another operation is running ({self._state.stage()}); try again when it finishes"
+            kind,
+            work,
+            lambda: f"another operation is running ({self._state.stage()}); try again when it finishes",
+            before=(lambda: self._reporter.enter(*announce)) if announce is not None else None,
         )
 
     def wait(self, timeout: float | None = None) -> None:
@@ -272,7 +276,6 @@ class Updater:
 
         def work() -> None:
             self._state.begin(Operation(Kind.DOWNLOAD, target=version), package=package)
-            self._reporter.enter(Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)")
             path = Path(package["path"])
             part = path.with_name(path.name + ".part")
             self._drop_other_parts({part.name})
@@ -290,7 +293,7 @@ class Updater:
             self._state.finish(True, f"package {name} for {version} downloaded and MD5-verified", version)
             self._reporter.report(Stage.IDLE, f"package {name} downloaded", 100.0)
 
-        self._start(Kind.DOWNLOAD, work)
+        self._start(Kind.DOWNLOAD, work, (Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)"))
 
     def install_package(self, version: str, force: bool = False) -> None:
         """Deploy the TOPE package downloaded for ``version`` in the background; in signed mode only a model
@@ -326,7 +329,7 @@ class Updater:
             self._state.begin(Operation(Kind.INSTALL, target=recorded, target_sha256=digests.sha256))
             self._deployer.deploy(staged, recorded, digests.sha256)
 
-        self._start(Kind.INSTALL, work)
+        self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
 
     def _signed_name(self, name: str, sha256: str, label: str) -> tuple[str, Manifest | None]:
         """The version a package is, and the manifest that says so: in signed mode the name the signed manifest
@@ -374,6 +377,7 @@ class Updater:
         if action is Heal.NOTHING or action is Heal.RESET:
             if action is Heal.RESET:
                 self._state.update(stage=Stage.IDLE)
+                self._reporter.resync()
             return "nothing to heal"
         assert operation is not None
         target = operation.target
@@ -389,6 +393,7 @@ class Updater:
             self._state.finish(
                 False, f"operation {kind} interrupted by a restart in stage {stage}", target, Stage.FAILED
             )
+            self._reporter.resync()
             return f"gave up on the interrupted {kind} ({stage}); the model path was not touched"
         if action is Heal.RESUME_UPDATE:
             work, done = self._continue_update, f"resuming the interrupted update to {target} ({stage})"
@@ -415,7 +420,7 @@ class Updater:
 
     def status_view(self) -> StatusView:
         """The stage, whether an operation is running, and the ``/progress`` document; cheap (nothing hashed)."""
-        return StatusView(self._state.stage(), self._slots.busy, self._reporter.current())
+        return StatusView(self._state.stage(), self._slots.busy, self._reporter.tope_progress())
 
     def status(self) -> dict[str, Any]:
         """The ``GET /status`` document: installed version and SHA-256, stage, results, backups, trust state."""

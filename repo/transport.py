@@ -80,7 +80,7 @@ class RetryPolicy:
                 return action()
             except TransientNetworkError as error:
                 last = error
-                log.warning("%s interrupted (attempt %d of %d): %s", what, attempt, self.attempts, error)
+                log.info("%s interrupted (attempt %d of %d): %s", what, attempt, self.attempts, error)
             if attempt < self.attempts:
                 sleep(pause)
                 pause = min(pause * 2, self.max_backoff)

@@ -92,7 +92,8 @@ def test_update_latest_by_patch_chain_or_full_file(
     assert sha256(model) == latest_sha(family) and status["installed_version"] == "1.2.0"
     assert len(status["backups"]) == 1
     progress = device.api("GET", "progress").json()
-    assert progress["data"]["stage"] == "idle" and progress["data"]["progress"] == 100.0
+    assert progress["data"]["stage"] == "success" and progress["data"]["lorien_stage"] == "idle"  # TOPE's name
+    assert progress["data"]["progress"] == 100 and type(progress["data"]["progress"]) is int
     again = device.api("POST", "check").json()["data"]
     assert again["up_to_date"] and again["steps"] == []
 
