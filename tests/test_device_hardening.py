@@ -91,7 +91,7 @@ def test_status_and_progress_answer_while_checks_hang(
         progress = device.api("GET", "progress", timeout=1)
     assert sorted(answers, key=str) == [409, 409, 409, None], answers  # extra checks refused at once, not queued
     assert status.status_code == 200 and status.json()["data"]["busy"]
-    assert progress.status_code == 200 and progress.json()["data"]["stage"] == "checking"
+    assert progress.status_code == 200 and progress.json()["data"]["lorien_stage"] == "checking"
     busy = device.api("POST", "update-latest", timeout=1)
     assert busy.status_code == 409 and "another operation is running" in busy.json()["msg"]
 
