@@ -26,6 +26,7 @@ from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.layout import family_name_problem
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.signing import TrustedKey, load_trusted_key
+from lorien.repo.transport import DOWNLOAD_RETRY, RetryPolicy
 
 DEFAULT_PORT = 12315
 
@@ -47,6 +48,29 @@ class ServiceControl:
     @property
     def configured(self) -> bool:
         return bool(self.unit or self.command)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How long a blob download keeps retrying: a time budget, not a number of attempts (``[retry]``)."""
+
+    total_seconds: float = field(
+        default=DOWNLOAD_RETRY.budget,  # type: ignore[assignment]  # set: the blob policy is a time budget
+        metadata=_flag_help(
+            "seconds of pauses a download may wait through before the update fails (default 3600)"
+        ),
+    )
+    max_backoff: float = field(
+        default=DOWNLOAD_RETRY.max_backoff, metadata=_flag_help("longest pause between attempts (default 60 s)")
+    )
+    first_backoff: float = field(
+        default=DOWNLOAD_RETRY.backoff,
+        metadata=_flag_help("first pause, doubling up to max_backoff (default 0.5 s)"),
+    )
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(None, self.first_backoff, self.max_backoff, budget=self.total_seconds)
 
 
 @dataclass(frozen=True)
@@ -94,6 +118,7 @@ class DeviceConfig:
         ),
     )
     limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
+    retry: RetrySettings = field(default_factory=RetrySettings)  # flags --retry-total-seconds, …
 
     @property
     def tmp_dir(self) -> Path:
@@ -112,7 +137,8 @@ class DeviceConfig:
         return self.state_dir / "state.json"
 
 
-_SIMPLE_KEYS = {f.name for f in fields(DeviceConfig)} - {"service"}
+_TABLES = {"service", "retry"}
+_SIMPLE_KEYS = {f.name for f in fields(DeviceConfig)} - _TABLES
 
 
 @dataclass(frozen=True)
@@ -198,6 +224,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> D
         except tomllib.TOMLDecodeError as error:
             raise BadInputError(f"{path}: not valid TOML: {error}") from None
     for key, value in (overrides or {}).items():
+        if key == "retry" and isinstance(raw.get(key), dict):
+            value = {**raw[key], **value}  # its keys are independent: a flag changes one, the file's others stay
         if value is not None:
             raw[key] = value
     return _build(raw, where)
@@ -207,9 +235,9 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
     def bad(key: str, why: str) -> BadInputError:
         return BadInputError(f"{where}: {key}: {why}")
 
-    unknown = sorted(set(raw) - _SIMPLE_KEYS - {"service"})
+    unknown = sorted(set(raw) - _SIMPLE_KEYS - _TABLES)
     if unknown:
-        raise bad(unknown[0], f"unknown option (known: {', '.join(sorted(_SIMPLE_KEYS | {'service'}))})")
+        raise bad(unknown[0], f"unknown option (known: {', '.join(sorted(_SIMPLE_KEYS | _TABLES))})")
     for key in ("repo_url", "family", "model_path", "state_dir"):
         if key not in raw or raw[key] in ("", None):
             raise bad(key, 'required (e.g. repo_url = "https://models.example.com/repo/")')
@@ -271,6 +299,7 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         trusted_keys=keys,
         insecure_allow_unsigned=insecure,
         limits=_limits(raw.get("limits"), bad),
+        retry=_retry(raw.get("retry"), bad),
     )
     if not keys and not insecure:  # checked last: other mistakes are reported first
         raise bad(
@@ -306,6 +335,27 @@ def _limits(value: Any, bad) -> Limits:
         return DEFAULT_LIMITS.with_overrides(value, "limits")
     except ValueError as error:
         raise bad("limits", str(error)) from None
+
+
+def _retry(value: Any, bad) -> RetrySettings:
+    if value is None:
+        return RetrySettings()
+    if not isinstance(value, dict):
+        raise bad("retry", "must be a table, e.g. retry = {total_seconds = 3600, max_backoff = 60}")
+    known = {each.name: each.default for each in fields(RetrySettings)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise bad(f"retry.{unknown[0]}", f"unknown option (known: {', '.join(known)})")
+    ranges = {"total_seconds": (0, 7 * 86400), "max_backoff": (0.01, 3600), "first_backoff": (0.01, 3600)}
+    numbers = {}
+    for name, default in known.items():
+        number, (low, high) = value.get(name, default), ranges[name]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not low <= number <= high:
+            raise bad(f"retry.{name}", f"must be a number of seconds from {low} to {high}, got {number!r}")
+        numbers[name] = float(number)
+    if numbers["first_backoff"] > numbers["max_backoff"]:
+        raise bad("retry.first_backoff", f"must not exceed retry.max_backoff ({numbers['max_backoff']:g})")
+    return RetrySettings(**numbers)
 
 
 def _command(value: Any, key: str, bad) -> list[str] | None:

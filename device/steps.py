@@ -7,6 +7,9 @@ Data flow::
       ─▶ patches: model path + blob ─▶ tmp/<target_sha256>.model (repo.engine), SHA-256 checked, the next
          patch applies to that ─▶ the last one is the candidate
 
+While a download waits to retry (``[retry]``: a time budget), the message says so: ``full 1.2.0: 300000/2000000
+bytes; connection lost, retry 3 in 16 s (ConnectionError: …)``.
+
 Both are idempotent, so a restart after a crash just runs them again: a blob already complete and verified is
 not fetched again, a ``.part`` resumes, and an intermediate file with the right SHA-256 is not re-applied.
 Crash points: ``mid-download`` (half of a blob), ``mid-apply`` (after each patch).
@@ -65,12 +68,14 @@ def _on_progress(step: Step, done_before: int, total: int, reporter: Reporter) -
         nonlocal crashed
         done = done_before + progress.done
         eta = f", ETA {progress.eta:.0f} s" if progress.eta is not None else ""
-        reporter.show(
-            Stage.DOWNLOADING,
-            f"{step.kind} {step.target}: {progress.done}/{progress.total} bytes "
-            f"({progress.rate / 1e6:.2f} MB/s{eta})",
-            100 * done / total,
-        )
+        where = f"{step.kind} {step.target}: {progress.done}/{progress.total} bytes"
+        if (waiting := progress.waiting) is not None:
+            message = (
+                f"{where}; connection lost, retry {waiting.attempt} in {waiting.pause:g} s ({waiting.reason})"
+            )
+        else:
+            message = f"{where} ({progress.rate / 1e6:.2f} MB/s{eta})"
+        reporter.show(Stage.DOWNLOADING, message, 100 * done / total)
         if not crashed and progress.done >= progress.total // 2:
             crashed = True
             crash_point("mid-download")

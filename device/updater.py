@@ -91,7 +91,7 @@ class Updater:
         self._trust_lock = threading.Lock()
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
-        policy = DownloadPolicy(limits=self.config.limits)
+        policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
         return Downloader(policy=policy, on_progress=on_progress, transport=self._transport)
 
     # ------------------------------------------------------------------ operation control

@@ -1,22 +1,30 @@
 """HTML pages for people inspecting a repository, rendered with jinja2 from the manifests.
 
-Pages are a pure function of the manifests (their ``generated_at`` included), so re-publishing with no change
-renders identical bytes and nothing is rewritten. Links are relative, so the pages work from any base URL.
+Pages are a pure function of the manifests (their ``generated_at`` included; given the root, also of the key ids
+in their ``.sig`` files), so re-publishing with no change renders identical bytes and nothing is rewritten. Links
+are relative, so the pages work from any base URL.
 
 Both pages flag every group of versions that share a Mallorn identity (a ``short_id``; often the whole
-fingerprint): a Mallorn client cannot tell them apart (docs/fingerprint.md).
+fingerprint): a Mallorn client cannot tell them apart (docs/fingerprint.md). They show each manifest's
+sequence, expiry and, given the repository root, the key ids in the ``.sig`` next to it — only what the file
+says: whether a device would trust it is decided on the device, never here. A family page draws full versus
+patch bytes per version pair as inline SVG (no script, nothing fetched).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lorien.repo.fingerprint import AMBIGUOUS_SHORT_ID
 from lorien.repo.inspect import human_size
+from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Index, Manifest, VersionEntry
+from lorien.repo.signing import signature_path
 
 _environment = Environment(
     loader=PackageLoader("lorien.publisher", "templates"),
@@ -26,6 +34,28 @@ _environment = Environment(
     keep_trailing_newline=True,
 )
 _environment.filters["size"] = human_size
+_environment.filters["short"] = lambda digest: digest[:12] + "…"
+
+_CHART_ROW = 46  # px per version pair in the bytes chart: a label above two bars
+_CHART_BARS = 560  # px for the longest bar; the chart is 120 px wider for the sizes after the bars
+_CHART_LABEL_CHARS = 90  # longer "from → to" labels are cut (the full one is the label's tooltip)
+
+
+def _signature_key_ids(root: Path | None, family: str) -> list[str] | None:
+    """Key ids listed in ``<family>/manifest.json.sig`` under ``root``: ``None`` without a root or a ``.sig``,
+    ``[]`` when the file cannot be read as a signature file. Nothing is verified."""
+    if root is None:
+        return None
+    try:
+        document = json.loads((root / signature_path(manifest_path(family))).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return []
+    entries = document.get("signatures") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [entry["keyid"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("keyid"), str)]
 
 
 def _patch_rows(manifest: Manifest) -> list[dict[str, Any]]:
@@ -41,6 +71,25 @@ def _patch_rows(manifest: Manifest) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _bytes_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Geometry of the inline SVG chart: per version pair, the full target's bar and the patch's bar, both scaled
+    to the largest full size of the family."""
+    largest = max((row["full_size"] for row in rows), default=1)
+    bars = []
+    for index, row in enumerate(rows):
+        label = f"{row['patch'].source} → {row['patch'].target}"
+        bars.append(
+            {
+                "row": row,
+                "label": label if len(label) <= _CHART_LABEL_CHARS else label[: _CHART_LABEL_CHARS - 1] + "…",
+                "y": index * _CHART_ROW,
+                "full": max(1.0, _CHART_BARS * row["full_size"] / largest),
+                "patch": max(1.0, _CHART_BARS * row["patch"].size / largest),
+            }
+        )
+    return {"bars": bars, "width": _CHART_BARS + 120, "height": len(bars) * _CHART_ROW}
 
 
 def identity_groups(versions: Iterable[tuple[str, VersionEntry]]) -> list[dict[str, Any]]:
@@ -70,21 +119,35 @@ def identity_groups(versions: Iterable[tuple[str, VersionEntry]]) -> list[dict[s
     return groups
 
 
-def render_family_page(manifest: Manifest) -> str:
+def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
+    """The family's ``index.html``; ``root`` (the repository) lets it show the key ids in the manifest's
+    ``.sig``."""
     groups = identity_groups((entry.version, entry) for entry in manifest.versions)
+    patch_rows = _patch_rows(manifest)
     return _environment.get_template("family.html").render(
         manifest=manifest,
-        patch_rows=_patch_rows(manifest),
+        patch_rows=patch_rows,
+        chart=_bytes_chart(patch_rows),
+        show_signers=root is not None,
+        key_ids=_signature_key_ids(root, manifest.family),
         groups=groups,
         shared={group["short_id"]: group for group in groups},
     )
 
 
-def render_root_page(index: Index, manifests: list[Manifest]) -> str:
+def render_root_page(index: Index, manifests: list[Manifest], root: Path | None = None) -> str:
+    """The repository's ``index.html``; ``root`` lets it show the key ids of each manifest's ``.sig``."""
     by_name = {m.family: m for m in manifests}
     families = [
-        {"entry": entry, "manifest": by_name[entry.name], "latest": by_name[entry.name].latest_entry()}
+        {
+            "entry": entry,
+            "manifest": by_name[entry.name],
+            "latest": by_name[entry.name].latest_entry(),
+            "key_ids": _signature_key_ids(root, entry.name),
+        }
         for entry in index.families
     ]
     groups = identity_groups((f"{m.family} {e.version}", e) for m in manifests for e in m.versions)
-    return _environment.get_template("root.html").render(families=families, groups=groups)
+    return _environment.get_template("root.html").render(
+        families=families, groups=groups, show_signers=root is not None
+    )

@@ -3,20 +3,24 @@
 Data flow of :meth:`Downloader.fetch`, over the transport (repo.transport: ``Get`` → answer checks → bounded,
 rate-guarded body)::
 
-    .part + .part.json (validator, url, size) from an earlier attempt, for this URL and size?
+    .part + .part.json (validator, url, size) from an earlier attempt, for this URL and size, with a validator
+    that is a short visible-ASCII strong ETag or HTTP date (``transport.usable_validator``; no other is kept)?
       → yes: Get(url, size, start=N, validator) — ``Range: bytes=N-`` and ``If-Range``; no: start at 0 (a
         .part without a usable record is discarded). Always ``Accept-Encoding: identity`` (a compressed body
         would break offsets and the size bound; one sent anyway is refused)
       → 206 from N: append · 200: the server ignored the range or the file changed → write from 0
         · 416 with a complete file: done (a shorter one is discarded, the next attempt starts at 0)
-        · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
+        · another 4xx to the resuming request (ResumeRefused): the .part is discarded and the file asked for
+          once more from 0 · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
       → never more than the declared size is read or written: a Content-Length beyond it fails before the
         body, a body without one is cut at it (OversizeError: the file is downloaded once more like a digest
         mismatch, then IntegrityError)
       → a connection error, a stall (no byte for ``limits.stall_timeout``), a body averaging below
         ``limits.min_rate`` B/s over ``limits.rate_window``, a short body or a 5xx leaves the ``.part`` in
-        place; ``policy.retry`` (DOWNLOAD_RETRY: 6 attempts, backoff 0.5 s doubling to 8 s) runs the next
-        attempt from where it stopped; after the last one :class:`NetworkError` carries the last reason
+        place; ``policy.retry`` (DOWNLOAD_RETRY: a time budget of 3600 s of pauses, backoff 0.5 s doubling to
+        60 s; the device's ``[retry]`` table) runs the next attempt from where it stopped, after telling
+        ``on_progress`` that it waits (``Progress.waiting``); once the budget is spent :class:`NetworkError`
+        carries the last reason
       → complete: size, MD5 (mandatory) and SHA-256 (when known) are checked; a mismatch deletes the file and
         downloads again, ``policy.verify_attempts`` times in all, then raises :class:`IntegrityError`
 
@@ -33,10 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorien.repo.atomic import atomic_write_bytes
-from lorien.repo.errors import IntegrityError, OversizeError, TransientNetworkError
+from lorien.repo.errors import IntegrityError, OversizeError, ResumeRefused, TransientNetworkError
 from lorien.repo.hashing import Digests, digest_file
+from lorien.repo.headers import usable_validator
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
-from lorien.repo.transport import DOWNLOAD_RETRY, Body, Get, HttpTransport, RetryPolicy, Transport
+from lorien.repo.transport import (
+    DOWNLOAD_RETRY,
+    Body,
+    Get,
+    HttpTransport,
+    RetryPolicy,
+    Transport,
+    Waiting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +69,7 @@ class Progress:
     total: int
     rate: float  # bytes per second over this attempt
     eta: float | None  # seconds
+    waiting: Waiting | None = None  # set while the download waits to retry (done: what the .part holds)
 
     @property
     def percent(self) -> float:
@@ -91,7 +105,9 @@ class Downloader:
         last_error = ""
         for verify_round in range(self.policy.verify_attempts):
             try:
-                self.policy.retry.run(lambda: self._attempt(request), self.transport.sleep, "download")
+                self.policy.retry.run(
+                    lambda: self._attempt(request), self.transport.sleep, "download", self._on_wait(request)
+                )
             except OversizeError as error:
                 last_error = str(error)
                 discard(request.destination)
@@ -108,12 +124,24 @@ class Downloader:
             discard(request.destination)
         raise IntegrityError(f"{last_error} after {self.policy.verify_attempts} downloads")
 
+    def _on_wait(self, request: DownloadRequest) -> Callable[[Waiting], None] | None:
+        """Tell ``on_progress`` that the download waits for its next attempt."""
+        on_progress = self.on_progress
+        if on_progress is None:
+            return None
+        part = request.destination
+
+        def on_wait(waiting: Waiting) -> None:
+            done = part.stat().st_size if part.exists() else 0
+            on_progress(Progress(done, request.size, 0.0, None, waiting))
+
+        return on_wait
+
     def _attempt(self, request: DownloadRequest) -> None:
         part = request.destination
         part.parent.mkdir(parents=True, exist_ok=True)
         have, validator = _resumable(request)
-        get = Get(request.url, request.size, start=have, validator=validator, blob=True)
-        with self.transport.get(get) as body:
+        with self._open(request, have, validator) as body:
             if body.status == 416:
                 if have == request.size:
                     return  # complete already; verification decides
@@ -123,6 +151,16 @@ class Downloader:
                 log.info("server sent the whole file for %s (range ignored or file changed)", request.url)
             _write_meta(part, {"url": request.url, "size": request.size, "validator": body.validator})
             self._stream(body, request)
+
+    def _open(self, request: DownloadRequest, have: int, validator: str | None) -> Body:
+        """The answer to a request from byte ``have``; a 4xx to a resuming request discards the ``.part`` and
+        asks once more from zero (a 4xx to that is an error)."""
+        try:
+            return self.transport.get(Get(request.url, request.size, start=have, validator=validator, blob=True))
+        except ResumeRefused as error:
+            log.warning("%s; discarding the %d bytes downloaded and starting again from zero", error, have)
+            discard(request.destination)
+            return self.transport.get(Get(request.url, request.size, blob=True))
 
     def _stream(self, body: Body, request: DownloadRequest) -> None:
         clock = self.transport.clock
@@ -150,13 +188,15 @@ def _resumable(request: DownloadRequest) -> tuple[int, str | None]:
     if not have:
         return 0, None
     meta = _read_meta(part)
-    usable = meta.get("url") == request.url and meta.get("size") == request.size and meta.get("validator")
+    validator = meta.get("validator")
+    # an older lorien kept any validator: one an honest server refuses would make every resume fail
+    usable = meta.get("url") == request.url and meta.get("size") == request.size and usable_validator(validator)
     if not usable or have > request.size:
         why = "no usable validator for this URL" if not usable else f"{have} bytes, more than {request.size}"
         log.info("restarting download of %s from zero: the partial file has %s", request.url, why)
         discard(part)
         return 0, None
-    return have, meta["validator"]
+    return have, validator
 
 
 def discard(part: Path) -> None:

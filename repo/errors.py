@@ -116,6 +116,11 @@ class TransientNetworkError(NetworkError):
         self.url, self.reason = url, reason
 
 
+class ResumeRefused(NetworkError):
+    """A 4xx answer to a request that resumes a download (``Range`` + ``If-Range``): the server will not
+    continue the partial file (say, its validator is one it refuses), so the downloader starts from zero."""
+
+
 class OversizeError(NetworkError):
     """A server announced or sent more bytes than the request allows (a document limit, a blob's declared size).
     Nothing past the bound is read; the downloader counts it like a digest mismatch."""

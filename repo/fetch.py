@@ -8,9 +8,11 @@ server can never feed us endless data). Higher layers (inspect, trust, the devic
 :class:`HttpFetcher` turns a repository path into a URL under its base and hands the request to its
 :class:`~repo.transport.Transport` (by default :class:`~repo.transport.HttpTransport`; tests inject an in-memory
 repository): ``Get(url, limit)`` for a document, the same with ``blob=True`` for a blob. The transport
-bounds the body, guards its rate, cuts off a stalled server and names the URL in every error; the fetcher
-retries getting an answer under ``REQUEST_RETRY`` (connection errors, timeouts, 500/502/503/504) and reads the
-body once: a document that stalls or trickles fails at once with a :class:`NetworkError`.
+bounds the body, guards its rate, cuts off a stalled server or a head slower than ``limits.head_timeout`` and
+names the URL in every error; the fetcher retries getting an answer under ``REQUEST_RETRY`` (connection errors,
+timeouts, 500/502/503/504) and reads the body once: a document that stalls or trickles fails at once with a
+:class:`NetworkError`. A document as a whole — every attempt, pauses and body included — must be in within
+``limits.document_timeout`` (the ``deadline`` of its ``Get``).
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ class HttpFetcher:
 
     def read_document(self, path: str, limit: int | None = None) -> bytes:
         limit = self.limits.max_document_bytes if limit is None else limit
-        with self._open(Get(self.url(path), limit)) as body:
+        # every attempt, the body included; the transport's limits, like every other timeout it enforces
+        deadline = self.transport.clock() + self.transport.limits.document_timeout
+        with self._open(Get(self.url(path), limit, deadline=deadline)) as body:
             return b"".join(body)
 
     def iter_blob(self, path: str, max_bytes: int) -> Iterator[bytes]:

@@ -27,6 +27,10 @@ class Limits:
     # network: a peer that stops sending, or sends too slowly, is cut off
     connect_timeout: float = 5.0  # seconds
     stall_timeout: float = 30.0  # seconds without a single byte
+    head_timeout: float = 30.0  # seconds from sending a request to its complete status line and headers
+    # seconds for a whole document (manifest, .sig, index.json), every attempt included; raise it for large
+    # manifests on links near min_rate (120 s at 512 B/s is 60 KiB)
+    document_timeout: float = 120.0
     min_rate: int = 512  # bytes per second, averaged over ``rate_window`` (slow-retrieval defence)
     rate_window: float = 60.0  # seconds
     # device HTTP API

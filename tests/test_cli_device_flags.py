@@ -6,8 +6,18 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
+
 from lorien.cli import build_parser
-from lorien.device.config import DeviceConfig, ServiceControl, config_flags, load_config, overrides_from_flags
+from lorien.device.config import (
+    DeviceConfig,
+    RetrySettings,
+    ServiceControl,
+    config_flags,
+    load_config,
+    overrides_from_flags,
+)
+from lorien.repo.errors import BadInputError
 
 REQUIRED = ["--repo-url", "http://127.0.0.1:1/", "--family", "fam", "--model-path", "m", "--state-dir", "s"]
 
@@ -22,7 +32,8 @@ def test_every_config_key_but_the_limits_table_has_its_flag() -> None:
         "--repo-url", "--family", "--model-path", "--state-dir", "--host", "--port", "--api-token", "--insecure-no-token",
         "--check-interval", "--callback-url", "--keep-backups", "--health-check", "--health-check-litert",
         "--health-timeout", "--stop-timeout", "--trusted-key", "--insecure-allow-unsigned", "--service-unit",
-        "--service-command", "--service-pid-file",
+        "--service-command", "--service-pid-file", "--retry-total-seconds", "--retry-max-backoff",
+        "--retry-first-backoff",
     }  # fmt: skip
 
 
@@ -65,3 +76,31 @@ def test_flags_pass_the_checks_of_the_config_file() -> None:
     assert config.insecure_allow_unsigned and config.port == 12315
     unit = load_config(None, _overrides(*REQUIRED, "--insecure-allow-unsigned", "--service-unit", "app.service"))
     assert unit.service == ServiceControl(unit="app.service")
+
+
+def test_retry_flags_change_their_key_and_keep_the_files_others(tmp_path: Path) -> None:
+    config_file = tmp_path / "device.toml"
+    config_file.write_text("[retry]\ntotal_seconds = 600\nmax_backoff = 30\n")
+    config = load_config(
+        config_file, _overrides(*REQUIRED, "--insecure-allow-unsigned", "--retry-max-backoff", "5")
+    )
+    assert config.retry == RetrySettings(total_seconds=600.0, max_backoff=5.0, first_backoff=0.5)
+    policy = config.retry.policy
+    assert (policy.attempts, policy.backoff, policy.max_backoff, policy.budget) == (None, 0.5, 5.0, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("total_seconds = -1", "retry.total_seconds: must be a number of seconds from 0 to 604800, got -1"),
+        ('max_backoff = "1m"', "retry.max_backoff: must be a number of seconds from 0.01 to 3600, got '1m'"),
+        ("first_backoff = 10\nmax_backoff = 5", "retry.first_backoff: must not exceed retry.max_backoff (5)"),
+        ("attempts = 6", "retry.attempts: unknown option (known: total_seconds, max_backoff, first_backoff)"),
+    ],
+)
+def test_retry_table_is_checked(tmp_path: Path, table: str, message: str) -> None:
+    config_file = tmp_path / "device.toml"
+    config_file.write_text(f"[retry]\n{table}\n")
+    with pytest.raises(BadInputError) as caught:
+        load_config(config_file, _overrides(*REQUIRED, "--insecure-allow-unsigned"))
+    assert str(caught.value) == f"{config_file}: {message}"

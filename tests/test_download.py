@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest
+from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
 from lorien.repo.errors import IntegrityError, NetworkError
-from lorien.repo.transport import RetryPolicy
+from lorien.repo.transport import RetryPolicy, Waiting
 from tests.support.simulator import Fault, RepositorySimulator
 
 PATH = "blobs/model.bin"
@@ -158,11 +158,109 @@ def test_http_errors_are_not_retried_forever(tmp_path: Path, sim: RepositorySimu
     assert len(sim.requests) == 1
 
 
-def test_default_policy_makes_six_attempts_with_capped_backoff(tmp_path: Path, sim: RepositorySimulator) -> None:
+def test_default_policy_retries_for_an_hour_of_pauses_doubling_to_a_minute(
+    tmp_path: Path, sim: RepositorySimulator
+) -> None:
     sim.inject(PATH, Fault(status=503), forever=True)
-    with pytest.raises(NetworkError, match=r"failed after 6 attempts: HTTP 503 Service Unavailable$"):
+    with pytest.raises(NetworkError) as caught:
         Downloader(transport=sim).fetch(_request(tmp_path, sim))
-    assert sim.pauses == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert sim.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0] + [60.0] * 58  # one more minute would pass 3600 s
+    assert str(caught.value) == (
+        f"{sim.url(PATH)}: download failed after 66 attempts and 3543.5 s of waiting (retry budget 3600 s): "
+        "HTTP 503 Service Unavailable"
+    )
+
+
+def test_an_outage_longer_than_six_attempts_is_waited_out(tmp_path: Path, sim: RepositorySimulator) -> None:
+    sim.inject(PATH, Fault(cut=40000))
+
+    def outage_begins(progress: Progress) -> None:  # the link goes down for 16 s after the first bytes
+        if not sim.down_until:
+            sim.down_until = sim.now + 16
+
+    Downloader(transport=sim, on_progress=outage_begins).fetch(_request(tmp_path, sim))
+    assert sim.pauses == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0] and sim.now == 31.5
+    assert [seen.headers.get("Range") for seen in sim.requests] == [None] + ["bytes=40000-"] * 6
+    assert (tmp_path / "model.part").read_bytes() == DATA
+
+
+def test_a_spent_time_budget_fails_with_the_last_reason(tmp_path: Path, sim: RepositorySimulator) -> None:
+    sim.down_until = 1000.0
+    policy = DownloadPolicy(retry=RetryPolicy(None, backoff=1.0, max_backoff=4.0, budget=10.0))
+    with pytest.raises(NetworkError) as caught:
+        Downloader(policy=policy, transport=sim).fetch(_request(tmp_path, sim))
+    assert sim.pauses == [1.0, 2.0, 4.0]  # the next 4 s would pass the 10 s budget
+    assert str(caught.value) == (
+        f"{sim.url(PATH)}: download failed after 4 attempts and 7 s of waiting (retry budget 10 s): "
+        "ConnectionError: connection refused"
+    )
+
+
+def test_a_budget_needs_a_pause_that_spends_it() -> None:
+    with pytest.raises(ValueError, match="needs a positive backoff"):
+        RetryPolicy(None, backoff=0.0, max_backoff=0.0, budget=10.0)
+
+
+def test_progress_tells_of_each_wait_before_it(tmp_path: Path, sim: RepositorySimulator) -> None:
+    sim.inject(PATH, Fault(cut=1000), Fault(status=503))
+    seen: list[Progress] = []
+    Downloader(transport=sim, on_progress=seen.append).fetch(_request(tmp_path, sim))
+    waits = [(p.done, p.waiting) for p in seen if p.waiting is not None]
+    assert waits == [
+        (1000, Waiting(2, 0.5, "connection broken after 1000 bytes")),
+        (1000, Waiting(3, 1.0, "HTTP 503 Service Unavailable")),
+    ]
+
+
+# ---------------------------------------------------------------- validators
+
+
+@pytest.mark.parametrize("etag", ['"v1\x01"', '"' + "a" * 10_000 + '"', 'W/"weak"', "unquoted", '"caf\u00e9"'])
+def test_an_unusable_etag_is_never_kept_so_the_download_restarts_from_zero(
+    tmp_path: Path, sim: RepositorySimulator, etag: str
+) -> None:
+    sim.inject(PATH, Fault(etag=etag, cut=30000))
+    _downloader(sim).fetch(_request(tmp_path, sim))
+    assert [seen.headers.get("Range") for seen in sim.requests] == [None, None]  # no resume with that validator
+    assert (tmp_path / "model.part").read_bytes() == DATA
+
+
+@pytest.mark.parametrize("validator", ['"v1\r\nX-Evil: 1"', '"' + "a" * 300 + '"', 123, ["x"]])
+def test_a_poisoned_record_from_an_older_version_is_ignored(
+    tmp_path: Path, sim: RepositorySimulator, validator: object
+) -> None:
+    request = _request(tmp_path, sim)
+    request.destination.write_bytes(DATA[:2000])
+    meta = {"url": request.url, "size": len(DATA), "validator": validator}
+    (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    _downloader(sim).fetch(request)
+    assert len(sim.requests) == 1 and "If-Range" not in sim.requests[0].headers
+    assert request.destination.read_bytes() == DATA
+
+
+def _resumable_part(tmp_path: Path, sim: RepositorySimulator) -> DownloadRequest:
+    request = _request(tmp_path, sim)
+    request.destination.write_bytes(DATA[:2000])
+    meta = {"url": request.url, "size": len(DATA), "validator": sim.etags[PATH]}
+    (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    return request
+
+
+def test_a_4xx_to_a_resuming_request_restarts_from_zero_once(tmp_path: Path, sim: RepositorySimulator) -> None:
+    request = _resumable_part(tmp_path, sim)
+    sim.inject(PATH, Fault(status=400))
+    _downloader(sim).fetch(request)
+    assert [seen.headers.get("Range") for seen in sim.requests] == ["bytes=2000-", None]
+    assert request.destination.read_bytes() == DATA
+
+
+def test_a_second_4xx_after_the_restart_is_an_error(tmp_path: Path, sim: RepositorySimulator) -> None:
+    request = _resumable_part(tmp_path, sim)
+    sim.inject(PATH, Fault(status=400), Fault(status=403))
+    with pytest.raises(NetworkError) as caught:
+        _downloader(sim).fetch(request)
+    assert str(caught.value) == f"{request.url}: HTTP 403 Forbidden" and len(sim.requests) == 2
+    assert not request.destination.exists()
 
 
 def test_progress_reports_bytes_percent_and_rate(tmp_path: Path, sim: RepositorySimulator) -> None:

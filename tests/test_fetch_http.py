@@ -97,6 +97,50 @@ def test_a_document_body_that_stalls_fails_without_retry(sim: RepositorySimulato
     assert len(sim.requests) == 1
 
 
+def _slow_heads(document_timeout: float, *faults: Fault) -> RepositorySimulator:
+    sim = RepositorySimulator(replace(DEFAULT_LIMITS, document_timeout=document_timeout))
+    sim.add("index.json", INDEX)
+    sim.inject("index.json", *faults)
+    return sim
+
+
+def _index_error(sim: RepositorySimulator) -> str:
+    with pytest.raises(NetworkError) as caught:
+        _fetcher(sim).read_document("index.json")
+    return str(caught.value)
+
+
+def test_a_slow_head_is_cut_at_head_timeout_and_retried() -> None:
+    sim = _slow_heads(1000.0, Fault(head_delay=31), Fault(head_delay=29))  # the head_timeout alone
+    assert _fetcher(sim).read_document("index.json") == INDEX  # 29 s is within the 30 s head_timeout
+    assert sim.now == pytest.approx(60.2) and len(sim.requests) == 2
+    sim.inject("index.json", Fault(head_delay=31), forever=True)
+    assert _index_error(sim) == (
+        "http://repo.test/index.json: request failed after 4 attempts: a complete response head did not arrive "
+        "within 30 s (limits.head_timeout=30); the server is too slow"
+    )
+
+
+def test_a_document_as_a_whole_is_bounded_by_document_timeout_across_attempts() -> None:
+    sim = _slow_heads(60.0, Fault(head_delay=31))
+    sim.inject("index.json", Fault(head_delay=31), forever=True)
+    # attempt 1: head late at 31 s (retried); attempt 2 must be complete by 60 s, is not, and is not retried
+    assert _index_error(sim) == (
+        "http://repo.test/index.json: the whole document did not arrive within 60 s (limits.document_timeout=60); "
+        "the server is too slow"
+    )
+    assert len(sim.requests) == 2
+
+
+def test_a_document_body_trickling_above_the_minimum_rate_is_cut_at_document_timeout() -> None:
+    sim = RepositorySimulator(replace(DEFAULT_LIMITS, min_rate=100, rate_window=1.0, document_timeout=10.0))
+    sim.add("index.json", INDEX * 100)  # 2,900 bytes at 200 B/s: 14.5 s
+    sim.inject("index.json", Fault(rate=200))
+    with pytest.raises(NetworkError, match=r"the whole document did not arrive within 10 s"):
+        _fetcher(sim).read_document("index.json")
+    assert 10.0 < sim.now <= 10.1 and len(sim.requests) == 1
+
+
 def test_a_compressed_blob_is_refused_and_not_retried(sim: RepositorySimulator) -> None:
     sim.inject("blobs/a", Fault(encoding="gzip"))
     with pytest.raises(NetworkError, match="server sent Content-Encoding: gzip although asked for identity"):

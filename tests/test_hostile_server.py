@@ -91,6 +91,31 @@ class HostileServer:
                 packed = gzip.compress(body)
                 self._head(handler, start, {"Content-Length": str(len(packed)), "Content-Encoding": "gzip"})
                 self._send(handler, packed)
+            elif answer == "head-trickle":  # the status line and headers, one byte every 0.1 s (about 5 s)
+                head = f"HTTP/1.1 200 OK\r\nETag: {ETAG}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                for index in range(len(head)):
+                    handler.wfile.write(head[index : index + 1])
+                    handler.wfile.flush()
+                    if self.stop.wait(0.1):
+                        return
+                self._send(handler, body)
+            elif answer in ("superscript-length", "bogus-range"):  # "²".isdigit() is True; int("²") fails
+                extra = (
+                    {"Content-Length": "²"} if answer == "superscript-length" else {"Content-Range": "bytes ²-9/9"}
+                )
+                self._head(handler, start, {**extra, "Connection": "close"}, status=206 if start else 200)
+                self._send(handler, body)
+            elif answer.startswith("poison-cut:"):  # a validator no honest server accepts back, then a cut
+                self._head(handler, 0, {"Content-Length": str(len(DATA))}, etag='"v1\x01"')
+                self._send(handler, DATA[: int(answer.split(":")[1])])
+            elif answer in ("strict", "no-ranges"):  # nginx: 400 to a control character; or 400 to any range
+                if (answer == "strict" and not (headers.get("If-Range") or "x").isprintable()) or (
+                    answer == "no-ranges" and headers.get("Range")
+                ):
+                    self._head(handler, 0, {"Content-Length": "0"}, status=400)
+                else:
+                    self._head(handler, start, {"Content-Length": str(len(body))})
+                    self._send(handler, body)
             elif answer in ("endless-chunked", "endless-close", "huge-length"):
                 self._endless(handler, answer)
             else:
@@ -99,12 +124,17 @@ class HostileServer:
             pass  # the client hung up: what a defended client does
 
     def _head(
-        self, handler: http.server.BaseHTTPRequestHandler, start: int, extra: dict[str, str], status: int = 0
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        start: int,
+        extra: dict[str, str],
+        status: int = 0,
+        etag: str = ETAG,
     ) -> None:
         status = status or (206 if start else 200)
         handler.send_response(status)
-        handler.send_header("ETag", ETAG)
-        if status == 206:
+        handler.send_header("ETag", etag)
+        if status == 206 and "Content-Range" not in extra:
             handler.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
         for name, value in extra.items():
             handler.send_header(name, value)
@@ -357,3 +387,71 @@ def test_a_compressed_blob_sent_anyway_is_refused(serve, tmp_path: Path) -> None
     with pytest.raises(NetworkError, match=message):
         b"".join(HttpFetcher(server.base).iter_blob("blobs/model.bin", len(DATA)))
     assert len(server.seen) == 2  # not retried: the server will not change its mind
+
+
+# ---------------------------------------------------------------- slow head
+
+HEAD = replace(DEFAULT_LIMITS, head_timeout=1.0, document_timeout=2.0)  # the trickled head takes about 5 s
+
+
+def test_a_trickling_head_fails_the_download_at_head_timeout(serve, tmp_path: Path) -> None:
+    server = serve("head-trickle")
+    with pytest.raises(NetworkError) as caught:
+        _downloader(HEAD, attempts=2).fetch(_request(tmp_path, server.url))
+    assert str(caught.value) == (
+        f"{server.url}: download failed after 2 attempts: a complete response head did not arrive within 1 s "
+        "(limits.head_timeout=1); the server is too slow"
+    )
+
+
+def test_a_trickling_head_bounds_the_whole_document_at_document_timeout(serve) -> None:
+    server = serve("head-trickle")
+    with pytest.raises(NetworkError) as caught:
+        HttpFetcher(server.base, limits=HEAD).read_document("blobs/model.bin")
+    # attempt 1 ends at the 1 s head_timeout and is retried; attempt 2 ends when the document's 2 s are spent
+    assert str(caught.value) == (
+        f"{server.url}: the whole document did not arrive within 2 s (limits.document_timeout=2); the server is "
+        "too slow"
+    )
+    assert len(server.seen) == 2
+
+
+# ---------------------------------------------------------------- header numbers
+
+
+def test_a_content_length_that_is_not_ascii_digits_is_a_network_error(serve, tmp_path: Path) -> None:
+    server = serve("superscript-length")
+    message = f"{server.url}: malformed Content-Length header '²': expected ASCII digits"
+    with pytest.raises(NetworkError) as caught:
+        HttpFetcher(server.base).read_document("blobs/model.bin")
+    assert str(caught.value) == message
+    with pytest.raises(NetworkError) as caught:
+        _downloader().fetch(_request(tmp_path, server.url))
+    assert str(caught.value) == message and len(server.seen) == 2  # not retried
+
+
+def test_a_bogus_content_range_is_a_network_error(serve, tmp_path: Path) -> None:
+    server = serve("cut:4000", "bogus-range")
+    with pytest.raises(NetworkError) as caught:
+        _downloader(attempts=3).fetch(_request(tmp_path, server.url))
+    assert str(caught.value) == f"{server.url}: malformed Content-Range header 'bytes ²-9/9' in a 206 answer"
+    assert [seen["Range"] for seen in server.seen] == [None, "bytes=4000-"]
+
+
+# ---------------------------------------------------------------- validators
+
+
+def test_a_poisoned_etag_is_not_kept_so_an_honest_server_completes_the_download(serve, tmp_path: Path) -> None:
+    server = serve("poison-cut:4000", "strict")  # strict: 400 to a control character in If-Range, like nginx
+    request = _request(tmp_path, server.url)
+    _downloader().fetch(request)
+    assert request.destination.read_bytes() == DATA
+    assert [(seen["Range"], seen["If-Range"]) for seen in server.seen] == [(None, None), (None, None)]
+
+
+def test_a_server_refusing_to_resume_gets_the_file_asked_for_from_zero(serve, tmp_path: Path) -> None:
+    server = serve("cut:4000", "no-ranges")
+    request = _request(tmp_path, server.url)
+    _downloader().fetch(request)
+    assert request.destination.read_bytes() == DATA
+    assert [seen["Range"] for seen in server.seen] == [None, "bytes=4000-", None]

@@ -1,4 +1,5 @@
-"""HTML pages for people, and the TFLite generator read back by the independent `tflite` package."""
+"""HTML pages for people (their content; their layout in a real browser: tests/test_pages_browser.py), and
+the TFLite generator read back by the independent `tflite` package."""
 
 from __future__ import annotations
 
@@ -11,17 +12,27 @@ import numpy as np
 import tflite
 
 from lorien.modelgen import fine_tune, random_mlp, to_tflite
+from lorien.publisher.html import render_family_page, render_root_page
 from lorien.repo.fingerprint import detect_format
+from lorien.repo.manifest import parse_index, parse_manifest
+from lorien.repo.signing import generate_keypair, load_signing_key, sign_document
 
 
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
+        self.downloads: list[str | None] = []  # the download attribute of each link into blobs/
+        self.bars: list[str] = []  # classes of the chart's bars
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.links += [value for name, value in attrs if name == "href" and value]
+        named = dict(attrs)
+        if tag == "a" and named.get("href"):
+            self.links.append(named["href"] or "")
+            if "blobs/" in (named["href"] or ""):
+                self.downloads.append(named.get("download"))
+        if tag == "rect":
+            self.bars.append(named.get("class") or "")
 
 
 def _links(page: Path) -> list[str]:
@@ -44,6 +55,33 @@ def test_pages_show_versions_sizes_savings_and_links_resolve(published: Path) ->
         for link in _links(root_page):
             assert (root_page.parent / link).resolve().is_file(), f"{root_page}: broken link {link}"
     assert "classifier/index.html" in _links(published / "index.html")
+
+
+def test_family_page_shows_expiry_sequence_chart_and_download_names(published: Path) -> None:
+    manifest = parse_manifest((published / "classifier" / "manifest.json").read_bytes())
+    page = render_family_page(manifest)
+    parser = _Links()
+    parser.feed(page)
+    assert manifest.expires and manifest.expires in page
+    assert f'<dd class="sequence">{manifest.sequence}</dd>' in page
+    assert "signed by" not in page, "without the repository root the page cannot know the signers"
+    assert len(parser.downloads) == len(manifest.versions) + len(manifest.patches) and all(parser.downloads)
+    assert sorted(parser.bars) == sorted(["full", "patch"] * len(manifest.patches))
+    for entry in manifest.versions:
+        assert f'title="sha256 {entry.sha256}">{entry.sha256[:12]}…</code>' in page
+
+
+def test_pages_show_the_key_ids_of_the_sig_without_verifying(published: Path, tmp_path: Path) -> None:
+    manifest = parse_manifest((published / "classifier" / "manifest.json").read_bytes())
+    index = parse_index((published / "index.json").read_bytes())
+    assert ">unsigned</span>" in render_family_page(manifest, published)
+    signature = published / "classifier" / "manifest.json.sig"
+    keys = [load_signing_key(generate_keypair(tmp_path / f"k{n}")[0]) for n in range(2)]
+    signature.write_bytes(sign_document(b"other bytes: not verified here", "classifier/manifest.json", keys))
+    for page in (render_family_page(manifest, published), render_root_page(index, [manifest], published)):
+        assert all(f'title="{key.keyid}">{key.keyid[:12]}…</code>' in page for key in keys)
+    signature.write_bytes(b"{not json")
+    assert "unreadable .sig" in render_family_page(manifest, published)
 
 
 def test_generated_tflite_reads_back_with_the_tflite_package() -> None:

@@ -2,7 +2,8 @@
 
 Serves a directory with Range support and a strong ETag, and can: cut the connection after N body bytes (for
 the first ``cuts`` responses), ignore Range headers (answer 200 with the whole file), change its ETag on every
-request (as if the file were replaced between requests), or stall before sending.
+request (as if the file were replaced between requests), stall before sending, or be down (no answer) for a
+while from the first blob request on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Faults:
     ignore_range: bool = False
     rotate_etag: bool = False
     delay: float = 0.0  # seconds to wait before answering blob requests
+    outage: float = 0.0  # seconds, from the first blob request, in which blob requests get no answer
     requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (path, Range, If-Range)
 
 
@@ -30,6 +32,7 @@ class FaultyServer:
         self.root = root
         self.faults = faults or Faults()
         self._etag_counter = 0
+        self._outage_began: float | None = None
         self.httpd = start_http_server(self._handle)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
@@ -44,6 +47,13 @@ class FaultyServer:
             return f'"{stat.st_size}-{stat.st_mtime_ns}-{self._etag_counter}"'
         return f'"{stat.st_size}-{stat.st_mtime_ns}"'
 
+    def _down(self) -> bool:
+        if not self.faults.outage:
+            return False
+        if self._outage_began is None:
+            self._outage_began = time.monotonic()
+        return time.monotonic() - self._outage_began < self.faults.outage
+
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         faults = self.faults
         relative = handler.path.split("?", 1)[0].lstrip("/")
@@ -54,6 +64,9 @@ class FaultyServer:
             handler.send_response(404)
             handler.send_header("Content-Length", "0")
             handler.end_headers()
+            return
+        if relative.startswith("blobs/") and self._down():
+            handler.close_connection = True  # the connection closes without an answer: the link is down
             return
         data = path.read_bytes()
         etag = self._etag(path)

@@ -9,7 +9,8 @@ retry policy, the fetcher, the downloader.
 Faults are injected per path, one :class:`Fault` per request in order (then normal answers, or the last fault
 for ever): an HTTP status, a connection that fails before answering or breaks after N bytes, a body that ends
 early, a changed ETag, a range ignored or misplaced, extra bytes, a lying Content-Length, a compressed body, a slow or
-stalled body. Time is simulated: the transport's clock advances as a slow body trickles, a stall or a retry
+stalled body, a slow head; ``down_until`` makes the whole repository unreachable until a simulated moment (an
+outage). Time is simulated: the transport's clock advances as a slow body trickles, a stall or a retry
 pause passes, so the rate guard and the backoff are exercised without sleeping. Every request is recorded
 (``requests``: path and headers) and every pause (``pauses``).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from lorien.repo.errors import TransientNetworkError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.transport import Answer, Transport, stall_reason
+from lorien.repo.watchdog import Deadline
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Fault:
     length: int | None = None  # the Content-Length announced instead of the true one
     encoding: str | None = None  # a Content-Encoding header (the body is unchanged)
     corrupt: bool = False  # the first byte is flipped
+    head_delay: float = 0.0  # simulated seconds the status line and headers take to arrive
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class RepositorySimulator(Transport):
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
         self.now = 0.0
+        self.down_until = 0.0  # an outage: every request fails to connect until this simulated time
         self.pauses: list[float] = []
         self.requests: list[Seen] = []
         self._faults: dict[str, list[Fault]] = {}
@@ -94,12 +98,15 @@ class RepositorySimulator(Transport):
         queue = self._faults.get(path)
         return queue.pop(0) if queue else self._forever.get(path, Fault())
 
-    def _open(self, url: str, headers: dict[str, str]) -> Answer:
+    def _open(self, url: str, headers: dict[str, str], head: Deadline, whole: Deadline | None) -> Answer:
         path = url.removeprefix(self.BASE)
         self.requests.append(Seen(path, dict(headers)))
+        if self.now < self.down_until:
+            raise TransientNetworkError(url, "ConnectionError: connection refused")
         fault = self._next_fault(path)
         if fault.drop:
             raise TransientNetworkError(url, fault.drop)
+        self.now += fault.head_delay  # the transport's deadline checks see the time pass
         if fault.etag:
             self.etags[path] = fault.etag
         if fault.status or path not in self.files:
