@@ -83,7 +83,14 @@ class DeviceConfig:
         default="127.0.0.1", metadata=_flag_help("API address (default 127.0.0.1; others need api_token)")
     )
     port: int = field(default=DEFAULT_PORT, metadata=_flag_help("API port (default 12315; 0 picks a free one)"))
-    api_token: str | None = field(default=None, metadata=_flag_help("bearer token required by mutating requests"))
+    api_token: str | None = field(
+        default=None,
+        metadata=_flag_help("bearer token required by every POST (default: generated into state_dir/api_token)"),
+    )
+    insecure_no_token: bool = field(
+        default=False,
+        metadata=_flag_help("no token at all (loopback only): any local process or web page could POST"),
+    )
     check_interval: float = field(default=0.0, metadata=_flag_help("seconds; 0 = on request only"))
     service: ServiceControl = field(default_factory=ServiceControl)  # flags --service-unit, --service-command, …
     health_check: list[str] | None = field(
@@ -269,6 +276,9 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         raise bad("insecure_allow_unsigned", f"must be true or false, got {insecure!r}")
     if not token and not _is_loopback(host):
         raise bad("host", f"binding to {host} (not loopback) needs api_token; refusing to expose an open API")
+    no_token = raw.get("insecure_no_token", False)
+    if not isinstance(no_token, bool):
+        raise bad("insecure_no_token", f"must be true or false, got {no_token!r}")
     config = DeviceConfig(
         repo_url=repo_url if repo_url.endswith("/") else repo_url + "/",
         family=family,
@@ -277,6 +287,7 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         host=host,
         port=number("port", DEFAULT_PORT, 0, 65535, integer=True),
         api_token=token or None,
+        insecure_no_token=no_token and not token,
         check_interval=float(number("check_interval", 0, 0, 7 * 86400)),
         service=_service(raw.get("service"), bad),
         health_check=_command(raw.get("health_check"), "health_check", bad),
