@@ -230,13 +230,14 @@ def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
         threads=4,  # network work holds at most one of them (a /check); /status and /progress get the rest
         max_request_body_size=max_request_body_size(config.limits.max_request_body),
     )
-    healed = updater.heal()
-    log.info("startup: %s", healed)
+    # Announce before healing: heal may start work at once (and, in the crash tests, die), and whoever started
+    # the device must still learn where its API is. Requests wait in the listen queue until server.run().
     announce(
         f"lorien device: family {config.family}, API at http://{server.effective_host}:"
         f"{server.effective_port}{PREFIX}/, model {config.model_path}",
         flush=True,
     )
+    log.info("startup: %s", updater.heal())
     stop = _periodic_checks(updater)
     try:
         server.run()
