@@ -38,7 +38,7 @@ from typing import Any
 
 from lorien.device.plan import Step
 from lorien.repo.atomic import atomic_write_bytes
-from lorien.repo.manifest import utc_now
+from lorien.repo.manifest import parse_timestamp, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class Operation:
     previous_sha256: str | None = None  # the model path's content before the deploy
     backup: str | None = None
     health_attempts: int = 0
+    # what the history entry records when the operation ends (``StateStore.finish``); absent in older files
+    started_at: str | None = None  # UTC timestamp of the request that started it
+    from_version: str | None = None  # the installed version when it started
+    download_bytes: int | None = None  # what it downloads: the plan's patches or full file, a TOPE package
+    full_size: int | None = None  # the full model's size, for comparison
 
     def to_dict(self) -> dict[str, Any]:
         data = {field.name: getattr(self, field.name) for field in fields(self)}
@@ -260,9 +265,39 @@ class StateStore:
             assert operation is not None, "update_op without an operation in progress"
             self.begin(replace(operation, **changes))
 
-    def finish(self, ok: bool, message: str, version: str | None, stage: Stage = Stage.IDLE) -> None:
-        result = {"ok": ok, "message": message, "version": version, "at": utc_now()}
+    def finish(
+        self,
+        ok: bool,
+        message: str,
+        version: str | None,
+        stage: Stage = Stage.IDLE,
+        record: Operation | None = None,
+    ) -> None:
+        """End the operation in progress: ``stage``, ``last_result``, and a new first ``history`` entry (newest
+        first, at most HISTORY): ``{ok, result, message, kind, from_version, version, started_at, at, duration,
+        download_bytes, full_size}``. ``result`` is ``ok``, ``failed`` or ``rolled back`` (the operation ends
+        from ``rolling_back``); ``kind`` is None for an update-latest that ended before it began an operation
+        (up to date, or its check failed). The fields after ``version`` come from the operation's record, or
+        ``record`` (an operation never begun) when there is none; entries written before they existed lack them."""
+        at = utc_now()
+        result = {"ok": ok, "message": message, "version": version, "at": at}
         with self._lock:
             op = self._data.get("op") or {}
-            history = [{**result, "kind": op.get("kind")}, *(self._data.get("history") or [])][:HISTORY]
+            outcome = "ok" if ok else "rolled back" if self._data.get("stage") == Stage.ROLLING_BACK else "failed"
+            recorded = op or (record.to_dict() if record else {})
+            details = {key: recorded.get(key) for key in _RECORDED}  # None: unknown
+            entry = {**result, "kind": op.get("kind"), "result": outcome, **details}
+            entry["duration"] = _seconds(details.get("started_at"), at)
+            history = [entry, *(self._data.get("history") or [])][:HISTORY]
             self.update(stage=stage, op=None, last_result=result, history=history)
+
+
+_RECORDED = ("started_at", "from_version", "download_bytes", "full_size")
+
+
+def _seconds(started_at: str | None, ended_at: str) -> int | None:
+    """Whole seconds from ``started_at`` to ``ended_at``; None when unknown or negative (a clock set back)."""
+    if started_at is None:
+        return None
+    seconds = (parse_timestamp(ended_at) - parse_timestamp(started_at)).total_seconds()
+    return int(seconds) if seconds >= 0 else None

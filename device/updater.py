@@ -212,10 +212,21 @@ class Updater:
         self._start(Kind.UPDATE_LATEST, lambda: self._update_latest(retry_rejected))
 
     def _update_latest(self, retry_rejected: bool) -> None:
+        started = utc_now()
         self._reporter.enter(Stage.CHECKING, "reading the manifest")
         plan = self._check()
+        operation = Operation(
+            Kind.UPDATE_LATEST,
+            target=plan.latest,
+            steps=plan.steps,
+            previous=plan.installed.to_dict(),
+            started_at=started,
+            from_version=plan.installed.version,
+            download_bytes=plan.download_bytes,
+            full_size=plan.full_size,
+        )
         if plan.up_to_date:
-            self._state.finish(True, f"already up to date ({plan.latest})", plan.latest)
+            self._state.finish(True, f"already up to date ({plan.latest})", plan.latest, record=operation)
             self._reporter.report(Stage.IDLE, f"already up to date ({plan.latest})", 100.0)
             return
         rejected = (self._state.get("rejected_targets") or {}).get(plan.steps[-1].target_sha256)
@@ -230,14 +241,7 @@ class Updater:
         for step in plan.steps:
             if step.kind == "patch":
                 require_engine(step.engine or "", f"patch {step.id}")
-        operation = Operation(
-            Kind.UPDATE_LATEST,
-            target=plan.latest,
-            target_sha256=plan.steps[-1].target_sha256,
-            steps=plan.steps,
-            previous=plan.installed.to_dict(),
-        )
-        self._state.begin(operation)
+        self._state.begin(replace(operation, target_sha256=plan.steps[-1].target_sha256))
         self._drop_other_parts({f"{step.sha256}.part" for step in plan.steps})
         how = " → ".join(f"{s.source}→{s.target}" if s.kind == "patch" else f"full {s.target}" for s in plan.steps)
         log.info("plan: %s, %d bytes instead of %d", how, plan.download_bytes, plan.full_size)
@@ -275,7 +279,16 @@ class Updater:
         }
 
         def work() -> None:
-            self._state.begin(Operation(Kind.DOWNLOAD, target=version), package=package)
+            installed = self._installed.version(self._manifest)
+            operation = Operation(
+                Kind.DOWNLOAD,
+                target=version,
+                started_at=utc_now(),
+                from_version=installed,
+                download_bytes=size,
+                full_size=size,
+            )
+            self._state.begin(operation, package=package)
             path = Path(package["path"])
             part = path.with_name(path.name + ".part")
             self._drop_other_parts({part.name})
@@ -315,6 +328,7 @@ class Updater:
         path = Path(package["path"])
 
         def work() -> None:
+            started = utc_now()
             try:
                 digests = digest_file(path)
                 if (digests.size, digests.md5) != (package["size"], package["md5"]):
@@ -326,7 +340,10 @@ class Updater:
                 staged = self._deployer.stage_copy(path, f"{digests.sha256}.model")
             finally:
                 self._state.update(package=None)  # used once: the package goes with the operation's tmp files
-            self._state.begin(Operation(Kind.INSTALL, target=recorded, target_sha256=digests.sha256))
+            operation = Operation(
+                Kind.INSTALL, recorded, digests.sha256, started_at=started, from_version=installed
+            )
+            self._state.begin(operation)
             self._deployer.deploy(staged, recorded, digests.sha256)
 
         self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
@@ -359,10 +376,11 @@ class Updater:
         source = backups[-1]
 
         def work() -> None:
+            started, installed = utc_now(), self._installed.version(self._manifest)
             staged = self._deployer.stage_copy(source, "manual-rollback.model")
             sha = sha256_file(staged)
             version = self._installed.version_of(sha, self._manifest)  # None: unknown here and to the manifest
-            self._state.begin(Operation(Kind.ROLLBACK, target=version, target_sha256=sha))
+            self._state.begin(Operation(Kind.ROLLBACK, version, sha, started_at=started, from_version=installed))
             self._deployer.deploy(staged, version, sha)  # the current model becomes the newest backup
 
         self._start(Kind.ROLLBACK, work)

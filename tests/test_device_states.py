@@ -1,12 +1,25 @@
-"""device.state without a device: the operation record reads today's ``op`` objects, and the heal table's rows."""
+"""device.state without a device: the operation record reads today's ``op`` objects, the heal table's rows, and
+the history entry an operation leaves."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from lorien.device.state import HEAL_TABLE, Heal, Kind, OnDisk, Operation, Phase, Situation, Stage, heal_action
+from lorien.device.state import (
+    HEAL_TABLE,
+    Heal,
+    Kind,
+    OnDisk,
+    Operation,
+    Phase,
+    Situation,
+    Stage,
+    StateStore,
+    heal_action,
+)
 
 
 def test_an_operation_reads_and_writes_the_op_object_of_state_json() -> None:
@@ -99,3 +112,19 @@ def test_every_heal_row_can_be_reached() -> None:
         for retries in (True, False)
     }
     assert reachable == {row[-1] for row in HEAL_TABLE} == set(Heal)
+
+
+def test_history_entries_record_the_operation_and_old_entries_stay_readable(tmp_path: Path) -> None:
+    old_entry = {"ok": True, "message": "installed 1.0.0: ok", "version": "1.0.0", "at": "2026-01-01T00:00:00Z"}
+    (tmp_path / "state.json").write_text(json.dumps({"history": [{**old_entry, "kind": "install"}]}))
+    store = StateStore(tmp_path / "state.json")
+    record = {"started_at": "2000-01-01T00:00:00Z", "from_version": "1.0.0", "download_bytes": 10, "full_size": 99}
+    store.begin(Operation(Kind.UPDATE_LATEST, target="1.1.0", **record), stage=Stage.DEPLOYING)
+    store.update(stage=Stage.ROLLING_BACK)
+    store.finish(False, "rolled back: health check failed", "1.1.0", stage=Stage.FAILED)
+    store.finish(False, "manifest refused", None, stage=Stage.FAILED)  # no operation was begun
+    refused, rolled_back, old = store.get("history")
+    assert rolled_back["result"] == "rolled back" and rolled_back["kind"] == "update-latest"
+    assert {key: rolled_back[key] for key in record} == record and rolled_back["duration"] > 0
+    assert refused["result"] == "failed" and refused["kind"] is None and refused["duration"] is None
+    assert old == {**old_entry, "kind": "install"} and store.get("last_result")["message"] == "manifest refused"

@@ -100,6 +100,15 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == _latest(family) and status["installed_version"] == "1.2.0"
     assert len(status["backups"]) == 1
+    entry = status["history"][0]  # from → to, bytes downloaded vs full, how long
+    assert (entry["kind"], entry["from_version"], entry["version"], entry["result"]) == (
+        "update-latest",
+        installed,
+        "1.2.0",
+        "ok",
+    )
+    assert (entry["download_bytes"], entry["full_size"]) == (plan.download_bytes, plan.full_size)
+    assert entry["duration"] >= 0
     assert _blob_requests(sim) == [step.blob for step in plan.steps]  # each blob fetched once, nothing else
     progress = updater.status_view().progress
     assert progress["stage"] == "success" and progress["lorien_stage"] == "idle" and progress["progress"] == 100
@@ -112,6 +121,9 @@ def test_an_up_to_date_device_downloads_nothing(family: Path, tmp_path: Path, si
     status = _update(updater)
     assert status["last_result"]["ok"] and "already up to date" in status["last_result"]["message"]
     assert _blob_requests(sim) == [] and status["backups"] == []
+    entry = status["history"][0]  # no operation began: kind None (TOPE's /progress keeps the last one)
+    assert entry["kind"] is None and entry["from_version"] == entry["version"] == "1.2.0"
+    assert entry["download_bytes"] == 0 and entry["full_size"] > 0 and entry["duration"] >= 0
 
 
 def test_a_manifest_for_another_family_is_refused(family: Path, tmp_path: Path, sim: RepositorySimulator) -> None:
