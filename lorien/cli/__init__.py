@@ -2,9 +2,9 @@
 
 Each group module registers its commands, every command's arguments next to its handler: ``standalone``
 (fingerprint, keygen, demo), ``publishing`` (publish, watch, nginx-config, gc), ``patches`` (diff, apply,
-verify-patch, patch-info), ``inspection`` (inspect), ``serving`` (serve), ``device`` (device). Options that
-several commands take are defined once, in ``_options``. :func:`main` parses, runs the handler, and turns what
-escapes it into one ``lorien COMMAND: error: …`` line on stderr and an exit code:
+verify-patch, patch-info), ``inspection`` (inspect), ``serving`` (serve), ``device`` (device), ``ctl`` (ctl).
+Options that several commands take are defined once, in ``_options``. :func:`main` parses, runs the handler,
+and turns what escapes it into one ``lorien COMMAND: error: …`` line on stderr and an exit code:
 
 ====  =====================================================================================================
 exit  meaning
@@ -31,13 +31,13 @@ import logging
 import os
 import sys
 
-from lorien.cli import device, inspection, patches, publishing, serving, standalone
+from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone
 from lorien.repo.errors import LocalIOError, LorienError
 
 EXIT_INTERRUPTED = 130
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a writer stopped by a closed pipe
 
-_GROUPS = (standalone, publishing, patches, inspection, serving, device)
+_GROUPS = (standalone, publishing, patches, inspection, serving, device, ctl)
 
 
 def build_parser() -> argparse.ArgumentParser:
