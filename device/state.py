@@ -276,9 +276,10 @@ class StateStore:
         """End the operation in progress: ``stage``, ``last_result``, and a new first ``history`` entry (newest
         first, at most HISTORY): ``{ok, result, message, kind, from_version, version, started_at, at, duration,
         download_bytes, full_size}``. ``result`` is ``ok``, ``failed`` or ``rolled back`` (the operation ends
-        from ``rolling_back``); ``kind`` is None for an update-latest that ended before it began an operation
-        (up to date, or its check failed). The fields after ``version`` come from the operation's record, or
-        ``record`` (an operation never begun) when there is none; entries written before they existed lack them."""
+        from ``rolling_back``); ``kind`` is None when no operation was recorded (an update-latest up to date or
+        refused at its check, an install or rollback that failed before its deploy). ``started_at``,
+        ``from_version``, ``download_bytes`` and ``full_size`` come from the operation, else from ``record`` (one
+        planned but never begun), else None; entries written before these fields existed lack them."""
         at = utc_now()
         result = {"ok": ok, "message": message, "version": version, "at": at}
         with self._lock:
@@ -296,8 +297,10 @@ _RECORDED = ("started_at", "from_version", "download_bytes", "full_size")
 
 
 def _seconds(started_at: str | None, ended_at: str) -> int | None:
-    """Whole seconds from ``started_at`` to ``ended_at``; None when unknown or negative (a clock set back)."""
-    if started_at is None:
+    """Whole seconds from ``started_at`` to ``ended_at``; None when unknown, unreadable or negative (a clock set
+    back): an operation must end whatever its record says."""
+    try:
+        seconds = (parse_timestamp(ended_at) - parse_timestamp(started_at or "")).total_seconds()
+    except ValueError:
         return None
-    seconds = (parse_timestamp(ended_at) - parse_timestamp(started_at)).total_seconds()
     return int(seconds) if seconds >= 0 else None

@@ -128,3 +128,6 @@ def test_history_entries_record_the_operation_and_old_entries_stay_readable(tmp_
     assert {key: rolled_back[key] for key in record} == record and rolled_back["duration"] > 0
     assert refused["result"] == "failed" and refused["kind"] is None and refused["duration"] is None
     assert old == {**old_entry, "kind": "install"} and store.get("last_result")["message"] == "manifest refused"
+    store.begin(Operation(Kind.ROLLBACK, started_at="edited by hand"))
+    store.finish(True, "installed 1.0.0", "1.0.0")  # an unreadable start does not keep the operation open
+    assert store.get("history")[0]["duration"] is None and store.get("op") is None
