@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
+from bench.bound import zigzag_entropy_bytes
 from bench.corpus import Pair, parse_list, sha256_file, write_bytes_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -353,6 +354,8 @@ def bench_pair(pair: Pair, tools: Sequence[str], work: Path, timeout: float, log
     best = best_generic(entry)
     entry["best_generic"] = {"tool": best[0], "patch_bytes": best[1]} if best else None
     entry["lorien_ratio"] = ratio(entry)
+    if pair.scenario in corpus.REDUCED:
+        entry["entropy_bound_bytes"] = zigzag_entropy_bytes(pair.old, pair.new)
     return entry
 
 
@@ -474,7 +477,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "the new model's size and include process start-up.",
         "",
     ]
-    header = ["format", "size", "scenario", "new size", *tools, "lorien / best", "create MB/s", "apply MB/s"]
+    header = ["format", "size", "scenario", "new size", *tools, "lorien / best", "entropy bound", "lorien / bound"]
+    header += ["create MB/s", "apply MB/s"]
     header.append("apply RSS MiB")
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     entries = report["pairs"]
@@ -492,8 +496,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             else:
                 cells.append(f"{record['patch_bytes']:,}")
         lorien = _ok(entry, "lorien")
+        bound = entry.get("entropy_bound_bytes")
         cells += [
             _fmt(ratio(entry), ".3f"),
+            _fmt(bound, ",.0f"),
+            _fmt(lorien["patch_bytes"] / bound if lorien and bound else None, ".3f"),
             _fmt(_mbps(entry, "create"), ".1f"),
             _fmt(_mbps(entry, "apply"), ".1f"),
             _fmt(lorien["apply_rss_mib"] if lorien else None, ".0f"),

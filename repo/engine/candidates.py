@@ -2,7 +2,8 @@
 
     piece (from :mod:`repo.engine.planning`) + its target bytes + the old file
       → plain zstd of the target; zstd with the old window as dictionary; byte planes of the target (tensors)
-      → with aligned old bytes of equal length: XOR and zigzag-difference planes per element width, sparse list
+      → with aligned old bytes of equal length: XOR and zigzag-difference planes per element width, sparse list,
+        and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
@@ -33,6 +34,8 @@ class Candidate:
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
+        if self.codec == Codec.DIFF_RANS:
+            return raw  # its own entropy coder: the raw stream is the payload
         return codecs.zstd_compress(raw, level)
 
 
@@ -65,7 +68,7 @@ def _span(old: memoryview, span: tuple[int, int]) -> memoryview:
 def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:
     """Residual codecs against old bytes of the same length: XOR and difference planes, sparse changes."""
     same = _span(old, span)
-    widths = [piece.width] if piece.is_tensor else [w for w in (1, 4) if piece.length % w == 0]
+    widths = [piece.width] if piece.is_tensor else [w for w in (1, 2, 4) if piece.length % w == 0]
     found = []
     for width in widths:
         found.append(
@@ -85,6 +88,10 @@ def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int,
                 Transform.NONE,
                 lambda w=width: codecs.diff_residual(target, same, w),
             )
+        )
+    if 2 in widths:  # generic bytes too: small float16 tensors live there
+        found.append(
+            Candidate(Codec.DIFF_RANS, span, 2, Transform.NONE, lambda: codecs.diff_rans_payload(target, same))
         )
     found.append(
         Candidate(

@@ -51,6 +51,7 @@ from lorien.repo.engine.container import (
     Transform,
     pack_header,
     read_header_and_table,
+    version_for,
 )
 from lorien.repo.engine.planning import Piece, plan
 from lorien.repo.errors import PatchError
@@ -169,8 +170,9 @@ class LorienEngine:
         """Very compressible residuals: the other entropy coders, on the two best residual streams."""
         payload, best, raw = winner
         backend = Backend.ZSTD
-        others = [(c, r) for _, c, r in ranked[:3] if r is not None and c is not best][:1]
-        streams = [(best, raw), *others] if raw is not None else others
+        packable = [(c, r) for _, c, r in ranked[:3] if r is not None and c.codec != Codec.DIFF_RANS]
+        others = [(c, r) for c, r in packable if c is not best][:1]
+        streams = [(best, raw), *others] if raw is not None and best.codec != Codec.DIFF_RANS else others
         for candidate, candidate_raw in streams:
             for other in (Backend.BZ2, Backend.XZ) if piece.length < XZ_PIECES_BELOW else (Backend.BZ2,):
                 packed = codecs.pack(candidate_raw, self.level, other)
@@ -228,7 +230,7 @@ class LorienEngine:
             len(encoded), header.source_size, header.target_size, header.source_sha256, header.target_sha256
         )
         with atomic_writer(output) as handle:
-            handle.write(pack_header(header, table))
+            handle.write(pack_header(header, table, version_for([item.segment for item in encoded])))
             handle.write(table)
             for item in encoded:
                 handle.write(item.payload)
