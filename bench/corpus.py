@@ -63,8 +63,15 @@ SIZES: dict[str, int] = {
 }
 DEFAULT_SIZES = ("small", "medium", "large")
 LAYERS = {"small": 4, "medium": 6, "large": 8, "huge": 12}
-FORMATS = ("tflite", "onnx", "safetensors", "gguf")
-EXTENSIONS = {"tflite": "tflite", "onnx": "onnx", "safetensors": "safetensors", "gguf": "gguf"}
+FORMATS = ("tflite", "onnx", "safetensors", "gguf", "pt", "npz")
+EXTENSIONS = {
+    "tflite": "tflite",
+    "onnx": "onnx",
+    "safetensors": "safetensors",
+    "gguf": "gguf",
+    "pt": "pt",
+    "npz": "npz",
+}
 SCENARIOS = (
     "dense",  # every tensor nudged: w * (1 + N(0, 1e-3)) + N(0, 1e-5)
     "last-layers",  # last 2 layers + output norm + head retrained from scratch, the rest byte-identical
@@ -568,11 +575,26 @@ def write_tflite(model: Model, path: Path, meta: Meta) -> None:
     write_bytes_atomic(path, data)
 
 
+def write_pt(model: Model, path: Path, meta: Meta) -> None:
+    """``torch.save``'s zip layout (stored entries, ``data.pkl`` naming each storage's class), without torch."""
+    from tests.support.model_files import write_torch_checkpoint
+
+    with atomic_path(path) as temp:
+        write_torch_checkpoint(temp, dict(model.tensors))
+
+
+def write_npz(model: Model, path: Path, meta: Meta) -> None:
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        np.savez(handle, **model.tensors)
+
+
 WRITERS: dict[str, Callable[[Model, Path, Meta], None]] = {
     "tflite": write_tflite,
     "onnx": write_onnx,
     "safetensors": write_safetensors,
     "gguf": write_gguf,
+    "pt": write_pt,
+    "npz": write_npz,
 }
 
 

@@ -68,7 +68,8 @@ def _span(old: memoryview, span: tuple[int, int]) -> memoryview:
 def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:
     """Residual codecs against old bytes of the same length: XOR and difference planes, sparse changes."""
     same = _span(old, span)
-    widths = [piece.width] if piece.is_tensor else [w for w in (1, 2, 4) if piece.length % w == 0]
+    known = piece.is_tensor and piece.width > 1  # width 1: bytes, or a dtype the finder could not tell
+    widths = [piece.width] if known else [w for w in (1, 2, 4) if piece.length % w == 0]
     found = []
     for width in widths:
         found.append(
