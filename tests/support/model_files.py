@@ -94,15 +94,10 @@ def nudged(tensors: Tensors, seed: int, relative: float = 1e-3) -> Tensors:
 
 
 def _torch_storages() -> types.ModuleType:
-    """The real ``torch`` when installed, else a stand-in with the storage classes pickles refer to."""
-    if "torch" in sys.modules or any(p and Path(p, "torch").is_dir() for p in sys.path):
-        import torch
-
-        return torch
+    """A stand-in ``torch`` with the storage classes pickles refer to (``GLOBAL 'torch FloatStorage'``)."""
     module = types.ModuleType("torch")
     for name in ("FloatStorage", "HalfStorage", "CharStorage", "IntStorage"):
         setattr(module, name, type(name, (), {"__module__": "torch"}))
-    sys.modules["torch"] = module
     return module
 
 
@@ -125,9 +120,17 @@ def write_torch_checkpoint(path: Path, tensors: Tensors) -> None:
                 return ("storage", storage[array.dtype], keys[obj[1]], "cpu", array.size)
             return None
 
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        with archive.open(f"{path.stem}/data.pkl", "w") as handle:
-            Pickler(handle, protocol=2).dump({name: ("tensor", name) for name in tensors})
-        for name, array in tensors.items():
-            archive.writestr(f"{path.stem}/data/{keys[name]}", np.ascontiguousarray(array).tobytes())
-        archive.writestr(f"{path.stem}/version", "3\n")
+    real = sys.modules.get("torch")
+    sys.modules["torch"] = torch  # pickle checks that the classes it names can be found there
+    try:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            with archive.open(f"{path.stem}/data.pkl", "w") as handle:
+                Pickler(handle, protocol=2).dump({name: ("tensor", name) for name in tensors})
+            for name, array in tensors.items():
+                archive.writestr(f"{path.stem}/data/{keys[name]}", np.ascontiguousarray(array).tobytes())
+            archive.writestr(f"{path.stem}/version", "3\n")
+    finally:
+        if real is None:
+            del sys.modules["torch"]
+        else:
+            sys.modules["torch"] = real
