@@ -577,7 +577,7 @@ def write_tflite(model: Model, path: Path, meta: Meta) -> None:
 
 def write_pt(model: Model, path: Path, meta: Meta) -> None:
     """``torch.save``'s zip layout (stored entries, ``data.pkl`` naming each storage's class), without torch."""
-    from tests.support.model_files import write_torch_checkpoint
+    from bench.torch_checkpoint import write_torch_checkpoint
 
     with atomic_path(path) as temp:
         write_torch_checkpoint(temp, dict(model.tensors))

@@ -1,6 +1,6 @@
 """Zip containers (PyTorch checkpoints, NumPy ``.npz``): the zip tensor finder and what it buys.
 
-Checkpoints come from :func:`tests.support.model_files.write_torch_checkpoint` (``torch.save``'s zip layout,
+Checkpoints come from :func:`bench.torch_checkpoint.write_torch_checkpoint` (``torch.save``'s zip layout,
 no torch needed).
 """
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.torch_checkpoint import write_torch_checkpoint
 from lorien.repo.engine import apply_patch, create_patch
 from lorien.repo.engine.formats import find_tensors
-from tests.support.model_files import mlp_tensors, nudged, write_torch_checkpoint
+from tests.support.model_files import mlp_tensors, nudged
 
 
 def test_checkpoint_tensors_are_found_with_their_dtypes(tmp_path: Path) -> None:
