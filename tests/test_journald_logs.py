@@ -1,0 +1,63 @@
+"""Log lines of real processes: under systemd (``JOURNAL_STREAM`` set) no timestamp and sd-daemon(3) priority
+prefixes (``<6>`` info, ``<4>`` warning, ``<3>`` error), with ``family=… version=… stage=…`` fields on the
+device's stage changes; elsewhere, timestamped lines."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.device_family import model_file, publish_two_hop_family
+from tests.support.device_harness import DeviceProcess
+from tests.support.processes import SMALL_LAYERS, start_server
+
+pytestmark = pytest.mark.slow  # real `lorien device` and `lorien serve` processes
+
+JOURNAL = {"JOURNAL_STREAM": "8:1234"}
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|DEBUG) ")
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("journald-family")
+    publish_two_hop_family(root, SMALL_LAYERS)
+    return root
+
+
+def _updated_device(family: Path, tmp_path: Path, devices: list, env: dict[str, str]) -> list[str]:
+    """The log lines of a device that updated 1.1.0 → 1.2.0 (stdout, where systemd's journal reads them)."""
+    server = start_server(family / "repo")
+    try:
+        model = tmp_path / "app" / "model.tflite"
+        model.parent.mkdir(parents=True)
+        shutil.copy(model_file(family, "1.1.0"), model)
+        device = DeviceProcess(tmp_path, server.url, model, env=env)
+        devices.append(device)
+        device.api("POST", "update-latest")
+        assert device.wait_until_done()["installed_version"] == "1.2.0"
+        device.stop()
+        return [line.rstrip("\n") for line in device.lines if "lorien." in line]
+    finally:
+        server.process.terminate()
+        server.process.wait(10)
+
+
+def test_device_under_journald_logs_priorities_and_fields_without_time(
+    family: Path, tmp_path: Path, devices: list
+) -> None:
+    lines = _updated_device(family, tmp_path, devices, JOURNAL)
+    assert lines and all(re.match(r"<[2-7]>", line) for line in lines), lines
+    assert not any(re.search(r"\d\d:\d\d:\d\d", line.split(": ", 1)[0]) for line in lines), lines
+    assert "<6>INFO lorien.device.report: family=cls version=1.2.0 stage=deploying" in "\n".join(lines)
+    assert any(line.startswith("<6>") and 'msg="installed 1.2.0"' in line for line in lines), lines
+    log_file = (tmp_path / "state" / "logs" / "device.log").read_text().splitlines()
+    assert log_file and all(TIMESTAMP.match(line) for line in log_file if "lorien." in line)  # the file keeps time
+
+
+def test_device_elsewhere_logs_timestamps(family: Path, tmp_path: Path, devices: list) -> None:
+    lines = _updated_device(family, tmp_path, devices, {"JOURNAL_STREAM": ""})
+    assert lines and all(TIMESTAMP.match(line) for line in lines), lines
+    assert not any(line.startswith("<") for line in lines)
