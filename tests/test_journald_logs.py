@@ -4,12 +4,18 @@ device's stage changes; elsewhere, timestamped lines."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import requests
 
+from lorien.modelgen import write_family
+from lorien.publisher.publish import publish
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess
 from tests.support.processes import SMALL_LAYERS, start_server
@@ -61,3 +67,27 @@ def test_device_elsewhere_logs_timestamps(family: Path, tmp_path: Path, devices:
     lines = _updated_device(family, tmp_path, devices, {"JOURNAL_STREAM": ""})
     assert lines and all(TIMESTAMP.match(line) for line in lines), lines
     assert not any(line.startswith("<") for line in lines)
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_serve_logs_a_repository_problem(journal: bool, tmp_path: Path) -> None:
+    """A broken manifest makes ``GET /manifest`` a 500 and an error line: ``<3>`` under journald."""
+    write_family(tmp_path / "models" / "cls", ["1.0.0"], layer_sizes=SMALL_LAYERS, seed=1)
+    assert publish(tmp_path / "models", tmp_path / "repo").ok
+    (tmp_path / "repo" / "cls" / "manifest.json").write_text("{broken")
+    env = {**os.environ, "JOURNAL_STREAM": JOURNAL["JOURNAL_STREAM"] if journal else ""}
+    command = [sys.executable, "-m", "lorien.cli", "serve", str(tmp_path / "repo"), "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/", process.stdout.readline())
+        assert url, process.stderr.read()
+        assert requests.get(url.group(0) + "manifest", timeout=30).status_code == 500
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=10)
+    lines = [line for line in stderr.splitlines() if "lorien.serve" in line]
+    assert lines, stderr
+    if journal:
+        assert all(line.startswith("<3>ERROR lorien.serve: ") for line in lines), lines
+    else:
+        assert all(TIMESTAMP.match(line) for line in lines), lines

@@ -4,7 +4,11 @@ requests and published versions of ``lorien serve``'s ``/metrics``, and ``lorien
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lorien.device.config import check_environment, load_config
 from lorien.device.updater import Updater
+from lorien.modelgen import write_family
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess
-from tests.support.processes import SMALL_LAYERS, LiveServer, start_server
+from tests.support.processes import SMALL_LAYERS, LiveServer, require, start_server
 from tests.support.simulator import Fault, RepositorySimulator
 
 
@@ -136,3 +141,54 @@ def test_device_metrics_count_a_rollback(family: Path, server: LiveServer, tmp_p
         text, "lorien_installed_info", family="cls", version="1.1.0", sha256=device.status()["installed_sha256"]
     )
     assert value(text, "lorien_stage", stage="failed") == 1
+
+
+@pytest.mark.slow
+def test_serve_metrics_count_requests_and_read_the_manifests(family: Path, server: LiveServer) -> None:
+    manifest = requests.get(server.url + "cls/manifest.json", timeout=30).json()
+    patch = manifest["patches"][0]
+    assert requests.get(server.url + patch["blob"], timeout=30).status_code == 200
+    assert requests.get(server.url + "no/such/file", timeout=30).status_code == 404
+    text = requests.get(server.url + "metrics", timeout=30).text
+    assert value(text, "lorien_serve_requests_total", route="/<family>/manifest.json", status="200") >= 1
+    assert value(text, "lorien_serve_requests_total", route="/blobs/<patch>", status="200") >= 1
+    assert value(text, "lorien_serve_requests_total", route="/<file>", status="404") >= 1
+    assert value(text, "lorien_serve_blob_bytes_total", kind="patch") >= patch["size"]
+    assert value(text, "lorien_published_versions", family="cls") == 3
+    assert value(text, "lorien_published_latest_info", family="cls", version="1.2.0") == 1
+
+
+@pytest.mark.slow
+def test_watch_metrics_after_a_publish(tmp_path: Path) -> None:
+    require(sys.platform == "linux", "inotify")
+    models, repo = tmp_path / "models", tmp_path / "repo"
+    write_family(models / "det", ["1.0.0"], layer_sizes=SMALL_LAYERS, seed=5)
+    command = [sys.executable, "-m", "lorien.cli", "watch", "--models", str(models), "--repo", str(repo)]
+    process = subprocess.Popen(
+        [*command, "--settle", "0.2", "--metrics-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = None
+        for line in process.stdout:
+            if match := re.search(r"metrics at (http://127\.0\.0\.1:\d+/metrics)", line):
+                url = match.group(1)
+            if "published family=det version=1.0.0" in line:
+                break
+        assert url, "watch did not announce its metrics address"
+        write_family(tmp_path / "incoming", ["1.1.0"], layer_sizes=SMALL_LAYERS, seed=5)
+        (tmp_path / "incoming" / "1.1.0.tflite").rename(models / "det" / "1.1.0.tflite")
+        for line in process.stdout:
+            if "published family=det version=1.1.0" in line:
+                break
+        text = requests.get(url, timeout=30).text
+        assert value(text, "lorien_watch_published_versions_total", family="det") == 2
+        assert value(text, "lorien_watch_patch_bytes_total", family="det") > 0
+        assert value(text, "lorien_watch_publish_seconds_count") >= 2
+        assert value(text, "lorien_watch_last_publish_timestamp_seconds") > time.time() - 3600
+        assert value(text, "lorien_watch_problems") == 0
+    finally:
+        process.terminate()
+        process.wait(30)
