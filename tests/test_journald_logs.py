@@ -4,6 +4,8 @@ device's stage changes; elsewhere, timestamped lines."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 import shutil
@@ -14,16 +16,34 @@ from pathlib import Path
 import pytest
 import requests
 
+from lorien.logs import logfmt, stream_handler
 from lorien.modelgen import write_family
 from lorien.publisher.publish import publish
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess
-from tests.support.processes import SMALL_LAYERS, start_server
-
-pytestmark = pytest.mark.slow  # real `lorien device` and `lorien serve` processes
+from tests.support.processes import SMALL_LAYERS, start_server  # real `lorien device` and `lorien serve` below
 
 JOURNAL = {"JOURNAL_STREAM": "8:1234"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|DEBUG) ")
+
+
+def test_every_line_of_a_traceback_carries_the_priority_and_fields_are_quoted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    stream = io.StringIO()
+    log = logging.getLogger("lorien.test-journald")
+    log.addHandler(stream_handler(stream))
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("%s", logfmt(family="cls", version=None, msg='said "no"'))
+    finally:
+        log.handlers.clear()
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == '<3>ERROR lorien.test-journald: family=cls version=- msg="said \\"no\\""'
+    assert len(lines) > 2 and all(line.startswith("<3>") for line in lines), lines
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +71,7 @@ def _updated_device(family: Path, tmp_path: Path, devices: list, env: dict[str, 
         server.process.wait(10)
 
 
+@pytest.mark.slow
 def test_device_under_journald_logs_priorities_and_fields_without_time(
     family: Path, tmp_path: Path, devices: list
 ) -> None:
@@ -63,12 +84,14 @@ def test_device_under_journald_logs_priorities_and_fields_without_time(
     assert log_file and all(TIMESTAMP.match(line) for line in log_file if "lorien." in line)  # the file keeps time
 
 
+@pytest.mark.slow
 def test_device_elsewhere_logs_timestamps(family: Path, tmp_path: Path, devices: list) -> None:
     lines = _updated_device(family, tmp_path, devices, {"JOURNAL_STREAM": ""})
     assert lines and all(TIMESTAMP.match(line) for line in lines), lines
     assert not any(line.startswith("<") for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("journal", [True, False])
 def test_serve_logs_a_repository_problem(journal: bool, tmp_path: Path) -> None:
     """A broken manifest makes ``GET /manifest`` a 500 and an error line: ``<3>`` under journald."""
