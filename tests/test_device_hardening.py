@@ -23,6 +23,8 @@ from tests.support.processes import LiveServer, run_lorien
 # the module's fixtures `family` (three 2 MB versions, a two-hop patch chain) and `server` (`lorien serve`)
 from tests.test_device import family, install, model_file, server, start  # noqa: F401
 
+pytestmark = pytest.mark.slow  # real lorien device processes
+
 KEEP_BACKUPS = 2
 
 

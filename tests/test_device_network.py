@@ -28,6 +28,8 @@ from tests.support.http_thread import start_http_server
 from tests.support.processes import SMALL_LAYERS
 from tests.support.simulator import Fault, RepositorySimulator
 
+pytestmark = pytest.mark.slow  # real lorien device processes
+
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -63,6 +63,7 @@ def test_diff_rans_codec_round_trips(ulps: int) -> None:
     assert codecs.decode(segment, payload, reference) == target
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(data=st.data())
 def test_damaged_diff_rans_payloads_fail_cleanly(data: st.DataObject) -> None:

@@ -15,6 +15,8 @@ from tests.seed_clients.tope_client import Progress, TopeClient
 from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.processes import LiveServer, start_server
 
+pytestmark = pytest.mark.slow  # real lorien device processes
+
 
 @pytest.fixture
 def server(published: Path) -> Iterator[LiveServer]:
