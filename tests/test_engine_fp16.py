@@ -37,7 +37,7 @@ def test_rans_round_trips_any_symbols(count: int, spread: int, seed: int) -> Non
     rng = np.random.default_rng(seed)
     symbols = np.minimum(rng.geometric(1 / spread, count) - 1, 255).astype(np.uint8)
     freqs = rans.frequencies(symbols)
-    states, words = rans.encode(symbols, freqs, rans.lanes_for(count))
+    states, words = rans.encode(symbols, freqs, rans.lanes_for(freqs, count))
     assert np.array_equal(rans.decode(states, words, freqs, count), symbols)
 
 

@@ -216,7 +216,7 @@ def diff_rans_payload(target: bytes, reference: bytes | memoryview) -> bytes:
     values = _zigzag(np.frombuffer(target, dtype=np.uint16) - np.frombuffer(reference, dtype=np.uint16), 2)
     symbols = np.minimum(values, ESCAPE).astype(np.uint8)
     freqs = rans.frequencies(symbols)
-    states, words = rans.encode(symbols, freqs, rans.lanes_for(len(symbols)))
+    states, words = rans.encode(symbols, freqs, rans.lanes_for(freqs, len(symbols)))
     table = zstd_compress(freqs[: int(np.flatnonzero(freqs)[-1]) + 1].tobytes(), 19)
     escaped = values[values >= ESCAPE]
     escapes = zstd_compress(to_planes(escaped, 2), 19) if len(escaped) else b""

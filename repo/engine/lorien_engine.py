@@ -6,7 +6,7 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
         aligned, tensor chunks and the generic bytes around them, each with the old bytes that may predict it)
       → per piece, every applicable codec (:mod:`repo.engine.candidates`) is tried and the smallest payload
         wins (ranked at a fast zstd level, the winner re-encoded at the final level; small pieces are compared
-        at the final level)
+        at the final level) — pieces in threads, or for large files in a process pool (:mod:`repo.engine.pool`)
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
         reference limit → container (see :mod:`repo.engine.container`) written atomically
 
@@ -24,16 +24,13 @@ and output at a time), not by model size.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.engine import codecs
@@ -54,6 +51,7 @@ from lorien.repo.engine.container import (
     version_for,
 )
 from lorien.repo.engine.planning import Piece, plan
+from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
 
@@ -70,8 +68,6 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 
-T = TypeVar("T")
-R = TypeVar("R")
 Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
 
 
@@ -81,25 +77,21 @@ class Encoded:
     payload: bytes
 
 
-def _ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Like ``executor.map`` but with at most ``2 * workers`` results held at once."""
-    with ThreadPoolExecutor(max_workers=workers) as executor:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(executor.submit(function, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 class LorienEngine:
     name = "lorien"
 
-    def __init__(self, level: int = 19, limits: Limits = DEFAULT_LIMITS, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        level: int = 19,
+        limits: Limits = DEFAULT_LIMITS,
+        workers: int | None = None,
+        processes: bool | None = None,
+    ) -> None:
+        """``processes``: encode pieces in a process pool (None: for new files from 64 MiB, see :mod:`pool`)."""
         self.level = level
         self.limits = limits
         self.workers = workers or max(1, os.cpu_count() or 1)
+        self.processes = processes
 
     def recognises(self, head: bytes) -> bool:
         return head.startswith(MAGIC)
@@ -182,21 +174,16 @@ class LorienEngine:
 
     def create(self, old: Path, new: Path, output: Path) -> None:
         with ExitStack() as stack:
-            old_view = stack.enter_context(_mapped(old))
-            new_view = stack.enter_context(_mapped(new))
+            old_view = stack.enter_context(mapped(old))
+            new_view = stack.enter_context(mapped(new))
+            # hashed by reading, not through the maps: a map's pages would stay in this process's RSS
             header = Header(
-                0,
-                len(old_view),
-                len(new_view),
-                hashlib.sha256(old_view).digest(),
-                hashlib.sha256(new_view).digest(),
+                0, len(old_view), len(new_view), bytes.fromhex(sha256_file(old)), bytes.fromhex(sha256_file(new))
             )
+            processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
+            pieces = plan(old_view, new_view, self.limits)
             encoded = _merge_copies(
-                _ordered_map(
-                    lambda piece: self.encode(piece, old_view, new_view),
-                    plan(old_view, new_view, self.limits),
-                    self.workers,
-                )
+                encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
             )
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
@@ -321,24 +308,6 @@ def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
     if len(data) != size:
         raise PatchError(f"{patch}: source model changed while the patch was applied")
     return data
-
-
-@contextmanager
-def _mapped(path: Path) -> Iterator[memoryview]:
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            yield memoryview(b"")
-            return
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mapped)
-        try:
-            yield view
-        finally:
-            try:
-                view.release()
-                mapped.close()
-            except BufferError:
-                pass  # a slice is still referenced (e.g. by a traceback being raised): GC unmaps it later
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:

@@ -5,6 +5,9 @@
       → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element-aligned) with the aligned old
         bytes they may be predicted from, and the generic bytes between/around them, referenced at the position
         implied by the previous aligned tensor (so insertions shift correctly)
+      → runs of small 2-byte-element pieces (float16/bfloat16 tensors and the even-length generic bytes between
+        them) that sit at the same place in both files grouped into one piece (:func:`group_half_floats`), so
+        a small model's many tiny tensors share one entropy model instead of each paying its own table
 
 The pieces go to :mod:`repo.engine.candidates`, which lists every codec able to express each one.
 """
@@ -19,8 +22,9 @@ from lorien.repo.limits import Limits
 
 MiB = 1 << 20
 PIECE = 8 * MiB  # tensor and generic chunk size on the create side
-MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes
+MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes (unless grouped)
 LOCAL_WINDOW = 256 * 1024
+GROUP = 1 * MiB  # half-float pieces are grouped up to this size; larger tensors carry their own table well
 
 
 @dataclass(frozen=True)
@@ -40,20 +44,83 @@ def plan(old: memoryview, new: memoryview, limits: Limits) -> list[Piece]:
     """Pieces covering ``new`` in order; the model-aware part of the engine."""
     _, old_regions = find_tensors(old)
     _, new_regions = find_tensors(new)
-    old_regions = [r for r in old_regions if r.length >= MIN_TENSOR]
-    new_regions = [r for r in new_regions if r.length >= MIN_TENSOR]
     matches = align(old_regions, new_regions)
+    groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
+    grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
+    if all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):
+        return grouped
+    # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
+    # a frame, so small tensors go back into the generic bytes around them
+    large = [r for r in new_regions if r.length >= MIN_TENSOR]
+    return _pieces(large, matches, len(old), len(new), limits)
+
+
+def _pieces(
+    regions: list[TensorRegion], matches: dict[str, TensorRegion], old_size: int, new_size: int, limits: Limits
+) -> list[Piece]:
     pieces: list[Piece] = []
     position = shift = 0
-    for region in new_regions:
-        pieces.extend(_generic(position, region.offset - position, shift, len(old), limits))
+    for region in regions:
+        pieces.extend(_generic(position, region.offset - position, shift, old_size, limits))
         match = matches.get(region.name + f"@{region.offset}")
-        pieces.extend(_tensor(region, match, len(old), limits))
+        pieces.extend(_tensor(region, match, old_size, limits))
         if match is not None:
             shift = match.end - region.end
         position = region.end
-    pieces.extend(_generic(position, len(new) - position, shift, len(old), limits))
+    pieces.extend(_generic(position, new_size - position, shift, old_size, limits))
     return pieces
+
+
+def group_half_floats(pieces: list[Piece], limits: Limits) -> list[Piece]:
+    """Adjacent pieces merged while they are 2-byte-element runs at the same place in both files. Generic bytes
+    join only between two half-float pieces: identical headers would add zero symbols that every other symbol
+    pays for in the shared table."""
+    grouped: list[Piece] = []
+    for index, piece in enumerate(pieces):
+        following = pieces[index + 1] if index + 1 < len(pieces) else None
+        joins = bool(grouped) and _joins(grouped[-1], piece)
+        if joins and not _half_float(piece):
+            joins = following is not None and _joins(_joined(grouped[-1], piece, limits), following)
+        if joins:
+            grouped[-1] = _joined(grouped[-1], piece, limits)
+        else:
+            grouped.append(piece)
+    return grouped
+
+
+def _may_group(region: TensorRegion, matches: dict[str, TensorRegion]) -> bool:
+    """A small 2-byte-element tensor with an old one of equal length: worth a piece of its own only because
+    :func:`group_half_floats` can add it to its neighbours' run."""
+    match = matches.get(f"{region.name}@{region.offset}")
+    return region.width == 2 and match is not None and match.length == region.length
+
+
+def _half_float(piece: Piece) -> bool:
+    return piece.is_tensor and piece.width == 2
+
+
+def _joins(first: Piece, second: Piece) -> bool:
+    """Whether ``second`` continues ``first`` as one run of 2-byte elements against contiguous old bytes."""
+    if first.same is None or second.same is None or first.cast is not None or second.cast is not None:
+        return False
+    return (
+        _half_float(first)
+        and (_half_float(second) or (not second.is_tensor and second.length % 2 == 0))
+        and first.offset + first.length == second.offset
+        and first.same[0] + first.same[1] == second.same[0]
+        and first.length + second.length <= GROUP
+    )
+
+
+def _joined(first: Piece, second: Piece, limits: Limits) -> Piece:
+    assert first.same is not None and second.same is not None
+    window = first.window
+    if first.window is not None and second.window is not None:
+        start = min(first.window[0], second.window[0])
+        end = max(sum(first.window), sum(second.window))
+        window = (start, end - start) if end - start <= limits.max_reference else first.window
+    same = (first.same[0], first.same[1] + second.same[1])
+    return Piece(first.offset, first.length + second.length, 2, True, same, window)
 
 
 def _generic(offset: int, length: int, shift: int, old_size: int, limits: Limits) -> Iterator[Piece]:
