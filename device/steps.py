@@ -63,18 +63,23 @@ def download_steps(
 
 def _on_progress(step: Step, done_before: int, total: int, reporter: Reporter) -> Callable[[Progress], None]:
     crashed = False
+    resumed_at: int | None = None  # where the .part stood when the connection was lost
 
     def on_progress(progress: Progress) -> None:
-        nonlocal crashed
+        nonlocal crashed, resumed_at
         done = done_before + progress.done
         eta = f", ETA {progress.eta:.0f} s" if progress.eta is not None else ""
         where = f"{step.kind} {step.target}: {progress.done}/{progress.total} bytes"
         if (waiting := progress.waiting) is not None:
+            resumed_at = progress.done
             message = (
                 f"{where}; connection lost, retry {waiting.attempt} in {waiting.pause:g} s ({waiting.reason})"
             )
+        elif progress.done >= progress.total:
+            message = f"{where}; verifying size, MD5 and SHA-256"
         else:
-            message = f"{where} ({progress.rate / 1e6:.2f} MB/s{eta})"
+            resumed = f", resumed at byte {resumed_at}" if resumed_at else ""
+            message = f"{where} ({progress.rate / 1e6:.2f} MB/s{eta}{resumed})"
         reporter.show(Stage.DOWNLOADING, message, 100 * done / total)
         if not crashed and progress.done >= progress.total // 2:
             crashed = True
@@ -94,7 +99,9 @@ def apply_steps(
         output = tmp_dir / f"{step.target_sha256}.model"
         if not (output.exists() and sha256_file(output) == step.target_sha256):
             reporter.report(
-                Stage.APPLYING, f"applying patch {step.source} → {step.target}", 100 * index / len(steps)
+                Stage.APPLYING,
+                f"applying patch {index + 1} of {len(steps)}: {step.source} → {step.target}",
+                100 * index / len(steps),
             )
             result = apply_patch(current, blob, output, limits=limits)
             if result.target_sha256 != step.target_sha256:
