@@ -38,6 +38,8 @@ class PublishOptions:
     def check(self) -> None:
         if self.keep < 0:
             raise BadInputError(f"--keep must be 0 or more, got {self.keep}")
+        if self.max_patch_ratio is not None and not 0 < self.max_patch_ratio <= 10:
+            raise BadInputError(f"--max-patch-ratio must be in (0, 10], got {self.max_patch_ratio}")
         if not 0 <= self.expires_days <= 3660:
             raise BadInputError(f"--expires-days must be from 0 (never) to 3660, got {self.expires_days}")
         if not 0 <= self.min_sequence <= MAX_SEQUENCE // 2:

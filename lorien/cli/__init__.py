@@ -11,7 +11,8 @@ exit  meaning
 ====  =====================================================================================================
 0     success
 1     verification found problems (``inspect`` findings, a digest or signature that does not match)
-2     bad input: an argument, file or document that is not acceptable; also argparse's usage errors
+2     bad input: an argument, file or document that is not acceptable, a port already in use; also argparse's
+      usage errors
 3     busy: another process holds the repository's writer lock (its pid is named)
 4     network: the server is unreachable, answers an HTTP error, is too slow or sends too much
 5     local I/O: the file system refused (disk full, permission denied, read-only, a file where a directory
@@ -30,6 +31,7 @@ import argparse
 import logging
 import os
 import sys
+from importlib.metadata import version
 
 from lorien.cli import device, inspection, patches, publishing, serving, standalone
 from lorien.repo.errors import LocalIOError, LorienError
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lorien", description="Ship ML model updates to edge devices as small, verified delta patches."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--version", action="version", version=f"lorien {version('lorien')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _GROUPS:
         group.register(commands)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command
+from lorien.cli._options import Commands, add_command, listen_failure
 from lorien.device.config import config_flags
 
 
@@ -24,7 +24,10 @@ def _device(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides_from_flags(vars(args)))
     check_environment(config)
     setup_logging(config.log_dir, args.verbose)
-    serve(Updater(config, Callbacks(config.callback_url)))
+    try:
+        serve(Updater(config, Callbacks(config.callback_url)))
+    except OSError as error:  # waitress cannot listen: one line naming the port, not a file-system error
+        raise listen_failure(error, config.host, config.port) or error from None
     return 0
 
 

@@ -3,7 +3,8 @@
 Data flow: :func:`~repo.fetch.open_repository` → :func:`~repo.inspect.inspect_repository` (index.json, every
 manifest, with ``--key`` their signatures, with ``--verify`` every blob re-hashed) → text or JSON on stdout.
 Findings end the command with exit 1; a repository whose index.json cannot be fetched at all (unreachable, an HTTP
-error) is a network error that ``inspect_repository`` raises (exit 4).
+error) is a network error that ``inspect_repository`` raises (exit 4); a directory that does not exist is bad
+input (exit 2).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lorien.cli._options import Commands, add_command, add_json_option, print_fields
+from lorien.repo.errors import BadInputError
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -24,6 +27,10 @@ def _inspect(args: argparse.Namespace) -> int:
     if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     keys = tuple(load_trusted_key(path) for path in args.key or ())
+    if not urlsplit(args.repo).scheme and not Path(args.repo).is_dir():
+        raise BadInputError(
+            f"{args.repo}: repository directory does not exist (give a directory or an http(s) URL)"
+        )
     fetcher = open_repository(args.repo)
     report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
     if args.json:

@@ -27,8 +27,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _add_diff(commands: Commands) -> None:
     command = add_command(commands, "diff", _diff, doing="making the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("new", type=Path)
+    command.add_argument("old", type=Path, help="model file the device has")
+    command.add_argument("new", type=Path, help="model file the device should get")
     command.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
     add_engine_option(command)
 
@@ -46,8 +46,8 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _add_apply(commands: Commands) -> None:
     command = add_command(commands, "apply", _apply, doing="applying the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("patch", type=Path)
+    command.add_argument("old", type=Path, help="model file the patch was made from")
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
     command.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
 
 
@@ -62,8 +62,8 @@ def _verify_patch(args: argparse.Namespace) -> int:
 
 def _add_verify_patch(commands: Commands) -> None:
     command = add_command(commands, "verify-patch", _verify_patch, doing="verifying the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("patch", type=Path)
+    command.add_argument("old", type=Path, help="model file the patch was made from")
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
 
 
 def _patch_info(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def _patch_info(args: argparse.Namespace) -> int:
 
 def _add_patch_info(commands: Commands) -> None:
     command = add_command(commands, "patch-info", _patch_info, doing="reading the patch")
-    command.add_argument("patch", type=Path)
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
     add_json_option(command)
 
 
