@@ -37,7 +37,7 @@ from typing import Any
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
-from lorien.repo.engine import DEFAULT_ENGINE, PatchStats
+from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import LocalIOError, LorienError
 from lorien.repo.fingerprint import fingerprint, sampled_hash
@@ -144,11 +144,22 @@ def _published(previous: Manifest | None, version: str) -> VersionEntry | None:
         return None
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # vanished since the scan: _version_entries says so
+        return 0
+
+
 def _version_entries(
-    files: list[ModelFile], previous: Manifest | None, result: FamilyResult
+    files: list[ModelFile], previous: Manifest | None, result: FamilyResult, progress: ByteProgress | None
 ) -> list[tuple[ModelFile, VersionEntry, Digests]]:
     entries = []
+    done, total = 0, sum(_file_size(model.path) for model in files)
     for model in files:
+        if progress is not None:
+            progress(done, total)
+        done += _file_size(model.path)
         old = _published(previous, model.version)
         if old is None and (why := incomplete_reason(model.path)):
             result.problems.append(
@@ -176,6 +187,8 @@ def _version_entries(
             sampled_sha256=sampled_hash(model.path),
         )
         entries.append((model, entry, digests))
+    if progress is not None:
+        progress(total, total)
     return entries
 
 
@@ -185,7 +198,7 @@ def publish_family(
     options = options or PublishOptions(keep=keep)
     result = FamilyResult(family)
     previous = writer.read_manifest(family)
-    entries = _version_entries(files, previous, result)
+    entries = _version_entries(files, previous, result, _progress(options, f"{family} versions (hashing)"))
     if result.problems and options.lenient:
         result.skipped, result.problems = result.problems, []
     if result.problems or not entries:
@@ -222,6 +235,12 @@ def publish_family(
     return result
 
 
+def _progress(options: PublishOptions, label: str) -> ByteProgress | None:
+    """``options.progress`` for the work called ``label``, as the engine's ``(done, total)`` callback."""
+    hook = options.progress
+    return None if hook is None else lambda done, total: hook(label, done, total)
+
+
 def _make_patches(
     writer: RepositoryWriter,
     sources: list[VersionEntry],
@@ -234,7 +253,8 @@ def _make_patches(
     for source in sources:
         if (source.version, latest.version) in patches or (source.sha256, latest.sha256) in options.rejected:
             continue
-        entry, stats = writer.create_patch(result.family, source, latest)
+        label = f"{result.family} {source.version}→{latest.version} patch"
+        entry, stats = writer.create_patch(result.family, source, latest, _progress(options, label))
         if options.max_patch_ratio is not None and stats.patch_size > options.max_patch_ratio * latest.size:
             writer.blob_file(entry.blob).unlink(missing_ok=True)  # devices take the full model instead
             options.rejected.add((source.sha256, latest.sha256))

@@ -44,6 +44,12 @@ def add_json_option(command: argparse.ArgumentParser, help_text: str = "print JS
     command.add_argument("--json", action="store_true", help=help_text)
 
 
+def add_quiet_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (terminal) or progress lines (log) on stderr"
+    )
+
+
 def add_max_patch_ratio_option(command: argparse.ArgumentParser, default: float | None) -> None:
     what = "keep every patch" if default is None else str(default)
     command.add_argument(

@@ -14,7 +14,8 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lorien.cli._options import Commands, add_command, add_json_option, print_fields
+from lorien.cli._options import Commands, add_command, add_json_option, add_quiet_option, print_fields
+from lorien.cli._progress import Progress
 from lorien.repo.errors import BadInputError
 
 
@@ -32,7 +33,8 @@ def _inspect(args: argparse.Namespace) -> int:
             f"{args.repo}: repository directory does not exist (give a directory or an http(s) URL)"
         )
     fetcher = open_repository(args.repo)
-    report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
+    with Progress("inspect", quiet=args.quiet) as progress:  # NetworkError if index.json cannot be had:
+        report = inspect_repository(fetcher, args.verify, keys, progress.bytes("blobs re-hashed"))
     if args.json:
         print_fields(report.to_dict(), as_json=True)
     else:
@@ -45,6 +47,7 @@ def register(commands: Commands) -> None:
     command.add_argument("repo", help="repository directory or base URL")
     add_json_option(command)
     command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
+    add_quiet_option(command)
     command.add_argument(
         "--key",
         type=Path,

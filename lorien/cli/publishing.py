@@ -20,10 +20,12 @@ from lorien.cli._options import (
     add_engine_option,
     add_json_option,
     add_max_patch_ratio_option,
+    add_quiet_option,
     add_sign_key_option,
     load_sign_keys,
     print_problems,
 )
+from lorien.cli._progress import Progress
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ def _add_models_and_repository(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
     )
+    add_quiet_option(command)
 
 
 def _add_manifest_options(command: argparse.ArgumentParser) -> None:
@@ -80,7 +83,7 @@ def _add_manifest_options(command: argparse.ArgumentParser) -> None:
     add_engine_option(command)
 
 
-def _publish_options(args: argparse.Namespace, **extra: object) -> PublishOptions:
+def _publish_options(args: argparse.Namespace, progress: Progress, **extra: object) -> PublishOptions:
     """The options of publish and watch; publish() and the watcher check them."""
     from lorien.publisher.publish import PublishOptions
 
@@ -94,6 +97,7 @@ def _publish_options(args: argparse.Namespace, **extra: object) -> PublishOption
         expires_days=args.expires_days,
         allow_downgrade=args.allow_downgrade,
         min_sequence=args.min_sequence,
+        progress=None if args.quiet else progress.update,
         **extra,
     )
 
@@ -111,7 +115,8 @@ def _publish(args: argparse.Namespace) -> int:
     """publish MODELS/<family>/<version>.<ext> into a static repository"""
     from lorien.publisher.publish import publish
 
-    report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
+    with Progress("publish", quiet=args.quiet) as progress:
+        report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args, progress))
     if args.json:
         for event in report.events():
             print(json.dumps(event), flush=True)
@@ -162,11 +167,12 @@ def _watch(args: argparse.Namespace) -> int:
     if args.settle < 0 or args.grace < 0:
         raise BadInputError("--settle and --grace must be >= 0")
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    options = _publish_options(args, lenient=True)
-    settings = WatchSettings(
-        args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish, args.json
-    )
-    return Watcher(settings).run()
+    with Progress("watch", quiet=args.quiet) as progress:
+        options = _publish_options(args, progress, lenient=True)
+        settings = WatchSettings(
+            args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish, args.json
+        )
+        return Watcher(settings).run()
 
 
 def _add_watch(commands: Commands) -> None:
