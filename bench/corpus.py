@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import flatbuffers
+import ml_dtypes
 import numpy as np
 
 from lorien.modelgen import _aligned_bytes, _int_vector, _offset_vector, finish_model
@@ -62,14 +63,23 @@ SIZES: dict[str, int] = {
 }
 DEFAULT_SIZES = ("small", "medium", "large")
 LAYERS = {"small": 4, "medium": 6, "large": 8, "huge": 12}
-FORMATS = ("tflite", "onnx", "safetensors", "gguf")
-EXTENSIONS = {"tflite": "tflite", "onnx": "onnx", "safetensors": "safetensors", "gguf": "gguf"}
+FORMATS = ("tflite", "onnx", "safetensors", "gguf", "pt", "npz")
+EXTENSIONS = {
+    "tflite": "tflite",
+    "onnx": "onnx",
+    "safetensors": "safetensors",
+    "gguf": "gguf",
+    "pt": "pt",
+    "npz": "npz",
+}
 SCENARIOS = (
     "dense",  # every tensor nudged: w * (1 + N(0, 1e-3)) + N(0, 1e-5)
     "last-layers",  # last 2 layers + output norm + head retrained from scratch, the rest byte-identical
     "sparse",  # 1 % of the elements of every tensor (random positions): w * (1 + N(0, 1e-2)) + N(0, 1e-4)
     "requant-int8",  # old and new int8 (per-tensor symmetric); new = dense-nudged weights, re-quantized
     "fp16",  # old float32, new the same tensors cast to float16
+    "fp16-dense",  # old and new float16; new = dense-nudged weights (noise relative to |w|: ~1 ulp)
+    "bf16-dense",  # the same in bfloat16 (safetensors and GGUF only: TFLite and our ONNX graph have no bf16)
     "layer-added",  # one extra layer inserted in the middle
     "layer-removed",  # the middle layer dropped
     "identical",  # new == old, byte for byte
@@ -94,6 +104,8 @@ LAYER_PARTS = (  # (suffix, kind); kinds: "w" weight matrix, "b" bias, "nw"/"nb"
     ("ffn_down.bias", "b"),
 )
 SCALE_SUFFIX = ".scale"  # int8 models: "<weight name>.scale" holds the float32 per-tensor scale
+REDUCED = {"fp16-dense": np.dtype(np.float16), "bf16-dense": np.dtype(ml_dtypes.bfloat16)}
+BF16_FORMATS = ("safetensors", "gguf")
 ONNX_LIMIT = 2_000_000_000  # protobuf cannot serialize messages of 2 GiB or more
 
 Log = Callable[[str], None]
@@ -270,7 +282,7 @@ def remove_layer(model: Model) -> Model:
 def make_pair(size: str, scenario: str, seed: int) -> tuple[Model, Model]:
     """The (old, new) models of one size and scenario; same arguments, same arrays."""
     rng = np.random.default_rng([seed, stable_hash(f"{size}-{scenario}")])
-    arch = arch_for(size, 1 if scenario == "requant-int8" else 4)
+    arch = arch_for(size, 1 if scenario == "requant-int8" else 2 if scenario in REDUCED else 4)
     base = random_model(arch, rng)
     if scenario == "dense":
         return base, dense_fine_tune(base, rng)
@@ -282,6 +294,10 @@ def make_pair(size: str, scenario: str, seed: int) -> tuple[Model, Model]:
         return quantize_int8(base), quantize_int8(dense_fine_tune(base, rng))
     if scenario == "fp16":
         return base, base.map(lambda _name, array: array.astype(np.float16))
+    if scenario in REDUCED:
+        dtype = REDUCED[scenario]
+        new = dense_fine_tune(base, rng)
+        return base.map(lambda _n, a: a.astype(dtype)), new.map(lambda _n, a: a.astype(dtype))
     if scenario == "layer-added":
         return base, add_layer(base, rng)
     if scenario == "layer-removed":
@@ -347,7 +363,11 @@ def write_gguf(model: Model, path: Path, meta: Meta) -> None:
         writer.add_uint32("lorienbench.embedding_length", model.arch.d_model)
         for name, array in model.tensors.items():
             # GGUF tensors have at least one dimension; scalar scales become shape (1,).
-            writer.add_tensor(name, np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array))
+            array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
+            if array.dtype == REDUCED["bf16-dense"]:
+                writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+            else:
+                writer.add_tensor(name, array)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -555,11 +575,26 @@ def write_tflite(model: Model, path: Path, meta: Meta) -> None:
     write_bytes_atomic(path, data)
 
 
+def write_pt(model: Model, path: Path, meta: Meta) -> None:
+    """``torch.save``'s zip layout (stored entries, ``data.pkl`` naming each storage's class), without torch."""
+    from bench.torch_checkpoint import write_torch_checkpoint
+
+    with atomic_path(path) as temp:
+        write_torch_checkpoint(temp, dict(model.tensors))
+
+
+def write_npz(model: Model, path: Path, meta: Meta) -> None:
+    with atomic_path(path) as temp, open(temp, "wb") as handle:
+        np.savez(handle, **model.tensors)
+
+
 WRITERS: dict[str, Callable[[Model, Path, Meta], None]] = {
     "tflite": write_tflite,
     "onnx": write_onnx,
     "safetensors": write_safetensors,
     "gguf": write_gguf,
+    "pt": write_pt,
+    "npz": write_npz,
 }
 
 
@@ -718,6 +753,9 @@ def generate(
             for fmt in formats:
                 if fmt == "onnx" and size == "huge":
                     log(f"  skipped {pair_name(fmt, size, scenario)}: ONNX is one protobuf, kept < 2 GB (no huge)")
+                    continue
+                if scenario == "bf16-dense" and fmt not in BF16_FORMATS:
+                    log(f"  skipped {pair_name(fmt, size, scenario)}: no bfloat16 in this format's writer")
                     continue
                 existing = _existing(out / pair_name(fmt, size, scenario), _params(fmt, size, scenario, seed))
                 if existing is not None:

@@ -1,7 +1,8 @@
-"""Benchmark runner: lorien's engine against bsdiff4, xdelta3, ``zstd --patch-from`` and a full zstd download.
+"""Benchmark runner: lorien's engine against bsdiff4, xdelta3, ``zstd --patch-from``, a full zstd download and
+the peers of :mod:`bench.peers` (HDiffPatch, z4ai, ZipNN, detools).
 
 Usage: ``python -m bench.run [--corpus DIR] [--sizes small,medium,large] [--formats ...] [--scenarios ...]
-[--tools lorien,bsdiff4,xdelta3,zstd-patch-from,zstd-full] [--timeout 900] [--out bench/results]``
+[--tools lorien,bsdiff4,...,detools] [--timeout 900] [--out bench/results]``
 
 Data flow::
 
@@ -52,12 +53,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
+from bench.bound import zigzag_entropy_bytes
 from bench.corpus import Pair, parse_list, sha256_file, write_bytes_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-TOOLS = ("lorien", "bsdiff4", "xdelta3", "zstd-patch-from", "zstd-full")
+PEER_TOOLS = ("hdiffpatch", "z4ai", "zipnn", "detools")  # run through bench/peers.py
+TOOLS = ("lorien", "bsdiff4", "xdelta3", "zstd-patch-from", "zstd-full", *PEER_TOOLS)
 GENERIC_TOOLS = ("bsdiff4", "xdelta3", "zstd-patch-from", "zstd-full")
+ALL_PEERS = (*GENERIC_TOOLS, *PEER_TOOLS)  # "best peer": the smallest patch of any tool a user could pick
 XDELTA_DEFAULT_SOURCE_WINDOW = 64 << 20  # XD3_DEFAULT_SRCWINSZ (`xdelta3 config`)
 XDELTA_MAX_SOURCE_WINDOW = 1 << 31  # "xdelta3: -B: maximum value: 2147483648"
 SLACK_BYTES = 1024  # "lorien <= best generic + 1 KiB" criterion
@@ -223,8 +227,25 @@ def xdelta_source_window(old_bytes: int) -> int | None:
     return min(XDELTA_MAX_SOURCE_WINDOW, 1 << (old_bytes - 1).bit_length())
 
 
+def main_dtype(path: Path) -> str:
+    """The dtype holding most of a model file's tensor bytes (the hint for tools that take one)."""
+    from lorien.repo.engine.formats import find_tensors
+
+    totals: dict[str, int] = {}
+    for region in find_tensors(path.read_bytes())[1]:
+        totals[region.dtype] = totals.get(region.dtype, 0) + region.length
+    return max(totals, key=lambda dtype: totals[dtype]) if totals else "bytes"
+
+
 def plan(tool: str, old: Path, new: Path, patch: Path, out: Path, old_bytes: int, new_bytes: int) -> Plan:
     python = sys.executable
+    if tool in PEER_TOOLS:
+        dtype = main_dtype(new)
+        return Plan(
+            [python, "-m", "bench.peers", "create", tool, str(old), str(new), str(patch), dtype],
+            [python, "-m", "bench.peers", "apply", tool, str(old), str(patch), str(out)],
+            f"dtype hint {dtype}" if tool in ("z4ai", "zipnn") else "",
+        )
     if tool == "lorien":
         return Plan(
             [python, "-m", "lorien.cli", "diff", str(old), str(new), "-o", str(patch)],
@@ -359,6 +380,11 @@ def bench_pair(pair: Pair, tools: Sequence[str], work: Path, timeout: float, log
     best = best_generic(entry)
     entry["best_generic"] = {"tool": best[0], "patch_bytes": best[1]} if best else None
     entry["lorien_ratio"] = ratio(entry)
+    peer = best_peer(entry)
+    entry["best_peer"] = {"tool": peer[0], "patch_bytes": peer[1]} if peer else None
+    entry["lorien_peer_ratio"] = peer_ratio(entry)
+    if pair.scenario in corpus.REDUCED:
+        entry["entropy_bound_bytes"] = zigzag_entropy_bytes(pair.old, pair.new)
     return entry
 
 
@@ -431,6 +457,16 @@ def best_generic(entry: Mapping[str, Any]) -> tuple[str, int] | None:
     return tool, size
 
 
+def best_peer(entry: Mapping[str, Any]) -> tuple[str, int] | None:
+    sizes = [(record["patch_bytes"], tool) for tool in ALL_PEERS if (record := _ok(entry, tool))]
+    return (min(sizes)[1], min(sizes)[0]) if sizes else None
+
+
+def peer_ratio(entry: Mapping[str, Any]) -> float | None:
+    lorien, best = _ok(entry, "lorien"), best_peer(entry)
+    return None if lorien is None or best is None else lorien["patch_bytes"] / max(best[1], 1)
+
+
 def ratio(entry: Mapping[str, Any]) -> float | None:
     lorien, best = _ok(entry, "lorien"), best_generic(entry)
     if lorien is None or best is None:
@@ -480,7 +516,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "the new model's size and include process start-up.",
         "",
     ]
-    header = ["format", "size", "scenario", "new size", *tools, "lorien / best", "create MB/s", "apply MB/s"]
+    header = ["format", "size", "scenario", "new size", *tools, "lorien / best generic", "lorien / best peer"]
+    header += ["entropy bound", "lorien / bound"]
+    header += ["create MB/s", "apply MB/s"]
     header.append("apply RSS MiB")
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     entries = report["pairs"]
@@ -498,8 +536,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             else:
                 cells.append(f"{record['patch_bytes']:,}")
         lorien = _ok(entry, "lorien")
+        bound = entry.get("entropy_bound_bytes")
         cells += [
             _fmt(ratio(entry), ".3f"),
+            _fmt(peer_ratio(entry), ".3f"),
+            _fmt(bound, ",.0f"),
+            _fmt(lorien["patch_bytes"] / bound if lorien and bound else None, ".3f"),
             _fmt(_mbps(entry, "create"), ".1f"),
             _fmt(_mbps(entry, "apply"), ".1f"),
             _fmt(lorien["apply_rss_mib"] if lorien else None, ".0f"),

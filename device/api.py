@@ -1,19 +1,28 @@
 """The device updater's HTTP API (Bottle, served by waitress), TOPE-compatible plus manifest-driven endpoints.
 
-Every answer is the TOPE envelope ``{"code", "msg", "data"}`` with ``code`` equal to the HTTP status.
-Mutating requests (POST) need ``Authorization: Bearer <api_token>`` when a token is configured (compared in
-constant time). Bodies are bounded (413), every field is type- and range-checked (400 naming the field), and a
-request that fails validation changes nothing. Long work runs in the updater's background thread, so the API
-stays responsive; a second operation while one runs gets 409.
+Every answer is the TOPE envelope ``{"code", "msg", "data"}`` with ``code`` equal to the HTTP status. Who may
+ask, checked in this order before anything else happens:
 
-``ROUTES`` lists every endpoint; ``_answer`` is the one place that checks the token, parses the body, calls the
-handler and maps errors to status codes (Busy and UpdateFailed 409, NetworkError 502, other LorienError 422).
-Handlers use only the updater's public methods (``status_view``, ``status``, ``check``, operations).
+* every request: a ``Host`` naming this API (the bound address, ``localhost``, ``127.0.0.1`` or ``[::1]``, with
+  the port; any IP address when bound to a wildcard address) and no foreign ``Origin`` — else 403, so neither a
+  web page (cross-site POST) nor DNS rebinding can reach it;
+* POST: ``Authorization: Bearer <api_token>`` (constant time; 401) — the token is on by default
+  (``device.startup``); a body must be ``Content-Type: application/json`` (415; a POST without a body needs
+  none), is bounded by ``limits.max_request_body`` (413 — waitress refuses a larger ``Content-Length`` itself,
+  before reading the body), and every field is type- and range-checked (400 naming the field). A refused
+  request changes nothing.
+
+Network work is bounded by the updater's slots (``device.operations``): one background operation and one
+``/check`` at a time, a request for a busy slot gets 409 at once, so ``GET /status`` and ``/progress`` always
+answer. ``ROUTES`` lists every endpoint; ``_answer`` is the one place that runs the checks, calls the handler
+and maps errors to status codes (Busy and UpdateFailed 409, NetworkError 502, other LorienError 422). Handlers
+use only the updater's public methods (``status_view``, ``status``, ``check``, operations).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -35,6 +44,8 @@ PREFIX = "/api/v1.0"
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _NAME = re.compile(r"[A-Za-z0-9._+-]{1,200}")
 _VERSION = re.compile(r"[A-Za-z0-9._+-]{1,100}")
+_LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
 class ApiError(Exception):
@@ -49,10 +60,48 @@ def _envelope(status: int, msg: str, data: Any = None) -> str:
     return json.dumps({"code": status, "msg": msg, "data": data if data is not None else {}})
 
 
+def _require_own_host(bound: str) -> None:
+    """403 unless ``Host`` (and ``Origin``, when sent) name this API: a browser sends a foreign ``Origin`` on a
+    cross-site request, and a rebound DNS name as ``Host``."""
+    request = bottle.request
+    port = request.environ.get("SERVER_PORT", "")
+    if not _names_this_api(request.get_header("Host", ""), bound, port):
+        raise ApiError(403, f"Host {request.get_header('Host', '')!r} is not this API (use 127.0.0.1:{port})")
+    origin = request.get_header("Origin")
+    if origin is not None and not (
+        urlsplit(origin).scheme == "http" and _names_this_api(urlsplit(origin).netloc, bound, port)
+    ):
+        raise ApiError(403, f"cross-origin request from {origin[:100]!r} refused")
+
+
+def _names_this_api(netloc: str, bound: str, port: str) -> bool:
+    try:
+        parts = urlsplit(f"//{netloc}")
+        name, given_port = (parts.hostname or ""), parts.port
+    except ValueError:
+        return False
+    if str(given_port) != port:
+        return False
+    if name in _LOCAL_NAMES or name == bound.lower().strip("[]"):
+        return True
+    if bound in _WILDCARDS:  # any address of this machine; an IP literal cannot be rebound to another host
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
 def _read_body(limit: int) -> dict[str, Any]:
-    length = bottle.request.content_length
+    length = bottle.request.content_length  # -1: no Content-Length (waitress sets it for chunked bodies)
+    if length <= 0:
+        return {}  # a POST without a body (check, update-latest, rollback) needs no Content-Type
     if length > limit:
         raise ApiError(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
+    media_type = bottle.request.get_header("Content-Type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(415, f"Content-Type {media_type or '(none)'!r}: a request body must be application/json")
     raw = bottle.request.body.read(limit + 1)
     if len(raw) > limit:
         raise ApiError(413, f"request body exceeds the {limit}-byte limit")
@@ -103,7 +152,10 @@ def _download(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
 
 def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
     version = _field(body, "version", str, _VERSION)
-    updater.install_package(version)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ApiError(400, "force: must be true or false")
+    updater.install_package(version, force=force)
     return "success", {"version": version, "status": "installing"}
 
 
@@ -117,8 +169,9 @@ def _rollback(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
     return "rollback started", {}
 
 
-# Every route. POST routes need the token (when one is configured) and have their body parsed (bounded, a JSON
-# object or empty) before the handler runs; GET routes read no body.
+# Every route. Every request must name this API (Host, Origin); POST routes need the token (unless
+# insecure_no_token) and have their body parsed (bounded, application/json, a JSON object or empty) before the
+# handler runs; GET routes read no body.
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/download", _download),
     ("POST", "/update", _update),
@@ -131,8 +184,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 
 
 def _answer(updater: Updater, token: str | None, method: str, handler: Handler) -> str:
-    """Token (POST), body (POST), the handler, and its result or error as the envelope."""
+    """Host and Origin, token (POST), body (POST), the handler, and its result or error as the envelope."""
     try:
+        _require_own_host(updater.config.host)
         body: dict[str, Any] = {}
         if method == "POST":
             if token:
@@ -170,15 +224,20 @@ def _route(updater: Updater, token: str | None, method: str, handler: Handler) -
 def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
     config = updater.config
     server = waitress.create_server(
-        make_app(updater, config.api_token), host=config.host, port=config.port, threads=4
+        make_app(updater, config.api_token),
+        host=config.host,
+        port=config.port,
+        threads=4,  # network work holds at most one of them (a /check); /status and /progress get the rest
+        max_request_body_size=max_request_body_size(config.limits.max_request_body),
     )
-    healed = updater.heal()
-    log.info("startup: %s", healed)
+    # Announce before healing: heal may start work at once (and, in the crash tests, die), and whoever started
+    # the device must still learn where its API is. Requests wait in the listen queue until server.run().
     announce(
         f"lorien device: family {config.family}, API at http://{server.effective_host}:"
         f"{server.effective_port}{PREFIX}/, model {config.model_path}",
         flush=True,
     )
+    log.info("startup: %s", updater.heal())
     stop = _periodic_checks(updater)
     try:
         server.run()
@@ -187,6 +246,13 @@ def serve(updater: Updater, announce: Callable[..., None] = print) -> None:
     finally:
         stop()
         server.close()
+
+
+def max_request_body_size(limit: int) -> int:
+    """waitress's ``max_request_body_size`` for bodies of up to ``limit`` bytes: it answers 413 and closes the
+    connection as soon as the headers announce ``limit + 1`` bytes or more (or a chunked body reaches that),
+    instead of buffering up to 1 GiB to a temporary file before the app could refuse it."""
+    return limit + 1
 
 
 def _periodic_checks(updater: Updater) -> Callable[[], None]:

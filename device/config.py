@@ -83,7 +83,14 @@ class DeviceConfig:
         default="127.0.0.1", metadata=_flag_help("API address (default 127.0.0.1; others need api_token)")
     )
     port: int = field(default=DEFAULT_PORT, metadata=_flag_help("API port (default 12315; 0 picks a free one)"))
-    api_token: str | None = field(default=None, metadata=_flag_help("bearer token required by mutating requests"))
+    api_token: str | None = field(
+        default=None,
+        metadata=_flag_help("bearer token required by every POST (default: generated into state_dir/api_token)"),
+    )
+    insecure_no_token: bool = field(
+        default=False,
+        metadata=_flag_help("no token at all (loopback only): any local process or web page could POST"),
+    )
     check_interval: float = field(default=0.0, metadata=_flag_help("seconds; 0 = on request only"))
     service: ServiceControl = field(default_factory=ServiceControl)  # flags --service-unit, --service-command, …
     health_check: list[str] | None = field(
@@ -224,79 +231,113 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> D
     return _build(raw, where)
 
 
-def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
-    def bad(key: str, why: str) -> BadInputError:
-        return BadInputError(f"{where}: {key}: {why}")
+class _Settings:
+    """The raw TOML table (flags already merged in) with typed, range-checked readers; every error names the
+    file and the key."""
 
-    unknown = sorted(set(raw) - _SIMPLE_KEYS - _TABLES)
-    if unknown:
-        raise bad(unknown[0], f"unknown option (known: {', '.join(sorted(_SIMPLE_KEYS | _TABLES))})")
-    for key in ("repo_url", "family", "model_path", "state_dir"):
-        if key not in raw or raw[key] in ("", None):
-            raise bad(key, 'required (e.g. repo_url = "https://models.example.com/repo/")')
+    def __init__(self, raw: dict[str, Any], where: str) -> None:
+        self.raw, self.where = raw, where
 
-    def text(key: str) -> str:
-        if not isinstance(raw[key], str):
-            raise bad(key, f"must be a string, not {type(raw[key]).__name__}")
-        return raw[key]
+    def bad(self, key: str, why: str) -> BadInputError:
+        return BadInputError(f"{self.where}: {key}: {why}")
 
-    def number(key: str, default: float, minimum: float, maximum: float, integer: bool = False) -> Any:
-        value = raw.get(key, default)
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.raw.get(key, default)
+        if not isinstance(value, str):
+            raise self.bad(key, f"must be a string, not {type(value).__name__}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float, maximum: float, integer: bool = False) -> Any:
+        value = self.raw.get(key, default)
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) or not minimum <= value <= maximum:
             kind = "an integer" if integer else "a number"
-            raise bad(key, f"must be {kind} from {minimum} to {maximum}, got {value!r}")
+            raise self.bad(key, f"must be {kind} from {minimum} to {maximum}, got {value!r}")
         return value
 
-    repo_url = text("repo_url")
-    if urlsplit(repo_url).scheme not in ("http", "https") or not urlsplit(repo_url).netloc:
-        raise bad("repo_url", f"must be an http:// or https:// URL, got {repo_url!r}")
-    family = text("family")
+    def flag(self, key: str) -> bool:
+        value = self.raw.get(key, False)
+        if not isinstance(value, bool):
+            raise self.bad(key, f"must be true or false, got {value!r}")
+        return value
+
+    def url(self, key: str, required: bool) -> str | None:
+        value = self.raw.get(key)
+        if value is None and not required:
+            return None
+        if (
+            not isinstance(value, str)
+            or urlsplit(value).scheme not in ("http", "https")
+            or not urlsplit(value).netloc
+        ):
+            raise self.bad(key, f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+
+def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
+    settings = _Settings(raw, where)
+    _check_keys(settings)
+    repo_url = settings.url("repo_url", required=True) or ""
+    family = settings.text("family")
     if problem := family_name_problem(family):
-        raise bad("family", problem)
-    callback_url = raw.get("callback_url")
-    if callback_url is not None and (
-        not isinstance(callback_url, str) or urlsplit(callback_url).scheme not in ("http", "https")
-    ):
-        raise bad("callback_url", f"must be an http:// or https:// URL, got {callback_url!r}")
-    token = raw.get("api_token")
-    if token is not None and (not isinstance(token, str) or len(token) < 8):
-        raise bad("api_token", "must be a string of at least 8 characters")
-    host = text("host") if "host" in raw else "127.0.0.1"
-    keys = _trusted_keys(raw.get("trusted_keys"), bad)
-    insecure = raw.get("insecure_allow_unsigned", False)
-    if not isinstance(insecure, bool):
-        raise bad("insecure_allow_unsigned", f"must be true or false, got {insecure!r}")
-    if not token and not _is_loopback(host):
-        raise bad("host", f"binding to {host} (not loopback) needs api_token; refusing to expose an open API")
+        raise settings.bad("family", problem)
+    token, no_token, host = _api_access(settings)
+    keys = _trusted_keys(raw.get("trusted_keys"), settings.bad)
+    insecure = settings.flag("insecure_allow_unsigned")
     config = DeviceConfig(
         repo_url=repo_url if repo_url.endswith("/") else repo_url + "/",
         family=family,
-        model_path=Path(text("model_path")),
-        state_dir=Path(text("state_dir")),
+        model_path=Path(settings.text("model_path")),
+        state_dir=Path(settings.text("state_dir")),
         host=host,
-        port=number("port", DEFAULT_PORT, 0, 65535, integer=True),
-        api_token=token or None,
-        check_interval=float(number("check_interval", 0, 0, 7 * 86400)),
-        service=_service(raw.get("service"), bad),
-        health_check=_command(raw.get("health_check"), "health_check", bad),
+        port=settings.number("port", DEFAULT_PORT, 0, 65535, integer=True),
+        api_token=token,
+        insecure_no_token=no_token,
+        check_interval=float(settings.number("check_interval", 0, 0, 7 * 86400)),
+        service=_service(raw.get("service"), settings.bad),
+        health_check=_command(raw.get("health_check"), "health_check", settings.bad),
         health_check_litert=bool(raw.get("health_check_litert", False)),
-        health_timeout=float(number("health_timeout", 60, 1, 3600)),
-        callback_url=callback_url,
-        keep_backups=number("keep_backups", 2, 1, 100, integer=True),
-        stop_timeout=float(number("stop_timeout", 10, 0, 600)),
+        health_timeout=float(settings.number("health_timeout", 60, 1, 3600)),
+        callback_url=settings.url("callback_url", required=False),
+        keep_backups=settings.number("keep_backups", 2, 1, 100, integer=True),
+        stop_timeout=float(settings.number("stop_timeout", 10, 0, 600)),
         trusted_keys=keys,
         insecure_allow_unsigned=insecure,
-        limits=_limits(raw.get("limits"), bad),
-        retry=_retry(raw.get("retry"), bad),
+        limits=_limits(raw.get("limits"), settings.bad),
+        retry=_retry(raw.get("retry"), settings.bad),
     )
     if not keys and not insecure:  # checked last: other mistakes are reported first
-        raise bad(
+        raise settings.bad(
             "trusted_keys",
             'required: the publisher\'s public key file(s), e.g. trusted_keys = ["/etc/lorien/publisher.pub"] '
             "(made by `lorien keygen`); or set insecure_allow_unsigned = true to accept unsigned repositories",
         )
     return config
+
+
+def _check_keys(settings: _Settings) -> None:
+    """No unknown option, and every required one present."""
+    unknown = sorted(set(settings.raw) - _SIMPLE_KEYS - _TABLES)
+    if unknown:
+        known = ", ".join(sorted(_SIMPLE_KEYS | _TABLES))
+        raise settings.bad(unknown[0], f"unknown option (known: {known})")
+    for key in ("repo_url", "family", "model_path", "state_dir"):
+        if key not in settings.raw or settings.raw[key] in ("", None):
+            raise settings.bad(key, 'required (e.g. repo_url = "https://models.example.com/repo/")')
+
+
+def _api_access(settings: _Settings) -> tuple[str | None, bool, str]:
+    """(api_token, insecure_no_token, host): an open API is only allowed on loopback."""
+    token = settings.raw.get("api_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 8):
+        raise settings.bad("api_token", "must be a string of at least 8 characters")
+    host = settings.text("host", "127.0.0.1")
+    if not token and not _is_loopback(host):
+        raise settings.bad(
+            "host", f"binding to {host} (not loopback) needs api_token; refusing to expose an open API"
+        )
+    no_token = settings.flag("insecure_no_token")
+    return token or None, no_token and not token, host
 
 
 def _trusted_keys(value: Any, bad) -> tuple[TrustedKey, ...]:

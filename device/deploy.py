@@ -4,11 +4,15 @@ Every phase is persisted in the operation (``state.json``) before its work, so `
 crash whether the model path holds the old or the new model. Crash points (``repo.testhooks``) in brackets::
 
     free space in the model and backup directories ─▶ phase stopping: stop the service
-      ─▶ copy the current model to backups/<counter>-<time>-<sha>.model ─▶ phase backed_up [after-backup]
+      ─▶ copy the current model to backups/<counter>-<time>-<sha>.model (a backup with the same SHA-256 is
+         renumbered instead: backups are never duplicated) ─▶ phase backed_up [after-backup]
       ─▶ os.replace the candidate onto the model path (EXDEV: copy it next to the model first), fsync the directory
       ─▶ phase replaced [after-replace] ─▶ start the service ─▶ phase health [health-check] ─▶ health check
-      ─▶ healthy: record the installed version, prune backups, clear tmp/ → idle
-      ─▶ unhealthy (or an error after the replace): rolling_back: stop, restore the backup, start → failed
+      ─▶ healthy: record the installed version, prune backups → idle
+      ─▶ unhealthy (or an error after the replace): rolling_back: stop, restore the backup, start, prune → failed
+
+Pruning keeps the newest ``keep_backups`` backups and drops any with the SHA-256 of the model in place (it is no
+way back). ``tmp/`` is cleared by the updater when the operation ends (``clear_tmp``).
 
 The model path only ever changes by ``os.replace`` of a complete, verified file, so it always holds a complete
 old or new model.
@@ -71,19 +75,26 @@ class Deployer:
         )
         if (stopped := service.stop_service(config)) != service.NO_SERVICE:  # "none" is said once, at the start
             log.info("service: %s", stopped)
-        backup = None
-        if previous_sha is not None:
-            counter = max((_backup_order(path)[1] for path in self.backups()), default=0) + 1
-            backup = (
-                config.backup_dir / f"{counter:08d}-{time.strftime('%Y%m%dT%H%M%S')}-{previous_sha[:16]}.model"
-            )
-            _copy_atomically(config.model_path, backup)
+        backup = self._back_up(previous_sha) if previous_sha is not None else None
         self._state.update_op(phase=Phase.BACKED_UP, backup=str(backup) if backup else None)
         crash_point("after-backup")
         _replace(candidate, config.model_path)
         self._state.update_op(phase=Phase.REPLACED)
         crash_point("after-replace")
         self.start_and_check(version)
+
+    def _back_up(self, sha256: str) -> Path:
+        """The model in place as the newest backup: a backup with the same content is renumbered, not copied."""
+        backups = self.backups()
+        counter = max((_backup_order(path)[1] for path in backups), default=0) + 1
+        backup = self.config.backup_dir / f"{counter:08d}-{time.strftime('%Y%m%dT%H%M%S')}-{sha256[:16]}.model"
+        twin = next((path for path in backups if _holds(path, sha256)), None)
+        if twin is not None:
+            os.replace(twin, backup)
+            fsync_dir(backup.parent)
+        else:
+            _copy_atomically(self.config.model_path, backup)
+        return backup
 
     def start_and_check(self, version: str | None) -> None:
         """Start the service on the new model and health-check it: keep it, or roll back."""
@@ -101,9 +112,8 @@ class Deployer:
             log.error("health check failed after deploying %s: %s; rolling back", version, why)
             self.roll_back(f"health check failed: {why}")
             return
-        self._prune_backups()
+        self.prune_backups()
         self._record_installed(version)
-        self._clean_tmp()
         self._state.finish(True, f"installed {version}: {why}", version)
         self._reporter.report(Stage.IDLE, f"installed {version}", 100.0)
 
@@ -118,6 +128,7 @@ class Deployer:
         else:
             log.error("no backup to restore; the new model stays in place")
         log.info("service: %s", service.start_service(self.config))
+        self.prune_backups()
         target = operation.target if operation else None
         if operation and operation.target_sha256:  # remembered so periodic checks do not deploy it again and again
             rejected = dict(self._state.get("rejected_targets") or {})
@@ -183,10 +194,16 @@ class Deployer:
         """Backups oldest first, by the counter in their names (not by clock: device clocks jump)."""
         return sorted(self.config.backup_dir.glob("*.model"), key=_backup_order)
 
-    def _prune_backups(self) -> None:
-        backups = self.backups()
-        for old in backups[: max(0, len(backups) - self.config.keep_backups)]:
-            old.unlink(missing_ok=True)
+    def prune_backups(self) -> None:
+        """Keep the newest ``keep_backups`` backups, none with the content of the model in place."""
+        model = self.config.model_path
+        current = sha256_file(model) if model.exists() else None
+        kept = 0
+        for backup in reversed(self.backups()):
+            if kept < self.config.keep_backups and not (current and _holds(backup, current)):
+                kept += 1
+            else:
+                backup.unlink(missing_ok=True)
 
     def _record_installed(self, version: str | None) -> None:
         digest = sha256_file(self.config.model_path)
@@ -200,9 +217,10 @@ class Deployer:
         installed = {"version": version, "sha256": digest}
         self._state.update(installed=installed, known_versions=known, rejected_targets=rejected)
 
-    def _clean_tmp(self) -> None:
+    def clear_tmp(self, keep: Callable[[str], bool]) -> None:
+        """Delete every file in ``tmp/`` whose name ``keep`` does not accept."""
         for leftover in self.config.tmp_dir.iterdir():
-            if leftover.is_file() and not leftover.name.startswith("package-"):
+            if leftover.is_file() and not keep(leftover.name):
                 leftover.unlink(missing_ok=True)
 
 
@@ -218,6 +236,11 @@ def _backup_order(path: Path) -> tuple[int, int, str]:
     """Sort key: numbered backups (``00000012-…``) by number, after any older clock-named ones."""
     match = re.match(r"(\d{8})-", path.name)
     return (1, int(match.group(1)), path.name) if match else (0, 0, path.name)
+
+
+def _holds(backup: Path, sha256: str) -> bool:
+    """Whether ``backup`` has this content: its name carries the SHA-256's first 16 digits, confirmed by hashing."""
+    return backup.name.endswith(f"-{sha256[:16]}.model") and sha256_file(backup) == sha256
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:

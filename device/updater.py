@@ -1,7 +1,10 @@
 """The update pipeline: check → plan → download → apply → deploy, plus TOPE packages, manual rollback and healing.
 
-One operation runs at a time in a background thread; the HTTP API only starts operations and reads
-:meth:`Updater.status_view` / :meth:`Updater.status`. Data flows through the modules like this::
+One operation runs at a time in a background thread and one ``check`` at a time (``operations.Slots``); the
+HTTP API only starts operations and reads :meth:`Updater.status_view` / :meth:`Updater.status`. When an
+operation ends, whatever the outcome, ``tmp/`` keeps only a downloaded TOPE package not yet installed and
+``.part`` files (a retry of the same update resumes them; a new target's operation drops the others). The
+installed version has one rule (``installed``). Data flows through the modules like this::
 
     fetch manifest + .sig (repo.trust.read_signed) ─▶ trusted.verify_manifest (no I/O) ─▶ persist the record
       ─▶ plan.cheapest_plan ─▶ steps.download_steps (resumable; size + MD5 + SHA-256)
@@ -19,13 +22,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lorien.device.config import DeviceConfig
 from lorien.device.deploy import Deployer
+from lorien.device.installed import InstalledModel
+from lorien.device.operations import Slots
 from lorien.device.plan import Plan, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
@@ -34,10 +39,8 @@ from lorien.device.trusted import AcceptedManifest, verify_manifest
 from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
-    Busy,
     FreshnessError,
     IntegrityError,
-    LorienError,
     ManifestError,
     SignatureError,
     UpdateFailed,
@@ -81,11 +84,11 @@ class Updater:
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
         self._reporter = Reporter(config.family, self._state, callbacks or Callbacks(None))
         self._deployer = Deployer(config, self._state, self._reporter)
-        self._run_lock = threading.Lock()
-        self._digest_cache: tuple[tuple[int, int, int], str] | None = None
+        self._slots = Slots(self._fail, self._tidy)
+        self._installed = InstalledModel(config.model_path, self._state)
+        self._manifest: Manifest | None = None  # the last manifest accepted (names the installed model)
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._trust_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
         policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
@@ -96,33 +99,26 @@ class Updater:
     def _start(self, kind: str, work: Callable[[], None], announce: tuple[Stage, str] | None = None) -> None:
         """Run ``work`` in the background, or raise Busy. ``announce``: the stage entered before the request is
         answered, so that a client polling ``/progress`` right after never sees the previous operation's end."""
-        if not self._run_lock.acquire(blocking=False):
-            raise Busy(f"another operation is running ({self._state.stage()}); try again when it finishes")
-        if announce is not None:
-            try:
-                self._reporter.enter(*announce)
-            except BaseException:
-                self._run_lock.release()
-                raise
-
-        def run() -> None:
-            try:
-                work()
-            except LorienError as error:
-                self._fail(str(error))
-            except Exception as error:
-                log.exception("operation %s crashed", kind)
-                self._fail(f"internal error: {error}")
-            finally:
-                self._run_lock.release()
-
-        self._thread = threading.Thread(target=run, name=kind, daemon=True)
-        self._thread.start()
+        self._slots.start(
+            kind,
+            work,
+            lambda: f"another operation is running ({self._state.stage()}); try again when it finishes",
+            before=(lambda: self._reporter.enter(*announce)) if announce is not None else None,
+        )
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the operation in progress (if any) to end."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._slots.wait(timeout)
+
+    def _tidy(self) -> None:
+        """After every operation: ``tmp/`` keeps only ``.part`` files and a downloaded package not yet installed."""
+        package = self._state.get("package")
+        ready = {Path(package["path"]).name} if package and package.get("done") else set()
+        self._deployer.clear_tmp(lambda name: name in ready or name.endswith(".part"))
+
+    def _drop_other_parts(self, keep: set[str]) -> None:
+        """Before downloading a new target: partial downloads of any other target go."""
+        self._deployer.clear_tmp(lambda name: name in keep or not name.endswith(".part"))
 
     def _fail(self, message: str) -> None:
         """End the operation as failed; mid-deploy, first put the old model (and its service) back."""
@@ -166,40 +162,41 @@ class Updater:
             self._last_refusal = {"message": str(error), "at": utc_now()}
             raise
         self._last_refusal = None
+        self._manifest = verified.manifest
         return verified.manifest
 
     def check(self) -> Plan:
-        """The verified manifest's latest version and the cheapest way to it from the installed model.
+        """The verified manifest's latest version and the cheapest way to it from the installed model (one check
+        at a time: this fetches the manifest in the caller's thread).
 
         Raises:
+            Busy: another check is running.
             SignatureError, ManifestError, FreshnessError: the manifest is refused (``trusted``), or it would
                 install an older version than the installed one without ``allow_downgrade``.
             NetworkError: the repository is unreachable or sends too much.
         """
+        with self._slots.check():
+            return self._check()
+
+    def _check(self) -> Plan:
         manifest = self._read_manifest()
         plan = cheapest_plan(
             manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
         )
-        self._refuse_downgrade(manifest, plan)
+        installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
+        plan = replace(plan, installed=replace(plan.installed, version=installed))
+        if not plan.up_to_date:
+            self._refuse_downgrade(installed, plan.latest, manifest.allow_downgrade, "the manifest's latest")
         return plan
 
-    def _installed_version(self) -> str | None:
-        """The version recorded at the last successful install, if the model file still has that content."""
-        installed = self._state.get("installed") or {}
-        if installed.get("version") and installed.get("sha256") == self._model_sha256():
-            return installed["version"]
-        return None
-
-    def _refuse_downgrade(self, manifest: Manifest, plan: Plan) -> None:
-        """Never move to an older version automatically, unless the signed manifest says the publisher wants
-        that (``allow_downgrade``); an operator can always POST /api/v1.0/rollback."""
-        installed = plan.installed.version or self._installed_version()
-        if plan.up_to_date or installed is None or manifest.allow_downgrade:
-            return
-        if is_newer(installed, plan.latest):
+    @staticmethod
+    def _refuse_downgrade(installed: str | None, target: str, allowed: bool, what: str) -> None:
+        """Never move to an older version unless asked: the signed manifest's ``allow_downgrade`` (publisher), or
+        ``force`` on a TOPE ``/update`` (operator); an operator can always POST /api/v1.0/rollback."""
+        if installed is not None and not allowed and is_newer(installed, target):
             raise FreshnessError(
-                f"installed version {installed} is newer than the manifest's latest {plan.latest}; not downgrading "
-                "automatically (the publisher can set allow_downgrade, an operator can POST /api/v1.0/rollback)"
+                f"installed version {installed} is newer than {what} {target}; not downgrading (the publisher "
+                'can set allow_downgrade; an operator can POST /api/v1.0/rollback, or /update with "force": true)'
             )
 
     # ------------------------------------------------------------------ manifest-driven update
@@ -216,7 +213,7 @@ class Updater:
 
     def _update_latest(self, retry_rejected: bool) -> None:
         self._reporter.enter(Stage.CHECKING, "reading the manifest")
-        plan = self.check()
+        plan = self._check()
         if plan.up_to_date:
             self._state.finish(True, f"already up to date ({plan.latest})", plan.latest)
             self._reporter.report(Stage.IDLE, f"already up to date ({plan.latest})", 100.0)
@@ -241,6 +238,7 @@ class Updater:
             previous=plan.installed.to_dict(),
         )
         self._state.begin(operation)
+        self._drop_other_parts({f"{step.sha256}.part" for step in plan.steps})
         how = " → ".join(f"{s.source}→{s.target}" if s.kind == "patch" else f"full {s.target}" for s in plan.steps)
         log.info(
             "plan: %s, %s",
@@ -286,6 +284,7 @@ class Updater:
             self._state.begin(Operation(Kind.DOWNLOAD, target=version), package=package)
             path = Path(package["path"])
             part = path.with_name(path.name + ".part")
+            self._drop_other_parts({part.name})
 
             def on_progress(progress: Progress) -> None:
                 self._reporter.show(
@@ -302,9 +301,11 @@ class Updater:
 
         self._start(Kind.DOWNLOAD, work, (Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)"))
 
-    def install_package(self, version: str) -> None:
+    def install_package(self, version: str, force: bool = False) -> None:
         """Deploy the TOPE package downloaded for ``version`` in the background; in signed mode only a model
-        that the signed manifest lists.
+        that the signed manifest lists. A version older than the installed one is refused (the downgrade rule of
+        ``update-latest``) unless the signed manifest has ``allow_downgrade`` or the operator sends ``force``.
+        The package is deleted when the operation ends, installed or not.
 
         Raises:
             UpdateFailed: no package was downloaded for ``version``.
@@ -320,24 +321,36 @@ class Updater:
         path = Path(package["path"])
 
         def work() -> None:
-            digests = digest_file(path)
-            if (digests.size, digests.md5) != (package["size"], package["md5"]):
-                raise IntegrityError(f"package {path.name} changed on disk since it was verified")
-            recorded = version
-            if self._trust.trusted_keys and not self._trust.allow_unsigned:
-                listed = {entry.sha256: entry.version for entry in self._read_manifest().versions}
-                recorded = listed.get(digests.sha256, version)  # the signed name, not the client's label
-                if digests.sha256 not in listed:
-                    raise SignatureError(
-                        f"package {path.name} (sha256 {digests.sha256[:16]}…) is not a version in the signed "
-                        f"manifest of {self.config.family}; this device only installs what the publisher signed "
-                        "(publish the model, or set insecure_allow_unsigned = true)"
-                    )
-            staged = self._deployer.stage_copy(path, f"{digests.sha256}.model")
+            try:
+                digests = digest_file(path)
+                if (digests.size, digests.md5) != (package["size"], package["md5"]):
+                    raise IntegrityError(f"package {path.name} changed on disk since it was verified")
+                recorded, manifest = self._signed_name(path.name, digests.sha256, version)
+                allowed = force or bool(manifest and manifest.allow_downgrade)
+                installed = self._installed.version(manifest or self._manifest)
+                self._refuse_downgrade(installed, recorded, allowed, "package version")
+                staged = self._deployer.stage_copy(path, f"{digests.sha256}.model")
+            finally:
+                self._state.update(package=None)  # used once: the package goes with the operation's tmp files
             self._state.begin(Operation(Kind.INSTALL, target=recorded, target_sha256=digests.sha256))
             self._deployer.deploy(staged, recorded, digests.sha256)
 
         self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
+
+    def _signed_name(self, name: str, sha256: str, label: str) -> tuple[str, Manifest | None]:
+        """The version a package is, and the manifest that says so: in signed mode the name the signed manifest
+        gives its SHA-256 (refused when it lists none), else the client's label and no manifest."""
+        if not self._trust.trusted_keys or self._trust.allow_unsigned:
+            return label, None
+        manifest = self._read_manifest()
+        listed = {entry.sha256: entry.version for entry in manifest.versions}
+        if sha256 not in listed:
+            raise SignatureError(
+                f"package {name} (sha256 {sha256[:16]}…) is not a version in the signed manifest of "
+                f"{self.config.family}; this device only installs what the publisher signed (publish the model, "
+                "or set insecure_allow_unsigned = true)"
+            )
+        return listed[sha256], manifest
 
     def rollback(self) -> None:
         """Deploy the newest backup in the background (the current model becomes a backup).
@@ -354,7 +367,7 @@ class Updater:
         def work() -> None:
             staged = self._deployer.stage_copy(source, "manual-rollback.model")
             sha = sha256_file(staged)
-            version = (self._state.get("known_versions") or {}).get(sha)  # None: installed before lorien knew it
+            version = self._installed.version_of(sha, self._manifest)  # None: unknown here and to the manifest
             self._state.begin(Operation(Kind.ROLLBACK, target=version, target_sha256=sha))
             self._deployer.deploy(staged, version, sha)  # the current model becomes the newest backup
 
@@ -411,21 +424,9 @@ class Updater:
 
     # ------------------------------------------------------------------ status
 
-    def _model_sha256(self) -> str | None:
-        """SHA-256 of the model file, re-hashed only when its inode, size or mtime changed (``/status`` is polled;
-        hashing a large model on every request would make polling cost a full read each time)."""
-        try:
-            stat = self.config.model_path.stat()
-        except FileNotFoundError:
-            return None
-        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._digest_cache is None or self._digest_cache[0] != key:
-            self._digest_cache = (key, sha256_file(self.config.model_path))
-        return self._digest_cache[1]
-
     def status_view(self) -> StatusView:
         """The stage, whether an operation is running, and the ``/progress`` document; cheap (nothing hashed)."""
-        return StatusView(self._state.stage(), self._run_lock.locked(), self._reporter.tope_progress())
+        return StatusView(self._state.stage(), self._slots.busy, self._reporter.tope_progress())
 
     def status(self) -> dict[str, Any]:
         """The ``GET /status`` document: installed version and SHA-256, stage, results, backups, trust state."""
@@ -433,10 +434,10 @@ class Updater:
         return {
             "family": self.config.family,
             "model_path": str(self.config.model_path),
-            "installed_version": self._installed_version(),
-            "installed_sha256": self._model_sha256(),
+            "installed_version": self._installed.version(self._manifest),
+            "installed_sha256": self._installed.sha256(),
             "stage": snapshot["stage"],
-            "busy": self._run_lock.locked(),
+            "busy": self._slots.busy,
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],

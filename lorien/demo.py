@@ -5,7 +5,8 @@
    manifest and ``index.json`` gets a ``.sig``; manifests expire in 7 days);
 3. serve the repository with ``lorien serve``'s app on a free loopback port (waitress, in a thread);
 4. run the real device updater (``device/``: Bottle API on waitress, in a thread), trusting only that public
-   key, for a device holding version 1 and drive it over its HTTP API: ``POST /api/v1.0/check`` (signature →
+   key, for a device holding version 1 and drive it over its HTTP API — with the token the device generated into
+   its state directory (``state_dir/api_token``), as any local client does: ``POST /api/v1.0/check`` (signature →
    expiry and sequence → fingerprint → installed version →
    cheapest plan), ``POST /api/v1.0/update-latest`` (resumable download → MD5 + SHA-256 → apply → atomic deploy
    with backup and health check), ``GET /api/v1.0/status`` until done;
@@ -25,6 +26,7 @@ import waitress
 
 from lorien.device.api import make_app as make_device_app
 from lorien.device.config import check_environment, load_config
+from lorien.device.startup import api_token
 from lorien.device.updater import Updater
 from lorien.modelgen import write_family
 from lorien.publisher.publish import PublishOptions, publish
@@ -103,12 +105,14 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
     )
     check_environment(config)
     updater = Updater(config)
-    api = waitress.create_server(make_device_app(updater, None), host="127.0.0.1", port=0, threads=2)
+    token, where = api_token(config)
+    api = waitress.create_server(make_device_app(updater, token), host="127.0.0.1", port=0, threads=2)
     api_url = f"http://127.0.0.1:{api.effective_port}/api/v1.0/"
     # a daemon thread: it ends with the demo (closing a waitress server from another thread races its loop)
     threading.Thread(target=api.run, daemon=True).start()
-    _step(f"device updater API at {api_url}")
-    plan = _call("POST", api_url + "check")
+    _step(f"device updater API at {api_url}; {where}")
+    headers = {"Authorization": f"Bearer {token}"}
+    plan = _call("POST", api_url + "check", headers)
     steps = ", ".join(
         f"patch {s['source']}→{s['target']} ({human_size(s['size'])}, engine {s['engine']})"
         if s["kind"] == "patch"
@@ -120,7 +124,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
         f"check: manifest signature ok (key {trust['signed_by'][:16]}…), sequence {trust['sequence']}, expires "
         f"{trust['expires']}; installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}"
     )
-    _call("POST", api_url + "update-latest")
+    _call("POST", api_url + "update-latest", headers)
     while True:
         status = _call("GET", api_url + "status")
         if not status["busy"] and status["stage"] in ("idle", "failed"):
@@ -142,8 +146,8 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
     return 0
 
 
-def _call(method: str, url: str) -> dict:
-    answer = requests.request(method, url, timeout=60).json()
+def _call(method: str, url: str, headers: dict[str, str] | None = None) -> dict:
+    answer = requests.request(method, url, headers=headers, timeout=60).json()
     if answer["code"] != 200:
         raise LorienError(f"device API {url}: {answer['msg']}")
     return answer["data"]

@@ -27,6 +27,7 @@ import waitress
 
 from lorien.publisher.http_json import error_body, error_response
 from lorien.publisher.mallorn_api import MallornApi
+from lorien.publisher.mallorn_check import MAX_JSON_BODY
 from lorien.repo.errors import LorienError
 from lorien.repo.layout import BLOB_DIR, HTML_FILE
 from lorien.repo.signing import SigningKey
@@ -126,7 +127,9 @@ def serve(
 ) -> None:
     if not root.is_dir():
         raise LorienError(f"{root}: repository directory does not exist; run `lorien publish` first")
-    server = waitress.create_server(make_app(root, admin_token, sign_keys), host=host, port=port, threads=8)
+    app = make_app(root, admin_token, sign_keys)
+    # waitress answers 413 to a larger Content-Length before reading the body (its default buffers up to 1 GiB)
+    server = waitress.create_server(app, host=host, port=port, threads=8, max_request_body_size=MAX_JSON_BODY + 1)
     announce(f"serving {root} at http://{server.effective_host}:{server.effective_port}/", flush=True)
     try:
         server.run()

@@ -445,6 +445,36 @@ def test_tope_update_installs_only_signed_versions_in_signed_mode(
     assert sha256(device.model) == site.sha("1.1.0")
 
 
+def test_tope_update_obeys_the_downgrade_rule_unless_the_operator_forces_it(
+    site: Site, keys, tmp_path: Path, devices: list
+) -> None:
+    serve_signed(site, keys)
+    device = start_device(devices, site, tmp_path / "d", "1.1.0", keys["old"][1])
+    older = parse_manifest(site.file(MANIFEST).read_bytes()).version("1.0.0")
+    for label, force in (("1.0.0", None), ("9.9.9", None), ("1.0.0", True)):  # a lying label is the signed name
+        body = {
+            "version": label,
+            "package_url": site.server.url + older.blob,
+            "package_name": "pkg.tflite",
+            "package_size": older.size,
+            "package_md5": older.md5,
+        }
+        assert device.api("POST", "download", json=body).json()["code"] == 200
+        assert device.wait_until_done()["last_result"]["ok"]
+        request = {"version": label} if force is None else {"version": label, "force": force}
+        assert device.api("POST", "update", json=request).json()["code"] == 200
+        result = device.wait_until_done()["last_result"]
+        assert list((device.state_dir / "tmp").iterdir()) == []  # the package goes, installed or refused
+        if not force:
+            assert (
+                not result["ok"]
+                and "installed version 1.1.0 is newer than package version 1.0.0" in (result["message"])
+            ), result
+            assert sha256(device.model) == site.sha("1.1.0")
+    assert result["ok"] and sha256(device.model) == site.sha("1.0.0")
+    assert device.status()["installed_version"] == "1.0.0"
+
+
 def test_path_traversal_in_a_manifest_is_refused_even_unsigned(site: Site, tmp_path: Path, devices: list) -> None:
     site.add("1.0.0")
     site.add("1.1.0")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import bz2
 import lzma
 import math
+import struct
 
 import numpy as np
 import zstandard
 
+from lorien.repo.engine import rans
 from lorien.repo.engine.container import Backend, Codec, Segment, Transform
 from lorien.repo.errors import PatchError
 
@@ -26,6 +28,8 @@ MAX_WINDOW_LOG = 26
 MAX_DICT_HASH_LOG = 25  # 128 MiB of hash table on the create side at most; the applier never needs one
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 _INT = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+ESCAPE = 255  # DIFF_RANS: zigzag differences from here up are this symbol plus the value in a side stream
+RANS_HEADER = struct.Struct("<IIII")  # lanes, table, escapes and word-stream lengths
 
 
 # --------------------------------------------------------------------------- transforms shared by both sides
@@ -205,6 +209,21 @@ def sparse_residual(target: bytes, reference: bytes | memoryview, width: int) ->
     return np.uint32(len(changed)).tobytes() + to_planes(gaps, 4) + to_planes(new[changed], width)
 
 
+def diff_rans_payload(target: bytes, reference: bytes | memoryview) -> bytes:
+    """DIFF_RANS payload: header, zstd frame of the symbol frequencies (uint16, up to the last used symbol),
+    zstd frame of the byte planes of escaped values (absent when there are none), the lanes' final states
+    (uint32), the rANS words (uint16)."""
+    values = _zigzag(np.frombuffer(target, dtype=np.uint16) - np.frombuffer(reference, dtype=np.uint16), 2)
+    symbols = np.minimum(values, ESCAPE).astype(np.uint8)
+    freqs = rans.frequencies(symbols)
+    states, words = rans.encode(symbols, freqs, rans.lanes_for(len(symbols)))
+    table = zstd_compress(freqs[: int(np.flatnonzero(freqs)[-1]) + 1].tobytes(), 19)
+    escaped = values[values >= ESCAPE]
+    escapes = zstd_compress(to_planes(escaped, 2), 19) if len(escaped) else b""
+    header = RANS_HEADER.pack(len(states), len(table), len(escapes), len(words))
+    return header + table + escapes + states.tobytes() + words.tobytes()
+
+
 # --------------------------------------------------------------------------- decoder (apply side)
 
 
@@ -226,6 +245,8 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         return (np.frombuffer(reference, dtype=_UINT[width]) + deltas).tobytes()
     if segment.codec == Codec.SPARSE:
         return _decode_sparse(payload, backend, reference, length, width)
+    if segment.codec == Codec.DIFF_RANS:
+        return _decode_diff_rans(payload, reference, length)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
 
 
@@ -246,3 +267,27 @@ def _decode_sparse(
     output = np.frombuffer(reference, dtype=_UINT[width]).copy()
     output[positions] = from_planes(raw[4 + 4 * count :], width).view(_UINT[width])
     return output.tobytes()
+
+
+def _decode_diff_rans(payload: bytes, reference: bytes | memoryview, length: int) -> bytes:
+    if len(payload) < RANS_HEADER.size:
+        raise PatchError("rANS data shorter than its header")
+    lanes, table_length, escapes_length, word_count = RANS_HEADER.unpack_from(payload)
+    escapes_at = RANS_HEADER.size + table_length
+    states_at = escapes_at + escapes_length
+    if states_at + 4 * lanes + 2 * word_count != len(payload):
+        raise PatchError("rANS data lengths do not add up to its payload")
+    table = unpack(payload[RANS_HEADER.size : escapes_at], Backend.ZSTD, None, 2 * rans.SYMBOLS)
+    if len(table) % 2:
+        raise PatchError("rANS frequency table has an odd length")
+    freqs = np.zeros(rans.SYMBOLS, np.uint16)
+    freqs[: len(table) // 2] = np.frombuffer(table, np.uint16)
+    escapes = unpack(payload[escapes_at:states_at], Backend.ZSTD, None, length) if escapes_length else b""
+    states = np.frombuffer(payload, np.uint32, lanes, states_at)
+    words = np.frombuffer(payload, np.uint16, word_count, states_at + 4 * lanes)
+    values = rans.decode(states, words, freqs, length // 2).astype(np.uint16)
+    escaped = values == ESCAPE
+    if 2 * int(np.count_nonzero(escaped)) != len(escapes):
+        raise PatchError("rANS escapes do not match their symbols")
+    values[escaped] = from_planes(escapes, 2).view(np.uint16)
+    return (np.frombuffer(reference, dtype=np.uint16) + _unzigzag(values, 2)).tobytes()

@@ -26,7 +26,8 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # version 2 added codec 6 (DIFF_RANS); a patch without it is written as version 1
+READABLE_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
 HEADER_SIZE = HEADER.size
@@ -41,6 +42,7 @@ class Codec(IntEnum):
     XOR_PLANES = 3  # zstd(byte planes of target XOR reference); no reference = plain byte planes
     DIFF_PLANES = 4  # zstd(byte planes of zigzag(target - reference)) as width-byte integers
     SPARSE = 5  # zstd(count, element index gaps, new values) over a copy of the reference
+    DIFF_RANS = 6  # rANS of zigzag(target - reference) as 16-bit integers, small values as symbols (version 2)
 
 
 class Backend(IntEnum):
@@ -56,7 +58,8 @@ class Transform(IntEnum):
     F32_TO_F16 = 1  # the reference is float32 and is rounded to float16 before use
 
 
-BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE}
+BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS}
+SINCE_VERSION = {Codec.DIFF_RANS: 2}  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
 
 
@@ -95,10 +98,15 @@ class Segment:
         )
 
 
-def pack_header(header: Header, table: bytes) -> bytes:
+def version_for(segments: list[Segment]) -> int:
+    """The lowest format version that has every codec used: old appliers keep reading what they can."""
+    return max((SINCE_VERSION.get(segment.codec, 1) for segment in segments), default=1)
+
+
+def pack_header(header: Header, table: bytes, version: int = FORMAT_VERSION) -> bytes:
     fields = HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
+        version,
         0,
         header.segment_count,
         header.source_size,
@@ -120,10 +128,10 @@ def read_header_and_table(
     magic, version, _flags, count, source_size, target_size, source_sha, target_sha, crc = HEADER.unpack(raw)
     if magic != MAGIC:
         raise PatchError(f"{name}: not a lorien patch (bad magic)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise PatchError(
             f"{name}: patch format version {version} is not supported (this lorien reads "
-            f"version {FORMAT_VERSION}); upgrade lorien or re-create the patch"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade lorien or re-create the patch"
         )
     if count > limits.max_segments or HEADER_SIZE + count * ENTRY_SIZE > patch_size:
         raise PatchError(f"{name}: corrupt patch: {count} segments do not fit in {patch_size} bytes")
@@ -134,6 +142,10 @@ def read_header_and_table(
         raise PatchError(f"{name}: corrupt patch: header/segment table checksum mismatch")
     header = Header(count, source_size, target_size, source_sha, target_sha)
     segments = [_checked_segment(table, i, header, limits, name) for i in range(count)]
+    if version_for(segments) > version:
+        raise PatchError(
+            f"{name}: corrupt patch: version {version} uses codecs of version {version_for(segments)}"
+        )
     total_target = sum(segment.target_length for segment in segments)
     total_payload = sum(segment.payload_length for segment in segments)
     if total_target != target_size:
@@ -179,6 +191,8 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
     if codec in BUFFERED_CODECS:
         if width not in WIDTHS or target_length % width:
             raise bad(f"element width {width} does not divide {target_length} bytes")
+        if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
+            raise bad("DIFF_RANS codes 2-byte elements and has no other backend")
         expected = target_length * (2 if transform == Transform.F32_TO_F16 else 1)
         if transform == Transform.F32_TO_F16 and width != 2:
             raise bad("a float32→float16 reference needs element width 2")

@@ -12,6 +12,7 @@ and returns :class:`TensorRegion` records (name, byte offset, byte length, eleme
 - safetensors: the JSON header's ``data_offsets``.
 - GGUF (v2/v3): the tensor-info table; each tensor's extent runs to the next tensor's offset (quantized block
   types need no size table that way).
+- zip archives (PyTorch ``.pt``/``.pth``, Keras ``.keras``, NumPy ``.npz``): :mod:`repo.engine.zip_tensors`.
 
 Anything the readers do not understand is handled by the caller as generic bytes; a malformed file makes a
 reader return ``None`` rather than raise, because a bad guess only costs patch size, never correctness.
@@ -23,54 +24,13 @@ import json
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import flatbuffers.table
 from flatbuffers import encode, number_types
 
-Buffer = bytes | memoryview
-
-
-@dataclass(frozen=True)
-class TensorRegion:
-    name: str
-    offset: int
-    length: int
-    width: int  # element width in bytes (1, 2, 4, 8) for plane codecs; 1 when unknown or packed
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-
-# --------------------------------------------------------------------------- safetensors
-
-# dtype names are normalised to numpy spellings in every format, so old and new tensors compare by dtype; the
-# element width follows from the name (packed or block-quantized types are 1: plain bytes for the plane codecs)
-_WIDTH = {
-    "float64": 8,
-    "int64": 8,
-    "uint64": 8,
-    "float32": 4,
-    "int32": 4,
-    "uint32": 4,
-    "float16": 2,
-    "bfloat16": 2,
-    "int16": 2,
-    "uint16": 2,
-    "int8": 1,
-    "uint8": 1,
-    "bool": 1,
-    "float8_e4m3": 1,
-    "float8_e5m2": 1,
-}
-
-
-def _region(name: str, offset: int, length: int, dtype: str, shape: tuple[int, ...]) -> TensorRegion:
-    return TensorRegion(name, offset, length, _WIDTH.get(dtype, 1), dtype, shape)
-
+from lorien.repo.engine.regions import WIDTH, Buffer, TensorRegion
+from lorien.repo.engine.regions import region as _region
+from lorien.repo.engine.zip_tensors import read_zip
 
 _SAFETENSORS_DTYPE = {
     "F64": "float64",
@@ -211,8 +171,8 @@ def read_gguf(data: Buffer) -> list[TensorRegion] | None:
         if not data_start <= begin <= end <= len(data):
             return None
         dtype = _GGML_NAME.get(ggml_type, f"ggml{ggml_type}")
-        if dtype in _WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
-            end = min(end, begin + math.prod(shape) * _WIDTH[dtype])
+        if dtype in WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
+            end = min(end, begin + math.prod(shape) * WIDTH[dtype])
         regions.append(_region(name, begin, end - begin, dtype, tuple(reversed(shape))))
     return regions
 
@@ -429,6 +389,7 @@ READERS: dict[str, Callable[[Buffer], list[TensorRegion] | None]] = {
     "gguf": read_gguf,
     "safetensors": read_safetensors,
     "onnx": read_onnx,
+    "zip": read_zip,
 }
 
 

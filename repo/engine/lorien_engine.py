@@ -2,12 +2,11 @@
 
 Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tensors)::
 
-    old, new (mmap) → tensor regions of both (TFLite / ONNX / safetensors / GGUF, else none)
-      → align new tensors to old ones by name, then by dtype+shape, then by size
-      → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element-aligned) and the bytes
-        between/around them (generic chunks, referenced against the matching region of the old file)
-      → per piece, every applicable codec is tried and the smallest payload wins (ranked at a fast zstd
-        level, the winner re-encoded at the final level; small pieces are compared at the final level)
+    old, new (mmap) → pieces covering the new file in order (:mod:`repo.engine.planning`: tensors found and
+        aligned, tensor chunks and the generic bytes around them, each with the old bytes that may predict it)
+      → per piece, every applicable codec (:mod:`repo.engine.candidates`) is tried and the smallest payload
+        wins (ranked at a fast zstd level, the winner re-encoded at the final level; small pieces are compared
+        at the final level)
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
         reference limit → container (see :mod:`repo.engine.container`) written atomically
 
@@ -39,6 +38,7 @@ from typing import BinaryIO, TypeVar
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.engine import codecs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
+from lorien.repo.engine.candidates import Candidate, candidates
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
@@ -51,24 +51,20 @@ from lorien.repo.engine.container import (
     Transform,
     pack_header,
     read_header_and_table,
+    version_for,
 )
-from lorien.repo.engine.formats import TensorRegion, find_tensors
+from lorien.repo.engine.planning import Piece, plan
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
 
 MiB = 1 << 20
-PIECE = 8 * MiB  # tensor and generic chunk size on the create side
-MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes
 RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-encoded at the final level
 XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
 XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
-GOOD_ENOUGH = 64
+GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
 TINY_PLAN = 512
-LOCAL_WINDOW = 256 * 1024
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
-ALWAYS_WHOLE_FILE_BELOW = (
-    4 * 1024 * 1024
-)  # old + new bytes: small enough to always try at level 19  # a ranked winner under 1/64 of its piece is kept as is
+ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
@@ -76,43 +72,13 @@ COPY_CHUNK = 1 * MiB
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A contiguous part of the new file and the parts of the old file that may predict it."""
-
-    offset: int
-    length: int
-    width: int = 1
-    is_tensor: bool = False
-    same: tuple[int, int] | None = None  # old bytes of equal length at the aligned position
-    window: tuple[int, int] | None = None  # old bytes to use as a zstd dictionary
-    cast: tuple[int, int] | None = None  # old float32 bytes predicting float16 target bytes
+Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
 
 
 @dataclass(frozen=True)
 class Encoded:
     segment: Segment
     payload: bytes
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One way to encode a piece: a codec, its reference, and how to build its raw (pre-entropy) stream."""
-
-    codec: Codec
-    ref: tuple[int, int] | None
-    width: int
-    transform: Transform
-    raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
-    dictionary: memoryview | None = None
-
-    def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
-        if self.codec == Codec.ZSTD_REF:
-            return codecs.zstd_compress(target, level, self.dictionary)
-        assert raw is not None
-        return codecs.zstd_compress(raw, level)
 
 
 def _ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
@@ -125,16 +91,6 @@ def _ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int) -
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _window(center: int, length: int, old_size: int, limit: int) -> tuple[int, int] | None:
-    """Up to ``limit`` old bytes around ``center``, leaning forward, clipped to the old file."""
-    if old_size == 0:
-        return None
-    if old_size <= limit:
-        return (0, old_size)
-    start = max(0, min(center - (limit - length) // 2, old_size - limit))
-    return (start, limit)
 
 
 class LorienEngine:
@@ -150,131 +106,6 @@ class LorienEngine:
 
     # ------------------------------------------------------------------ create
 
-    def plan(self, old: memoryview, new: memoryview) -> list[Piece]:
-        """Pieces covering ``new`` in order; the model-aware part of the engine."""
-        _, old_regions = find_tensors(old)
-        _, new_regions = find_tensors(new)
-        old_regions = [r for r in old_regions if r.length >= MIN_TENSOR]
-        new_regions = [r for r in new_regions if r.length >= MIN_TENSOR]
-        matches = _align(old_regions, new_regions)
-        pieces: list[Piece] = []
-        position = shift = 0
-        for region in new_regions:
-            pieces.extend(self._generic(position, region.offset - position, shift, len(old)))
-            match = matches.get(region.name + f"@{region.offset}")
-            pieces.extend(self._tensor(region, match, len(old)))
-            if match is not None:
-                shift = match.end - region.end
-            position = region.end
-        pieces.extend(self._generic(position, len(new) - position, shift, len(old)))
-        return pieces
-
-    def _generic(self, offset: int, length: int, shift: int, old_size: int) -> Iterator[Piece]:
-        for start in range(offset, offset + length, PIECE):
-            size = min(PIECE, offset + length - start)
-            mapped = start + shift
-            same = (mapped, size) if mapped >= 0 and mapped + size <= old_size else None
-            # a local window: loading a dictionary costs time per byte, and the whole-file candidate already
-            # covers content that moved far (for files within the limits)
-            limit = min(self.limits.max_reference, max(3 * size, LOCAL_WINDOW))
-            yield Piece(start, size, same=same, window=_window(mapped, size, old_size, limit))
-
-    def _tensor(self, region: TensorRegion, match: TensorRegion | None, old_size: int) -> Iterator[Piece]:
-        width = region.width if region.width in (1, 2, 4, 8) else 1
-        step = max(width, PIECE // width * width)
-        for relative in range(0, region.length, step):
-            size = min(step, region.length - relative)
-            if size % width:
-                width = 1
-            same = window = cast = None
-            if match is not None:
-                if match.length == region.length:
-                    same = (match.offset + relative, size)
-                elif (
-                    match.dtype == "float32"
-                    and region.dtype == "float16"
-                    and width == 2
-                    and match.length == 2 * region.length
-                ):
-                    cast = (match.offset + 2 * relative, 2 * size)
-                center = match.offset + relative * match.length // max(region.length, 1)
-                window = _window(center, size, old_size, self.limits.max_reference)
-                if window and match.length <= self.limits.max_reference:
-                    window = (match.offset, match.length)
-            yield Piece(region.offset + relative, size, width, True, same, window, cast)
-
-    def candidates(self, piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
-        """Every codec that can express this piece."""
-
-        def ref(span: tuple[int, int] | None) -> memoryview | None:
-            return None if span is None else old[span[0] : span[0] + span[1]]
-
-        same = ref(piece.same)
-        found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
-        if piece.window is not None:
-            found.append(Candidate(Codec.ZSTD_REF, piece.window, 0, Transform.NONE, None, ref(piece.window)))
-        widths = [piece.width] if piece.is_tensor else [w for w in (1, 4) if piece.length % w == 0]
-        if piece.is_tensor:
-            found.append(
-                Candidate(
-                    Codec.XOR_PLANES,
-                    None,
-                    piece.width,
-                    Transform.NONE,
-                    lambda: codecs.xor_residual(target, None, piece.width),
-                )
-            )
-        if same is not None:
-            for width in widths:
-                found.append(
-                    Candidate(
-                        Codec.XOR_PLANES,
-                        piece.same,
-                        width,
-                        Transform.NONE,
-                        lambda w=width: codecs.xor_residual(target, same, w),
-                    )
-                )
-                found.append(
-                    Candidate(
-                        Codec.DIFF_PLANES,
-                        piece.same,
-                        width,
-                        Transform.NONE,
-                        lambda w=width: codecs.diff_residual(target, same, w),
-                    )
-                )
-            found.append(
-                Candidate(
-                    Codec.SPARSE,
-                    piece.same,
-                    widths[0],
-                    Transform.NONE,
-                    lambda: codecs.sparse_residual(target, same, widths[0]),
-                )
-            )
-        if piece.cast is not None:
-            predicted = codecs.predicted_reference(ref(piece.cast), Transform.F32_TO_F16)
-            found.append(
-                Candidate(
-                    Codec.XOR_PLANES,
-                    piece.cast,
-                    2,
-                    Transform.F32_TO_F16,
-                    lambda: codecs.xor_residual(target, predicted, 2),
-                )
-            )
-            found.append(
-                Candidate(
-                    Codec.DIFF_PLANES,
-                    piece.cast,
-                    2,
-                    Transform.F32_TO_F16,
-                    lambda: codecs.diff_residual(target, predicted, 2),
-                )
-            )
-        return found
-
     def encode(self, piece: Piece, old: memoryview, new: memoryview) -> Encoded:
         """The smallest encoding of one piece."""
         target = bytes(new[piece.offset : piece.offset + piece.length])
@@ -282,36 +113,11 @@ class LorienEngine:
             return Encoded(
                 Segment(Codec.COPY, 0, Transform.NONE, piece.length, *piece.same, 0, zlib.crc32(b"")), b""
             )
-        first_level = self.level if piece.length < ALL_AT_FINAL_BELOW else RANK_LEVEL
-        ranked = []
-        for candidate in self.candidates(piece, target, old):
-            raw = candidate.raw() if candidate.raw is not None else None
-            if candidate.raw is not None and raw is None:
-                continue  # e.g. sparse with too many changes
-            ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
-        ranked.sort(key=lambda item: len(item[0]))
-        if piece.length < COMPARE_AT_FINAL_BELOW:
-            finalists = ranked[:3] + [item for item in ranked[3:] if item[1].codec == Codec.ZSTD_REF]
-        else:  # level 1 undersells zstd+reference, but level 19 with a 16 MiB dictionary costs seconds
-            finalists = ranked[:1]
-        payload, best, raw = finalists[0]
-        if first_level != self.level and len(payload) > piece.length // GOOD_ENOUGH:
-            for first, candidate, candidate_raw in finalists:
-                planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
-                level = min(self.level, PLANE_LEVEL) if planes else self.level
-                final = min(first, candidate.payload(target, candidate_raw, level), key=len)
-                if len(final) < len(payload):
-                    payload, best, raw = final, candidate, candidate_raw
+        ranked = self._ranked(piece, target, old)
+        payload, best, raw = self._final(piece, target, ranked)
         backend = Backend.ZSTD
         if len(payload) <= piece.length // XZ_BELOW:
-            # very compressible residuals: the other entropy coders, on the two best residual streams
-            others = [(c, r) for _, c, r in ranked[:3] if r is not None and c is not best][:1]
-            streams = [(best, raw), *others] if raw is not None else others
-            for candidate, candidate_raw in streams:
-                for other in (Backend.BZ2, Backend.XZ) if piece.length < XZ_PIECES_BELOW else (Backend.BZ2,):
-                    packed = codecs.pack(candidate_raw, self.level, other)
-                    if len(packed) < len(payload):
-                        payload, backend, best = packed, other, candidate
+            payload, backend, best = self._other_backends(piece, ranked, (payload, best, raw))
         ref_offset, ref_length = best.ref or (0, 0)
         segment = Segment(
             best.codec,
@@ -325,6 +131,54 @@ class LorienEngine:
             backend,
         )
         return Encoded(segment, payload)
+
+    def _ranked(self, piece: Piece, target: bytes, old: memoryview) -> list[Ranked]:
+        """Every candidate's payload at the ranking level (the final one for small pieces), smallest first."""
+        first_level = self._first_level(piece)
+        ranked = []
+        for candidate in candidates(piece, target, old):
+            raw = candidate.raw() if candidate.raw is not None else None
+            if candidate.raw is not None and raw is None:
+                continue  # e.g. sparse with too many changes
+            ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
+        ranked.sort(key=lambda item: len(item[0]))
+        return ranked
+
+    def _first_level(self, piece: Piece) -> int:
+        return self.level if piece.length < ALL_AT_FINAL_BELOW else RANK_LEVEL
+
+    def _final(self, piece: Piece, target: bytes, ranked: list[Ranked]) -> Ranked:
+        """The best of the ranked finalists re-encoded at the final level."""
+        if piece.length < COMPARE_AT_FINAL_BELOW:
+            finalists = ranked[:3] + [item for item in ranked[3:] if item[1].codec == Codec.ZSTD_REF]
+        else:  # level 1 undersells zstd+reference, but level 19 with a 16 MiB dictionary costs seconds
+            finalists = ranked[:1]
+        payload, best, raw = finalists[0]
+        if self._first_level(piece) == self.level or len(payload) <= piece.length // GOOD_ENOUGH:
+            return payload, best, raw
+        for first, candidate, candidate_raw in finalists:
+            planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
+            level = min(self.level, PLANE_LEVEL) if planes else self.level
+            final = min(first, candidate.payload(target, candidate_raw, level), key=len)
+            if len(final) < len(payload):
+                payload, best, raw = final, candidate, candidate_raw
+        return payload, best, raw
+
+    def _other_backends(
+        self, piece: Piece, ranked: list[Ranked], winner: Ranked
+    ) -> tuple[bytes, Backend, Candidate]:
+        """Very compressible residuals: the other entropy coders, on the two best residual streams."""
+        payload, best, raw = winner
+        backend = Backend.ZSTD
+        packable = [(c, r) for _, c, r in ranked[:3] if r is not None and c.codec != Codec.DIFF_RANS]
+        others = [(c, r) for c, r in packable if c is not best][:1]
+        streams = [(best, raw), *others] if raw is not None and best.codec != Codec.DIFF_RANS else others
+        for candidate, candidate_raw in streams:
+            for other in (Backend.BZ2, Backend.XZ) if piece.length < XZ_PIECES_BELOW else (Backend.BZ2,):
+                packed = codecs.pack(candidate_raw, self.level, other)
+                if len(packed) < len(payload):
+                    payload, backend, best = packed, other, candidate
+        return payload, backend, best
 
     def create(self, old: Path, new: Path, output: Path) -> None:
         with ExitStack() as stack:
@@ -340,7 +194,7 @@ class LorienEngine:
             encoded = _merge_copies(
                 _ordered_map(
                     lambda piece: self.encode(piece, old_view, new_view),
-                    self.plan(old_view, new_view),
+                    plan(old_view, new_view, self.limits),
                     self.workers,
                 )
             )
@@ -376,7 +230,7 @@ class LorienEngine:
             len(encoded), header.source_size, header.target_size, header.source_sha256, header.target_sha256
         )
         with atomic_writer(output) as handle:
-            handle.write(pack_header(header, table))
+            handle.write(pack_header(header, table, version_for([item.segment for item in encoded])))
             handle.write(table)
             for item in encoded:
                 handle.write(item.payload)
@@ -485,34 +339,6 @@ def _mapped(path: Path) -> Iterator[memoryview]:
                 mapped.close()
             except BufferError:
                 pass  # a slice is still referenced (e.g. by a traceback being raised): GC unmaps it later
-
-
-def _align(old: list[TensorRegion], new: list[TensorRegion]) -> dict[str, TensorRegion]:
-    """New tensor (``name@offset``) → old tensor: same name, else same dtype+shape, else same size, in order."""
-    by_name: dict[str, TensorRegion] = {}
-    for region in old:
-        by_name.setdefault(region.name, region)
-    used: set[int] = set()
-    matches: dict[str, TensorRegion] = {}
-    unmatched = []
-    for region in new:
-        match = by_name.get(region.name)
-        if match is not None and match.offset not in used:
-            used.add(match.offset)
-            matches[f"{region.name}@{region.offset}"] = match
-        else:
-            unmatched.append(region)
-    for keys in (lambda r: (r.dtype, r.shape), lambda r: (r.length,)):
-        still = []
-        for region in unmatched:
-            candidate = next((o for o in old if o.offset not in used and keys(o) == keys(region)), None)
-            if candidate is None:
-                still.append(region)
-            else:
-                used.add(candidate.offset)
-                matches[f"{region.name}@{region.offset}"] = candidate
-        unmatched = still
-    return matches
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:

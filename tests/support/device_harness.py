@@ -1,4 +1,5 @@
-"""Runs the real `lorien device` as a subprocess for integration and crash tests, and talks to its API."""
+"""Runs the real `lorien device` as a subprocess for integration and crash tests, and talks to its API with the
+token a client finds in the state directory (``state_dir/api_token``, generated at the first start)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 import requests
 
 ANNOUNCE = re.compile(r"API at (http://127\.0\.0\.1:\d+/api/v1\.0/)")
+FROM_STATE_DIR = "state_dir/api_token"  # api(token=…) default: the generated token, as a local client reads it
 
 
 def sha256(path: Path) -> str | None:
@@ -62,6 +64,8 @@ class DeviceProcess:
         if not self._announced.wait(30):
             self.stop()
             raise RuntimeError("lorien device did not start:\n" + "".join(self.lines))
+        token_file = self.state_dir / "api_token"
+        self.token = token_file.read_text().strip() if token_file.exists() else None
 
     def _drain(self) -> None:
         assert self.process.stdout is not None
@@ -72,11 +76,13 @@ class DeviceProcess:
                 self.url = match.group(1)
                 self._announced.set()
 
-    def api(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> requests.Response:
+    def api(self, method: str, path: str, token: str | None = FROM_STATE_DIR, **kwargs: Any) -> requests.Response:
         headers = kwargs.pop("headers", {})
+        token = self.token if token == FROM_STATE_DIR else token
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return requests.request(method, self.url + path, headers=headers, **kwargs)
 
     def status(self) -> dict[str, Any]:
         return self.api("GET", "status").json()["data"]

@@ -1,0 +1,115 @@
+"""Create-side candidate generation of the ``lorien`` engine: every codec able to express one piece.
+
+    piece (from :mod:`repo.engine.planning`) + its target bytes + the old file
+      → plain zstd of the target; zstd with the old window as dictionary; byte planes of the target (tensors)
+      → with aligned old bytes of equal length: XOR and zigzag-difference planes per element width, sparse list,
+        and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
+      → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
+
+Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lorien.repo.engine import codecs
+from lorien.repo.engine.container import Codec, Transform
+from lorien.repo.engine.planning import Piece
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to encode a piece: a codec, its reference, and how to build its raw (pre-entropy) stream."""
+
+    codec: Codec
+    ref: tuple[int, int] | None
+    width: int
+    transform: Transform
+    raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
+    dictionary: memoryview | None = None
+
+    def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
+        if self.codec == Codec.ZSTD_REF:
+            return codecs.zstd_compress(target, level, self.dictionary)
+        assert raw is not None
+        if self.codec == Codec.DIFF_RANS:
+            return raw  # its own entropy coder: the raw stream is the payload
+        return codecs.zstd_compress(raw, level)
+
+
+def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
+    """Every codec that can express this piece, cheapest to build first."""
+    found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
+    if piece.window is not None:
+        found.append(Candidate(Codec.ZSTD_REF, piece.window, 0, Transform.NONE, None, _span(old, piece.window)))
+    if piece.is_tensor:
+        found.append(
+            Candidate(
+                Codec.XOR_PLANES,
+                None,
+                piece.width,
+                Transform.NONE,
+                lambda: codecs.xor_residual(target, None, piece.width),
+            )
+        )
+    if piece.same is not None:
+        found.extend(_against_same(piece, target, old, piece.same))
+    if piece.cast is not None:
+        found.extend(_against_cast(target, old, piece.cast))
+    return found
+
+
+def _span(old: memoryview, span: tuple[int, int]) -> memoryview:
+    return old[span[0] : span[0] + span[1]]
+
+
+def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:
+    """Residual codecs against old bytes of the same length: XOR and difference planes, sparse changes."""
+    same = _span(old, span)
+    known = piece.is_tensor and piece.width > 1  # width 1: bytes, or a dtype the finder could not tell
+    widths = [piece.width] if known else [w for w in (1, 2, 4) if piece.length % w == 0]
+    found = []
+    for width in widths:
+        found.append(
+            Candidate(
+                Codec.XOR_PLANES,
+                span,
+                width,
+                Transform.NONE,
+                lambda w=width: codecs.xor_residual(target, same, w),
+            )
+        )
+        found.append(
+            Candidate(
+                Codec.DIFF_PLANES,
+                span,
+                width,
+                Transform.NONE,
+                lambda w=width: codecs.diff_residual(target, same, w),
+            )
+        )
+    if 2 in widths:  # generic bytes too: small float16 tensors live there
+        found.append(
+            Candidate(Codec.DIFF_RANS, span, 2, Transform.NONE, lambda: codecs.diff_rans_payload(target, same))
+        )
+    found.append(
+        Candidate(
+            Codec.SPARSE, span, widths[0], Transform.NONE, lambda: codecs.sparse_residual(target, same, widths[0])
+        )
+    )
+    return found
+
+
+def _against_cast(target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:
+    """Residual codecs against old float32 bytes rounded to float16."""
+    predicted = codecs.predicted_reference(_span(old, span), Transform.F32_TO_F16)
+    return [
+        Candidate(
+            Codec.XOR_PLANES, span, 2, Transform.F32_TO_F16, lambda: codecs.xor_residual(target, predicted, 2)
+        ),
+        Candidate(
+            Codec.DIFF_PLANES, span, 2, Transform.F32_TO_F16, lambda: codecs.diff_residual(target, predicted, 2)
+        ),
+    ]
