@@ -57,6 +57,24 @@ def test_quiet_shows_nothing_and_gives_no_callback() -> None:
     assert stream.getvalue() == ""
 
 
+def test_the_lorien_engine_reports_each_piece_and_segment(models_dir: Path, tmp_path: Path) -> None:
+    from lorien.repo.engine import apply_patch, create_patch, verify_patch
+
+    old, new = models_dir / "classifier" / "1.0.0.tflite", models_dir / "classifier" / "1.2.0.tflite"
+    total = new.stat().st_size
+    for make in (
+        lambda progress: create_patch(old, new, tmp_path / "p.lrnpatch", progress=progress),
+        lambda progress: apply_patch(old, tmp_path / "p.lrnpatch", tmp_path / "out", progress=progress),
+        lambda progress: verify_patch(old, tmp_path / "p.lrnpatch", progress=progress),
+    ):
+        calls: list[tuple[int, int]] = []
+        make(lambda done, total_bytes, calls=calls: calls.append((done, total_bytes)))
+        done = [call[0] for call in calls]
+        assert {call[1] for call in calls} == {total} and done == sorted(done), calls
+        assert calls[0] == (0, total) and calls[-1] == (total, total)
+        assert any(0 < step < total for step in done), calls  # pieces/segments in between, not only start and end
+
+
 def _progress_lines(stderr: str, command: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(f"{command}: ")]
 

@@ -4,7 +4,9 @@
 ``verify_patch(model, patch) -> ApplyResult`` and ``patch_info(patch) -> PatchInfo`` dispatch to a named
 engine. Each engine writes a self-describing patch (its magic bytes say which engine made it), so the apply
 side never needs to be told the engine; the name is still recorded per patch in the manifest so a device can
-refuse engines it does not have before downloading anything.
+refuse engines it does not have before downloading anything. ``create_patch``, ``apply_patch`` and
+``verify_patch`` take ``progress=(done bytes, total bytes)`` of the target: the lorien engine reports each piece
+it encodes and each segment it decodes, the others only their start and end.
 
 Data flow of ``apply_patch``: the declared target size against ``Limits.max_target`` and the free space beside
 ``output`` (a patch bomb is refused before one byte is written) → check the source model's size and SHA-256
@@ -95,7 +97,7 @@ def create_patch(
     total = new.stat().st_size
     _report(progress, 0, total)
     try:
-        chosen.create(old, new, output)
+        chosen.create(old, new, output, **_progress_argument(chosen, progress))
     except OSError as error:
         raise write_failure(error, output, "the patch") from None
     _report(progress, total, total)
@@ -112,6 +114,12 @@ def create_patch(
 def _report(progress: ByteProgress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
+
+
+def _progress_argument(engine: Engine, progress: ByteProgress | None) -> dict[str, ByteProgress]:
+    """The lorien engine reports each piece it encodes or segment it decodes; the others are reported only at
+    their start and end (by the caller)."""
+    return {"progress": progress} if progress is not None and isinstance(engine, LorienEngine) else {}
 
 
 def apply_patch(
@@ -138,7 +146,7 @@ def apply_patch(
     require_space(output, target_size, f"the result of {patch.name}")
     _report(progress, 0, target_size)
     try:
-        result = engine.apply(model, patch, output)
+        result = engine.apply(model, patch, output, **_progress_argument(engine, progress))
     except OSError as error:
         raise write_failure(error, output, f"the result of {patch.name}", target_size) from None
     _report(progress, target_size, target_size)
@@ -166,7 +174,7 @@ def verify_patch(model: Path | str, patch: Path | str, *, progress: ByteProgress
     target_size = engine.info(patch).target_size
     _report(progress, 0, target_size)
     try:
-        result = engine.apply(model, patch, None)
+        result = engine.apply(model, patch, None, **_progress_argument(engine, progress))
     except OSError as error:
         raise LocalIOError.wrap(error, f"verifying {patch}") from None
     _report(progress, target_size, target_size)

@@ -180,7 +180,9 @@ class LorienEngine:
                     payload, backend, best = packed, other, candidate
         return payload, backend, best
 
-    def create(self, old: Path, new: Path, output: Path) -> None:
+    def create(
+        self, old: Path, new: Path, output: Path, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         with ExitStack() as stack:
             old_view = stack.enter_context(_mapped(old))
             new_view = stack.enter_context(_mapped(new))
@@ -191,13 +193,12 @@ class LorienEngine:
                 hashlib.sha256(old_view).digest(),
                 hashlib.sha256(new_view).digest(),
             )
-            encoded = _merge_copies(
-                _ordered_map(
-                    lambda piece: self.encode(piece, old_view, new_view),
-                    plan(old_view, new_view, self.limits),
-                    self.workers,
-                )
+            pieces = _ordered_map(
+                lambda piece: self.encode(piece, old_view, new_view),
+                plan(old_view, new_view, self.limits),
+                self.workers,
             )
+            encoded = _merge_copies(_reporting(pieces, progress, len(new_view)))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
             if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
@@ -260,7 +261,9 @@ class LorienEngine:
         with open(patch, "rb") as handle:
             return self._open(handle, patch)[1]
 
-    def apply(self, model: Path, patch: Path, output: Path | None) -> ApplyResult:
+    def apply(
+        self, model: Path, patch: Path, output: Path | None, progress: Callable[[int, int], None] | None = None
+    ) -> ApplyResult:
         with open(patch, "rb") as patch_handle, open(model, "rb") as source:
             header, segments, _ = self._open(patch_handle, patch)
             source_size = os.fstat(source.fileno()).st_size
@@ -271,10 +274,10 @@ class LorienEngine:
                     "version it was made from"
                 )
             if output is None:
-                digest = self._decode_all(header, segments, patch_handle, source, None, patch)
+                digest = self._decode_all(header, segments, patch_handle, source, None, patch, progress)
             else:
                 with atomic_writer(output) as sink:
-                    digest = self._decode_all(header, segments, patch_handle, source, sink, patch)
+                    digest = self._decode_all(header, segments, patch_handle, source, sink, patch, progress)
         return ApplyResult(self.name, header.target_size, digest, True, None if output is None else str(output))
 
     def _decode_all(
@@ -285,14 +288,19 @@ class LorienEngine:
         source: BinaryIO,
         sink: BinaryIO | None,
         patch: Path,
+        progress: Callable[[int, int], None] | None,
     ) -> str:
         sha = hashlib.sha256()
         fd = source.fileno()
+        done = 0
         for index, segment in enumerate(segments):
             for chunk in self._decode_one(segment, patch_handle, fd, patch, index):
                 sha.update(chunk)
                 if sink is not None:
                     sink.write(chunk)
+            done += segment.target_length
+            if progress is not None:
+                progress(done, header.target_size)
         digest = sha.hexdigest()
         if digest != header.target_sha256.hex():
             raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
@@ -339,6 +347,18 @@ def _mapped(path: Path) -> Iterator[memoryview]:
                 mapped.close()
             except BufferError:
                 pass  # a slice is still referenced (e.g. by a traceback being raised): GC unmaps it later
+
+
+def _reporting(
+    encoded: Iterable[Encoded], progress: Callable[[int, int], None] | None, total: int
+) -> Iterator[Encoded]:
+    """``encoded`` as the pieces are made, telling ``progress`` how much of the ``total`` target they cover."""
+    done = 0
+    for item in encoded:
+        done += item.segment.target_length
+        if progress is not None:
+            progress(done, total)
+        yield item
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:
