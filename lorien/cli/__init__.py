@@ -3,8 +3,9 @@
 Each group module registers its commands, every command's arguments next to its handler: ``standalone``
 (fingerprint, keygen, demo), ``publishing`` (publish, watch, nginx-config, gc), ``patches`` (diff, apply,
 verify-patch, patch-info), ``inspection`` (inspect), ``serving`` (serve), ``device`` (device). Options that
-several commands take are defined once, in ``_options``. :func:`main` parses, runs the handler, and turns what
-escapes it into one ``lorien COMMAND: error: …`` line on stderr and an exit code:
+several commands take are defined once, in ``_options``; long work shows progress on stderr through
+``_progress``. :func:`main` parses, runs the handler, and turns what escapes it into one
+``lorien COMMAND: error: …`` line on stderr and an exit code:
 
 ====  =====================================================================================================
 exit  meaning
