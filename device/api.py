@@ -16,7 +16,11 @@ Network work is bounded by the updater's slots (``device.operations``): one back
 ``/check`` at a time, a request for a busy slot gets 409 at once, so ``GET /status`` and ``/progress`` always
 answer. ``ROUTES`` lists every endpoint; ``_answer`` is the one place that runs the checks, calls the handler
 and maps errors to status codes (Busy and UpdateFailed 409, NetworkError 502, other LorienError 422). Handlers
-use only the updater's public methods (``status_view``, ``status``, ``check``, operations).
+use only the updater's public methods (``status_view``, ``status``, ``check``, operations, ``metrics``).
+
+``GET /metrics`` (at the root, not under ``/api/v1.0``) answers Prometheus text (``device.metrics``) instead of
+the envelope. Like every GET it needs no token — it tells what ``/status`` tells (family, version, SHA-256,
+stage) — and it obeys the Host/Origin checks, so a scraper must send the address it connects to as ``Host``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import bottle
+import prometheus_client
 import waitress
 
 from lorien.device.state import Stage
@@ -129,7 +134,8 @@ def _field(data: dict[str, Any], name: str, kind: type, pattern: re.Pattern[str]
     return value
 
 
-Handler = Callable[[Updater, dict[str, Any]], tuple[str, Any]]  # (updater, JSON body) → (msg, data)
+# (updater, JSON body) → (msg, data) for the envelope, or a whole response (/metrics: Prometheus text)
+Handler = Callable[[Updater, dict[str, Any]], tuple[str, Any] | bottle.HTTPResponse]
 
 
 def _download(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
@@ -180,10 +186,16 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/update-latest", _update_latest),
     ("POST", "/rollback", _rollback),
     ("GET", "/status", lambda updater, body: ("success", updater.status())),
+    ("GET", "/metrics", lambda updater, body: _prometheus(updater.metrics.exposition())),
 )
+ROOT_PATHS = frozenset({"/metrics"})  # served at the root, where Prometheus looks by default, not under PREFIX
 
 
-def _answer(updater: Updater, token: str | None, method: str, handler: Handler) -> str:
+def _prometheus(text: bytes) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(text, 200, {"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def _answer(updater: Updater, token: str | None, method: str, handler: Handler) -> str | bottle.HTTPResponse:
     """Host and Origin, token (POST), body (POST), the handler, and its result or error as the envelope."""
     try:
         _require_own_host(updater.config.host)
@@ -194,7 +206,10 @@ def _answer(updater: Updater, token: str | None, method: str, handler: Handler) 
                 if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                     raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <api_token>)")
             body = _read_body(updater.config.limits.max_request_body)
-        message, data = handler(updater, body)
+        answer = handler(updater, body)
+        if isinstance(answer, bottle.HTTPResponse):
+            return answer
+        message, data = answer
         return _envelope(200, message, data)
     except ApiError as error:
         return _envelope(error.status, str(error))
@@ -211,13 +226,16 @@ def _answer(updater: Updater, token: str | None, method: str, handler: Handler) 
 def make_app(updater: Updater, token: str | None) -> bottle.Bottle:
     app = bottle.Bottle()
     for method, path, handler in ROUTES:
-        app.route(f"{PREFIX}{path}", method=method, callback=_route(updater, token, method, handler))
+        url = path if path in ROOT_PATHS else f"{PREFIX}{path}"
+        app.route(url, method=method, callback=_route(updater, token, method, handler))
     for code in (404, 405, 500):
         app.error(code)(lambda error: _envelope(error.status_code, error.status_line))
     return app
 
 
-def _route(updater: Updater, token: str | None, method: str, handler: Handler) -> Callable[[], str]:
+def _route(
+    updater: Updater, token: str | None, method: str, handler: Handler
+) -> Callable[[], str | bottle.HTTPResponse]:
     return lambda: _answer(updater, token, method, handler)
 
 

@@ -3,7 +3,8 @@ that ``GET /progress`` shows.
 
 :class:`Reporter` is where the pipeline announces news: a stage change is persisted in ``state.json`` first
 (``enter``), then shown, logged and sent to the callback URL (``report``); download progress is only shown
-(``show``). Callbacks are POSTed from one background thread with short timeouts; a full queue drops the oldest
+(``show``). A stage change is logged as ``family=cls version=1.2.0 stage=deploying msg="…"`` (``failed`` as a
+warning), and each report tells ``on_stage`` (the metrics) which stage it left. Callbacks are POSTed from one background thread with short timeouts; a full queue drops the oldest
 news rather than ever blocking an update. Progress is an integer percent (floored: 100 only when done).
 
 ``GET /progress`` is TOPE's document (:meth:`Reporter.tope_progress`): TOPE's stage names (``idle``,
@@ -20,6 +21,7 @@ import math
 import queue
 import sys
 import threading
+from collections.abc import Callable
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
@@ -27,21 +29,21 @@ from typing import Any
 import requests
 
 from lorien.device.state import Kind, Stage, StateStore
+from lorien.logs import TIMESTAMPED, logfmt, stream_handler
 
 log = logging.getLogger(__name__)
 
 
 def setup_logging(log_dir: Path, verbose: bool = False) -> None:
+    """``logs/device.log`` (rotated, timestamped) and stdout (journald's format under systemd: ``lorien.logs``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):  # replace the CLI's stderr default: one line per event, twice at most
         root.removeHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     file_handler = RotatingFileHandler(log_dir / "device.log", maxBytes=1 << 20, backupCount=5)
-    stream_handler = logging.StreamHandler(sys.stdout)
-    for handler in (file_handler, stream_handler):
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
+    file_handler.setFormatter(logging.Formatter(TIMESTAMPED))
+    root.addHandler(file_handler)
+    root.addHandler(stream_handler(sys.stdout))
 
 
 class Callbacks:
@@ -93,10 +95,18 @@ def percent_int(percent: float) -> int:
 class Reporter:
     """The current ``{stage, progress, message, error}`` of one device, and the news about it."""
 
-    def __init__(self, family: str, state: StateStore, callbacks: Callbacks) -> None:
+    def __init__(
+        self,
+        family: str,
+        state: StateStore,
+        callbacks: Callbacks,
+        on_stage: Callable[[Stage, Stage], None] | None = None,
+    ) -> None:
+        """``on_stage(before, after)`` hears of every stage reported (the device's metrics)."""
         self._family = family
         self._state = state
         self._callbacks = callbacks
+        self._on_stage = on_stage
         self._current: dict[str, Any] = {}
         self.resync()
 
@@ -132,9 +142,23 @@ class Reporter:
         self._current = {"stage": stage, "progress": percent_int(percent), "message": message, "error": error}
 
     def report(self, stage: Stage, message: str, percent: float, error: str | None = None) -> None:
+        """Show, log (``family=… version=… stage=… msg=…``; a failure as a warning) and send the news."""
+        before = Stage(self._current["stage"])
         self.show(stage, message, percent, error)
-        log.info("%s: %s", stage, message)
+        fields = {"family": self._family, "version": self._version(stage), "stage": stage, "msg": message}
+        level = logging.WARNING if stage == Stage.FAILED else logging.INFO
+        log.log(level, "%s", logfmt(**fields, **({"error": error} if error else {})))
+        if self._on_stage is not None:
+            self._on_stage(before, stage)
         self._callbacks.send({"family": self._family, **self._current})
+
+    def _version(self, stage: Stage) -> str | None:
+        """The version the news is about: the operation's target, or once it ended the version it was about."""
+        operation = self._state.get("op")
+        if operation:
+            return operation.get("target")
+        last = self._state.get("last_result") if stage in (Stage.IDLE, Stage.FAILED) else None
+        return last.get("version") if last else None
 
     def enter(self, stage: Stage, message: str, percent: float = 0.0) -> None:
         """Persist ``stage`` (before the work it announces), then report it."""

@@ -30,6 +30,7 @@ from typing import Any
 from lorien.device.config import DeviceConfig
 from lorien.device.deploy import Deployer
 from lorien.device.installed import InstalledModel
+from lorien.device.metrics import DeviceMetrics
 from lorien.device.operations import Slots
 from lorien.device.plan import Plan, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
@@ -82,16 +83,20 @@ class Updater:
         self._transport = transport
         self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
-        self._reporter = Reporter(config.family, self._state, callbacks or Callbacks(None))
+        self._installed = InstalledModel(config.model_path, self._state)
+        self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
+        self._reporter = Reporter(
+            config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed
+        )
         self._deployer = Deployer(config, self._state, self._reporter)
         self._slots = Slots(self._fail, self._tidy)
-        self._installed = InstalledModel(config.model_path, self._state)
         self._manifest: Manifest | None = None  # the last manifest accepted (names the installed model)
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._trust_lock = threading.Lock()
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
         policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
+        on_progress = self.metrics.counting_retries(on_progress)  # GET /metrics counts the waits for a retry
         return Downloader(policy=policy, on_progress=on_progress, transport=self._transport)
 
     # ------------------------------------------------------------------ operation control
@@ -179,6 +184,7 @@ class Updater:
             return self._check()
 
     def _check(self) -> Plan:
+        self.metrics.checked()
         manifest = self._read_manifest()
         plan = cheapest_plan(
             manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
@@ -260,6 +266,7 @@ class Updater:
         self._reporter.enter(Stage.APPLYING, "applying")
         candidate = apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
         self._state.update_op(candidate=str(candidate))
+        self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
         self._deployer.deploy(candidate, operation.target, operation.target_sha256)
 
     # ------------------------------------------------------------------ TOPE-compatible download / update

@@ -6,6 +6,9 @@ Routes, most specific first:
   docs/compatibility.md): ``GET /health``, ``GET /manifest[?family=]``, ``POST /check-update``,
   ``GET /patch/<patch_id>`` (Range), ``GET /fingerprint/<model_name>``,
   ``POST /create-patch?source_version=&target_version=[&family=]`` (admin token).
+* ``GET /metrics``: Prometheus text (:mod:`lorien.publisher.metrics`): requests by route and status, blob bytes
+  sent, and the published versions read from the manifests (a family named ``metrics`` has its page at
+  ``/metrics/``).
 * Everything else is a static file of the repository via ``bottle.static_file`` (single Range → 206,
   ``Last-Modified``, ``If-Modified-Since``). We add what it lacks: quoted ETags with ``If-None-Match`` lists,
   ``If-Range``, ``Content-Range`` on 416, multi-range requests answered whole (200), cache headers per file
@@ -28,6 +31,7 @@ import waitress
 from lorien.publisher.http_json import error_body, error_response
 from lorien.publisher.mallorn_api import MallornApi
 from lorien.publisher.mallorn_check import MAX_JSON_BODY
+from lorien.publisher.metrics import METRICS_PATH, ServeMetrics
 from lorien.repo.errors import LorienError
 from lorien.repo.layout import BLOB_DIR, HTML_FILE
 from lorien.repo.signing import SigningKey
@@ -85,7 +89,13 @@ def serve_file(root: Path, relative: str, download_name: str | None = None) -> b
     return response
 
 
-def make_app(root: Path, admin_token: str | None = None, sign_keys: tuple[SigningKey, ...] = ()) -> bottle.Bottle:
+def make_app(
+    root: Path,
+    admin_token: str | None = None,
+    sign_keys: tuple[SigningKey, ...] = (),
+    metrics: ServeMetrics | None = None,
+) -> bottle.Bottle:
+    """The routes below; with ``metrics``, ``GET /metrics`` too (Prometheus text, publisher.metrics)."""
     root = root.resolve()
     api = MallornApi(root, lambda path, name: serve_file(root, path, name), admin_token, sign_keys)
     app = bottle.Bottle()
@@ -95,6 +105,7 @@ def make_app(root: Path, admin_token: str | None = None, sign_keys: tuple[Signin
             try:
                 return handler(*args, **kwargs)
             except LorienError as error:
+                log.error("%s %s: repository problem: %s", bottle.request.method, bottle.request.path, error)
                 return error_response(500, f"repository problem: {error}")
 
         return wrapper
@@ -105,6 +116,8 @@ def make_app(root: Path, admin_token: str | None = None, sign_keys: tuple[Signin
     app.route("/patch/<patch_id>", ["GET", "HEAD"], guarded(api.patch))
     app.route("/fingerprint/<model_name>", "GET", guarded(api.fingerprint))
     app.route("/create-patch", "POST", guarded(api.create_patch))
+    if metrics is not None:
+        app.route(METRICS_PATH, "GET", metrics.answer)
     app.route("/", ["GET", "HEAD"], lambda: serve_file(root, ""))
     app.route("/<path:path>", ["GET", "HEAD"], lambda path: serve_file(root, path))
 
@@ -127,7 +140,8 @@ def serve(
 ) -> None:
     if not root.is_dir():
         raise LorienError(f"{root}: repository directory does not exist; run `lorien publish` first")
-    app = make_app(root, admin_token, sign_keys)
+    metrics = ServeMetrics(root)
+    app = metrics.counting(make_app(root, admin_token, sign_keys, metrics))
     # waitress answers 413 to a larger Content-Length before reading the body (its default buffers up to 1 GiB)
     server = waitress.create_server(app, host=host, port=port, threads=8, max_request_body_size=MAX_JSON_BODY + 1)
     announce(f"serving {root} at http://{server.effective_host}:{server.effective_port}/", flush=True)

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,10 @@ class _Events(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, settings: WatchSettings) -> None:
+    def __init__(
+        self, settings: WatchSettings, on_publish: Callable[[PublishReport | None, float], None] | None = None
+    ) -> None:
+        """``on_publish(report, seconds)`` hears of every publish that ends (report None: it failed)."""
         if not settings.models.is_dir():
             raise BadInputError(f"{settings.models}: models directory does not exist")
         settings.options.check()
@@ -103,6 +107,7 @@ class Watcher:
         self.stopping = threading.Event()
         self.publishes = 0
         self._reported: set[str] = set()  # problems already printed: each is reported once
+        self._on_publish = on_publish or (lambda report, seconds: None)
 
     # ------------------------------------------------------------------ events (watchdog's thread)
 
@@ -222,11 +227,14 @@ class Watcher:
             )
         except Exception as error:
             log.error("publish (%s) failed: %s; will retry", why, error)
+            self._on_publish(None, time.monotonic() - started)
             with self.lock:
                 self.dirty = True
             return
+        seconds = time.monotonic() - started
         self.publishes += 1
-        self._log_report(report, time.monotonic() - started)
+        self._on_publish(report, seconds)
+        self._log_report(report, seconds)
         if any(f.manifest_written for f in report.families) or report.index_written:
             self._after_publish()
         self._gc()

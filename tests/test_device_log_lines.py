@@ -38,4 +38,4 @@ def test_device_says_once_that_nothing_is_configured_and_when_it_downloads_the_f
     assert plan == f"plan: full 1.2.0, full download, {model.stat().st_size} bytes"
     assert [m for m in messages if m.startswith("service: ")] == ["service: no service configured"]
     assert not any("running the health check" in m for m in messages)
-    assert any(m.endswith("no health check configured") for m in messages)
+    assert any("stage=deploying" in m and "no health check configured" in m for m in messages)

@@ -35,6 +35,7 @@ import sys
 from importlib.metadata import version
 
 from lorien.cli import device, inspection, patches, publishing, serving, standalone
+from lorien.logs import stream_handler
 from lorien.repo.errors import LocalIOError, LorienError
 
 EXIT_INTERRUPTED = 130
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (see the table above)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[stream_handler(sys.stderr)]
     )
     try:
         exit_code = args.handler(args)

@@ -29,6 +29,8 @@ from lorien.cli._progress import Progress
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lorien.publisher.publish import PublishOptions, PublishReport
 
 
@@ -172,7 +174,18 @@ def _watch(args: argparse.Namespace) -> int:
         settings = WatchSettings(
             args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish, args.json
         )
-        return Watcher(settings).run()
+        return Watcher(settings, _watch_metrics(args.metrics_host, args.metrics_port)).run()
+
+
+def _watch_metrics(host: str, port: int | None) -> Callable[[PublishReport | None, float], None] | None:
+    """With ``--metrics-port``: serve watch's metrics and return the hook that feeds them."""
+    if port is None:
+        return None
+    from lorien.publisher.metrics import WatchMetrics
+
+    metrics = WatchMetrics()
+    print(f"lorien watch: metrics at {metrics.serve(host, port)}", flush=True)
+    return metrics.published
 
 
 def _add_watch(commands: Commands) -> None:
@@ -190,6 +203,18 @@ def _add_watch(commands: Commands) -> None:
         "--after-publish",
         dest="after_publish",
         help="shell command run after each publish that changed something ($LORIEN_REPO is set)",
+    )
+    command.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port, printed at start)",
+    )
+    command.add_argument(
+        "--metrics-host",
+        dest="metrics_host",
+        default="127.0.0.1",
+        help="address of --metrics-port (default 127.0.0.1)",
     )
     _add_manifest_options(command)
     add_json_option(command, "print one JSON object per event (published, withdrawn, renewed, gc, …)")
