@@ -73,7 +73,8 @@ class Deployer:
             target=version,
             target_sha256=target_sha256,
         )
-        log.info("service: %s", service.stop_service(config))
+        if (stopped := service.stop_service(config)) != service.NO_SERVICE:  # "none" is said once, at the start
+            log.info("service: %s", stopped)
         backup = self._back_up(previous_sha) if previous_sha is not None else None
         self._state.update_op(phase=Phase.BACKED_UP, backup=str(backup) if backup else None)
         crash_point("after-backup")
@@ -101,7 +102,10 @@ class Deployer:
         operation = self._state.operation()
         attempts = (operation.health_attempts if operation else 0) + 1
         self._state.update_op(phase=Phase.HEALTH, health_attempts=attempts)
-        self._reporter.report(Stage.DEPLOYING, "running the health check", 90.0)
+        configured = self.config.health_check or self.config.health_check_litert
+        self._reporter.report(
+            Stage.DEPLOYING, "running the health check" if configured else "no health check configured", 90.0
+        )
         crash_point("health-check")
         healthy, why = service.health_check(self.config)
         if not healthy:

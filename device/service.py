@@ -22,6 +22,8 @@ from lorien.repo.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+NO_SERVICE = "no service configured"  # what stop_service/start_service say when they have nothing to do
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -53,7 +55,7 @@ def _by_unit_or_nothing(config: DeviceConfig, verb: str) -> str | None:
         _systemctl(verb, service.unit)
         return f"systemctl {verb} {service.unit}"
     if not service.command or service.pid_file is None:
-        return "no service configured"
+        return NO_SERVICE
     return None
 
 

@@ -250,7 +250,13 @@ class Updater:
         self._state.begin(replace(operation, target_sha256=plan.steps[-1].target_sha256))
         self._drop_other_parts({f"{step.sha256}.part" for step in plan.steps})
         how = " → ".join(f"{s.source}→{s.target}" if s.kind == "patch" else f"full {s.target}" for s in plan.steps)
-        log.info("plan: %s, %d bytes instead of %d", how, plan.download_bytes, plan.full_size)
+        log.info(
+            "plan: %s, %s",
+            how,
+            f"{plan.download_bytes} bytes instead of {plan.full_size}"
+            if plan.download_bytes < plan.full_size
+            else f"full download, {plan.download_bytes} bytes",
+        )
         self._continue_update()
 
     def _continue_update(self) -> None:

@@ -30,9 +30,17 @@ DEFAULT_GRACE = 3600.0
 
 @dataclass
 class GcReport:
-    removed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # with dry_run: what would have been removed
     waiting: dict[str, float] = field(default_factory=dict)  # blob → seconds until it may go
     problems: list[str] = field(default_factory=list)
+    referenced: int = 0  # blobs some manifest references
+
+    def summary(self, dry_run: bool = False) -> str:
+        """One line: what was (or would be) removed, how many blobs are referenced and how many wait."""
+        counts = f"{self.referenced} blobs referenced, {len(self.waiting)} waiting for the grace period"
+        if not self.removed:
+            return f"gc: nothing to remove ({counts})"
+        return f"gc: {'would remove' if dry_run else 'removed'} {len(self.removed)} blobs ({counts})"
 
 
 def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
@@ -49,10 +57,15 @@ def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
     return referenced, problems
 
 
-def collect_garbage(repo: Path, grace: float = DEFAULT_GRACE, now: float | None = None) -> GcReport:
+def collect_garbage(
+    repo: Path, grace: float = DEFAULT_GRACE, now: float | None = None, dry_run: bool = False
+) -> GcReport:
+    """Remove the blobs unreferenced for ``grace`` seconds; ``dry_run`` only reports them (and leaves
+    ``.gc.json`` as it is, so a dry run starts no clock)."""
     now = time.time() if now is None else now
     report = GcReport()
     referenced, report.problems = referenced_blobs(repo)
+    report.referenced = len(referenced)
     if report.problems:
         # a manifest we cannot read might reference anything: deleting would be a guess
         return report
@@ -81,13 +94,14 @@ def collect_garbage(repo: Path, grace: float = DEFAULT_GRACE, now: float | None 
         except (TypeError, ValueError):
             seen = now
         if now - seen >= grace:
-            (repo / blob).unlink(missing_ok=True)
             report.removed.append(blob)
-            log.info("gc: removed %s (unreferenced for %.0f s)", blob, now - seen)
+            if not dry_run:
+                (repo / blob).unlink(missing_ok=True)
+                log.info("gc: removed %s (unreferenced for %.0f s)", blob, now - seen)
         else:
             updated[blob] = seen
             report.waiting[blob] = grace - (now - seen)
-    if updated != first_seen:
+    if updated != first_seen and not dry_run:
         try:
             atomic_write_bytes(state_file, (json.dumps(updated, indent=1, sort_keys=True) + "\n").encode())
         except OSError as error:  # e.g. disk full: the removals stand, the clocks restart next time

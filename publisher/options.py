@@ -1,12 +1,13 @@
 """What one publish (or one watcher) is asked to do: :class:`PublishOptions`, checked once before any write.
 
 ``lorien publish`` and ``lorien watch`` build it from their flags (``lorien/cli/publishing.py``);
-:func:`~publisher.publish.publish` reads the patch and leniency fields, and the repository writer
+:func:`~publisher.publish.publish` reads the patch, leniency and progress fields, and the repository writer
 (:mod:`publisher.writer`, :mod:`publisher.signed`) the signing, expiry and sequence fields.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,8 @@ from lorien.repo.signing import SigningKey
 
 DEFAULT_KEEP = 3
 DEFAULT_EXPIRES_DAYS = 7.0
+
+PublishProgress = Callable[[str, int, int], None]  # (what is being done, done bytes, total bytes)
 
 
 @dataclass
@@ -30,6 +33,7 @@ class PublishOptions:
     allow_downgrade: bool | None = None  # None: keep what each family's manifest says (default False)
     min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted
     warned: set[Path] = field(default_factory=set)  # backup/editor files already warned about (once per file)
+    progress: PublishProgress | None = None  # told about long work: hashing a family, making each patch
 
     @property
     def validity(self) -> timedelta | None:
@@ -38,6 +42,8 @@ class PublishOptions:
     def check(self) -> None:
         if self.keep < 0:
             raise BadInputError(f"--keep must be 0 or more, got {self.keep}")
+        if self.max_patch_ratio is not None and not 0 < self.max_patch_ratio <= 10:
+            raise BadInputError(f"--max-patch-ratio must be in (0, 10], got {self.max_patch_ratio}")
         if not 0 <= self.expires_days <= 3660:
             raise BadInputError(f"--expires-days must be from 0 (never) to 3660, got {self.expires_days}")
         if not 0 <= self.min_sequence <= MAX_SEQUENCE // 2:

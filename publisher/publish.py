@@ -32,11 +32,12 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
-from lorien.repo.engine import DEFAULT_ENGINE, PatchStats
+from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import LocalIOError, LorienError
 from lorien.repo.fingerprint import fingerprint, sampled_hash
@@ -71,6 +72,22 @@ class FamilyResult:
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # watch mode: bad files left out, family still published
     new_versions: list[str] = field(default_factory=list)
+    withdrawn: list[str] = field(default_factory=list)  # versions the previous manifest had and this one has not
+
+    def events(self) -> list[dict[str, Any]]:
+        """What publishing this family did (see :meth:`PublishReport.events`)."""
+        if self.problems:
+            return [{"event": "problem", "family": self.family, "message": problem} for problem in self.problems]
+        published = {
+            "event": "published" if self.manifest_written else "unchanged",
+            "family": self.family,
+            "latest": self.latest,
+            "versions": self.versions,
+            "new_versions": self.new_versions,
+            "patches": [_patch_event(*created) for created in self.patches_created],
+            "rejected_patches": [_patch_event(*rejected) for rejected in self.patches_rejected],
+        }
+        return [published] + [{"event": "withdrawn", "family": self.family, "version": v} for v in self.withdrawn]
 
 
 @dataclass
@@ -88,6 +105,29 @@ class PublishReport:
     def all_problems(self) -> list[str]:
         return self.problems + [p for family in self.families for p in family.problems]
 
+    def events(self) -> list[dict[str, Any]]:
+        """What this publish did, one JSON-ready object per event (``publish --json``, ``watch --json``):
+        ``published`` or ``unchanged`` per family (versions, patches with sizes, rejected patches),
+        ``withdrawn`` per version removed, ``renewed`` per manifest re-signed only for its expiry, ``problem``
+        and ``skipped`` per message, and last ``index``."""
+        events = [event for family in self.families for event in family.events()]
+        events += [{"event": "renewed", "family": family} for family in self.refreshed]
+        events += [{"event": "problem", "family": None, "message": problem} for problem in self.problems]
+        events += [{"event": "skipped", "message": message} for message in self.skipped]
+        return [*events, {"event": "index", "written": self.index_written}]
+
+
+def _patch_event(source: str, target: str, stats: PatchStats) -> dict[str, Any]:
+    return {
+        "source": source,
+        "target": target,
+        "engine": stats.engine,
+        "size": stats.patch_size,
+        "target_size": stats.target_size,
+        "percent_of_full": round(100 * stats.ratio, 2),
+        "seconds": round(stats.seconds, 3),
+    }
+
 
 def ordered_patches(version_order: list[str], patches: list[PatchEntry]) -> tuple[PatchEntry, ...]:
     """Manifest order of patches: by target version, then by source version (both oldest first)."""
@@ -104,11 +144,22 @@ def _published(previous: Manifest | None, version: str) -> VersionEntry | None:
         return None
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # vanished since the scan: _version_entries says so
+        return 0
+
+
 def _version_entries(
-    files: list[ModelFile], previous: Manifest | None, result: FamilyResult
+    files: list[ModelFile], previous: Manifest | None, result: FamilyResult, progress: ByteProgress | None
 ) -> list[tuple[ModelFile, VersionEntry, Digests]]:
     entries = []
+    done, total = 0, sum(_file_size(model.path) for model in files)
     for model in files:
+        if progress is not None:
+            progress(done, total)
+        done += _file_size(model.path)
         old = _published(previous, model.version)
         if old is None and (why := incomplete_reason(model.path)):
             result.problems.append(
@@ -136,6 +187,8 @@ def _version_entries(
             sampled_sha256=sampled_hash(model.path),
         )
         entries.append((model, entry, digests))
+    if progress is not None:
+        progress(total, total)
     return entries
 
 
@@ -145,7 +198,7 @@ def publish_family(
     options = options or PublishOptions(keep=keep)
     result = FamilyResult(family)
     previous = writer.read_manifest(family)
-    entries = _version_entries(files, previous, result)
+    entries = _version_entries(files, previous, result, _progress(options, f"{family} versions (hashing)"))
     if result.problems and options.lenient:
         result.skipped, result.problems = result.problems, []
     if result.problems or not entries:
@@ -159,18 +212,8 @@ def publish_family(
     order = sort_versions(by_name)
     latest = by_name[order[-1]]
     patches = _still_valid_patches(writer, previous, by_name)
-    for source_name in order[:-1][-keep:] if keep > 0 else []:
-        source = by_name[source_name]
-        if (source_name, latest.version) in patches or (source.sha256, latest.sha256) in options.rejected:
-            continue
-        entry, stats = writer.create_patch(family, source, latest)
-        if options.max_patch_ratio is not None and stats.patch_size > options.max_patch_ratio * latest.size:
-            writer.blob_file(entry.blob).unlink(missing_ok=True)  # devices take the full model instead
-            options.rejected.add((source.sha256, latest.sha256))
-            result.patches_rejected.append((source_name, latest.version, stats))
-            continue
-        patches[(source_name, latest.version)] = entry
-        result.patches_created.append((source_name, latest.version, stats))
+    sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
+    _make_patches(writer, sources, latest, patches, options, result)
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -188,7 +231,37 @@ def publish_family(
     result.latest, result.versions = final.latest, len(final.versions)
     known = {entry.version for entry in previous.versions} if previous is not None else set()
     result.new_versions = [name for name in order if name not in known]
+    result.withdrawn = [name for name in sort_versions(known) if name not in by_name]
     return result
+
+
+def _progress(options: PublishOptions, label: str) -> ByteProgress | None:
+    """``options.progress`` for the work called ``label``, as the engine's ``(done, total)`` callback."""
+    hook = options.progress
+    return None if hook is None else lambda done, total: hook(label, done, total)
+
+
+def _make_patches(
+    writer: RepositoryWriter,
+    sources: list[VersionEntry],
+    latest: VersionEntry,
+    patches: dict[tuple[str, str], PatchEntry],
+    options: PublishOptions,
+    result: FamilyResult,
+) -> None:
+    """The missing patches from ``sources`` to ``latest`` into ``patches``; too large ones are not kept."""
+    for source in sources:
+        if (source.version, latest.version) in patches or (source.sha256, latest.sha256) in options.rejected:
+            continue
+        label = f"{result.family} {source.version}→{latest.version} patch"
+        entry, stats = writer.create_patch(result.family, source, latest, _progress(options, label))
+        if options.max_patch_ratio is not None and stats.patch_size > options.max_patch_ratio * latest.size:
+            writer.blob_file(entry.blob).unlink(missing_ok=True)  # devices take the full model instead
+            options.rejected.add((source.sha256, latest.sha256))
+            result.patches_rejected.append((source.version, latest.version, stats))
+            continue
+        patches[(source.version, latest.version)] = entry
+        result.patches_created.append((source.version, latest.version, stats))
 
 
 def _still_valid_patches(
@@ -257,9 +330,10 @@ def _publish_families(
         report.skipped.extend(result.skipped)
         if result.manifest_written:
             log.info(
-                "published %s %s (%d versions, %d new patches)",
+                "published %s %s (%d versions, %d new patches%s)",
                 family,
                 result.latest,
                 result.versions,
                 len(result.patches_created),
+                f", withdrew {', '.join(result.withdrawn)}" if result.withdrawn else "",
             )

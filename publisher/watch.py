@@ -17,6 +17,7 @@ ordered write, so a crash at any instant and a restart converge to the same repo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -61,6 +62,7 @@ class WatchSettings:
     settle: float = 2.0
     grace: float = 3600.0
     after_publish: str | None = None
+    json_events: bool = False  # stdout: one JSON object per event (PublishReport.events) instead of text lines
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -253,11 +255,20 @@ class Watcher:
             log.error("renewing manifest expiry failed: %s; will retry", error)
             return
         for family in refreshed:
-            print(f"renewed family={family} (expiry, sequence or signature)", flush=True)
+            self._say(
+                {"event": "renewed", "family": family}, f"renewed family={family} (expiry, sequence or signature)"
+            )
         if refreshed or index_written:
             self._after_publish()
 
+    def _say(self, event: dict[str, object], line: str) -> None:
+        """One event on stdout: as JSON with ``--json``, else as ``line``."""
+        print(json.dumps(event) if self.settings.json_events else line, flush=True)
+
     def _log_report(self, report: PublishReport, seconds: float) -> None:
+        if self.settings.json_events:
+            self._print_events(report)
+            return
         for family in report.families:
             for version in family.new_versions:
                 made = [stats for source, target, stats in family.patches_created if version in (source, target)]
@@ -267,6 +278,8 @@ class Watcher:
                     f"patch_bytes=[{sizes}] seconds={seconds:.2f}",
                     flush=True,
                 )
+            for version in family.withdrawn:
+                print(f"withdrew family={family.family} version={version}", flush=True)
             for source, target, stats in family.patches_rejected:
                 print(
                     f"rejected patch family={family.family} {source}->{target} {stats.patch_size} B "
@@ -277,6 +290,18 @@ class Watcher:
             if problem not in self._reported:
                 self._reported.add(problem)
                 print(f"skipped: {problem}", flush=True)
+
+    def _print_events(self, report: PublishReport) -> None:
+        """``--json``: what changed; a problem once; no ``unchanged`` families or unwritten index."""
+        for event in report.events():
+            message = event.get("message")
+            if event["event"] == "unchanged" or (event["event"] == "index" and not event["written"]):
+                continue
+            if isinstance(message, str):
+                if message in self._reported:
+                    continue
+                self._reported.add(message)
+            print(json.dumps(event), flush=True)
 
     def _after_publish(self) -> None:
         command = self.settings.after_publish
@@ -294,4 +319,4 @@ class Watcher:
             log.error("garbage collection failed: %s", error)
             return
         for blob in report.removed:
-            print(f"gc removed={blob}", flush=True)
+            self._say({"event": "gc", "removed": blob}, f"gc removed={blob}")

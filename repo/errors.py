@@ -137,7 +137,7 @@ class LocalIOError(LorienError):
     @classmethod
     def wrap(cls, error: OSError, doing: str) -> LocalIOError:
         """``doing`` says what we were doing (``"writing the manifest"``); the message adds path and advice."""
-        where = f" {error.filename}" if error.filename else ""
+        where = f": {error.filename}" if error.filename else ""
         advice = {
             errno.ENOSPC: "free some space or point lorien at a larger file system",
             errno.EDQUOT: "free some space or raise the quota",
@@ -146,4 +146,4 @@ class LocalIOError(LorienError):
             errno.ENOENT: "check the path",
             errno.EROFS: "the file system is read-only; use a writable location",
         }.get(error.errno or 0, "check the path and the file system")
-        return cls(f"{doing}:{where}: {error.strerror or error}; {advice}")
+        return cls(f"{doing}{where}: {error.strerror or error}; {advice}")

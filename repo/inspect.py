@@ -10,6 +10,7 @@ arrives but does not parse, or (with keys) is not validly signed, is a problem i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -105,36 +106,63 @@ def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
     return report
 
 
-def verify_blobs(fetcher: Fetcher, report: Report) -> None:
-    """Stream every blob referenced by the loaded manifests once; record each mismatch as a problem."""
-    seen: set[str] = set()
+ByteProgress = Callable[[int, int], None]  # (bytes re-hashed so far, bytes to re-hash)
+
+
+def _referenced(report: Report) -> dict[str, tuple[str, int, str, str]]:
+    """Each blob path the manifests reference, once: where it is referenced, its size, SHA-256 and MD5."""
+    blobs: dict[str, tuple[str, int, str, str]] = {}
     for family, manifest in report.manifests.items():
-        referenced = [(f"version {v.version}", v.blob, v.size, v.sha256, v.md5) for v in manifest.versions]
-        referenced += [(f"patch {p.id}", p.blob, p.size, p.sha256, p.md5) for p in manifest.patches]
-        for what, path, size, sha256, md5 in referenced:
-            if path in seen:
-                continue
-            seen.add(path)
-            where = f"{family} {what}: {path}"
-            try:
-                digests = digest_chunks(fetcher.iter_blob(path, size))
-            except LorienError as error:
-                report.problems.append(f"{where}: {error}")
-                continue
-            report.blobs_checked += 1
-            report.bytes_checked += digests.size
-            if digests.size != size:
-                report.problems.append(f"{where}: size {digests.size}, manifest says {size}")
-            elif digests.sha256 != sha256:
-                report.problems.append(f"{where}: sha256 {digests.sha256}, manifest says {sha256}")
-            elif digests.md5 != md5:
-                report.problems.append(f"{where}: md5 {digests.md5}, manifest says {md5}")
+        for v in manifest.versions:
+            blobs.setdefault(v.blob, (f"{family} version {v.version}", v.size, v.sha256, v.md5))
+        for p in manifest.patches:
+            blobs.setdefault(p.blob, (f"{family} patch {p.id}", p.size, p.sha256, p.md5))
+    return blobs
 
 
-def inspect_repository(fetcher: Fetcher, verify: bool = False, keys: tuple[TrustedKey, ...] = ()) -> Report:
+def _counted(chunks: Iterable[bytes], progress: ByteProgress, done: int, total: int) -> Iterator[bytes]:
+    for chunk in chunks:
+        done += len(chunk)
+        progress(done, total)
+        yield chunk
+
+
+def verify_blobs(fetcher: Fetcher, report: Report, progress: ByteProgress | None = None) -> None:
+    """Stream every blob referenced by the loaded manifests once; record each mismatch as a problem.
+    ``progress`` is told the bytes re-hashed so far, of the sizes the manifests declare."""
+    blobs = _referenced(report)
+    done, total = 0, sum(size for _, size, _, _ in blobs.values())
+    for path, (what, size, sha256, md5) in blobs.items():
+        where = f"{what}: {path}"
+        chunks = fetcher.iter_blob(path, size)
+        if progress is not None:
+            chunks = _counted(chunks, progress, done, total)
+        done += size
+        try:
+            digests = digest_chunks(chunks)
+        except LorienError as error:
+            report.problems.append(f"{where}: {error}")
+            continue
+        report.blobs_checked += 1
+        report.bytes_checked += digests.size
+        if digests.size != size:
+            report.problems.append(f"{where}: size {digests.size}, manifest says {size}")
+        elif digests.sha256 != sha256:
+            report.problems.append(f"{where}: sha256 {digests.sha256}, manifest says {sha256}")
+        elif digests.md5 != md5:
+            report.problems.append(f"{where}: md5 {digests.md5}, manifest says {md5}")
+
+
+def inspect_repository(
+    fetcher: Fetcher,
+    verify: bool = False,
+    keys: tuple[TrustedKey, ...] = (),
+    progress: ByteProgress | None = None,
+) -> Report:
+    """Load the repository (:func:`load`) and with ``verify`` re-hash every blob, telling ``progress``."""
     report = load(fetcher, keys)
     if verify:
-        verify_blobs(fetcher, report)
+        verify_blobs(fetcher, report, progress)
     return report
 
 

@@ -3,15 +3,17 @@
 Each group module registers its commands, every command's arguments next to its handler: ``standalone``
 (fingerprint, keygen, demo), ``publishing`` (publish, watch, nginx-config, gc), ``patches`` (diff, apply,
 verify-patch, patch-info), ``inspection`` (inspect), ``serving`` (serve), ``device`` (device), ``ctl`` (ctl).
-Options that several commands take are defined once, in ``_options``. :func:`main` parses, runs the handler,
-and turns what escapes it into one ``lorien COMMAND: error: …`` line on stderr and an exit code:
+Options that several commands take are defined once, in ``_options``; long work shows progress on stderr
+through ``_progress``. :func:`main` parses, runs the handler, and turns what escapes it into one
+``lorien COMMAND: error: …`` line on stderr and an exit code:
 
 ====  =====================================================================================================
 exit  meaning
 ====  =====================================================================================================
 0     success
 1     verification found problems (``inspect`` findings, a digest or signature that does not match)
-2     bad input: an argument, file or document that is not acceptable; also argparse's usage errors
+2     bad input: an argument, file or document that is not acceptable, a port already in use; also argparse's
+      usage errors
 3     busy: another process holds the repository's writer lock (its pid is named)
 4     network: the server is unreachable, answers an HTTP error, is too slow or sends too much
 5     local I/O: the file system refused (disk full, permission denied, read-only, a file where a directory
@@ -30,6 +32,7 @@ import argparse
 import logging
 import os
 import sys
+from importlib.metadata import version
 
 from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone
 from lorien.logs import stream_handler
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lorien", description="Ship ML model updates to edge devices as small, verified delta patches."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--version", action="version", version=f"lorien {version('lorien')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _GROUPS:
         group.register(commands)

@@ -10,6 +10,7 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import json
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorien.repo.engine import DEFAULT_ENGINE, available_engines
+from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
     from lorien.repo.signing import SigningKey
@@ -38,8 +40,37 @@ def add_command(
     return command
 
 
-def add_json_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--json", action="store_true", help="print JSON")
+def add_json_option(command: argparse.ArgumentParser, help_text: str = "print JSON") -> None:
+    command.add_argument("--json", action="store_true", help=help_text)
+
+
+def add_quiet_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars (terminal) or progress lines (log) on stderr"
+    )
+
+
+def add_max_patch_ratio_option(command: argparse.ArgumentParser, default: float | None) -> None:
+    what = "keep every patch" if default is None else str(default)
+    command.add_argument(
+        "--max-patch-ratio",
+        dest="max_patch_ratio",
+        type=float,
+        default=default,
+        help=f"do not publish a patch larger than this share of the full model, in (0, 10] (default: {what})",
+    )
+
+
+def listen_failure(error: OSError, host: str, port: int) -> BadInputError | None:
+    """The one-line refusal for a server that cannot listen on ``host:port`` (in use, or not this machine's
+    address), or None for any other ``OSError``."""
+    if error.errno == errno.EADDRINUSE:
+        return BadInputError(
+            f"port {port} on {host} is already in use; stop what listens there or pick another port"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return BadInputError(f"cannot listen on {host}:{port}: {host} is not an address of this machine")
+    return None
 
 
 def add_engine_option(command: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command
+from lorien.cli._options import Commands, add_command, listen_failure
 from lorien.device.config import config_flags
 
 
@@ -31,7 +31,10 @@ def _device(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, api_token=token)
         setup_logging(config.log_dir, args.verbose)
         print(f"lorien device: {where}", flush=True)
-        serve(Updater(config, Callbacks(config.callback_url)))
+        try:
+            serve(Updater(config, Callbacks(config.callback_url)))
+        except OSError as error:  # waitress cannot listen: one line naming the port, not a file-system error
+            raise listen_failure(error, config.host, config.port) or error from None
     return 0
 
 

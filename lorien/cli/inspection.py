@@ -3,7 +3,8 @@
 Data flow: :func:`~repo.fetch.open_repository` → :func:`~repo.inspect.inspect_repository` (index.json, every
 manifest, with ``--key`` their signatures, with ``--verify`` every blob re-hashed) → text or JSON on stdout.
 Findings end the command with exit 1; a repository whose index.json cannot be fetched at all (unreachable, an HTTP
-error) is a network error that ``inspect_repository`` raises (exit 4).
+error) is a network error that ``inspect_repository`` raises (exit 4); a directory that does not exist is bad
+input (exit 2).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from lorien.cli._options import Commands, add_command, add_json_option, print_fields
+from lorien.cli._options import Commands, add_command, add_json_option, add_quiet_option, print_fields
+from lorien.cli._progress import Progress
+from lorien.repo.errors import BadInputError
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -24,8 +28,13 @@ def _inspect(args: argparse.Namespace) -> int:
     if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     keys = tuple(load_trusted_key(path) for path in args.key or ())
+    if not urlsplit(args.repo).scheme and not Path(args.repo).is_dir():
+        raise BadInputError(
+            f"{args.repo}: repository directory does not exist (give a directory or an http(s) URL)"
+        )
     fetcher = open_repository(args.repo)
-    report = inspect_repository(fetcher, verify=args.verify, keys=keys)  # NetworkError if index.json cannot be had
+    with Progress("inspect", quiet=args.quiet) as progress:  # NetworkError if index.json cannot be had:
+        report = inspect_repository(fetcher, args.verify, keys, progress.bytes("blobs re-hashed"))
     if args.json:
         print_fields(report.to_dict(), as_json=True)
     else:
@@ -38,6 +47,7 @@ def register(commands: Commands) -> None:
     command.add_argument("repo", help="repository directory or base URL")
     add_json_option(command)
     command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
+    add_quiet_option(command)
     command.add_argument(
         "--key",
         type=Path,

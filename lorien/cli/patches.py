@@ -10,14 +10,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lorien.cli._options import Commands, add_command, add_engine_option, add_json_option, print_fields
+from lorien.cli._options import (
+    Commands,
+    add_command,
+    add_engine_option,
+    add_json_option,
+    add_quiet_option,
+    print_fields,
+)
+from lorien.cli._progress import Progress
 
 
 def _diff(args: argparse.Namespace) -> int:
     """create a patch that turns OLD into NEW"""
     from lorien.repo.engine import create_patch
 
-    stats = create_patch(args.old, args.new, args.output, engine=args.engine)
+    with Progress("diff", quiet=args.quiet) as progress:
+        stats = create_patch(
+            args.old,
+            args.new,
+            args.output,
+            engine=args.engine,
+            progress=progress.bytes(f"{args.new.name} encoded"),
+        )
     print(
         f"{args.output}: {stats.patch_size} bytes, {100 * stats.ratio:.2f}% of the {stats.target_size}-byte new "
         f"model (engine {stats.engine}, {stats.seconds:.2f}s)"
@@ -27,17 +42,21 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _add_diff(commands: Commands) -> None:
     command = add_command(commands, "diff", _diff, doing="making the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("new", type=Path)
+    command.add_argument("old", type=Path, help="model file the device has")
+    command.add_argument("new", type=Path, help="model file the device should get")
     command.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
     add_engine_option(command)
+    add_quiet_option(command)
 
 
 def _apply(args: argparse.Namespace) -> int:
     """apply PATCH to OLD and write the verified result (atomically) to -o"""
     from lorien.repo.engine import apply_patch
 
-    result = apply_patch(args.old, args.patch, args.output)
+    with Progress("apply", quiet=args.quiet) as progress:
+        result = apply_patch(
+            args.old, args.patch, args.output, progress=progress.bytes(f"{args.output.name} written")
+        )
     print(
         f"{args.output}: {result.target_size} bytes, sha256 {result.target_sha256} verified (engine {result.engine})"
     )
@@ -46,24 +65,27 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _add_apply(commands: Commands) -> None:
     command = add_command(commands, "apply", _apply, doing="applying the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("patch", type=Path)
+    command.add_argument("old", type=Path, help="model file the patch was made from")
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
     command.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    add_quiet_option(command)
 
 
 def _verify_patch(args: argparse.Namespace) -> int:
     """check that PATCH applies to OLD and yields its target; writes nothing"""
     from lorien.repo.engine import verify_patch
 
-    result = verify_patch(args.old, args.patch)
+    with Progress("verify-patch", quiet=args.quiet) as progress:
+        result = verify_patch(args.old, args.patch, progress=progress.bytes(f"{args.patch.name} checked"))
     print(f"ok: {args.patch} turns {args.old} into {result.target_size} bytes with sha256 {result.target_sha256}")
     return 0
 
 
 def _add_verify_patch(commands: Commands) -> None:
     command = add_command(commands, "verify-patch", _verify_patch, doing="verifying the patch")
-    command.add_argument("old", type=Path)
-    command.add_argument("patch", type=Path)
+    command.add_argument("old", type=Path, help="model file the patch was made from")
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
+    add_quiet_option(command)
 
 
 def _patch_info(args: argparse.Namespace) -> int:
@@ -86,7 +108,7 @@ def _patch_info(args: argparse.Namespace) -> int:
 
 def _add_patch_info(commands: Commands) -> None:
     command = add_command(commands, "patch-info", _patch_info, doing="reading the patch")
-    command.add_argument("patch", type=Path)
+    command.add_argument("patch", type=Path, help="patch file (lorien diff)")
     add_json_option(command)
 
 

@@ -9,7 +9,9 @@ Each command's arguments are added next to its handler, whose docstring is the c
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +19,14 @@ from lorien.cli._options import (
     Commands,
     add_command,
     add_engine_option,
+    add_json_option,
+    add_max_patch_ratio_option,
+    add_quiet_option,
     add_sign_key_option,
     load_sign_keys,
     print_problems,
 )
+from lorien.cli._progress import Progress
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ def _add_models_and_repository(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--keep", type=int, default=3, help="make patches from this many previous versions (default 3)"
     )
+    add_quiet_option(command)
 
 
 def _add_manifest_options(command: argparse.ArgumentParser) -> None:
@@ -79,7 +86,7 @@ def _add_manifest_options(command: argparse.ArgumentParser) -> None:
     add_engine_option(command)
 
 
-def _publish_options(args: argparse.Namespace, **extra: object) -> PublishOptions:
+def _publish_options(args: argparse.Namespace, progress: Progress, **extra: object) -> PublishOptions:
     """The options of publish and watch; publish() and the watcher check them."""
     from lorien.publisher.publish import PublishOptions
 
@@ -88,10 +95,12 @@ def _publish_options(args: argparse.Namespace, **extra: object) -> PublishOption
         raise BadInputError("--sign-key: the same key was given twice")
     return PublishOptions(
         keep=args.keep,
+        max_patch_ratio=args.max_patch_ratio,
         sign_keys=keys,
         expires_days=args.expires_days,
         allow_downgrade=args.allow_downgrade,
         min_sequence=args.min_sequence,
+        progress=None if args.quiet else progress.update,
         **extra,
     )
 
@@ -109,7 +118,18 @@ def _publish(args: argparse.Namespace) -> int:
     """publish MODELS/<family>/<version>.<ext> into a static repository"""
     from lorien.publisher.publish import publish
 
-    report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args))
+    with Progress("publish", quiet=args.quiet) as progress:
+        report = publish(args.models, args.repo, engine=args.engine, options=_publish_options(args, progress))
+    if args.json:
+        for event in report.events():
+            print(json.dumps(event), flush=True)
+    else:
+        _print_publish_report(report, args.repo)
+    print_problems(report.all_problems())
+    return 0 if report.ok else 2
+
+
+def _print_publish_report(report: PublishReport, repo: Path) -> None:
     for family in report.families:
         if family.problems:
             print(f"{family.family}: not published ({len(family.problems)} problem(s))")
@@ -123,31 +143,39 @@ def _publish(args: argparse.Namespace) -> int:
             f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
             + (f"; new patches: {patches}" if patches else "")
         )
+        for version in family.withdrawn:
+            print(f"{family.family}: withdrew {version}")
+        for src, dst, stats in family.patches_rejected:
+            print(
+                f"{family.family}: no patch {src}→{dst}: {stats.patch_size} B is {100 * stats.ratio:.1f}% of full, "
+                "over --max-patch-ratio; devices take the full model"
+            )
     for family in report.refreshed:
         print(f"{family}: manifest renewed (expiry, sequence or signature)")
-    print(f"index.json {'updated' if report.index_written else 'unchanged'}: {args.repo / 'index.json'}")
-    print_problems(report.all_problems())
-    return 0 if report.ok else 2
+    print(f"index.json {'updated' if report.index_written else 'unchanged'}: {repo / 'index.json'}")
 
 
 def _add_publish(commands: Commands) -> None:
     command = add_command(commands, "publish", _publish, doing="publishing")
     _add_models_and_repository(command)
+    add_max_patch_ratio_option(command, default=None)
     _add_manifest_options(command)
+    add_json_option(command, "print one JSON object per event (published, withdrawn, renewed, problem, …)")
 
 
 def _watch(args: argparse.Namespace) -> int:
     """publish model files as they land (inotify via watchdog), safely"""
     from lorien.publisher.watch import Watcher, WatchSettings
 
-    if args.keep < 0 or args.settle < 0 or args.grace < 0 or not 0 < args.max_patch_ratio <= 10:
-        raise BadInputError("--keep, --settle and --grace must be >= 0 and --max-patch-ratio in (0, 10]")
+    if args.settle < 0 or args.grace < 0:
+        raise BadInputError("--settle and --grace must be >= 0")
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    options = _publish_options(args, max_patch_ratio=args.max_patch_ratio, lenient=True)
-    settings = WatchSettings(
-        args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish
-    )
-    return Watcher(settings, _watch_metrics(args.metrics_host, args.metrics_port)).run()
+    with Progress("watch", quiet=args.quiet) as progress:
+        options = _publish_options(args, progress, lenient=True)
+        settings = WatchSettings(
+            args.models, args.repo, options, args.engine, args.settle, args.grace, args.after_publish, args.json
+        )
+        return Watcher(settings, _watch_metrics(args.metrics_host, args.metrics_port)).run()
 
 
 def _watch_metrics(host: str, port: int | None) -> Callable[[PublishReport | None, float], None] | None:
@@ -157,7 +185,7 @@ def _watch_metrics(host: str, port: int | None) -> Callable[[PublishReport | Non
     from lorien.publisher.metrics import WatchMetrics
 
     metrics = WatchMetrics()
-    print(f"lorien watch: metrics at {metrics.serve(host, port)}", flush=True)
+    print(f"lorien watch: metrics at {metrics.serve(host, port)}", file=sys.stderr, flush=True)
     return metrics.published
 
 
@@ -171,13 +199,7 @@ def _add_watch(commands: Commands) -> None:
         help="seconds a file's size and mtime must stay unchanged (default 2; renames need none)",
     )
     _add_grace_option(command)
-    command.add_argument(
-        "--max-patch-ratio",
-        dest="max_patch_ratio",
-        type=float,
-        default=0.9,
-        help="do not publish a patch larger than this share of the full model (default 0.9)",
-    )
+    add_max_patch_ratio_option(command, default=0.9)
     command.add_argument(
         "--after-publish",
         dest="after_publish",
@@ -196,6 +218,7 @@ def _add_watch(commands: Commands) -> None:
         help="address of --metrics-port (default 127.0.0.1)",
     )
     _add_manifest_options(command)
+    add_json_option(command, "print one JSON object per event (published, withdrawn, renewed, gc, …)")
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -206,19 +229,25 @@ def _gc(args: argparse.Namespace) -> int:
     if not args.repo.is_dir():
         raise BadInputError(f"{args.repo}: repository directory does not exist")
     with repository_lock(args.repo):
-        report = collect_garbage(args.repo, args.grace)
+        report = collect_garbage(args.repo, args.grace, dry_run=args.dry_run)
     for blob in report.removed:
-        print(f"removed {blob}")
+        print(f"{'would remove' if args.dry_run else 'removed'} {blob}")
     for blob, seconds in sorted(report.waiting.items()):
         print(f"kept {blob}: unreferenced, may go in {seconds:.0f} s")
-    print_problems(report.problems, " (nothing deleted)")
-    return 2 if report.problems else 0
+    if report.problems:
+        print_problems(report.problems, " (nothing deleted)")
+        return 2
+    print(report.summary(args.dry_run))
+    return 0
 
 
 def _add_gc(commands: Commands) -> None:
     command = add_command(commands, "gc", _gc, doing="collecting unreferenced blobs")
-    command.add_argument("repo", type=Path)
+    command.add_argument("repo", type=Path, help="repository directory")
     _add_grace_option(command)
+    command.add_argument(
+        "--dry-run", dest="dry_run", action="store_true", help="list what would be removed; remove nothing"
+    )
 
 
 def _nginx_config(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def _fingerprint(args: argparse.Namespace) -> int:
 
 def _add_fingerprint(commands: Commands) -> None:
     command = add_command(commands, "fingerprint", _fingerprint, doing="fingerprinting the file")
-    command.add_argument("file", type=Path)
+    command.add_argument("file", type=Path, help="model file")
     add_json_option(command)
 
 

@@ -4,7 +4,9 @@
 ``verify_patch(model, patch) -> ApplyResult`` and ``patch_info(patch) -> PatchInfo`` dispatch to a named
 engine. Each engine writes a self-describing patch (its magic bytes say which engine made it), so the apply
 side never needs to be told the engine; the name is still recorded per patch in the manifest so a device can
-refuse engines it does not have before downloading anything.
+refuse engines it does not have before downloading anything. ``create_patch``, ``apply_patch`` and
+``verify_patch`` take ``progress=(done bytes, total bytes)`` of the target: the lorien engine reports each piece
+it encodes and each segment it decodes, the others only their start and end.
 
 Data flow of ``apply_patch``: the declared target size against ``Limits.max_target`` and the free space beside
 ``output`` (a patch bomb is refused before one byte is written) → check the source model's size and SHA-256
@@ -16,6 +18,7 @@ is untouched; a write that fails anyway (the disk filled meanwhile) is one ``Loc
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lorien.repo.atomic import require_space, write_failure
@@ -27,6 +30,8 @@ from lorien.repo.errors import BadInputError, LocalIOError, PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 DEFAULT_ENGINE = LorienEngine.name
+
+ByteProgress = Callable[[int, int], None]  # (done bytes, total bytes) of the target being made or checked
 
 _ENGINES: dict[str, Engine] = {
     LorienEngine.name: LorienEngine(),
@@ -75,17 +80,27 @@ def _require_file(path: Path, role: str) -> None:
         raise BadInputError(f"{path}: {role} does not exist or is not a regular file")
 
 
-def create_patch(old: Path | str, new: Path | str, output: Path | str, engine: str = DEFAULT_ENGINE) -> PatchStats:
-    """Write a patch that turns ``old`` into ``new``."""
+def create_patch(
+    old: Path | str,
+    new: Path | str,
+    output: Path | str,
+    engine: str = DEFAULT_ENGINE,
+    *,
+    progress: ByteProgress | None = None,
+) -> PatchStats:
+    """Write a patch that turns ``old`` into ``new``; ``progress`` is told how much of ``new`` is encoded."""
     old, new, output = Path(old), Path(new), Path(output)
     _require_file(old, "old model")
     _require_file(new, "new model")
     chosen = get_engine(engine)
     started = time.perf_counter()
+    total = new.stat().st_size
+    _report(progress, 0, total)
     try:
-        chosen.create(old, new, output)
+        chosen.create(old, new, output, **_progress_argument(chosen, progress))
     except OSError as error:
         raise write_failure(error, output, "the patch") from None
+    _report(progress, total, total)
     info = chosen.info(output)
     return PatchStats(
         engine=chosen.name,
@@ -96,11 +111,28 @@ def create_patch(old: Path | str, new: Path | str, output: Path | str, engine: s
     )
 
 
+def _report(progress: ByteProgress | None, done: int, total: int) -> None:
+    if progress is not None:
+        progress(done, total)
+
+
+def _progress_argument(engine: Engine, progress: ByteProgress | None) -> dict[str, ByteProgress]:
+    """The lorien engine reports each piece it encodes or segment it decodes; the others are reported only at
+    their start and end (by the caller)."""
+    return {"progress": progress} if progress is not None and isinstance(engine, LorienEngine) else {}
+
+
 def apply_patch(
-    model: Path | str, patch: Path | str, output: Path | str, limits: Limits | None = None
+    model: Path | str,
+    patch: Path | str,
+    output: Path | str,
+    limits: Limits | None = None,
+    *,
+    progress: ByteProgress | None = None,
 ) -> ApplyResult:
     """Apply ``patch`` to ``model`` and atomically write the verified result to ``output``; ``limits`` replaces
-    the default bounds the lorien engine enforces on the patch container (a device's ``[limits]`` table)."""
+    the default bounds the lorien engine enforces on the patch container (a device's ``[limits]`` table);
+    ``progress`` is told how much of the result is written."""
     model, patch, output = Path(model), Path(patch), Path(output)
     _require_file(model, "model")
     _require_file(patch, "patch")
@@ -112,10 +144,13 @@ def apply_patch(
             f"{patch}: corrupt patch: target size {target_size} exceeds the limit {limits.max_target}"
         )
     require_space(output, target_size, f"the result of {patch.name}")
+    _report(progress, 0, target_size)
     try:
-        return engine.apply(model, patch, output)
+        result = engine.apply(model, patch, output, **_progress_argument(engine, progress))
     except OSError as error:
         raise write_failure(error, output, f"the result of {patch.name}", target_size) from None
+    _report(progress, target_size, target_size)
+    return result
 
 
 def _bounded(engine: Engine, limits: Limits) -> Engine:
@@ -129,15 +164,21 @@ def _bounded(engine: Engine, limits: Limits) -> Engine:
     return engine
 
 
-def verify_patch(model: Path | str, patch: Path | str) -> ApplyResult:
-    """Check that ``patch`` applies to ``model`` and yields its promised target, writing nothing."""
+def verify_patch(model: Path | str, patch: Path | str, *, progress: ByteProgress | None = None) -> ApplyResult:
+    """Check that ``patch`` applies to ``model`` and yields its promised target, writing nothing; ``progress``
+    is told how much of the target is checked."""
     model, patch = Path(model), Path(patch)
     _require_file(model, "model")
     _require_file(patch, "patch")
+    engine = engine_for_patch(patch)
+    target_size = engine.info(patch).target_size
+    _report(progress, 0, target_size)
     try:
-        return engine_for_patch(patch).apply(model, patch, None)
+        result = engine.apply(model, patch, None, **_progress_argument(engine, progress))
     except OSError as error:
         raise LocalIOError.wrap(error, f"verifying {patch}") from None
+    _report(progress, target_size, target_size)
+    return result
 
 
 def require_engine(name: str, what: str = "patch") -> Engine:
@@ -175,6 +216,7 @@ def patch_info(patch: Path | str) -> PatchInfo:
 __all__ = [
     "DEFAULT_ENGINE",
     "ApplyResult",
+    "ByteProgress",
     "PatchInfo",
     "PatchStats",
     "apply_patch",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +172,9 @@ class LorienEngine:
                     payload, backend, best = packed, other, candidate
         return payload, backend, best
 
-    def create(self, old: Path, new: Path, output: Path) -> None:
+    def create(
+        self, old: Path, new: Path, output: Path, progress: Callable[[int, int], None] | None = None
+    ) -> None:
         with ExitStack() as stack:
             old_view = stack.enter_context(mapped(old))
             new_view = stack.enter_context(mapped(new))
@@ -182,9 +184,8 @@ class LorienEngine:
             )
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             pieces = plan(old_view, new_view, self.limits)
-            encoded = _merge_copies(
-                encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            )
+            made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
+            encoded = _merge_copies(_reporting(made, progress, len(new_view)))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
             if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
@@ -247,7 +248,9 @@ class LorienEngine:
         with open(patch, "rb") as handle:
             return self._open(handle, patch)[1]
 
-    def apply(self, model: Path, patch: Path, output: Path | None) -> ApplyResult:
+    def apply(
+        self, model: Path, patch: Path, output: Path | None, progress: Callable[[int, int], None] | None = None
+    ) -> ApplyResult:
         with open(patch, "rb") as patch_handle, open(model, "rb") as source:
             header, segments, _ = self._open(patch_handle, patch)
             source_size = os.fstat(source.fileno()).st_size
@@ -258,10 +261,10 @@ class LorienEngine:
                     "version it was made from"
                 )
             if output is None:
-                digest = self._decode_all(header, segments, patch_handle, source, None, patch)
+                digest = self._decode_all(header, segments, patch_handle, source, None, patch, progress)
             else:
                 with atomic_writer(output) as sink:
-                    digest = self._decode_all(header, segments, patch_handle, source, sink, patch)
+                    digest = self._decode_all(header, segments, patch_handle, source, sink, patch, progress)
         return ApplyResult(self.name, header.target_size, digest, True, None if output is None else str(output))
 
     def _decode_all(
@@ -272,14 +275,19 @@ class LorienEngine:
         source: BinaryIO,
         sink: BinaryIO | None,
         patch: Path,
+        progress: Callable[[int, int], None] | None,
     ) -> str:
         sha = hashlib.sha256()
         fd = source.fileno()
+        done = 0
         for index, segment in enumerate(segments):
             for chunk in self._decode_one(segment, patch_handle, fd, patch, index):
                 sha.update(chunk)
                 if sink is not None:
                     sink.write(chunk)
+            done += segment.target_length
+            if progress is not None:
+                progress(done, header.target_size)
         digest = sha.hexdigest()
         if digest != header.target_sha256.hex():
             raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
@@ -308,6 +316,18 @@ def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
     if len(data) != size:
         raise PatchError(f"{patch}: source model changed while the patch was applied")
     return data
+
+
+def _reporting(
+    encoded: Iterable[Encoded], progress: Callable[[int, int], None] | None, total: int
+) -> Iterator[Encoded]:
+    """``encoded`` as the pieces are made, telling ``progress`` how much of the ``total`` target they cover."""
+    done = 0
+    for item in encoded:
+        done += item.segment.target_length
+        if progress is not None:
+            progress(done, total)
+        yield item
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:
