@@ -19,7 +19,6 @@ are re-applied from verified blobs, and a deploy is finished or rolled back by w
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,22 +31,22 @@ from lorien.device.deploy import Deployer
 from lorien.device.installed import InstalledModel
 from lorien.device.metrics import DeviceMetrics
 from lorien.device.operations import Slots
+from lorien.device.packages import TopePackages
 from lorien.device.plan import Plan, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
 from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
-from lorien.repo.download import Downloader, DownloadPolicy, DownloadRequest, Progress
+from lorien.repo.download import Downloader, DownloadPolicy, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
     FreshnessError,
-    IntegrityError,
     ManifestError,
     SignatureError,
     UpdateFailed,
 )
 from lorien.repo.fetch import HttpFetcher
-from lorien.repo.hashing import digest_file, sha256_file
+from lorien.repo.hashing import sha256_file
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, utc_now
 from lorien.repo.testhooks import crash_point
@@ -69,7 +68,7 @@ class StatusView:
     progress: dict[str, Any]  # TOPE's {stage, progress (integer percent), message, error} + lorien's keys
 
 
-class Updater:
+class Updater(TopePackages):
     def __init__(
         self,
         config: DeviceConfig,
@@ -272,109 +271,6 @@ class Updater:
         self._state.update_op(candidate=str(candidate))
         self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
         self._deployer.deploy(candidate, operation.target, operation.target_sha256)
-
-    # ------------------------------------------------------------------ TOPE-compatible download / update
-
-    def download_package(self, version: str, url: str, name: str, size: int, md5: str) -> None:
-        """Download a TOPE package in the background (resumable, size + MD5 checked).
-
-        Raises:
-            Busy: another operation is running.
-        """
-        package = {
-            "version": version,
-            "url": url,
-            "name": name,
-            "size": size,
-            "md5": md5.lower(),
-            "done": False,
-            "path": str(self.config.tmp_dir / f"package-{name}"),
-        }
-
-        def work() -> None:
-            installed = self._installed.version(self._manifest)
-            operation = Operation(
-                Kind.DOWNLOAD,
-                target=version,
-                started_at=utc_now(),
-                from_version=installed,
-                download_bytes=size,
-                full_size=size,
-            )
-            self._state.begin(operation, package=package)
-            path = Path(package["path"])
-            part = path.with_name(path.name + ".part")
-            self._drop_other_parts({part.name})
-
-            def on_progress(progress: Progress) -> None:
-                self._reporter.show(
-                    Stage.DOWNLOADING,
-                    f"Downloading package... {progress.done / 1e6:.1f} MB / {progress.total / 1e6:.1f} MB",
-                    progress.percent,
-                )
-
-            self._downloader(on_progress).fetch(DownloadRequest(url, part, size, md5))
-            os.replace(part, path)
-            self._state.update(package={**package, "done": True})
-            self._state.finish(True, f"package {name} for {version} downloaded and MD5-verified", version)
-            self._reporter.report(Stage.IDLE, f"package {name} downloaded", 100.0)
-
-        self._start(Kind.DOWNLOAD, work, (Stage.DOWNLOADING, f"downloading package {name} ({size} bytes)"))
-
-    def install_package(self, version: str, force: bool = False) -> None:
-        """Deploy the TOPE package downloaded for ``version`` in the background; in signed mode only a model
-        that the signed manifest lists. A version older than the installed one is refused (the downgrade rule of
-        ``update-latest``) unless the signed manifest has ``allow_downgrade`` or the operator sends ``force``.
-        The package is deleted when the operation ends, installed or not.
-
-        Raises:
-            UpdateFailed: no package was downloaded for ``version``.
-            Busy: another operation is running.
-        """
-        package = self._state.get("package")
-        if not package or not package.get("done") or package.get("version") != version:
-            have = f"version {package['version']}" if package and package.get("done") else "nothing"
-            raise UpdateFailed(
-                f"no downloaded package for version {version!r} (downloaded: {have}); "
-                "POST /api/v1.0/download first"
-            )
-        path = Path(package["path"])
-
-        def work() -> None:
-            started = utc_now()
-            try:
-                digests = digest_file(path)
-                if (digests.size, digests.md5) != (package["size"], package["md5"]):
-                    raise IntegrityError(f"package {path.name} changed on disk since it was verified")
-                recorded, manifest = self._signed_name(path.name, digests.sha256, version)
-                allowed = force or bool(manifest and manifest.allow_downgrade)
-                installed = self._installed.version(manifest or self._manifest)
-                self._refuse_downgrade(installed, recorded, allowed, "package version")
-                staged = self._deployer.stage_copy(path, f"{digests.sha256}.model")
-            finally:
-                self._state.update(package=None)  # used once: the package goes with the operation's tmp files
-            operation = Operation(
-                Kind.INSTALL, recorded, digests.sha256, started_at=started, from_version=installed
-            )
-            self._state.begin(operation)
-            self._deployer.deploy(staged, recorded, digests.sha256)
-
-        self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
-
-    def _signed_name(self, name: str, sha256: str, label: str) -> tuple[str, Manifest | None]:
-        """The version a package is, and the manifest that says so: in signed mode the name the signed manifest
-        gives its SHA-256 (refused when it lists none), else the client's label and no manifest."""
-        if not self._trust.trusted_keys or self._trust.allow_unsigned:
-            return label, None
-        manifest = self._read_manifest()
-        listed = {entry.sha256: entry.version for entry in manifest.versions}
-        if sha256 not in listed:
-            raise SignatureError(
-                f"package {name} (sha256 {sha256[:16]}…) is not a version in the signed manifest of "
-                f"{self.config.family}; this device only installs what the publisher signed (publish the model, "
-                "or set insecure_allow_unsigned = true)"
-            )
-        return listed[sha256], manifest
 
     def rollback(self) -> None:
         """Deploy the newest backup in the background (the current model becomes a backup).
