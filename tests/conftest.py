@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lorien.modelgen import write_family
-from tests.support.processes import SMALL_LAYERS, LiveServer, start_server
+from tests.support.processes import SMALL_LAYERS, LiveServer, serving
 
 
 @pytest.fixture
@@ -32,10 +32,8 @@ def published(models_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def live_server(published: Path) -> Iterator[LiveServer]:
-    server = start_server(published, "--admin-token", "s3cret")
-    yield server
-    server.process.terminate()
-    server.process.wait(timeout=10)
+    with serving(published, "--admin-token", "s3cret") as server:
+        yield server
 
 
 @pytest.fixture

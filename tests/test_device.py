@@ -18,7 +18,7 @@ from lorien.modelgen import DEFAULT_LAYERS
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess, sha256
 from tests.support.faulty_server import Faults, FaultyServer
-from tests.support.processes import LiveServer, start_server
+from tests.support.processes import LiveServer, serving
 
 pytestmark = pytest.mark.slow  # real `lorien serve` and `lorien device` processes
 
@@ -33,10 +33,8 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(family: Path) -> Iterator[LiveServer]:
-    live = start_server(family / "repo")
-    yield live
-    live.process.terminate()
-    live.process.wait(10)
+    with serving(family / "repo") as live:
+        yield live
 
 
 def install(family: Path, tmp_path: Path, version: str | None) -> Path:

@@ -21,7 +21,7 @@ from lorien.device.updater import Updater
 from lorien.modelgen import write_family
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess
-from tests.support.processes import SMALL_LAYERS, LiveServer, require, start_server
+from tests.support.processes import SMALL_LAYERS, LiveServer, require, serving
 from tests.support.simulator import Fault, RepositorySimulator
 
 
@@ -93,10 +93,8 @@ def test_each_updater_has_its_own_registry_and_counts_retries(family: Path, tmp_
 
 @pytest.fixture(scope="module")
 def server(family: Path) -> Iterator[LiveServer]:
-    live = start_server(family / "repo")
-    yield live
-    live.process.terminate()
-    live.process.wait(10)
+    with serving(family / "repo") as live:
+        yield live
 
 
 def _device(devices: list, tmp_path: Path, url: str, model: Path, *extra: str) -> DeviceProcess:

@@ -13,17 +13,15 @@ import pytest
 from tests.seed_clients.mallorn_client import ShapeError, parse
 from tests.seed_clients.tope_client import Progress, TopeClient
 from tests.support.device_harness import DeviceProcess, sha256
-from tests.support.processes import LiveServer, start_server
+from tests.support.processes import LiveServer, serving
 
 pytestmark = pytest.mark.slow  # real lorien device processes
 
 
 @pytest.fixture
 def server(published: Path) -> Iterator[LiveServer]:
-    live = start_server(published)
-    yield live
-    live.process.terminate()
-    live.process.wait(10)
+    with serving(published) as live:
+        yield live
 
 
 def _package(server: LiveServer, models_dir: Path, version: str) -> dict:

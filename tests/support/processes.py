@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,17 @@ def start_server(repo: Path, *extra: str) -> LiveServer:
         process.kill()
         raise RuntimeError(f"lorien serve did not announce its URL: {line!r} {process.stderr.read()}")
     return LiveServer(process, match.group(1), repo)
+
+
+@contextmanager
+def serving(repo: Path, *extra: str) -> Iterator[LiveServer]:
+    """A ``lorien serve`` of ``repo`` for the ``with`` block (a fixture's lifetime), stopped afterwards."""
+    live = start_server(repo, *extra)
+    try:
+        yield live
+    finally:
+        live.process.terminate()
+        live.process.wait(10)
 
 
 def require(condition: bool, reason: str) -> None:
