@@ -47,7 +47,7 @@ def api_token(config: DeviceConfig) -> tuple[str | None, str]:
     path = config.state_dir / TOKEN_FILE
     token = _read_token(path)
     if token is None:
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_hex(32)  # hex: never starts with "-", so `--token VALUE` always parses
         with atomic_writer(path, mode=0o600) as sink:
             sink.write(f"{token}\n".encode())
     return token, f"API token in {path} (send Authorization: Bearer <its content>)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -137,6 +138,8 @@ def test_a_token_is_generated_by_default_and_required(
     device = start(devices, tmp_path, server.url, install(family, tmp_path, "1.1.0"))
     token_file = device.state_dir / "api_token"
     assert token_file.stat().st_mode & 0o777 == 0o600 and len(device.token) >= 32
+    # hex: a token starting with "-" would be read by argparse as an option (`lorien ctl --token -x…`)
+    assert re.fullmatch(r"[0-9a-f]{64}", device.token), device.token
     assert f"API token in {token_file}" in "".join(device.lines)
     assert device.api("POST", "check", token=None).status_code == 401
     assert device.api("POST", "check").status_code == 200  # a POST without a body needs no Content-Type
