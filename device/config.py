@@ -45,10 +45,6 @@ class ServiceControl:
     command: list[str] | None = field(default=None, metadata=_flag_help("command to start the model's consumer"))
     pid_file: Path | None = field(default=None, metadata=_flag_help("its pid file (with --service-command)"))
 
-    @property
-    def configured(self) -> bool:
-        return bool(self.unit or self.command)
-
 
 @dataclass(frozen=True)
 class RetrySettings:
