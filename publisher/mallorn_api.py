@@ -40,6 +40,16 @@ from lorien.repo.versions import sort_versions
 SendFile = Callable[[str, str], bottle.HTTPResponse]  # (repository-relative path, download name) → response
 
 
+def published_manifests(root: Path) -> list[Manifest]:
+    """Every family's manifest, as ``index.json`` lists them, read now ([] before the first publish). Raises
+    ``ManifestError`` / ``OSError`` when a document is broken or missing."""
+    index_file = root / INDEX_FILE
+    if not index_file.exists():
+        return []
+    index = parse_index(index_file.read_bytes(), INDEX_FILE)
+    return [parse_manifest((root / e.manifest).read_bytes(), e.manifest) for e in index.families]
+
+
 class SampledHashes:
     """Each version's sampled hash: from its manifest, else computed once from its blob (blobs never change)."""
 
@@ -101,11 +111,7 @@ class MallornApi:
         self.sampled = SampledHashes(root)
 
     def manifests(self) -> list[Manifest]:
-        index_file = self.root / INDEX_FILE
-        if not index_file.exists():
-            return []
-        index = parse_index(index_file.read_bytes(), INDEX_FILE)
-        return [parse_manifest((self.root / e.manifest).read_bytes(), e.manifest) for e in index.families]
+        return published_manifests(self.root)
 
     # -- GET endpoints ---------------------------------------------------------------------------------------
     def health(self) -> bottle.HTTPResponse:

@@ -35,9 +35,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from lorien.publisher.mallorn_api import published_manifests
 from lorien.repo.errors import LorienError
 from lorien.repo.layout import BLOB_DIR, INDEX_FILE, MANIFEST_FILE, PATCH_EXTENSION
-from lorien.repo.manifest import Manifest, parse_index, parse_manifest
+from lorien.repo.manifest import Manifest
 
 if TYPE_CHECKING:
     from lorien.publisher.publish import PublishReport
@@ -82,12 +83,8 @@ class _Manifests(Collector):
         self._root = root
 
     def _manifests(self) -> list[Manifest]:
-        index_file = self._root / INDEX_FILE
-        if not index_file.exists():
-            return []
         try:
-            index = parse_index(index_file.read_bytes(), INDEX_FILE)
-            return [parse_manifest((self._root / e.manifest).read_bytes(), e.manifest) for e in index.families]
+            return published_manifests(self._root)
         except (LorienError, OSError):
             return []  # the requests that read it answer 500 and log why; a scrape still answers
 
