@@ -29,13 +29,13 @@ from typing import Any
 import requests
 
 from lorien.device.state import Kind, Stage, StateStore
-from lorien.logs import TIMESTAMPED, logfmt, stream_handler
+from lorien.repo.logs import TIMESTAMPED, logfmt, stream_handler
 
 log = logging.getLogger(__name__)
 
 
 def setup_logging(log_dir: Path, verbose: bool = False) -> None:
-    """``logs/device.log`` (rotated, timestamped) and stdout (journald's format under systemd: ``lorien.logs``)."""
+    """``logs/device.log`` (rotated, timestamped) and stdout (journald's format under systemd: ``repo.logs``)."""
     root = logging.getLogger()
     for handler in list(root.handlers):  # replace the CLI's stderr default: one line per event, twice at most
         root.removeHandler(handler)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from lorien.logs import logfmt, stream_handler
 from lorien.modelgen import write_family
 from lorien.publisher.publish import publish
+from lorien.repo.logs import logfmt, stream_handler
 from tests.support.device_family import model_file, publish_two_hop_family
 from tests.support.device_harness import DeviceProcess
 from tests.support.processes import SMALL_LAYERS, start_server  # real `lorien device` and `lorien serve` below

@@ -35,8 +35,8 @@ import sys
 from importlib.metadata import version
 
 from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone
-from lorien.logs import stream_handler
 from lorien.repo.errors import LocalIOError, LorienError
+from lorien.repo.logs import stream_handler
 
 EXIT_INTERRUPTED = 130
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a writer stopped by a closed pipe
