@@ -47,6 +47,10 @@ class ManifestError(BadInputError):
     """A repository document (index.json, manifest.json) is missing, malformed or inconsistent."""
 
 
+class PackageError(BadInputError):
+    """A zip package (TOPE ``update.zip``) is malformed or hostile: zip-slip, links, duplicate names, zip bomb."""
+
+
 class PatchError(LorienError):
     """A patch is corrupt, truncated, made for another source file, or needs an engine we do not have."""
 

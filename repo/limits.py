@@ -24,6 +24,10 @@ class Limits:
     max_patches: int = 100_000  # patches listed in one manifest (also: families in index.json)
     max_blob_bytes: int = 1 << 40  # a declared model or patch size above this is treated as hostile
     max_chain_length: int = 32  # patches applied in a row by one update
+    # bundles (a version that is a directory of files) and TOPE zip packages
+    max_bundle_files: int = 1_000  # files in one bundle version or one zip package
+    max_bundle_bytes: int = 1 << 40  # total bytes of one bundle version (declared sizes of a zip package)
+    max_archive_ratio: int = 200  # uncompressed / compressed size of one zip entry over 1 MiB (zip bombs)
     # network: a peer that stops sending, or sends too slowly, is cut off
     connect_timeout: float = 5.0  # seconds
     stall_timeout: float = 30.0  # seconds without a single byte
