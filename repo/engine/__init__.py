@@ -25,6 +25,7 @@ from lorien.repo.atomic import require_space, write_failure
 from lorien.repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.engine.mallorn_adapter import MallornEngine
+from lorien.repo.engine.planning import Hints
 from lorien.repo.engine.zstd_dict import ZstdDictEngine
 from lorien.repo.errors import BadInputError, LocalIOError, PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
@@ -87,8 +88,11 @@ def create_patch(
     engine: str = DEFAULT_ENGINE,
     *,
     progress: ByteProgress | None = None,
+    hints: Hints | None = None,
 ) -> PatchStats:
-    """Write a patch that turns ``old`` into ``new``; ``progress`` is told how much of ``new`` is encoded."""
+    """Write a patch that turns ``old`` into ``new``; ``progress`` is told how much of ``new`` is encoded.
+    ``hints`` = (old regions, new regions) of a data file whose tensors a companion file describes
+    (:func:`repo.engine.companions.companion_regions`); only the ``lorien`` engine uses them."""
     old, new, output = Path(old), Path(new), Path(output)
     _require_file(old, "old model")
     _require_file(new, "new model")
@@ -97,7 +101,10 @@ def create_patch(
     total = new.stat().st_size
     _report(progress, 0, total)
     try:
-        chosen.create(old, new, output, **_progress_argument(chosen, progress))
+        extra: dict[str, object] = dict(_progress_argument(chosen, progress))
+        if hints is not None and isinstance(chosen, LorienEngine):
+            extra["hints"] = hints
+        chosen.create(old, new, output, **extra)
     except OSError as error:
         raise write_failure(error, output, "the patch") from None
     _report(progress, total, total)
@@ -217,6 +224,7 @@ __all__ = [
     "DEFAULT_ENGINE",
     "ApplyResult",
     "ByteProgress",
+    "Hints",
     "PatchInfo",
     "PatchStats",
     "apply_patch",

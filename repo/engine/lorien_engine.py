@@ -50,7 +50,7 @@ from lorien.repo.engine.container import (
     read_header_and_table,
     version_for,
 )
-from lorien.repo.engine.planning import Piece, plan
+from lorien.repo.engine.planning import Hints, Piece, plan
 from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
@@ -173,7 +173,12 @@ class LorienEngine:
         return payload, backend, best
 
     def create(
-        self, old: Path, new: Path, output: Path, progress: Callable[[int, int], None] | None = None
+        self,
+        old: Path,
+        new: Path,
+        output: Path,
+        progress: Callable[[int, int], None] | None = None,
+        hints: Hints | None = None,
     ) -> None:
         with ExitStack() as stack:
             old_view = stack.enter_context(mapped(old))
@@ -183,7 +188,7 @@ class LorienEngine:
                 0, len(old_view), len(new_view), bytes.fromhex(sha256_file(old)), bytes.fromhex(sha256_file(new))
             )
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
-            pieces = plan(old_view, new_view, self.limits)
+            pieces = plan(old_view, new_view, self.limits, hints)
             made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
             encoded = _merge_copies(_reporting(made, progress, len(new_view)))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lorien.repo.engine.formats import TensorRegion, find_tensors
+from lorien.repo.engine.formats import _non_overlapping as non_overlapping
 from lorien.repo.limits import Limits
 
 MiB = 1 << 20
@@ -40,10 +41,15 @@ class Piece:
     cast: tuple[int, int] | None = None  # old float32 bytes predicting float16 target bytes
 
 
-def plan(old: memoryview, new: memoryview, limits: Limits) -> list[Piece]:
-    """Pieces covering ``new`` in order; the model-aware part of the engine."""
-    _, old_regions = find_tensors(old)
-    _, new_regions = find_tensors(new)
+Hints = tuple[list[TensorRegion] | None, list[TensorRegion] | None]  # (old, new) regions known from elsewhere
+
+
+def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None = None) -> list[Piece]:
+    """Pieces covering ``new`` in order; the model-aware part of the engine. ``hints`` gives the tensor regions
+    of a file whose tensors another file describes (:mod:`repo.engine.companions`), in place of its own finder."""
+    old_hint, new_hint = hints or (None, None)
+    old_regions = _hinted(old_hint, len(old)) if old_hint else find_tensors(old)[1]
+    new_regions = _hinted(new_hint, len(new)) if new_hint else find_tensors(new)[1]
     matches = align(old_regions, new_regions)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
     grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
@@ -53,6 +59,10 @@ def plan(old: memoryview, new: memoryview, limits: Limits) -> list[Piece]:
     # a frame, so small tensors go back into the generic bytes around them
     large = [r for r in new_regions if r.length >= MIN_TENSOR]
     return _pieces(large, matches, len(old), len(new), limits)
+
+
+def _hinted(regions: list[TensorRegion], size: int) -> list[TensorRegion]:
+    return non_overlapping([r for r in regions if r.offset >= 0 and r.end <= size])
 
 
 def _pieces(

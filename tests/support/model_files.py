@@ -87,3 +87,24 @@ def nudged(tensors: Tensors, seed: int, relative: float = 1e-3) -> Tensors:
         name: (array * (1 + rng.standard_normal(array.shape) * relative)).astype(array.dtype)
         for name, array in tensors.items()
     }
+
+
+def write_onnx_external(directory: Path, tensors: Tensors, name: str = "model.onnx") -> tuple[Path, Path]:
+    """An ONNX model whose initializers live in ``<name>.data`` (external data, as for models over 2 GB)."""
+    import onnx
+
+    directory.mkdir(parents=True, exist_ok=True)
+    inline = directory / f".{name}.inline"
+    write_onnx(inline, tensors)
+    model = onnx.load_model(str(inline))
+    inline.unlink()
+    (directory / f"{name}.data").unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(
+        model,
+        str(directory / name),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{name}.data",
+        size_threshold=0,
+    )
+    return directory / name, directory / f"{name}.data"
