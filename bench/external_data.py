@@ -86,7 +86,7 @@ def main() -> None:
     items = list(changed.items())
     items.insert(1, ("inserted", rng.standard_normal(4096).astype(np.float32)))
     old, new = _write(work / "old", old_tensors), _write(work / "new", dict(items))
-    hints = (companion_regions(work / "old", FILES[1], FILES), companion_regions(work / "new", FILES[1], FILES))
+    hints = tuple(companion_regions({n: work / side / n for n in FILES}, FILES[1]) for side in ("old", "new"))
     expected = new.read_bytes()
     results: dict[str, dict[str, float]] = {}
 

@@ -4,9 +4,11 @@ Flow, under the repository's writer lock:
 
 1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
-3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying),
+3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying;
+   a version directory becomes one blob per file plus a zip package: ``publisher.bundles``),
    create missing patches from each of the previous ``keep`` versions to the newest (sources are read from
-   the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
+   the repository's own verified blobs; for a bundle, per-file patches of the files that changed), then write
+   ``<family>/manifest.json`` only if its content changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -34,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorien.publisher.bundles import bundle_version, make_file_patches, still_valid_file_patches
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
-from lorien.repo.errors import LocalIOError, LorienError
+from lorien.repo.errors import BadInputError, LocalIOError, LorienError
 from lorien.repo.fingerprint import fingerprint, sampled_hash
 from lorien.repo.hashing import Digests, digest_file
 from lorien.repo.layout import blob_path
@@ -73,6 +76,8 @@ class FamilyResult:
     skipped: list[str] = field(default_factory=list)  # watch mode: bad files left out, family still published
     new_versions: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # versions the previous manifest had and this one has not
+    # bundle families: (from, to, bytes a device downloads, full bytes of the target bundle) per patched pair
+    bundle_pairs: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def events(self) -> list[dict[str, Any]]:
         """What publishing this family did (see :meth:`PublishReport.events`)."""
@@ -87,6 +92,11 @@ class FamilyResult:
             "patches": [_patch_event(*created) for created in self.patches_created],
             "rejected_patches": [_patch_event(*rejected) for rejected in self.patches_rejected],
         }
+        if self.bundle_pairs:
+            published["bundle_updates"] = [
+                {"source": source, "target": target, "download_bytes": download, "full_bytes": full}
+                for source, target, download, full in self.bundle_pairs
+            ]
         return [published] + [{"event": "withdrawn", "family": self.family, "version": v} for v in self.withdrawn]
 
 
@@ -160,6 +170,8 @@ def _version_entries(
         if progress is not None:
             progress(done, total)
         done += _file_size(model.path)
+        if model.bundle:
+            continue  # publish_family: bundle_version()
         old = _published(previous, model.version)
         if old is None and (why := incomplete_reason(model.path)):
             result.problems.append(
@@ -199,11 +211,12 @@ def publish_family(
     result = FamilyResult(family)
     previous = writer.read_manifest(family)
     entries = _version_entries(files, previous, result, _progress(options, f"{family} versions (hashing)"))
+    bundles = _bundle_entries(writer, [model for model in files if model.bundle], previous, result)
     if result.problems and options.lenient:
         result.skipped, result.problems = result.problems, []
-    if result.problems or not entries:
+    if result.problems or not (entries or bundles):
         return result  # (lenient: every file of the family is still incomplete or bad)
-    versions = []
+    versions = list(bundles)
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
         result.new_blobs += created
@@ -213,7 +226,14 @@ def publish_family(
     latest = by_name[order[-1]]
     patches = _still_valid_patches(writer, previous, by_name)
     sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
-    _make_patches(writer, sources, latest, patches, options, result)
+    file_patches = still_valid_file_patches(writer, previous, by_name)
+    if latest.bundle is None:
+        _make_patches(writer, [s for s in sources if s.bundle is None], latest, patches, options, result)
+    else:
+        file_patches, result.bundle_pairs = make_file_patches(
+            writer, family, sources, latest, file_patches, options
+        )
+    rank = {name: i for i, name in enumerate(order)}
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -225,6 +245,7 @@ def publish_family(
         versions=tuple(by_name[name] for name in order),
         patches=ordered_patches(order, list(patches.values())),
         allow_downgrade=allow_downgrade,
+        file_patches=tuple(sorted(file_patches.values(), key=lambda p: (rank[p.target], rank[p.source], p.path))),
     )
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
@@ -233,6 +254,23 @@ def publish_family(
     result.new_versions = [name for name in order if name not in known]
     result.withdrawn = [name for name in sort_versions(known) if name not in by_name]
     return result
+
+
+def _bundle_entries(
+    writer: RepositoryWriter, models: list[ModelFile], previous: Manifest | None, result: FamilyResult
+) -> list[VersionEntry]:
+    """Manifest entries of the family's version directories (file blobs and zip package stored); a bad or
+    changed bundle is one problem naming it."""
+    entries = []
+    for model in models:
+        try:
+            entry, created = bundle_version(writer, model, _published(previous, model.version))
+        except BadInputError as error:
+            result.problems.append(str(error))
+            continue
+        result.new_blobs += created
+        entries.append(entry)
+    return entries
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:

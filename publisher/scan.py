@@ -1,4 +1,5 @@
-"""Scan ``MODELS/<family>/<version>.<ext>`` into validated families, collecting every problem.
+"""Scan ``MODELS/<family>/<version>.<ext>`` and bundle directories ``MODELS/<family>/<version>/…`` into
+validated families, collecting every problem.
 
 Output: a :class:`ScanResult` whose ``families`` maps a family name to its model files (oldest first) and whose
 ``problems`` maps a family name (or ``None`` for the models directory itself) to one-line messages. A family
@@ -8,6 +9,12 @@ Ignored on purpose: hidden files and names that look like partial downloads (``.
 ``.crdownload``), so a copy in progress is never taken as a version; and backup or editor leftovers (``.bak``,
 ``.orig``, ``.old``, ``.rej``, ``.swp``, a ``~`` suffix, ``#name#``), so ``1.0.0.onnx.bak`` never becomes
 version ``1.0.0.onnx``. The latter are listed in ``ScanResult.ignored``: the publisher warns about each once.
+
+A directory in a family is a bundle version named by the whole directory name; its files are listed (paths
+checked, links and special files refused, bounded by ``max_bundle_files``/``max_bundle_bytes``; hidden names such
+as the ``.complete`` marker skipped) by :func:`repo.bundle.list_directory`. Whether a directory is complete is
+the caller's business: ``publish`` takes what is there, ``watch`` excludes a directory until it has a
+``.complete`` marker or arrived by one rename.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorien.repo.bundle import list_directory
 from lorien.repo.errors import BadInputError
 from lorien.repo.fingerprint import MIN_FILE_SIZE
 from lorien.repo.layout import family_name_problem
@@ -30,6 +38,7 @@ class ModelFile:
     version: str
     extension: str
     path: Path
+    bundle: bool = False  # a version directory (several files switched as one)
 
 
 @dataclass
@@ -96,6 +105,14 @@ def _readable_problem(path: Path) -> str | None:
     return None
 
 
+def _bundle_problem(path: Path) -> str | None:
+    try:
+        list_directory(path)
+    except BadInputError as error:
+        return str(error)  # names the directory or the file inside it
+    return None
+
+
 def scan_family(directory: Path, result: ScanResult) -> None:
     family = directory.name
     if problem := family_name_problem(family):
@@ -105,17 +122,13 @@ def scan_family(directory: Path, result: ScanResult) -> None:
     for entry in sorted(directory.iterdir()):
         if entry in result.exclude or _skip(entry, result):
             continue
-        if entry.is_dir():
-            result.file_problem(
-                family, f"{entry}: unexpected directory; a family holds <version>.<ext> files only"
-            )
-            continue
-        version, extension = split_model_name(entry.name)
+        bundle = entry.is_dir() and not entry.is_symlink()
+        version, extension = (entry.name, "") if bundle else split_model_name(entry.name)
         if problem := version_name_problem(version):
             result.file_problem(family, f"{entry}: '{version}' is not a version name: it {problem}")
             continue
-        if problem := _readable_problem(entry):
-            result.file_problem(family, f"{entry}: {problem}")
+        if problem := (_bundle_problem(entry) if bundle else _readable_problem(entry)):
+            result.file_problem(family, problem if bundle else f"{entry}: {problem}")
             continue
         for other in files:
             if same_version(other.version, version):
@@ -124,11 +137,13 @@ def scan_family(directory: Path, result: ScanResult) -> None:
                 )
                 break
         else:
-            files.append(ModelFile(family, version, extension, entry))
+            files.append(ModelFile(family, version, extension, entry, bundle))
     if not files and family not in result.problems:
         if result.lenient:
             return  # watch mode: an empty (or not yet complete) family is simply not there yet
-        result.add_problem(family, f"{directory}: no model files; expected {directory}/<version>.<ext>")
+        result.add_problem(
+            family, f"{directory}: no model files; expected {directory}/<version>.<ext> or {directory}/<version>/"
+        )
     if family in result.problems:
         return
     order = sort_versions(f.version for f in files)

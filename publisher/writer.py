@@ -23,7 +23,7 @@ from pathlib import Path
 from lorien.publisher.options import PublishOptions
 from lorien.publisher.signed import SignedMetadataWriter
 from lorien.repo.atomic import atomic_writer, fsync_dir, is_temp_name, require_space, write_failure
-from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats, create_patch, get_engine
+from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, Hints, PatchStats, create_patch, get_engine
 from lorien.repo.errors import IntegrityError
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from lorien.repo.layout import PATCH_EXTENSION, blob_path
@@ -84,7 +84,12 @@ class RepositoryWriter(SignedMetadataWriter):
         return relative, True
 
     def create_patch(
-        self, family: str, source: VersionEntry, target: VersionEntry, progress: ByteProgress | None = None
+        self,
+        family: str,
+        source: VersionEntry,
+        target: VersionEntry,
+        progress: ByteProgress | None = None,
+        hints: Hints | None = None,
     ) -> tuple[PatchEntry, PatchStats]:
         self.staging.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(dir=self.staging, suffix=f".{PATCH_EXTENSION}")
@@ -92,7 +97,12 @@ class RepositoryWriter(SignedMetadataWriter):
         temp = Path(temp_name)
         try:
             stats = create_patch(
-                self.blob_file(source.blob), self.blob_file(target.blob), temp, self.engine, progress=progress
+                self.blob_file(source.blob),
+                self.blob_file(target.blob),
+                temp,
+                self.engine,
+                progress=progress,
+                hints=hints,
             )
             digests = digest_file(temp)
             relative = blob_path(digests.sha256, PATCH_EXTENSION)

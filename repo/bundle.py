@@ -95,7 +95,7 @@ def list_directory(
             raise BadInputError(f"{directory}: cannot list the bundle directory: {error.strerror}") from None
         for entry in entries:
             relative = prefix + entry.name
-            if not prefix and entry.name in skip:
+            if entry.name.startswith("."):
                 continue
             checked_bundle_path(relative, f"{root}")
             mode = entry.stat(follow_symlinks=False).st_mode
@@ -126,7 +126,7 @@ def list_directory(
 def describe_directory(root: Path, limits: Limits = DEFAULT_LIMITS) -> list[BundleFile]:
     """``BundleFile`` of every file under ``root`` (hashed), sorted by path."""
     files = []
-    for relative in list_directory(root, limits, skip=frozenset({COMPLETE_MARKER})):
+    for relative in list_directory(root, limits):
         digests = digest_file(root / relative)
         files.append(BundleFile(relative, digests.size, digests.sha256, digests.md5))
     return files

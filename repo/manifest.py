@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lorien.repo.atomic import canonical_json
+from lorien.repo.bundle import BundleFile, bundle_digest, collision_key
 from lorien.repo.errors import ManifestError
 from lorien.repo.fingerprint import FORMATS, Fingerprint
 from lorien.repo.layout import checked_blob_path, checked_relative_path, family_name_problem
@@ -29,6 +30,7 @@ MAX_SEQUENCE = 1 << 62
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _ENGINE = re.compile(r"[a-z0-9_-]{1,32}")
 _PATCH_ID = re.compile(r"[A-Za-z0-9._+-]{1,512}")
+_FILE_PATCH_ID = re.compile(r"[A-Za-z0-9._+/-]{1,1600}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -52,6 +54,51 @@ def parse_timestamp(text: str) -> datetime:
 
 
 @dataclass(frozen=True)
+class BundleFileEntry:
+    """One file of a bundle version: its relative path, digests, blob and (model files) Mallorn fingerprint."""
+
+    path: str
+    size: int
+    sha256: str
+    md5: str
+    blob: str
+    fingerprint: Fingerprint | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "blob": self.blob,
+        }
+        if self.fingerprint is not None:
+            data["fingerprint"] = self.fingerprint.to_dict()
+        return data
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The files of a bundle version (sorted by path) and their digest (``repo.bundle.bundle_digest``)."""
+
+    digest: str
+    files: tuple[BundleFileEntry, ...]
+
+    def file(self, path: str) -> BundleFileEntry | None:
+        for entry in self.files:
+            if entry.path == path:
+                return entry
+        return None
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "files": [entry.to_dict() for entry in self.files]}
+
+
+@dataclass(frozen=True)
 class VersionEntry:
     version: str
     filename: str
@@ -61,6 +108,9 @@ class VersionEntry:
     fingerprint: Fingerprint
     blob: str
     sampled_sha256: str | None = None  # lorien's sampled hash (repo.fingerprint.sampled_hash); optional field
+    # a bundle version (a directory of files); then filename/size/sha256/md5/fingerprint/blob describe the
+    # version's zip package (what a Mallorn or TOPE client downloads whole)
+    bundle: Bundle | None = None
 
     @property
     def format(self) -> str:
@@ -78,6 +128,8 @@ class VersionEntry:
         }
         if self.sampled_sha256 is not None:
             data["sampled_sha256"] = self.sampled_sha256
+        if self.bundle is not None:
+            data["bundle"] = self.bundle.to_dict()
         return data
 
 
@@ -110,6 +162,38 @@ class PatchEntry:
 
 
 @dataclass(frozen=True)
+class FilePatchEntry:
+    """A patch of one file of a bundle: ``path`` in version ``source`` → the same path in version ``target``."""
+
+    id: str
+    source: str
+    target: str
+    path: str
+    engine: str
+    size: int
+    sha256: str
+    md5: str
+    blob: str
+    source_sha256: str  # of the file at ``path`` in ``source``
+    target_sha256: str  # of the file at ``path`` in ``target``
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": self.source,
+            "to": self.target,
+            "path": self.path,
+            "engine": self.engine,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "blob": self.blob,
+            "source_sha256": self.source_sha256,
+            "target_sha256": self.target_sha256,
+        }
+
+
+@dataclass(frozen=True)
 class Manifest:
     family: str
     sequence: int
@@ -120,6 +204,7 @@ class Manifest:
     schema: int = SCHEMA_VERSION
     expires: str | None = None  # after this instant devices refuse the manifest (freeze defence); None: never
     allow_downgrade: bool = False  # publisher decision: devices on a newer version may go back to ``latest``
+    file_patches: tuple[FilePatchEntry, ...] = field(default=())  # per-file patches between bundle versions
 
     def version(self, name: str) -> VersionEntry:
         for entry in self.versions:
@@ -150,6 +235,8 @@ class Manifest:
             data["expires"] = self.expires
         if self.allow_downgrade:
             data["allow_downgrade"] = True
+        if self.file_patches:
+            data["file_patches"] = [entry.to_dict() for entry in self.file_patches]
         return data
 
     def to_bytes(self) -> bytes:
@@ -325,10 +412,75 @@ def _parse_version(reader: _Reader) -> VersionEntry:
         fingerprint=_parse_fingerprint(reader.sub("fingerprint")),
         blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
         sampled_sha256=reader.str("sampled_sha256", _HEX64) if "sampled_sha256" in reader.data else None,
+        bundle=_parse_bundle(reader.sub("bundle")) if "bundle" in reader.data else None,
     )
     if entry.fingerprint.file_size != entry.size:
         raise ManifestError(f"{reader.where}: fingerprint.file_size disagrees with size")
     return entry
+
+
+def _parse_bundle(reader: _Reader) -> Bundle:
+    """Paths checked like every repository path, unique (also by case), bounded in count and total size, and
+    the digest recomputed from the listed files."""
+    files = []
+    seen: set[str] = set()
+    total = 0
+    for i, item in enumerate(reader.list("files", reader.limits.max_bundle_files)):
+        file_reader = reader.item(item, f"{reader.where}.files[{i}]")
+        sha256 = file_reader.str("sha256", _HEX64)
+        path = checked_relative_path(file_reader.str("path"), f"{file_reader.where}.path")
+        if collision_key(path) in seen:
+            raise ManifestError(
+                f"{file_reader.where}.path: {path!r} is listed twice (names may not differ by case)"
+            )
+        seen.add(collision_key(path))
+        fingerprint = None
+        if "fingerprint" in file_reader.data:
+            fingerprint = _parse_fingerprint(file_reader.sub("fingerprint"))
+        entry = BundleFileEntry(
+            path=path,
+            size=file_reader.int("size", 0),
+            sha256=sha256,
+            md5=file_reader.str("md5", _HEX32),
+            blob=checked_blob_path(file_reader.str("blob"), sha256, f"{file_reader.where}.blob"),
+            fingerprint=fingerprint,
+        )
+        if fingerprint is not None and fingerprint.file_size != entry.size:
+            raise ManifestError(f"{file_reader.where}: fingerprint.file_size disagrees with size")
+        total += entry.size
+        files.append(entry)
+    if not files:
+        raise ManifestError(f"{reader.where}.files: a bundle lists at least one file")
+    if total > reader.limits.max_bundle_bytes:
+        raise ManifestError(
+            f"{reader.where}: files total {total} bytes, over the limit {reader.limits.max_bundle_bytes}"
+        )
+    for path in seen:
+        parts = path.split("/")
+        if any("/".join(parts[:depth]) in seen for depth in range(1, len(parts))):
+            raise ManifestError(f"{reader.where}.files: {path!r} lies under a path that is also a file")
+    digest = reader.str("digest", _HEX64)
+    computed = bundle_digest(BundleFile(f.path, f.size, f.sha256, f.md5) for f in files)
+    if digest != computed:
+        raise ManifestError(f"{reader.where}.digest: does not match the listed files (computed {computed})")
+    return Bundle(digest=digest, files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def _parse_file_patch(reader: _Reader) -> FilePatchEntry:
+    sha256 = reader.str("sha256", _HEX64)
+    return FilePatchEntry(
+        id=reader.str("id", _FILE_PATCH_ID),
+        source=_checked_version_name(reader, "from"),
+        target=_checked_version_name(reader, "to"),
+        path=checked_relative_path(reader.str("path"), f"{reader.where}.path"),
+        engine=reader.str("engine", _ENGINE),
+        size=reader.int("size", 1),
+        sha256=sha256,
+        md5=reader.str("md5", _HEX32),
+        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+        source_sha256=reader.str("source_sha256", _HEX64),
+        target_sha256=reader.str("target_sha256", _HEX64),
+    )
 
 
 def _parse_patch(reader: _Reader) -> PatchEntry:
@@ -378,8 +530,15 @@ def parse_manifest(raw: bytes, where: str = "manifest.json", limits: Limits = DE
         schema=schema,
         expires=expires,
         allow_downgrade=reader.optional("allow_downgrade", bool, False),
+        file_patches=tuple(
+            _parse_file_patch(reader.item(item, f"{where}.file_patches[{i}]"))
+            for i, item in enumerate(reader.list("file_patches", limits.max_patches))
+        )
+        if "file_patches" in reader.data
+        else (),
     )
     _check_references(manifest, where)
+    _check_file_patches(manifest, where)
     return manifest
 
 
@@ -406,6 +565,29 @@ def _check_references(manifest: Manifest, where: str) -> None:
                 raise ManifestError(f"{where}: patch {patch.id!r} '{role}' version {name!r} is not listed")
             if by_name[name].sha256 != digest:
                 raise ManifestError(f"{where}: patch {patch.id!r} {role}-sha256 disagrees with version {name!r}")
+
+
+def _check_file_patches(manifest: Manifest, where: str) -> None:
+    by_name = {entry.version: entry for entry in manifest.versions}
+    ids: set[str] = set()
+    for patch in manifest.file_patches:
+        if patch.id in ids:
+            raise ManifestError(f"{where}: file patch id {patch.id!r} is listed twice")
+        ids.add(patch.id)
+        for role, name, digest in (
+            ("from", patch.source, patch.source_sha256),
+            ("to", patch.target, patch.target_sha256),
+        ):
+            entry = by_name.get(name)
+            if entry is None or entry.bundle is None:
+                raise ManifestError(
+                    f"{where}: file patch {patch.id!r} '{role}' version {name!r} is not a listed bundle"
+                )
+            listed = entry.bundle.file(patch.path)
+            if listed is None or listed.sha256 != digest:
+                raise ManifestError(
+                    f"{where}: file patch {patch.id!r} {role}-sha256 disagrees with {patch.path!r} of version {name!r}"
+                )
 
 
 def parse_index(raw: bytes, where: str = "index.json", limits: Limits = DEFAULT_LIMITS) -> Index:

@@ -24,9 +24,10 @@ def test_onnx_external_data_regions_match_the_reference_library(tmp_path: Path) 
         tensor = found[name]
         assert (tensor.dtype, tensor.shape, tensor.width) == ("float32", array.shape, 4)
         assert data[tensor.offset : tensor.end] == array.tobytes()
-    regions = companion_regions(tmp_path / "b", "model.onnx.data", ["model.onnx", "model.onnx.data"])
+    files = {"model.onnx": onnx_path, "model.onnx.data": data_path}
+    regions = companion_regions(files, "model.onnx.data")
     assert regions is not None and len(regions) == len(tensors)
-    assert companion_regions(tmp_path / "b", "model.onnx", ["model.onnx", "model.onnx.data"]) is None
+    assert companion_regions(files, "model.onnx") is None
 
 
 def _openvino(directory: Path, tensors: dict[str, np.ndarray]) -> None:
@@ -55,7 +56,8 @@ def test_openvino_regions(tmp_path: Path) -> None:
     assert regions is not None and [r.name for r in regions] == list(tensors)
     for tensor, array in zip(regions, tensors.values(), strict=True):
         assert data[tensor.offset : tensor.end] == array.tobytes() and tensor.shape == array.shape
-    assert companion_regions(tmp_path / "ir", "model.bin", ["model.bin", "model.xml"]) == regions
+    files = {name: tmp_path / "ir" / name for name in ("model.bin", "model.xml")}
+    assert companion_regions(files, "model.bin") == regions
     assert openvino_regions(b"<not-ir/>") is None and openvino_regions(b"<<<") is None
 
 
@@ -78,10 +80,10 @@ def test_hinted_patch_is_smaller_and_applies_without_the_companion(tmp_path: Pat
     new_tensors = dict(items)  # a tensor inserted near the start shifts every later offset
     _, old_data = write_onnx_external(tmp_path / "old", old_tensors)
     _, new_data = write_onnx_external(tmp_path / "new", new_tensors)
-    files = ["model.onnx", "model.onnx.data"]
+    names = ["model.onnx", "model.onnx.data"]
     hints = (
-        companion_regions(tmp_path / "old", "model.onnx.data", files),
-        companion_regions(tmp_path / "new", "model.onnx.data", files),
+        companion_regions({name: tmp_path / "old" / name for name in names}, "model.onnx.data"),
+        companion_regions({name: tmp_path / "new" / name for name in names}, "model.onnx.data"),
     )
     plain = create_patch(old_data, new_data, tmp_path / "plain.patch")
     hinted = create_patch(old_data, new_data, tmp_path / "hinted.patch", hints=hints)

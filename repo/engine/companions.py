@@ -9,8 +9,8 @@ looks like generic bytes to :func:`repo.engine.formats.find_tensors`:
 - OpenVINO IR: the ``.xml`` lists ``<layer type="Const">`` with ``<data element_type= shape= offset= size=>``
   pointing into the ``.bin`` of the same name.
 
-Create side only: :func:`companion_regions` takes the bundle's directory and one data file's relative path and
-returns its regions (or ``None``); the publisher passes them to ``create_patch(..., regions=…)``. The patch
+Create side only: :func:`companion_regions` takes a bundle's files (path → bytes on disk) and one data file's
+path and returns its regions (or ``None``); the publisher passes them to ``create_patch(..., regions=…)``. The patch
 records byte ranges as always, so applying it needs neither this module, nor the companion, nor any format
 library. Like the other readers, a malformed companion yields ``None``: a bad guess only costs patch size.
 """
@@ -142,25 +142,23 @@ def openvino_regions(xml: bytes) -> list[TensorRegion] | None:
 # ------------------------------------------------------------------------------------------------------ lookup
 
 
-def companion_regions(root: Path, relative: str, files: list[str]) -> list[TensorRegion] | None:
-    """Regions of the bundle file ``relative`` (under ``root``) described by a companion among ``files``, only
-    those inside the data file's size; ``None`` when no companion describes it."""
-    data_path = root / relative
-    size = data_path.stat().st_size
+def companion_regions(files: dict[str, Path], relative: str) -> list[TensorRegion] | None:
+    """Regions of the bundle file ``relative`` described by a companion among ``files`` (bundle path → where its
+    bytes are: a directory's file or a repository blob), only those inside the data file; ``None`` when no
+    companion describes it."""
+    size = files[relative].stat().st_size
     found: list[TensorRegion] = []
     pure = PurePosixPath(relative)
     if pure.suffix == ".bin":
         xml = str(pure.with_suffix(".xml"))
-        if xml in files and (root / xml).stat().st_size <= MAX_COMPANION_BYTES:
-            found.extend(openvino_regions((root / xml).read_bytes()) or [])
-    for other in files:
-        if not other.endswith(".onnx") or other == relative:
-            continue
-        if (root / other).stat().st_size > MAX_COMPANION_BYTES:
+        if xml in files and files[xml].stat().st_size <= MAX_COMPANION_BYTES:
+            found.extend(openvino_regions(files[xml].read_bytes()) or [])
+    for other, where in files.items():
+        if not other.endswith(".onnx") or other == relative or where.stat().st_size > MAX_COMPANION_BYTES:
             continue
         base = PurePosixPath(other).parent
-        for location, tensors in onnx_external_regions((root / other).read_bytes()).items():
-            if str(base / location) == relative or (str(base) == "." and location == relative):
+        for location, tensors in onnx_external_regions(where.read_bytes()).items():
+            if str(base / location) == relative:
                 found.extend(tensors)
     inside = [tensor for tensor in found if tensor.end <= size]
     return inside or None
