@@ -4,7 +4,9 @@ Data flow::
 
     watchdog (inotify) events ─▶ pending files {path: size, mtime, last change, arrived by rename?}
         │  a file is *complete* when it arrived by rename, or its size and mtime have not changed for
-        │  ``settle`` seconds; deletions only mark the repository dirty
+        │  ``settle`` seconds; a version *directory* (bundle: an event anywhere inside it counts for the
+        │  directory) is complete only when it arrived by one rename or holds a ``.complete`` marker file;
+        │  deletions only mark the repository dirty
         ▼
     quiet period (``QUIET`` s without events) ─▶ one publish of everything complete (lenient scan: a bad file
         is reported once and skipped; files still pending are excluded) ─▶ one log line per new version
@@ -34,6 +36,7 @@ from watchdog.observers import Observer
 from lorien.publisher.gc import collect_garbage
 from lorien.publisher.publish import PublishOptions, PublishReport, RepositoryWriter, publish
 from lorien.publisher.scan import is_ignored
+from lorien.repo.bundle import COMPLETE_MARKER
 from lorien.repo.engine import DEFAULT_ENGINE
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.lock import repository_lock
@@ -71,6 +74,18 @@ def _signature(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return stat.st_size, stat.st_mtime_ns
+
+
+def _newest_mtime(directory: Path) -> float:
+    """The latest modification time of ``directory`` and anything in it (a bundle still being copied is recent)."""
+    newest = directory.stat().st_mtime
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
 
 
 class _Events(FileSystemEventHandler):
@@ -118,9 +133,23 @@ class Watcher:
             return False
         return len(relative.parts) == 2 and not any(is_ignored(part) for part in relative.parts)
 
+    def _version_path(self, path: Path) -> Path | None:
+        """``MODELS/<family>/<version…>`` of a path at or below it (a file inside a bundle directory counts for
+        the directory), or None when the path is not a version's."""
+        try:
+            relative = path.relative_to(self.settings.models)
+        except ValueError:
+            return None
+        if len(relative.parts) < 2 or any(is_ignored(part) for part in relative.parts[:2]):
+            return None
+        return self.settings.models / relative.parts[0] / relative.parts[1]
+
     def note(self, path: Path, renamed: bool = False, removed: bool = False) -> None:
-        if not self._is_model_path(path):
+        version = self._version_path(path)
+        if version is None:
             return
+        if version != path:  # inside a bundle directory: the directory changed (not renamed, not removed)
+            path, renamed, removed = version, False, False
         now = time.monotonic()
         with self.lock:
             self.last_event = now
@@ -183,7 +212,7 @@ class Watcher:
             if not self._is_model_path(path):
                 continue
             try:
-                modified = path.stat().st_mtime
+                modified = _newest_mtime(path) if path.is_dir() else path.stat().st_mtime
             except OSError:
                 continue
             if now_wall - modified < self.settings.settle:
@@ -200,6 +229,11 @@ class Watcher:
                     del self.pending[path]  # vanished before it settled
                     self.dirty = True
                     continue
+                if path.is_dir():
+                    if entry.renamed or (path / COMPLETE_MARKER).is_file():
+                        del self.pending[path]
+                        self.dirty = True
+                    continue  # a bundle directory waits for its marker however long it is quiet
                 if signature != entry.signature:
                     entry.signature, entry.changed_at = signature, now
                     continue

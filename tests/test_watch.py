@@ -285,3 +285,32 @@ def test_backup_names_are_never_versions_and_warned_once(watched, sources: list[
     wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0", "1.2.0"])
     for name in ("1.0.0.tflite.bak", "1.1.0.tflite~"):
         assert sum(f"ignoring {models / 'cls' / name}:" in line for line in watcher.lines) == 1, watcher.lines
+
+
+def _bundle_published(repo: Path, version: str) -> bool:
+    try:
+        document = json.loads((repo / "bun" / "manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return any(entry["version"] == version and "bundle" in entry for entry in document["versions"])
+
+
+def test_bundle_directories_wait_for_a_marker_or_arrive_by_rename(watched, tmp_path: Path) -> None:
+    from tests.support.bundles import write_bundle_version
+
+    models, repo, running = watched
+    start(running, models, repo)
+    wait_until(lambda: versions(repo) == ["1.0.0"], what="the startup publish")
+    # written in place, file by file: nothing is published, however quiet it is, until `.complete` exists
+    write_bundle_version(models / "bun" / "1.0.0", 0)
+    time.sleep(3 * float(SETTLE) + 1)
+    assert not _bundle_published(repo, "1.0.0"), "published a bundle directory without its .complete marker"
+    (models / "bun" / "1.0.0" / ".complete").touch()
+    wait_until(lambda: _bundle_published(repo, "1.0.0"), what="the bundle with its marker")
+    # assembled elsewhere on the same file system and renamed into place whole: no marker needed
+    write_bundle_version(models / ".incoming", 1)
+    os.rename(models / ".incoming", models / "bun" / "1.1.0")
+    wait_until(lambda: _bundle_published(repo, "1.1.0"), what="the renamed bundle directory")
+    document = json.loads((repo / "bun" / "manifest.json").read_text())
+    assert {p["path"] for p in document.get("file_patches", [])} == {"model.onnx.data"}
+    assert run_lorien("inspect", repo, "--verify").returncode == 0
