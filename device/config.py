@@ -99,6 +99,12 @@ class DeviceConfig:
     health_timeout: float = field(default=60.0, metadata=_flag_help("seconds (default 60)"))
     callback_url: str | None = field(default=None, metadata=_flag_help("POST stage changes here (best effort)"))
     keep_backups: int = field(default=2, metadata=_flag_help("backups kept (default 2)"))
+    bundle: bool = field(
+        default=False,
+        metadata=_flag_help(
+            "bundle family: model_path is a link to <model_path>.versions/<version>-<digest>/, switched as one"
+        ),
+    )
     stop_timeout: float = field(default=10.0, metadata=_flag_help("SIGTERM→SIGKILL seconds (default 10)"))
     trusted_keys: tuple[TrustedKey, ...] = field(
         default=(),
@@ -296,6 +302,7 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         health_timeout=float(settings.number("health_timeout", 60, 1, 3600)),
         callback_url=settings.url("callback_url", required=False),
         keep_backups=settings.number("keep_backups", 2, 1, 100, integer=True),
+        bundle=settings.flag("bundle"),
         stop_timeout=float(settings.number("stop_timeout", 10, 0, 600)),
         trusted_keys=keys,
         insecure_allow_unsigned=insecure,

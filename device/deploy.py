@@ -124,7 +124,7 @@ class Deployer:
         self._reporter.enter(Stage.ROLLING_BACK, f"restoring the previous model ({reason})", 95.0)
         service.stop_service(self.config)
         if backup and Path(backup).exists():
-            _replace(self.stage_copy(Path(backup), "rollback.model"), self.config.model_path)
+            self._restore(Path(backup))
         else:
             log.error("no backup to restore; the new model stays in place")
         log.info("service: %s", service.start_service(self.config))
@@ -136,6 +136,14 @@ class Deployer:
             self._state.update(rejected_targets=dict(list(rejected.items())[-KNOWN_VERSIONS:]))
         self._state.finish(False, f"rolled back: {reason}", target, stage=Stage.FAILED)
         self._reporter.report(Stage.FAILED, "rolled back to the previous model", 100.0, error=reason)
+
+    def _restore(self, backup: Path) -> None:
+        """Put ``backup`` back at the model path (a copy: the backup stays a backup)."""
+        _replace(self.stage_copy(backup, "rollback.model"), self.config.model_path)
+
+    def installed_digest(self) -> str | None:
+        """What identifies the model in place: the model file's SHA-256."""
+        return sha256_file(self.config.model_path) if self.config.model_path.exists() else None
 
     def abort(self, message: str) -> str | None:
         """After an error mid-deploy, put the old model (and its service) back. Returns what the failure says,
@@ -206,7 +214,7 @@ class Deployer:
                 backup.unlink(missing_ok=True)
 
     def _record_installed(self, version: str | None) -> None:
-        digest = sha256_file(self.config.model_path)
+        digest = self.installed_digest()
         known = dict(self._state.get("known_versions") or {})
         if version is not None:
             known.pop(digest, None)

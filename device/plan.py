@@ -47,9 +47,17 @@ class Step:
     source_sha256: str | None = None
     engine: str | None = None
     id: str = ""
+    # bundle families (device/bundles.py): the file this step makes, and the installed file it starts from;
+    # kind "keep" then means "already installed: no download"
+    path: str | None = None
+    source_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for key in ("path", "source_path"):  # written only for bundle steps
+            if data[key] is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Step:

@@ -26,17 +26,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lorien.device.bundles import (
+    BundleDeployer,
+    BundleInstalled,
+    assemble,
+    bundle_plan,
+    check_link,
+    identify_bundle,
+    linked_dir,
+)
 from lorien.device.config import DeviceConfig
 from lorien.device.deploy import Deployer
 from lorien.device.installed import InstalledModel
 from lorien.device.metrics import DeviceMetrics
 from lorien.device.operations import Slots
 from lorien.device.packages import TopePackages
-from lorien.device.plan import Plan, cheapest_plan, identify
+from lorien.device.plan import Plan, Step, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
 from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
+from lorien.repo.bundle import bundle_digest, describe_directory
 from lorien.repo.download import Downloader, DownloadPolicy, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
@@ -57,6 +67,13 @@ from lorien.repo.versions import is_newer
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
+
+
+def _step_text(step: Step) -> str:
+    where = f" {step.path}" if step.path else ""
+    if step.kind == "patch":
+        return f"{step.source}→{step.target}{where}"
+    return f"{step.kind} {step.target}{where}"
 
 
 @dataclass(frozen=True)
@@ -82,12 +99,20 @@ class Updater(TopePackages):
         self._transport = transport
         self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
-        self._installed = InstalledModel(config.model_path, self._state)
+        self._installed = (
+            BundleInstalled(config.model_path, self._state, config.limits)
+            if config.bundle
+            else InstalledModel(config.model_path, self._state)
+        )
         self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
         self._reporter = Reporter(
             config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed
         )
-        self._deployer = Deployer(config, self._state, self._reporter)
+        self._deployer = (
+            BundleDeployer(config, self._state, self._reporter, self._installed)
+            if isinstance(self._installed, BundleInstalled)
+            else Deployer(config, self._state, self._reporter)
+        )
         self._slots = Slots(self._fail, self._tidy)
         self._manifest: Manifest | None = None  # the last manifest accepted (names the installed model)
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
@@ -185,9 +210,13 @@ class Updater(TopePackages):
     def _check(self) -> Plan:
         self.metrics.checked()
         manifest = self._read_manifest()
-        plan = cheapest_plan(
-            manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
-        )
+        if self.config.bundle:
+            check_link(self.config.model_path)
+            plan = bundle_plan(manifest, *identify_bundle(self.config.model_path, manifest, self.config.limits))
+        else:
+            plan = cheapest_plan(
+                manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
+            )
         installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
         plan = replace(plan, installed=replace(plan.installed, version=installed))
         if not plan.up_to_date:
@@ -234,7 +263,10 @@ class Updater(TopePackages):
             self._state.finish(True, f"already up to date ({plan.latest})", plan.latest, record=operation)
             self._reporter.report(Stage.IDLE, f"already up to date ({plan.latest})", 100.0)
             return
-        rejected = (self._state.get("rejected_targets") or {}).get(plan.steps[-1].target_sha256)
+        target_sha256 = plan.steps[-1].target_sha256
+        if self.config.bundle:  # a bundle is identified by its digest
+            target_sha256 = self._manifest.version(plan.latest).bundle.digest  # type: ignore[union-attr]
+        rejected = (self._state.get("rejected_targets") or {}).get(target_sha256)
         if rejected and not retry_rejected:
             message = (
                 f"latest {plan.latest} was rolled back here at {rejected['at']} ({rejected['reason']}); not "
@@ -246,9 +278,9 @@ class Updater(TopePackages):
         for step in plan.steps:
             if step.kind == "patch":
                 require_engine(step.engine or "", f"patch {step.id}")
-        self._state.begin(replace(operation, target_sha256=plan.steps[-1].target_sha256))
+        self._state.begin(replace(operation, target_sha256=target_sha256))
         self._drop_other_parts({f"{step.sha256}.part" for step in plan.steps})
-        how = " → ".join(f"{s.source}→{s.target}" if s.kind == "patch" else f"full {s.target}" for s in plan.steps)
+        how = " → ".join(_step_text(s) for s in plan.steps)
         log.info(
             "plan: %s, %s",
             how,
@@ -261,6 +293,9 @@ class Updater(TopePackages):
     def _continue_update(self) -> None:
         operation = self._state.operation()
         assert operation is not None and operation.steps and operation.target_sha256
+        if self.config.bundle:
+            self._continue_bundle_update(operation)
+            return
         steps = list(operation.steps)
         self._reporter.enter(Stage.DOWNLOADING, f"downloading {len(steps)} file(s)")
         tmp_dir = self.config.tmp_dir
@@ -270,6 +305,31 @@ class Updater(TopePackages):
         candidate = apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
         self._state.update_op(candidate=str(candidate))
         self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
+        self._deployer.deploy(candidate, operation.target, operation.target_sha256)
+
+    def _continue_bundle_update(self, operation: Operation) -> None:
+        """Download the files that are not kept, assemble the version directory, switch the link."""
+        assert isinstance(self._deployer, BundleDeployer) and operation.target and operation.target_sha256
+        steps = list(operation.steps or ())
+        self._deployer.require_space((operation.full_size or 0) + sum(step.size for step in steps))
+        fetched = [step for step in steps if step.kind != "keep"]
+        self._reporter.enter(Stage.DOWNLOADING, f"downloading {len(fetched)} of {len(steps)} file(s)")
+        tmp_dir = self.config.tmp_dir
+        blobs = download_steps(fetched, tmp_dir, self.fetcher.url, self._downloader, self._reporter)
+        crash_point("after-download")
+        self._reporter.enter(Stage.APPLYING, "assembling the new version")
+        candidate = assemble(
+            steps,
+            {step.sha256: blob for step, blob in zip(fetched, blobs, strict=True)},
+            linked_dir(self.config.model_path),
+            operation.target,
+            operation.target_sha256,
+            self.config.model_path,
+            self.config.limits,
+            self._reporter,
+        )
+        self._state.update_op(candidate=str(candidate))
+        self.metrics.downloaded(sum(step.size for step in steps), operation.full_size or 0)
         self._deployer.deploy(candidate, operation.target, operation.target_sha256)
 
     def rollback(self) -> None:
@@ -283,6 +343,9 @@ class Updater(TopePackages):
         if not backups:
             raise UpdateFailed("no backup to roll back to")
         source = backups[-1]
+        if isinstance(self._deployer, BundleDeployer):
+            self._start(Kind.ROLLBACK, lambda: self._roll_back_bundle(source))
+            return
 
         def work() -> None:
             started, installed = utc_now(), self._installed.version(self._manifest)
@@ -293,6 +356,14 @@ class Updater(TopePackages):
             self._deployer.deploy(staged, version, sha)  # the current model becomes the newest backup
 
         self._start(Kind.ROLLBACK, work)
+
+    def _roll_back_bundle(self, directory: Path) -> None:
+        """Link the newest previous version directory again (the linked one becomes a backup)."""
+        started, installed = utc_now(), self._installed.version(self._manifest)
+        digest = bundle_digest(describe_directory(directory, self.config.limits))
+        version = self._installed.version_of(digest, self._manifest)
+        self._state.begin(Operation(Kind.ROLLBACK, version, digest, started_at=started, from_version=installed))
+        self._deployer.deploy(directory, version, digest)
 
     # ------------------------------------------------------------------ self-healing
 
@@ -339,7 +410,7 @@ class Updater(TopePackages):
             kind=operation.kind if operation else None,
             phase=operation.phase if operation else None,
             on_disk=on_disk,
-            candidate=bool(operation and operation.candidate and Path(operation.candidate).is_file()),
+            candidate=bool(operation and operation.candidate and Path(operation.candidate).exists()),
             health_retries_left=(operation.health_attempts if operation else 0) < MAX_HEALTH_ATTEMPTS,
         )
 

@@ -30,7 +30,7 @@ def test_every_config_key_but_the_limits_table_has_its_flag() -> None:
     assert {flag.key[0] for flag in config_flags()} == {f.name for f in fields(DeviceConfig)} - {"limits"}
     assert {flag.flag for flag in config_flags()} == {
         "--repo-url", "--family", "--model-path", "--state-dir", "--host", "--port", "--api-token", "--insecure-no-token",
-        "--check-interval", "--callback-url", "--keep-backups", "--health-check", "--health-check-litert",
+        "--check-interval", "--callback-url", "--keep-backups", "--bundle", "--health-check", "--health-check-litert",
         "--health-timeout", "--stop-timeout", "--trusted-key", "--insecure-allow-unsigned", "--service-unit",
         "--service-command", "--service-pid-file", "--retry-total-seconds", "--retry-max-backoff",
         "--retry-first-backoff",
