@@ -1,6 +1,8 @@
 """The TOPE half of the device updater: ``POST /api/v1.0/download`` downloads a package (resumable, size + MD5),
 ``POST /api/v1.0/update`` deploys it — in signed mode only a model the signed manifest lists, under the same
-downgrade rule as ``update-latest``.
+downgrade rule as ``update-latest``. On a bundle family (``bundle = true``) the package is a ``.zip`` whose files
+are extracted safely (``repo.archive``: zip-slip, links, duplicates, zip bombs refused, nothing left behind) into
+a new version directory and deployed as one bundle; in signed mode its bundle digest must be a signed version's.
 
 :class:`TopePackages` is mixed into :class:`~lorien.device.updater.Updater` and uses its pipeline pieces (the
 state store, the reporter, the downloader, the deployer, the operation slots); it holds no state of its own.
@@ -9,11 +11,15 @@ state store, the reporter, the downloader, the deployer, the operation slots); i
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+from lorien.device.bundles import STAGING_PREFIX, version_dir_name, versions_dir
 from lorien.device.state import Kind, Operation, Stage
+from lorien.repo.archive import extract_package, is_zip_package
+from lorien.repo.bundle import bundle_digest
 from lorien.repo.download import DownloadRequest, Progress
-from lorien.repo.errors import IntegrityError, SignatureError, UpdateFailed
+from lorien.repo.errors import IntegrityError, PackageError, SignatureError, UpdateFailed
 from lorien.repo.hashing import digest_file
 from lorien.repo.manifest import Manifest, utc_now
 
@@ -83,6 +89,13 @@ class TopePackages:
                 "POST /api/v1.0/download first"
             )
         path = Path(package["path"])
+        if self.config.bundle:
+            self._start(
+                Kind.INSTALL,
+                lambda: self._install_bundle_package(package, version, force),
+                (Stage.DEPLOYING, f"installing the package for {version}"),
+            )
+            return
 
         def work() -> None:
             started = utc_now()
@@ -104,6 +117,57 @@ class TopePackages:
             self._deployer.deploy(staged, recorded, digests.sha256)
 
         self._start(Kind.INSTALL, work, (Stage.DEPLOYING, f"installing the package for {version}"))
+
+    def _install_bundle_package(self, package: dict, version: str, force: bool) -> None:
+        """A zip package for a bundle family: extracted safely (``repo.archive``) into a new version directory,
+        identified by its bundle digest (in signed mode it must be a bundle version of the signed manifest),
+        then deployed by switching the link, like an update."""
+        path = Path(package["path"])
+        started = utc_now()
+        try:
+            if not is_zip_package(package["name"]):
+                raise PackageError(
+                    f"package {package['name']} is not a .zip package; this device deploys bundles (bundle = true): "
+                    "send the version's files as one zip"
+                )
+            digests = digest_file(path)
+            if (digests.size, digests.md5) != (package["size"], package["md5"]):
+                raise IntegrityError(f"package {path.name} changed on disk since it was verified")
+            root = versions_dir(self.config.model_path)
+            root.mkdir(exist_ok=True)
+            staging = root / f"{STAGING_PREFIX}package-{digests.sha256[:16]}"
+            shutil.rmtree(staging, ignore_errors=True)
+            files = extract_package(path, staging, self.config.limits)
+            try:
+                digest = bundle_digest(files)
+                recorded, manifest = self._signed_bundle(path.name, digest, version)
+                allowed = force or bool(manifest and manifest.allow_downgrade)
+                installed = self._installed.version(manifest or self._manifest)
+                self._refuse_downgrade(installed, recorded, allowed, "package version")
+                final = root / version_dir_name(recorded, digest)
+                if final.is_dir():
+                    shutil.rmtree(final)  # the same name: assembled again from this package
+                os.replace(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            self._state.update(package=None)
+        operation = Operation(Kind.INSTALL, recorded, digest, started_at=started, from_version=installed)
+        self._state.begin(operation)
+        self._deployer.deploy(final, recorded, digest)
+
+    def _signed_bundle(self, name: str, digest: str, label: str) -> tuple[str, Manifest | None]:
+        """Like :meth:`_signed_name`, by bundle digest: in signed mode the bundle version with this digest."""
+        if not self._trust.trusted_keys or self._trust.allow_unsigned:
+            return label, None
+        manifest = self._read_manifest()
+        listed = {e.bundle.digest: e.version for e in manifest.versions if e.bundle is not None}
+        if digest not in listed:
+            raise SignatureError(
+                f"package {name} (bundle digest {digest[:16]}…) is not a bundle version in the signed manifest of "
+                f"{self.config.family}; this device only installs what the publisher signed"
+            )
+        return listed[digest], manifest
 
     def _signed_name(self, name: str, sha256: str, label: str) -> tuple[str, Manifest | None]:
         """The version a package is, and the manifest that says so: in signed mode the name the signed manifest
