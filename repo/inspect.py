@@ -19,7 +19,7 @@ from lorien.repo.errors import LorienError, NetworkError
 from lorien.repo.fetch import Fetcher
 from lorien.repo.hashing import digest_chunks
 from lorien.repo.layout import INDEX_FILE
-from lorien.repo.manifest import Index, Manifest, parse_index, parse_manifest
+from lorien.repo.manifest import Index, Manifest, VersionEntry, parse_index, parse_manifest
 from lorien.repo.signing import TrustedKey
 from lorien.repo.trust import TrustPolicy, read_verified
 
@@ -46,6 +46,8 @@ class Report:
             document = manifest.to_dict()
             for patch in document["patches"]:
                 patch["percent_of_full"] = round(100 * patch["size"] / full[patch["to"]], 2)
+            if manifest.file_patches:
+                document["bundle_updates"] = bundle_costs(manifest)
             families.append({"name": name, **document})
         return {
             "location": self.location,
@@ -117,6 +119,11 @@ def _referenced(report: Report) -> dict[str, tuple[str, int, str, str]]:
             blobs.setdefault(v.blob, (f"{family} version {v.version}", v.size, v.sha256, v.md5))
         for p in manifest.patches:
             blobs.setdefault(p.blob, (f"{family} patch {p.id}", p.size, p.sha256, p.md5))
+        for v in manifest.versions:
+            for f in v.bundle.files if v.bundle is not None else ():
+                blobs.setdefault(f.blob, (f"{family} version {v.version} file {f.path}", f.size, f.sha256, f.md5))
+        for fp in manifest.file_patches:
+            blobs.setdefault(fp.blob, (f"{family} file patch {fp.id}", fp.size, fp.sha256, fp.md5))
     return blobs
 
 
@@ -174,6 +181,59 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def bundle_costs(manifest: Manifest) -> list[dict[str, Any]]:
+    """Per (from, to) pair of bundle versions with file patches: per file of the target what a device downloads
+    (``keep`` 0 bytes, the file's patch, or the ``full`` file — the cheapest) and the totals."""
+    pairs = sorted({(p.source, p.target) for p in manifest.file_patches}, key=lambda pair: pair)
+    costs = []
+    for source_name, target_name in pairs:
+        source, target = manifest.version(source_name).bundle, manifest.version(target_name).bundle
+        if source is None or target is None:
+            continue
+        have = {f.sha256 for f in source.files}
+        patches = {p.path: p for p in manifest.file_patches if (p.source, p.target) == (source_name, target_name)}
+        files = []
+        for entry in target.files:
+            patch = patches.get(entry.path)
+            if entry.sha256 in have:
+                files.append({"path": entry.path, "how": "keep", "bytes": 0, "size": entry.size})
+            elif patch is not None and patch.size < entry.size:
+                files.append({"path": entry.path, "how": "patch", "bytes": patch.size, "size": entry.size})
+            else:
+                files.append({"path": entry.path, "how": "full", "bytes": entry.size, "size": entry.size})
+        download = sum(f["bytes"] for f in files)
+        costs.append(
+            {"from": source_name, "to": target_name, "files": files, "bytes": download, "full": target.total_size}
+        )
+    return costs
+
+
+def _format(entry: VersionEntry) -> str:
+    return "bundle zip" if entry.bundle is not None else entry.format
+
+
+def _bundle_lines(manifest: Manifest) -> list[str]:
+    lines = []
+    for entry in manifest.versions:
+        if entry.bundle is None:
+            continue
+        lines.append(
+            f"  bundle {entry.version}: {len(entry.bundle.files)} files, digest {entry.bundle.digest[:16]}…"
+        )
+        for file in entry.bundle.files:
+            fingerprint = file.fingerprint.format if file.fingerprint is not None else "-"
+            lines.append(f"    {file.path:<40} {human_size(file.size):>11} {fingerprint:<12} {file.sha256[:16]}…")
+    for cost in bundle_costs(manifest):
+        percent = 100 * cost["bytes"] / cost["full"] if cost["full"] else 0.0
+        lines.append(
+            f"  bundle update {cost['from']} → {cost['to']}: {human_size(cost['bytes'])} of "
+            f"{human_size(cost['full'])} ({percent:.1f}%)"
+        )
+        for file in cost["files"]:
+            lines.append(f"    {file['path']:<40} {file['how']:<6} {human_size(file['bytes']):>11}")
+    return lines
+
+
 def render_text(report: Report, verified: bool) -> str:
     lines = [f"repository {report.location}"]
     for name, manifest in report.manifests.items():
@@ -188,9 +248,10 @@ def render_text(report: Report, verified: bool) -> str:
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "
             lines.append(
-                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {entry.format:<12} "
+                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_format(entry):<12} "
                 f"{entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
             )
+        lines.extend(_bundle_lines(manifest))
         if manifest.patches:
             lines.append(f"  {'patch':<34} {'engine':<8} {'size':>11} {'of full':>8}")
             for patch in manifest.patches:
@@ -199,7 +260,7 @@ def render_text(report: Report, verified: bool) -> str:
                 lines.append(
                     f"  {pair:<34} {patch.engine:<8} {human_size(patch.size):>11} {100 * patch.size / full:7.1f}%"
                 )
-        else:
+        elif not manifest.file_patches:
             lines.append("  no patches")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")

@@ -142,3 +142,27 @@ def test_manifest_without_bundle_fields_is_unchanged(tmp_path: Path) -> None:
     publish(models, tmp_path / "repo")
     document = json.loads((tmp_path / "repo" / "plain" / "manifest.json").read_text())
     assert "file_patches" not in document and all("bundle" not in v for v in document["versions"])
+
+
+def test_inspect_shows_bundles_and_verifies_their_files(bundle_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from tests.support.processes import run_lorien
+
+    _, published = bundle_repo
+    repo = tmp_path / "repo"
+    shutil.copytree(published, repo)
+    shown = run_lorien("inspect", repo, "--verify")
+    assert shown.returncode == 0, shown.stdout
+    assert "bundle 1.2.0: 4 files" in shown.stdout and "bundle update 1.1.0 → 1.2.0" in shown.stdout
+    document = json.loads(run_lorien("inspect", repo, "--json").stdout)
+    updates = document["families"][0]["bundle_updates"]
+    assert {(u["from"], u["to"]) for u in updates} == {("1.0.0", "1.2.0"), ("1.1.0", "1.2.0")}
+    for update in updates:
+        assert {f["path"]: f["how"] for f in update["files"]}["tokenizer/vocab.json"] == "keep"
+        assert update["bytes"] == sum(f["bytes"] for f in update["files"]) < update["full"]
+    manifest = parse_manifest((repo / "bundle" / "manifest.json").read_bytes())
+    damaged = repo / manifest.latest_entry().bundle.file("labels.txt").blob
+    damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
+    broken = run_lorien("inspect", repo, "--verify")
+    assert broken.returncode != 0 and "file labels.txt" in broken.stdout

@@ -98,3 +98,32 @@ def test_sigkill_between_a_manifest_and_its_signature_heals_on_the_next_signed_p
     healed = run_lorien("inspect", repo, "--verify", "--key", public)
     assert healed.returncode == 0, healed.stdout
     assert not list(repo.rglob(".*.signing"))
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_while_publishing_a_bundle_leaves_a_consistent_repository(tmp_path: Path, point: str) -> None:
+    """The same for a bundle family: file blobs, the zip package and per-file patches come before the manifest
+    that names them (``inspect --verify`` re-hashes every file blob and file patch)."""
+    import shutil
+
+    from tests.support.bundles import write_bundle_family
+
+    write_bundle_family(tmp_path / "all", "bun", versions=3)
+    models, repo = tmp_path / "models", tmp_path / "repo"
+    (models / "bun").mkdir(parents=True)
+    shutil.copytree(tmp_path / "all" / "bun" / "1.0.0", models / "bun" / "1.0.0")
+    assert run_lorien("publish", "--models", models, "--repo", repo).returncode == 0
+    before = (repo / "bun" / "manifest.json").read_bytes()
+    for version in ("1.1.0", "1.2.0"):
+        shutil.copytree(tmp_path / "all" / "bun" / version, models / "bun" / version)
+    killed = run_lorien("publish", "--models", models, "--repo", repo, env={"LORIEN_TEST_CRASH_AT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _verify(repo).returncode == 0
+    if point in ("blob", "patch", "manifest"):
+        assert (repo / "bun" / "manifest.json").read_bytes() == before
+    assert run_lorien("publish", "--models", models, "--repo", repo).returncode == 0
+    final = _verify(repo)
+    assert (
+        final.returncode == 0 and "warning" not in final.stdout and "bundle update 1.1.0 → 1.2.0" in final.stdout
+    )
+    assert not [p for p in repo.rglob("*") if ".tmp-" in p.name or ".staging" in p.parts]
