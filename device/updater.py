@@ -416,6 +416,16 @@ class Updater(TopePackages):
 
     # ------------------------------------------------------------------ status
 
+    def _bundle_status(self) -> dict[str, Any]:
+        """A bundle device's ``/status`` part: the linked version directory and its files (sizes; no hashing)."""
+        directory = linked_dir(self.config.model_path)
+        if directory is None:
+            return {"linked": None, "files": []}
+        files = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            files.append({"path": path.relative_to(directory).as_posix(), "size": path.stat().st_size})
+        return {"linked": directory.name, "files": files, "total_size": sum(f["size"] for f in files)}
+
     def status_view(self) -> StatusView:
         """The stage, whether an operation is running, and the ``/progress`` document; cheap (nothing hashed)."""
         return StatusView(self._state.stage(), self._slots.busy, self._reporter.tope_progress())
@@ -433,6 +443,7 @@ class Updater(TopePackages):
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],
+            **({"bundle": self._bundle_status()} if self.config.bundle else {}),
             "trust": {
                 "trusted_keys": [key.keyid for key in self.config.trusted_keys],
                 "insecure_allow_unsigned": self.config.insecure_allow_unsigned,

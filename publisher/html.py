@@ -21,7 +21,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lorien.repo.fingerprint import AMBIGUOUS_SHORT_ID
-from lorien.repo.inspect import human_size
+from lorien.repo.inspect import bundle_costs, human_size
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Index, Manifest, VersionEntry
 from lorien.repo.signing import signature_path
@@ -132,6 +132,8 @@ def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
         key_ids=_signature_key_ids(root, manifest.family),
         groups=groups,
         shared={group["short_id"]: group for group in groups},
+        bundles=[entry for entry in reversed(manifest.versions) if entry.bundle is not None],
+        bundle_costs=bundle_costs(manifest),
     )
 
 

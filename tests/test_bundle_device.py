@@ -77,6 +77,8 @@ def test_install_update_rollback(family: Path, tmp_path: Path) -> None:
     )
     assert _digest(link) == _digest(family / "models" / "bun" / "1.1.0")
     first_install = _blob_bytes(sim)
+    assert [f["path"] for f in status["bundle"]["files"]] == BUNDLE_FILES
+    assert status["bundle"]["linked"].startswith("1.1.0-") and status["installed_sha256"] == _digest(link)
 
     # 1.2.0 published: only model.onnx.data and labels.txt changed; the device downloads just those
     manifest = parse_manifest((family / "repo12" / "bun" / "manifest.json").read_bytes())

@@ -166,3 +166,14 @@ def test_inspect_shows_bundles_and_verifies_their_files(bundle_repo: tuple[Path,
     damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
     broken = run_lorien("inspect", repo, "--verify")
     assert broken.returncode != 0 and "file labels.txt" in broken.stdout
+
+
+def test_family_page_shows_bundle_files_and_per_file_costs(bundle_repo: tuple[Path, Path]) -> None:
+    import re
+
+    _, repo = bundle_repo
+    page = (repo / "bundle" / "index.html").read_text()
+    assert page.count('class="bundle-files"') == 3 and page.count('class="bundle-costs"') == 2
+    assert "update 1.1.0 → 1.2.0" in page and "<code>tokenizer/vocab.json</code></td><td>keep</td>" in page
+    for link in re.findall(r'href="\.\./(blobs/[^"]+)"', page):
+        assert (repo / link).is_file(), link
