@@ -10,7 +10,10 @@
    expiry and sequence → fingerprint → installed version →
    cheapest plan), ``POST /api/v1.0/update-latest`` (resumable download → MD5 + SHA-256 → apply → atomic deploy
    with backup and health check), ``GET /api/v1.0/status`` until done;
-5. print what it cost: full model bytes vs downloaded bytes.
+5. print what it cost: full model bytes vs downloaded bytes;
+6. a bundle family (``demo-bundle``: each version a directory with ``model.tflite`` + ``labels.txt``) goes the
+   same way to a second device configured with ``bundle = true``: per-file plan (labels kept, model patched),
+   the version directory assembled and verified, the application's link switched as one.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import requests
 import waitress
 
 from lorien.device.api import make_app as make_device_app
+from lorien.device.bundles import version_dir_name, versions_dir
 from lorien.device.config import check_environment, load_config
 from lorien.device.startup import api_token
 from lorien.device.updater import Updater
 from lorien.modelgen import write_family
 from lorien.publisher.publish import PublishOptions, publish
 from lorien.publisher.serve import make_app
+from lorien.repo.bundle import bundle_digest, describe_directory
 from lorien.repo.errors import LorienError
 from lorien.repo.fingerprint import fingerprint
 from lorien.repo.inspect import human_size
@@ -38,6 +43,9 @@ from lorien.repo.signing import generate_keypair, load_signing_key
 
 FAMILY = "demo-classifier"
 VERSIONS = ["1.0.0", "1.1.0", "1.2.0"]
+BUNDLE_FAMILY = "demo-bundle"
+BUNDLE_VERSIONS = ["1.0.0", "1.1.0"]
+LABELS = "".join(f"class-{index}\n" for index in range(10))
 
 
 def _step(message: str) -> None:
@@ -63,6 +71,11 @@ def _run(workdir: Path) -> int:
         f"generated {len(paths)} TFLite versions of '{FAMILY}' in {models} ({human_size(paths[-1].stat().st_size)} each)"
     )
 
+    bundles = _write_bundle_family(workdir, models)
+    _step(
+        f"generated {len(bundles)} bundle versions of '{BUNDLE_FAMILY}' (model.tflite + labels.txt in a directory)"
+    )
+
     private_key, public_key, keyid = generate_keypair(workdir / "keys")
     _step(
         f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher, {public_key.name} on devices)"
@@ -71,7 +84,11 @@ def _run(workdir: Path) -> int:
     if not report.ok:
         raise LorienError("; ".join(report.all_problems()))
     made = sum(len(f.patches_created) for f in report.families)
-    _step(f"published to {repo}: {len(VERSIONS)} versions, {made} patches, manifest and index signed")
+    made += sum(len(f.bundle_pairs) for f in report.families)
+    _step(
+        f"published to {repo}: {len(VERSIONS) + len(BUNDLE_VERSIONS)} versions in 2 families, {made} patches "
+        "(per file for the bundle), manifests and index signed"
+    )
 
     server = waitress.create_server(make_app(repo), host="127.0.0.1", port=0, threads=4)
     base_url = f"http://127.0.0.1:{server.effective_port}/"
@@ -79,7 +96,8 @@ def _run(workdir: Path) -> int:
     thread.start()
     try:
         _step(f"serving the repository at {base_url} (open {base_url}index.html in a browser)")
-        return _device_update(base_url, paths[0], device, public_key, started)
+        status = _device_update(base_url, paths[0], device, public_key, started)
+        return status or _bundle_update(base_url, bundles[0], workdir / "bundle-device", public_key)
     finally:
         server.close()
         thread.join(timeout=5)
@@ -142,6 +160,58 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
         f"\nsummary: full model {full} bytes, downloaded {transferred} bytes "
         f"({100 * transferred / full:.1f}% of full, {100 * (1 - transferred / full):.1f}% saved), "
         f"total time {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _write_bundle_family(workdir: Path, models: Path) -> list[Path]:
+    """``models/demo-bundle/<version>/model.tflite`` + ``labels.txt`` (the labels do not change)."""
+    directories = []
+    generated = write_family(workdir / "bundle-models", BUNDLE_VERSIONS, seed=5)
+    for version, model in zip(BUNDLE_VERSIONS, generated, strict=True):
+        directory = models / BUNDLE_FAMILY / version
+        directory.mkdir(parents=True)
+        shutil.copyfile(model, directory / "model.tflite")
+        (directory / "labels.txt").write_text(LABELS)
+        directories.append(directory)
+    return directories
+
+
+def _bundle_update(base_url: str, installed: Path, device: Path, public_key: Path) -> int:
+    """A bundle device holding the first version (its directory linked as the application's path) updates."""
+    link = device / "app" / "model"
+    digest = bundle_digest(describe_directory(installed))
+    directory = versions_dir(link) / version_dir_name(installed.name, digest)
+    shutil.copytree(installed, directory)
+    link.symlink_to(directory.relative_to(link.parent))
+    config = load_config(
+        None,
+        {
+            "repo_url": base_url,
+            "family": BUNDLE_FAMILY,
+            "model_path": str(link),
+            "state_dir": str(device / "state"),
+            "trusted_keys": [str(public_key)],
+            "bundle": True,
+        },
+    )
+    check_environment(config)
+    updater = Updater(config)
+    plan = updater.check()
+    how = ", ".join(f"{step.path}: {step.kind} ({human_size(step.size)})" for step in plan.steps)
+    _step(f"bundle device: {link} → {directory.name}; installed {plan.installed.version}, plan: {how}")
+    updater.update_latest()
+    updater.wait(120)
+    status = updater.status()
+    if not status["last_result"]["ok"]:
+        raise LorienError(f"bundle update failed: {status['last_result']['message']}")
+    _step(
+        f"bundle update: {status['last_result']['message']}; {link.name} → {status['bundle']['linked']} "
+        f"(switched as one), previous version kept: {', '.join(status['backups'])}"
+    )
+    print(
+        f"bundle summary: full bundle {plan.full_size} bytes, downloaded {plan.download_bytes} bytes "
+        f"({100 * plan.download_bytes / plan.full_size:.1f}% of full)"
     )
     return 0
 

@@ -19,6 +19,9 @@ def test_demo_runs_end_to_end() -> None:
     assert "model is now 1.2.0" in out and "verified" in out
     match = re.search(r"full model (\d+) bytes, downloaded (\d+) bytes", out)
     assert match and int(match.group(2)) < int(match.group(1)) / 5
+    assert "labels.txt: keep (0 B), model.tflite: patch" in out and "(switched as one)" in out
+    bundle = re.search(r"full bundle (\d+) bytes, downloaded (\d+) bytes", out)
+    assert bundle and int(bundle.group(2)) < int(bundle.group(1)) / 5
 
 
 def test_usage_errors_exit_2() -> None:
