@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from lorien.device import service
 from lorien.device.deploy import SPACE_MARGIN, Deployer
@@ -163,53 +164,30 @@ def bundle_plan(manifest: Manifest, installed: Installed, files: list[BundleFile
     }
     steps = []
     for entry in goal.bundle.files:
-        if entry.sha256 in have:
-            steps.append(
-                Step(
-                    "keep",
-                    "",
-                    0,
-                    entry.md5,
-                    entry.sha256,
-                    goal.version,
-                    entry.sha256,
-                    path=entry.path,
-                    source_path=have[entry.sha256],
-                )
-            )
-            continue
         patch = patches.get(entry.path)
-        if patch is not None and patch.size < entry.size and have.get(patch.source_sha256) is not None:
-            steps.append(
-                Step(
-                    "patch",
-                    patch.blob,
-                    patch.size,
-                    patch.md5,
-                    patch.sha256,
-                    goal.version,
-                    entry.sha256,
-                    patch.source,
-                    patch.source_sha256,
-                    patch.engine,
-                    patch.id,
-                    path=entry.path,
-                    source_path=have[patch.source_sha256],
-                )
-            )
-            continue
-        steps.append(
-            Step(
-                "full",
-                entry.blob,
-                entry.size,
-                entry.md5,
-                entry.sha256,
-                goal.version,
-                entry.sha256,
-                path=entry.path,
-            )
-        )
+        how: dict[str, Any]
+        if entry.sha256 in have:
+            how = {"kind": "keep", "blob": "", "size": 0, "md5": entry.md5, "sha256": entry.sha256}
+            how["source_path"] = have[entry.sha256]
+        elif patch is not None and patch.size < entry.size and patch.source_sha256 in have:
+            how = {
+                "kind": "patch",
+                "blob": patch.blob,
+                "size": patch.size,
+                "md5": patch.md5,
+                "sha256": patch.sha256,
+            }
+            how.update(source=patch.source, source_sha256=patch.source_sha256, engine=patch.engine, id=patch.id)
+            how["source_path"] = have[patch.source_sha256]
+        else:
+            how = {
+                "kind": "full",
+                "blob": entry.blob,
+                "size": entry.size,
+                "md5": entry.md5,
+                "sha256": entry.sha256,
+            }
+        steps.append(Step(target=goal.version, target_sha256=entry.sha256, path=entry.path, **how))
     return Plan(installed, goal.version, tuple(steps), goal.bundle.total_size)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 from lorien.publisher.options import PublishOptions
@@ -174,17 +175,8 @@ def make_file_patches(
                     options.rejected.add((old.sha256, target.sha256))
                 else:
                     made[key] = FilePatchEntry(
-                        id=f"{family}_{source.version}_to_{latest.version}/{target.path}",
-                        source=source.version,
-                        target=latest.version,
+                        **{**asdict(patch), "id": f"{family}_{source.version}_to_{latest.version}/{target.path}"},
                         path=target.path,
-                        engine=patch.engine,
-                        size=patch.size,
-                        sha256=patch.sha256,
-                        md5=patch.md5,
-                        blob=patch.blob,
-                        source_sha256=old.sha256,
-                        target_sha256=target.sha256,
                     )
             pair_bytes += made[key].size if key in made else target.size
         summary.append((source.version, latest.version, pair_bytes, latest.bundle.total_size))

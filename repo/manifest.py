@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -162,35 +162,14 @@ class PatchEntry:
 
 
 @dataclass(frozen=True)
-class FilePatchEntry:
-    """A patch of one file of a bundle: ``path`` in version ``source`` → the same path in version ``target``."""
+class FilePatchEntry(PatchEntry):
+    """A patch of one file of a bundle: ``path`` in version ``source`` → the same path in version ``target``;
+    ``source_sha256``/``target_sha256`` are of that file in those versions."""
 
-    id: str
-    source: str
-    target: str
-    path: str
-    engine: str
-    size: int
-    sha256: str
-    md5: str
-    blob: str
-    source_sha256: str  # of the file at ``path`` in ``source``
-    target_sha256: str  # of the file at ``path`` in ``target``
+    path: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "from": self.source,
-            "to": self.target,
-            "path": self.path,
-            "engine": self.engine,
-            "size": self.size,
-            "sha256": self.sha256,
-            "md5": self.md5,
-            "blob": self.blob,
-            "source_sha256": self.source_sha256,
-            "target_sha256": self.target_sha256,
-        }
+        return {**super().to_dict(), "path": self.path}
 
 
 @dataclass(frozen=True)
@@ -467,26 +446,15 @@ def _parse_bundle(reader: _Reader) -> Bundle:
 
 
 def _parse_file_patch(reader: _Reader) -> FilePatchEntry:
-    sha256 = reader.str("sha256", _HEX64)
-    return FilePatchEntry(
-        id=reader.str("id", _FILE_PATCH_ID),
-        source=_checked_version_name(reader, "from"),
-        target=_checked_version_name(reader, "to"),
-        path=checked_relative_path(reader.str("path"), f"{reader.where}.path"),
-        engine=reader.str("engine", _ENGINE),
-        size=reader.int("size", 1),
-        sha256=sha256,
-        md5=reader.str("md5", _HEX32),
-        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
-        source_sha256=reader.str("source_sha256", _HEX64),
-        target_sha256=reader.str("target_sha256", _HEX64),
-    )
+    patch = _parse_patch(reader, _FILE_PATCH_ID)
+    path = checked_relative_path(reader.str("path"), f"{reader.where}.path")
+    return FilePatchEntry(**{f.name: getattr(patch, f.name) for f in fields(PatchEntry)}, path=path)
 
 
-def _parse_patch(reader: _Reader) -> PatchEntry:
+def _parse_patch(reader: _Reader, id_pattern: re.Pattern[str] = _PATCH_ID) -> PatchEntry:
     sha256 = reader.str("sha256", _HEX64)
     return PatchEntry(
-        id=reader.str("id", _PATCH_ID),
+        id=reader.str("id", id_pattern),
         source=_checked_version_name(reader, "from"),
         target=_checked_version_name(reader, "to"),
         engine=reader.str("engine", _ENGINE),
