@@ -52,8 +52,7 @@ def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
         except (OSError, ManifestError) as error:
             problems.append(f"{manifest_file}: {error}")
             continue
-        referenced.update(entry.blob for entry in manifest.versions)
-        referenced.update(entry.blob for entry in manifest.patches)
+        referenced.update(manifest.blob_paths())  # bundle files and file patches too
     return referenced, problems
 
 

@@ -194,6 +194,14 @@ class Manifest:
     def latest_entry(self) -> VersionEntry:
         return self.version(self.latest)
 
+    def blob_paths(self) -> set[str]:
+        """Every blob this manifest references: versions, patches, bundle files and file patches."""
+        paths = {entry.blob for entry in self.versions} | {entry.blob for entry in self.patches}
+        for entry in self.versions:
+            if entry.bundle is not None:
+                paths.update(file.blob for file in entry.bundle.files)
+        return paths | {entry.blob for entry in self.file_patches}
+
     def patch(self, source: str, target: str) -> PatchEntry | None:
         for entry in self.patches:
             if entry.source == source and entry.target == target:

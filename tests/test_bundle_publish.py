@@ -177,3 +177,23 @@ def test_family_page_shows_bundle_files_and_per_file_costs(bundle_repo: tuple[Pa
     assert "update 1.1.0 → 1.2.0" in page and "<code>tokenizer/vocab.json</code></td><td>keep</td>" in page
     for link in re.findall(r'href="\.\./(blobs/[^"]+)"', page):
         assert (repo / link).is_file(), link
+
+
+def test_gc_keeps_bundle_files_and_file_patches(bundle_repo: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from lorien.publisher.gc import collect_garbage
+
+    _, published = bundle_repo
+    repo = tmp_path / "repo"
+    shutil.copytree(published, repo)
+    manifest = parse_manifest((repo / "bundle" / "manifest.json").read_bytes())
+    stray = repo / "blobs" / "sha256" / "00" / ("0" * 64 + ".patch")
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"unreferenced")
+    collect_garbage(repo, grace=0, now=10**10)
+    collect_garbage(repo, grace=0, now=10**10 + 1)
+    assert not stray.exists()
+    for blob in manifest.blob_paths():
+        assert (repo / blob).is_file(), blob
+    assert any(f.blob in manifest.blob_paths() for f in manifest.file_patches)
