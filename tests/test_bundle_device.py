@@ -139,3 +139,28 @@ def test_model_path_that_is_a_file_is_refused(family: Path, tmp_path: Path) -> N
     status = _update(updater)
     assert status["last_result"]["ok"] is False and "symbolic link" in status["last_result"]["message"]
     assert link.read_bytes() == b"a plain file"
+
+
+def test_disk_space_is_checked_for_the_whole_bundle_first(
+    family: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collections
+
+    updater, _, link = _updater(tmp_path, family / "repo11")
+    assert _update(updater)["installed_version"] == "1.1.0"
+    before = link.resolve()
+    latest = parse_manifest((family / "repo12" / "bun" / "manifest.json").read_bytes()).latest_entry()
+    usage = collections.namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    # free space for the downloads (a few KB) but not for a whole bundle: refused before anything is fetched
+    monkeypatch.setattr(
+        "lorien.device.bundles.shutil.disk_usage",
+        lambda path: usage(1 << 40, 0, latest.bundle.total_size) if "model" in str(path) else real(path),
+    )
+    updater2, sim2, _ = _updater(tmp_path, family / "repo12")
+    status = _update(updater2)
+    assert (
+        status["last_result"]["ok"] is False
+        and "not enough free space for the bundle" in status["last_result"]["message"]
+    )
+    assert link.resolve() == before and not [s for s in sim2.requests if s.path.startswith("blobs/")]
