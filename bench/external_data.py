@@ -69,6 +69,28 @@ def _run(commands: list[list[str]]) -> None:
         subprocess.run(command, check=True, capture_output=True)
 
 
+def _bundle_update(work: Path) -> dict:
+    """Both versions as bundle directories (plus labels.txt and tokenizer.json, unchanged) published by
+    ``publish``: what a device on the old version downloads for the new one, per file, vs the full bundle."""
+    from lorien.publisher.publish import publish
+    from lorien.repo.inspect import bundle_costs
+    from lorien.repo.manifest import parse_manifest
+
+    models = work / "models" / "bundle"
+    for version, side in (("1.0.0", "old"), ("1.1.0", "new")):
+        directory = models / version
+        directory.mkdir(parents=True)
+        for name in FILES:
+            (directory / name).write_bytes((work / side / name).read_bytes())
+        (directory / "labels.txt").write_text("".join(f"class-{i}\n" for i in range(1000)))
+        (directory / "tokenizer.json").write_text(json.dumps({f"token{i}": i for i in range(30000)}))
+    report = publish(work / "models", work / "repo")
+    assert report.ok, report.all_problems()
+    manifest = parse_manifest((work / "repo" / "bundle" / "manifest.json").read_bytes())
+    (cost,) = bundle_costs(manifest)
+    return cost
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=10)
@@ -135,6 +157,8 @@ def main() -> None:
         lambda p: _run([["zstd", "-19", "--long=27", str(new), "-o", str(p), "-f", "-q"]]),
         lambda p, o: _run([["zstd", "-d", "--long=27", str(p), "-o", str(o), "-f", "-q"]]),
     )
+    bundle = _bundle_update(work)
+    print(f"bundle update (publish → per-file plan): {bundle['bytes']} of {bundle['full']} bytes")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
     document = {
@@ -143,6 +167,7 @@ def main() -> None:
         "new_bytes": new.stat().st_size,
         "machine": platform.platform(),
         "results": results,
+        "bundle_update": bundle,
     }
     (args.out / f"external-data-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
 
