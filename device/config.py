@@ -441,6 +441,11 @@ def check_environment(config: DeviceConfig) -> None:
             f"model_path: directory {model_dir} is not writable by this user; the model "
             "is replaced by renaming a file into it"
         )
+    if config.bundle and config.model_path.exists() and not config.model_path.is_symlink():
+        raise BadInputError(
+            f"model_path: {config.model_path} is a plain file or directory; with bundle = true it must be a "
+            "symbolic link that lorien manages (or not exist yet: the first update creates it)"
+        )
     for directory in (config.state_dir, config.tmp_dir, config.backup_dir, config.log_dir):
         try:
             directory.mkdir(parents=True, exist_ok=True)

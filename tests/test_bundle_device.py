@@ -134,9 +134,13 @@ def test_keep_backups_counts_versions(family: Path, tmp_path: Path) -> None:
 
 
 def test_model_path_that_is_a_file_is_refused(family: Path, tmp_path: Path) -> None:
+    from lorien.repo.errors import BadInputError
+
     updater, _, link = _updater(tmp_path, family / "repo11")
     link.write_bytes(b"a plain file")
-    status = _update(updater)
+    with pytest.raises(BadInputError, match="must be a symbolic link"):  # at start-up …
+        _updater(tmp_path, family / "repo11")
+    status = _update(updater)  # … and by a running device, before it changes anything
     assert status["last_result"]["ok"] is False and "symbolic link" in status["last_result"]["message"]
     assert link.read_bytes() == b"a plain file"
 
