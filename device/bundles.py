@@ -36,7 +36,7 @@ from lorien.device.deploy import SPACE_MARGIN, Deployer
 from lorien.device.installed import InstalledModel
 from lorien.device.plan import Installed, Plan, Step
 from lorien.device.report import Reporter
-from lorien.device.state import OnDisk, Operation, Phase, Stage
+from lorien.device.state import Kind, OnDisk, Operation, Phase, Stage
 from lorien.repo.atomic import fsync_dir
 from lorien.repo.bundle import BundleFile, bundle_digest, describe_directory
 from lorien.repo.engine import apply_patch, available_engines
@@ -320,6 +320,17 @@ class BundleDeployer(Deployer):
 
     def _restore(self, backup: Path) -> None:
         switch_link(self.config.model_path, backup)
+
+    def roll_back(self, reason: str) -> None:
+        """Switch the link back; the version that failed is removed (unless it was itself an older version an
+        operator rolled back to), so that a later ``POST /rollback`` never links it."""
+        operation = self._state.operation()
+        super().roll_back(reason)
+        if operation is None or operation.kind == Kind.ROLLBACK or not operation.candidate:
+            return
+        failed, linked = Path(operation.candidate), linked_dir(self.config.model_path)
+        if failed.is_dir() and (linked is None or linked.resolve() != failed.resolve()):
+            shutil.rmtree(failed, ignore_errors=True)
 
     def on_disk(self, operation: Operation) -> OnDisk:
         current = linked_dir(self.config.model_path)

@@ -117,6 +117,8 @@ def test_failed_health_check_switches_back(family: Path, tmp_path: Path) -> None
     assert status["last_result"]["ok"] is False and "health check failed" in status["last_result"]["message"]
     assert link.resolve() == before and status["installed_version"] == "1.1.0"
     assert _digest(link) == _digest(family / "models" / "bun" / "1.1.0")
+    assert [p.name.split("-")[0] for p in versions_dir(link).iterdir()] == ["1.1.0"]  # the failed one is gone
+    assert status["backups"] == []  # so a manual rollback can never link it
     # the periodic check does not deploy the rolled-back bundle again
     updater2.update_latest(retry_rejected=False)
     updater2.wait(60)
