@@ -93,3 +93,49 @@ def test_hinted_patch_is_smaller_and_applies_without_the_companion(tmp_path: Pat
     (alone / "old.data").write_bytes(old_data.read_bytes())  # no .onnx beside it
     apply_patch(alone / "old.data", tmp_path / "hinted.patch", alone / "new.data")
     assert (alone / "new.data").read_bytes() == new_data.read_bytes()
+
+
+COREML = Path(__file__).resolve().parent / "data" / "coreml"
+
+
+def _coreml_weights(version: int) -> dict[str, np.ndarray]:
+    """The arrays tests/data/coreml/make.py gave coremltools 9.0 (same generator, same seeds)."""
+    rng = np.random.default_rng(17)
+    base = {
+        "w1": (rng.standard_normal((128, 64)) / 8).astype(np.float16),
+        "b1": (rng.standard_normal(128) / 100).astype(np.float16),
+        "w2": (rng.standard_normal((10, 128)) / 11).astype(np.float32),
+    }
+    if version == 1:
+        return base
+    nudge = np.random.default_rng(18)
+    return {k: (v * (1 + nudge.standard_normal(v.shape) * 1e-3)).astype(v.dtype) for k, v in base.items()}
+
+
+def test_coreml_weight_blob_regions_match_what_coremltools_wrote(tmp_path: Path) -> None:
+    from lorien.repo.engine.companions import coreml_weight_regions
+
+    for version in (1, 2):
+        data = (COREML / f"weight-{version}.bin").read_bytes()
+        regions = coreml_weight_regions(data)
+        assert regions is not None
+        arrays = _coreml_weights(version)
+        by_bytes = {data[r.offset : r.end]: r for r in regions}
+        for name, array in arrays.items():
+            assert array.tobytes() in by_bytes, name
+            assert by_bytes[array.tobytes()].dtype == str(array.dtype)
+    assert coreml_weight_regions(b"\x00" * 200) is None and coreml_weight_regions(b"GGUF" + b"\x00" * 200) is None
+    package = tmp_path / "m.mlpackage" / "Data" / "com.apple.CoreML" / "weights"
+    package.mkdir(parents=True)
+    files = {}
+    for version in (1, 2):
+        (package / "weight.bin").write_bytes((COREML / f"weight-{version}.bin").read_bytes())
+        files[version] = tmp_path / f"old-{version}.bin"
+        files[version].write_bytes((package / "weight.bin").read_bytes())
+    relative = "m.mlpackage/Data/com.apple.CoreML/weights/weight.bin"
+    hints = tuple(companion_regions({relative: files[v]}, relative) for v in (1, 2))
+    assert all(hints)
+    hinted = create_patch(files[1], files[2], tmp_path / "hinted.patch", hints=hints)
+    apply_patch(files[1], tmp_path / "hinted.patch", tmp_path / "out.bin")
+    assert (tmp_path / "out.bin").read_bytes() == files[2].read_bytes()
+    assert hinted.patch_size < 0.7 * files[2].stat().st_size

@@ -8,6 +8,10 @@ looks like generic bytes to :func:`repo.engine.formats.find_tensors`:
   ``offset`` and ``length`` inside it; its dtype and dims are in the same ``TensorProto``.
 - OpenVINO IR: the ``.xml`` lists ``<layer type="Const">`` with ``<data element_type= shape= offset= size=>``
   pointing into the ``.bin`` of the same name.
+- Core ML ``.mlpackage``: ``Data/com.apple.CoreML/weights/weight.bin`` is a MIL blob file that describes itself
+  (a 64-byte header with the blob count and format version 2, then per blob a 64-byte record — sentinel
+  ``0xDEADBEEF``, data type, size, offset — before its 64-byte aligned data), so it needs no companion; the
+  names (``blob0``, ``blob1``, …) are positional, the dtypes those of coremltools' ``BlobDataType``.
 
 Create side only: :func:`companion_regions` takes a bundle's files (path → bytes on disk) and one data file's
 path and returns its regions (or ``None``); the publisher passes them to ``create_patch(..., regions=…)``. The patch
@@ -17,6 +21,8 @@ library. Like the other readers, a malformed companion yields ``None``: a bad gu
 
 from __future__ import annotations
 
+import mmap
+import struct
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path, PurePosixPath
 
@@ -139,6 +145,34 @@ def openvino_regions(xml: bytes) -> list[TensorRegion] | None:
     return regions
 
 
+# ------------------------------------------------------------------------------------------------ Core ML
+
+_COREML_TYPES = {1: "float16", 2: "float32", 3: "uint8", 4: "int8", 5: "bfloat16", 6: "int16", 7: "uint16"}
+_COREML_SENTINEL = 0xDEADBEEF
+MAX_COREML_BLOBS = 1 << 20
+
+
+def coreml_weight_regions(data: Buffer) -> list[TensorRegion] | None:
+    """Regions of a Core ML MIL blob file (``weights/weight.bin``); None when it is not one."""
+    if len(data) < 128:
+        return None
+    count, version = struct.unpack_from("<II", data, 0)
+    if version != 2 or not 0 < count <= MAX_COREML_BLOBS:
+        return None
+    regions = []
+    position = 64
+    for index in range(count):
+        if position + 64 > len(data):
+            return None
+        sentinel, kind, size, offset = struct.unpack_from("<IIQQ", data, position)
+        if sentinel != _COREML_SENTINEL or offset < position + 64 or offset + size > len(data):
+            return None
+        dtype = _COREML_TYPES.get(kind, f"coreml{kind}")
+        regions.append(region(f"blob{index}", offset, size, dtype, ()))
+        position = (offset + size + 63) // 64 * 64
+    return regions
+
+
 # ------------------------------------------------------------------------------------------------------ lookup
 
 
@@ -149,6 +183,15 @@ def companion_regions(files: dict[str, Path], relative: str) -> list[TensorRegio
     size = files[relative].stat().st_size
     found: list[TensorRegion] = []
     pure = PurePosixPath(relative)
+    if pure.suffix == ".bin":
+        with open(files[relative], "rb") as handle:
+            head = handle.read(8)
+        if len(head) == 8 and struct.unpack("<II", head)[1] == 2 and pure.name == "weight.bin":
+            with (
+                open(files[relative], "rb") as handle,
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view,
+            ):
+                found.extend(coreml_weight_regions(view) or [])
     if pure.suffix == ".bin":
         xml = str(pure.with_suffix(".xml"))
         if xml in files and files[xml].stat().st_size <= MAX_COMPANION_BYTES:
