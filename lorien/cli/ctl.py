@@ -307,15 +307,20 @@ def _check(args: argparse.Namespace) -> int:
     if plan["up_to_date"]:
         print_fields({"installed": installed, "latest": plan["latest"], "plan": "up to date"}, as_json=False)
         return 0
-    route = ", ".join(
-        f"patch {step['source']} → {step['target']}" if step["kind"] == "patch" else f"full {step['target']}"
-        for step in plan["steps"]
-    )
+    route = ", ".join(_route(step) for step in plan["steps"])
     download = f"{_size(plan['download_bytes'])} of {_size(plan['full_size'])} ({plan['saving_percent']}% saved)"
     print_fields(
         {"installed": installed, "latest": plan["latest"], "plan": route, "download": download}, as_json=False
     )
     return 0
+
+
+def _route(step: dict) -> str:
+    """One step of a plan; a bundle's steps name their file (``keep`` costs nothing)."""
+    where = f" {step['path']}" if step.get("path") else ""
+    if step["kind"] == "patch":
+        return f"patch {step['source']} → {step['target']}{where}"
+    return f"{step['kind']} {step['target']}{where}"
 
 
 def _operation(path: str) -> Callable[[argparse.Namespace], int]:
