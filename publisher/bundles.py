@@ -178,7 +178,7 @@ def make_file_patches(
                         **{**asdict(patch), "id": f"{family}_{source.version}_to_{latest.version}/{target.path}"},
                         path=target.path,
                     )
-            pair_bytes += made[key].size if key in made else target.size
+            pair_bytes += min(made[key].size, target.size) if key in made else target.size  # as devices do
         summary.append((source.version, latest.version, pair_bytes, latest.bundle.total_size))
     return made, summary
 
