@@ -76,9 +76,10 @@ def _run(workdir: Path) -> int:
         f"generated {len(bundles)} bundle versions of '{BUNDLE_FAMILY}' (model.tflite + labels.txt in a directory)"
     )
 
-    private_key, public_key, keyid = generate_keypair(workdir / "keys")
+    private_key, _public_key, keyid = generate_keypair(workdir / "keys")
     _step(
-        f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher, {public_key.name} on devices)"
+        f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher; devices get the repository's "
+        "TUF root.json)"
     )
     report = publish(models, repo, options=PublishOptions(sign_keys=(load_signing_key(private_key),)))
     if not report.ok:
@@ -87,7 +88,7 @@ def _run(workdir: Path) -> int:
     made += sum(len(f.bundle_pairs) for f in report.families)
     _step(
         f"published to {repo}: {len(VERSIONS) + len(BUNDLE_VERSIONS)} versions in 2 families, {made} patches "
-        "(per file for the bundle), manifests and index signed"
+        f"(per file for the bundle); signed TUF metadata in {repo}/metadata/ (root, targets, snapshot, timestamp)"
     )
 
     server = waitress.create_server(make_app(repo), host="127.0.0.1", port=0, threads=4)
@@ -96,14 +97,15 @@ def _run(workdir: Path) -> int:
     thread.start()
     try:
         _step(f"serving the repository at {base_url} (open {base_url}index.html in a browser)")
-        status = _device_update(base_url, paths[0], device, public_key, started)
-        return status or _bundle_update(base_url, bundles[0], workdir / "bundle-device", public_key)
+        root = repo / "metadata" / "1.root.json"
+        status = _device_update(base_url, paths[0], device, root, started)
+        return status or _bundle_update(base_url, bundles[0], workdir / "bundle-device", root)
     finally:
         server.close()
         thread.join(timeout=5)
 
 
-def _device_update(base_url: str, installed_source: Path, device: Path, public_key: Path, started: float) -> int:
+def _device_update(base_url: str, installed_source: Path, device: Path, trusted_root: Path, started: float) -> int:
     """Run the real device updater (its Bottle API on waitress, in a thread) and drive it over HTTP."""
     device.mkdir(parents=True)
     installed = device / "model.tflite"
@@ -118,7 +120,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
             "model_path": str(installed),
             "state_dir": str(device / "state"),
             "port": 0,
-            "trusted_keys": [str(public_key)],
+            "trusted_root": str(trusted_root),
         },
     )
     check_environment(config)
@@ -139,7 +141,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
     )
     trust = _call("GET", api_url + "status")["trust"]["accepted_manifest"]
     _step(
-        f"check: manifest signature ok (key {trust['signed_by'][:16]}…), sequence {trust['sequence']}, expires "
+        f"check: manifest verified ({trust['signed_by']}), sequence {trust['sequence']}, expires "
         f"{trust['expires']}; installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}"
     )
     _call("POST", api_url + "update-latest", headers)
@@ -177,7 +179,7 @@ def _write_bundle_family(workdir: Path, models: Path) -> list[Path]:
     return directories
 
 
-def _bundle_update(base_url: str, installed: Path, device: Path, public_key: Path) -> int:
+def _bundle_update(base_url: str, installed: Path, device: Path, trusted_root: Path) -> int:
     """A bundle device holding the first version (its directory linked as the application's path) updates."""
     link = device / "app" / "model"
     digest = bundle_digest(describe_directory(installed))
@@ -191,7 +193,7 @@ def _bundle_update(base_url: str, installed: Path, device: Path, public_key: Pat
             "family": BUNDLE_FAMILY,
             "model_path": str(link),
             "state_dir": str(device / "state"),
-            "trusted_keys": [str(public_key)],
+            "trusted_root": str(trusted_root),
             "bundle": True,
         },
     )

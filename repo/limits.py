@@ -28,6 +28,11 @@ class Limits:
     max_bundle_files: int = 1_000  # files in one bundle version or one zip package
     max_bundle_bytes: int = 1 << 40  # total bytes of one bundle version (declared sizes of a zip package)
     max_archive_ratio: int = 200  # uncompressed / compressed size of one zip entry over 1 MiB (zip bombs)
+    # TUF metadata (tuf.ngclient's UpdaterConfig); targets.json is bounded by max_document_bytes
+    max_root_bytes: int = 512 * KiB
+    max_timestamp_bytes: int = 16 * KiB
+    max_snapshot_bytes: int = 2 * MiB
+    max_root_rotations: int = 256  # root versions walked in one refresh
     # network: a peer that stops sending, or sends too slowly, is cut off
     connect_timeout: float = 5.0  # seconds
     stall_timeout: float = 30.0  # seconds without a single byte

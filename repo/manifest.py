@@ -194,13 +194,16 @@ class Manifest:
     def latest_entry(self) -> VersionEntry:
         return self.version(self.latest)
 
-    def blob_paths(self) -> set[str]:
-        """Every blob this manifest references: versions, patches, bundle files and file patches."""
-        paths = {entry.blob for entry in self.versions} | {entry.blob for entry in self.patches}
+    def blob_files(self) -> list[tuple[str, int, str]]:
+        """Every blob this manifest names, as (repository path, size, SHA-256): what a device may fetch —
+        also every file of a bundle version and every file patch (gc keeps them, TUF signs them)."""
+        files = [(entry.blob, entry.size, entry.sha256) for entry in self.versions]
+        files += [(entry.blob, entry.size, entry.sha256) for entry in self.patches]
         for entry in self.versions:
             if entry.bundle is not None:
-                paths.update(file.blob for file in entry.bundle.files)
-        return paths | {entry.blob for entry in self.file_patches}
+                files += [(file.blob, file.size, file.sha256) for file in entry.bundle.files]
+        files += [(entry.blob, entry.size, entry.sha256) for entry in self.file_patches]
+        return files
 
     def patch(self, source: str, target: str) -> PatchEntry | None:
         for entry in self.patches:

@@ -36,9 +36,8 @@ def _updater(family: Path, tmp_path: Path, signed: bool) -> tuple[Updater, Repos
     sim = RepositorySimulator.from_directory(family / "repo")
     link = tmp_path / "app" / "model"
     link.parent.mkdir(parents=True, exist_ok=True)
-    trust = (
-        {"trusted_keys": [str(family / "keys" / "lorien.pub")]} if signed else {"insecure_allow_unsigned": True}
-    )
+    root = family / "repo" / "metadata" / "1.root.json"  # the TUF root a signed publish writes
+    trust = {"trusted_root": str(root)} if signed else {"insecure_allow_unsigned": True}
     config = load_config(
         None,
         {
@@ -125,3 +124,16 @@ def test_a_single_file_package_is_refused_on_a_bundle_family(family: Path, tmp_p
     updater, sim, _ = _updater(family, tmp_path, signed=False)
     status = _install(updater, sim, b"TFL3" * 100, "model.tflite", "2.0.0")
     assert status["last_result"]["ok"] is False and "not a .zip package" in status["last_result"]["message"]
+
+
+def test_signed_update_latest_fetches_only_signed_bundle_files(family: Path, tmp_path: Path) -> None:
+    updater, sim, link = _updater(family, tmp_path, signed=True)
+    updater.update_latest()
+    updater.wait(60)
+    status = updater.status()
+    assert status["last_result"]["ok"] and status["installed_version"] == "1.1.0", status["last_result"]
+    assert bundle_digest(describe_directory(link)) == bundle_digest(
+        describe_directory(family / "models" / "bun" / "1.1.0")
+    )
+    fetched = {seen.path for seen in sim.requests if seen.path.startswith("blobs/")}
+    assert len(fetched) == 4  # every file of the bundle, each a signed TUF target (checked before downloading)
