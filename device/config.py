@@ -12,6 +12,7 @@ Every config key is also a ``lorien device`` flag: :func:`config_flags` derives 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import os
@@ -126,8 +127,10 @@ class DeviceConfig:
 
     @property
     def tuf_dir(self) -> Path:
-        """Trusted TUF metadata python-tuf keeps between checks (rollback protection across restarts)."""
-        return self.state_dir / "tuf"
+        """Trusted TUF metadata python-tuf keeps between checks (rollback protection across restarts), one
+        directory per repository URL (like the accepted-manifest records): another repository's versions never
+        count against this one."""
+        return self.state_dir / "tuf" / hashlib.sha256(self.repo_url.encode()).hexdigest()[:16]
 
     @property
     def tmp_dir(self) -> Path:
