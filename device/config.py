@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, is_dataclass
@@ -22,13 +23,16 @@ from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from lorien.repo.channels import CHANNEL_NAME, DEFAULT_CHANNEL
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.layout import family_name_problem
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.signing import TrustedKey, load_trusted_key
 from lorien.repo.transport import DOWNLOAD_RETRY, RetryPolicy
+from lorien.repo.versions import version_name_problem
 
 DEFAULT_PORT = 12315
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 def _flag_help(text: str, flag: str | None = None) -> dict[str, str]:
@@ -113,6 +117,15 @@ class DeviceConfig:
             "accept unsigned or badly signed manifests (anyone on the network path could install anything)"
         ),
     )
+    device_id: str | None = field(
+        default=None,
+        metadata=_flag_help("this device's identity (default: generated once into state_dir/device_id)"),
+    )
+    channel: str = field(
+        default=DEFAULT_CHANNEL, metadata=_flag_help("release channel to follow (default stable)")
+    )
+    pin: str | None = field(default=None, metadata=_flag_help("stay on this version (install it if absent)"))
+    hold: bool = field(default=False, metadata=_flag_help("check but do not install anything"))
     limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
     retry: RetrySettings = field(default_factory=RetrySettings)  # flags --retry-total-seconds, …
 
@@ -299,6 +312,11 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         stop_timeout=float(settings.number("stop_timeout", 10, 0, 600)),
         trusted_keys=keys,
         insecure_allow_unsigned=insecure,
+        device_id=_optional_text(settings, "device_id", DEVICE_ID, "letters, digits and . _ : -, at most 64"),
+        channel=_optional_text(settings, "channel", CHANNEL_NAME, "a-z, 0-9, _ and -, at most 32")
+        or DEFAULT_CHANNEL,
+        pin=_pin(settings),
+        hold=settings.flag("hold"),
         limits=_limits(raw.get("limits"), settings.bad),
         retry=_retry(raw.get("retry"), settings.bad),
     )
@@ -320,6 +338,25 @@ def _check_keys(settings: _Settings) -> None:
     for key in ("repo_url", "family", "model_path", "state_dir"):
         if key not in settings.raw or settings.raw[key] in ("", None):
             raise settings.bad(key, 'required (e.g. repo_url = "https://models.example.com/repo/")')
+
+
+def _optional_text(settings: _Settings, key: str, pattern: re.Pattern[str], form: str) -> str | None:
+    value = settings.raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise settings.bad(key, f"must be {form} characters, got {value!r}")
+    return value
+
+
+def _pin(settings: _Settings) -> str | None:
+    value = settings.raw.get("pin")
+    if value is None:
+        return None
+    problem = version_name_problem(value) if isinstance(value, str) else "is not text"
+    if problem:
+        raise settings.bad("pin", f'must be a version name like "1.2.0": {value!r} {problem}')
+    return value
 
 
 def _api_access(settings: _Settings) -> tuple[str | None, bool, str]:

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from lorien.device.operations import Slots
 from lorien.device.packages import TopePackages
 from lorien.device.plan import Plan, cheapest_plan, identify
 from lorien.device.report import Callbacks, Reporter
+from lorien.device.rollout import Decision, decide
+from lorien.device.startup import device_identity
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
 from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
@@ -50,11 +53,12 @@ from lorien.repo.hashing import sha256_file
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, utc_now
 from lorien.repo.testhooks import crash_point
-from lorien.repo.transport import Transport
+from lorien.repo.transport import HttpTransport, Transport
 from lorien.repo.trust import TrustPolicy, read_signed
 from lorien.repo.versions import is_newer
 
 log = logging.getLogger(__name__)
+LORIEN_VERSION = package_version("lorien")
 
 MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
 
@@ -79,13 +83,16 @@ class Updater(TopePackages):
         ``tests/support/simulator.RepositorySimulator``)."""
         self.config = config
         self._state = StateStore(config.state_file)
+        self.device_id = device_identity(config)
+        if transport is not None:
+            transport.identity = self.identity_header
         self._transport = transport
-        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
+        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport or self._http())
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
         self._installed = InstalledModel(config.model_path, self._state)
         self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
         self._reporter = Reporter(
-            config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed
+            config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed, self.identity
         )
         self._deployer = Deployer(config, self._state, self._reporter)
         self._slots = Slots(self._fail, self._tidy)
@@ -96,7 +103,14 @@ class Updater(TopePackages):
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
         policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
         on_progress = self.metrics.counting_retries(on_progress)  # GET /metrics counts the waits for a retry
-        return Downloader(policy=policy, on_progress=on_progress, transport=self._transport)
+        return Downloader(policy=policy, on_progress=on_progress, transport=self._transport or self._http())
+
+    def _http(self) -> HttpTransport:
+        """A transport of its own (documents and blobs are fetched from different threads) whose requests name
+        lorien, the family, channel, installed version and rollout state in their User-Agent."""
+        transport = HttpTransport(self.config.limits)
+        transport.identity = self.identity_header
+        return transport
 
     # ------------------------------------------------------------------ operation control
 
@@ -185,14 +199,56 @@ class Updater(TopePackages):
     def _check(self) -> Plan:
         self.metrics.checked()
         manifest = self._read_manifest()
-        plan = cheapest_plan(
-            manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
-        )
+        found = identify(self.config.model_path, manifest)
         installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
-        plan = replace(plan, installed=replace(plan.installed, version=installed))
-        if not plan.up_to_date:
+        found = replace(found, version=installed)
+        decision = self._decide(manifest, installed)
+        if decision.target is None:  # stay: nothing to plan
+            return Plan(found, installed or manifest.latest, (), found.size)
+        plan = cheapest_plan(
+            manifest, found, target=decision.target, max_chain=self.config.limits.max_chain_length
+        )
+        if not plan.up_to_date and not decision.downgrade:
             self._refuse_downgrade(installed, plan.latest, manifest.allow_downgrade, "the manifest's latest")
         return plan
+
+    def _decide(self, manifest: Manifest, installed: str | None) -> Decision:
+        """The rollout decision (``device.rollout``) for this manifest, kept for ``/status`` and the User-Agent."""
+        control = self._state.get("control") or {}
+        decision = decide(
+            manifest,
+            device_id=self.device_id,
+            channel=self.config.channel,
+            installed=installed,
+            now=datetime.now(UTC),
+            pin=control.get("pin") or self.config.pin,
+            hold=bool(control.get("hold")) or self.config.hold,
+        )
+        if decision.to_dict() != self._state.get("rollout"):
+            self._state.update(rollout=decision.to_dict())
+        if decision.target is not None and decision.target != installed:
+            log.info("rollout: %s", decision.reason)
+        return decision
+
+    def identity(self) -> dict[str, Any]:
+        """What every request and report says about this device: family, channel, installed version, rollout."""
+        decision = self._state.get("rollout") or {}
+        installed = self._state.get("installed") or {}
+        state = decision.get("state") or "unknown"
+        if decision.get("bucket") is not None:
+            state += f":{decision['bucket']:.2f}/{decision.get('percent') or 0:g}"
+        return {
+            "device_id": self.device_id,
+            "family": self.config.family,
+            "channel": self.config.channel,
+            "installed": installed.get("version") or "none",
+            "rollout": state,
+        }
+
+    def identity_header(self) -> str:
+        """The User-Agent: ``lorien/0.1.0 (device=…; family=…; channel=…; installed=…; rollout=in:12.34/25)``."""
+        fields = "; ".join(f"{key.removesuffix('_id')}={value}" for key, value in self.identity().items())
+        return f"lorien/{LORIEN_VERSION} ({fields})"
 
     @staticmethod
     def _refuse_downgrade(installed: str | None, target: str, allowed: bool, what: str) -> None:
@@ -233,6 +289,11 @@ class Updater(TopePackages):
         if plan.up_to_date:
             self._state.finish(True, f"already up to date ({plan.latest})", plan.latest, record=operation)
             self._reporter.report(Stage.IDLE, f"already up to date ({plan.latest})", 100.0)
+            return
+        decision = Decision(**self._state.get("rollout")) if self._state.get("rollout") else None
+        if decision is not None and not decision.install:
+            self._state.update(stage=Stage.IDLE)
+            self._reporter.report(Stage.IDLE, f"{decision.reason}; not installing", 100.0)
             return
         rejected = (self._state.get("rejected_targets") or {}).get(plan.steps[-1].target_sha256)
         if rejected and not retry_rejected:

@@ -1,0 +1,169 @@
+"""``lorien rollout``: steer a channel's staged rollout in a published repository — ``status``, ``halt``,
+``resume``, ``set`` — by rewriting the family's manifest through the publisher's normal, signed write path
+(:mod:`publisher.rollout`). ``halt --roll-back`` (or ``set --roll-back``) moves the channel back to its previous
+target and lets the devices that took the withdrawn one go back (docs/rollouts.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorien.cli._options import Commands, add_command, add_json_option, add_sign_key_option, load_sign_keys
+from lorien.repo.errors import BadInputError
+
+if TYPE_CHECKING:
+    from lorien.repo.channels import Channel
+    from lorien.repo.manifest import Manifest
+
+
+def _print(manifest: Manifest, channel: str, as_json: bool) -> None:
+    published = manifest.channel(channel)
+    data = published.to_dict() if published is not None else None
+    if as_json:
+        print(
+            json.dumps(
+                {"family": manifest.family, "channel": channel, "sequence": manifest.sequence, **(data or {})}
+            )
+        )
+        return
+    if published is None:
+        print(f"{manifest.family}/{channel}: not published")
+        return
+    now = datetime.now(UTC)
+    rollout = published.rollout
+    share = f"{published.percent_at(now):g} %" + (" (halted)" if rollout is not None and rollout.halted else "")
+    print(f"{manifest.family}/{channel}  sequence {manifest.sequence}")
+    print(f"  target       {published.target}  ({share} of devices now)")
+    print(f"  previous     {published.previous or '-'}")
+    if rollout is not None and rollout.steps:
+        print("  steps        " + ", ".join(f"{step.percent:g} % at {step.at}" for step in rollout.steps))
+    if published.rolled_back:
+        print(f"  rolled back  {', '.join(published.rolled_back)}")
+
+
+def _change(args: argparse.Namespace, edit: Callable[[Channel], Channel]) -> int:
+    from lorien.publisher.options import PublishOptions
+    from lorien.publisher.rollout import change_channel
+
+    options = PublishOptions(sign_keys=load_sign_keys(args), expires_days=args.expires_days)
+    manifest = change_channel(args.repo, args.family, args.channel, edit, options)
+    _print(manifest, args.channel, args.json)
+    return 0
+
+
+def _with_roll_back(args: argparse.Namespace, edit: Callable[[Channel], Channel]) -> Callable[[Channel], Channel]:
+    from lorien.publisher.channels import roll_back
+
+    return (lambda channel: roll_back(edit(channel))) if args.roll_back else edit
+
+
+def _status(args: argparse.Namespace) -> int:
+    """show a channel's target, rollout share, steps and rolled-back versions"""
+    from lorien.publisher.signed import SignedMetadataWriter
+
+    manifest = SignedMetadataWriter(args.repo).read_manifest(args.family)
+    if manifest is None:
+        raise BadInputError(f"{args.repo}: family {args.family!r} is not published")
+    _print(manifest, args.channel, args.json)
+    return 0
+
+
+def _halt(args: argparse.Namespace) -> int:
+    """stop a rollout where it is: no further device takes the target (--roll-back: move the channel back and
+    let devices that took the target go back)"""
+    from lorien.publisher.channels import halt
+
+    return _change(args, _with_roll_back(args, halt))
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """let a halted rollout go on"""
+    from lorien.publisher.channels import resume
+
+    return _change(args, resume)
+
+
+def _set(args: argparse.Namespace) -> int:
+    """give a channel a new target and/or rollout share and steps (--roll-back: back to the previous target)"""
+    from lorien.publisher.channels import checked_percent, set_rollout
+
+    percent = None if args.percent is None else checked_percent(args.percent, "--percent")
+    steps = _steps(args.step) if args.step is not None else None
+    if args.roll_back and (args.target or percent is not None or steps is not None):
+        raise BadInputError(
+            "--roll-back takes no --target, --percent or --step: it moves back to the previous target"
+        )
+    if not args.roll_back and args.target is None and percent is None and steps is None:
+        raise BadInputError("nothing to set: give --target, --percent, --step or --roll-back")
+
+    def edit(channel: Channel) -> Channel:
+        return set_rollout(channel, target=args.target, percent=percent, steps=steps)
+
+    return _change(args, _with_roll_back(args, lambda channel: channel) if args.roll_back else edit)
+
+
+def _steps(values: list[str]) -> tuple:
+    from lorien.publisher.channels import checked_percent
+    from lorien.repo.channels import RolloutStep
+    from lorien.repo.manifest import format_timestamp, parse_timestamp
+
+    steps = []
+    for value in values:
+        percent, _, at = value.partition("@")
+        try:
+            moment = format_timestamp(parse_timestamp(at))
+        except ValueError as error:
+            raise BadInputError(f"--step {value!r}: expected PERCENT@YYYY-MM-DDTHH:MM:SSZ ({error})") from None
+        try:
+            number = float(percent)
+        except ValueError:
+            raise BadInputError(f"--step {value!r}: {percent!r} is not a number") from None
+        steps.append(RolloutStep(moment, checked_percent(number, f"--step {value!r}")))
+    return tuple(sorted(steps, key=lambda step: step.at))
+
+
+def register(commands: Commands) -> None:
+    rollout = commands.add_parser(
+        "rollout",
+        help="steer a channel's staged rollout: status, halt, resume, set (docs/rollouts.md)",
+        description="Change a published channel in place (signed, sequenced like a publish): halt or resume its "
+        "rollout, set its target, share or steps, or roll it back to its previous target.",
+    )
+    actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, handler in (("status", _status), ("halt", _halt), ("resume", _resume), ("set", _set)):
+        action = add_command(actions, name, handler, doing=f"changing the rollout ({name})")
+        action.add_argument("family")
+        action.add_argument("channel")
+        action.add_argument("--repo", type=Path, required=True, help="repository directory")
+        add_json_option(action)
+        if name == "status":
+            continue
+        add_sign_key_option(action, "ed25519 private key the repository is signed with (as for publish)")
+        action.add_argument(
+            "--expires-days",
+            dest="expires_days",
+            type=float,
+            default=7.0,
+            help="the rewritten manifest expires this many days from now (default 7; use what publish uses)",
+        )
+        if name in ("halt", "set"):
+            action.add_argument(
+                "--roll-back",
+                dest="roll_back",
+                action="store_true",
+                help="move the channel back to its previous target; devices that took this one go back",
+            )
+        if name == "set":
+            action.add_argument("--target", help="new target version (the current one becomes previous)")
+            action.add_argument("--percent", type=float, help="share of the channel's devices, 0-100")
+            action.add_argument(
+                "--step",
+                action="append",
+                metavar="PERCENT@TIME",
+                help="raise the share at a UTC time, e.g. 50@2026-12-03T02:00:00Z (repeatable; replaces the steps)",
+            )

@@ -1,0 +1,64 @@
+"""``lorien rollout``: change one channel of a published family in place — halt, resume, a new share or target, a
+roll-back — through the publisher's normal manifest write path, so the result is sequenced, dated and signed
+exactly like a publish.
+
+Flow, under the repository's writer lock: read the family's manifest (``SignedMetadataWriter.read_manifest``:
+with keys, one not signed by them is refused) → apply a pure edit from :mod:`publisher.channels` to the channel
+→ check the versions it names are published → ``write_manifest`` (next sequence, signature) → the family page →
+``renew_and_index`` (index.json last, as in a publish). A later ``lorien publish`` keeps the edited state
+(``merge_channels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from lorien.publisher.options import PublishOptions
+from lorien.publisher.writer import RepositoryWriter
+from lorien.repo.channels import Channel
+from lorien.repo.errors import BadInputError, LocalIOError
+from lorien.repo.lock import repository_lock
+from lorien.repo.manifest import Manifest
+
+
+def change_channel(
+    repo_dir: Path, family: str, channel: str, edit: Callable[[Channel], Channel], options: PublishOptions
+) -> Manifest:
+    """Apply ``edit`` to ``channel`` of ``family`` and publish the result; returns the manifest written.
+
+    Raises:
+        BadInputError: no such family or channel, or the edit names a version that is not published.
+        BusyError: another writer holds the repository.
+        SignatureError: the manifest on disk is not signed by the given keys.
+    """
+    options.check()
+    if not repo_dir.is_dir():
+        raise BadInputError(f"{repo_dir}: repository directory does not exist")
+    try:
+        with repository_lock(repo_dir):
+            writer = RepositoryWriter(repo_dir, options=options)
+            writer.check_signing_mode()
+            previous = writer.read_manifest(family)
+            if previous is None:
+                raise BadInputError(f"{repo_dir}: family {family!r} is not published (no {family}/manifest.json)")
+            current = previous.channel(channel)
+            if current is None:
+                known = ", ".join(sorted(previous.channels or {})) or "none"
+                raise BadInputError(
+                    f"{family}: channel {channel!r} is not published (channels: {known}); declare it in "
+                    f"<models>/{family}/channels.toml and publish"
+                )
+            changed = edit(current)
+            listed = {entry.version for entry in previous.versions}
+            for version in changed.versions():
+                if version not in listed:
+                    raise BadInputError(f"{family}: version {version!r} is not published; publish it first")
+            channels = {**(previous.channels or {}), channel: changed}
+            manifest, _ = writer.write_manifest(replace(previous, channels=channels), previous)
+            writer.write_family_page(manifest)
+            writer.renew_and_index()
+    except OSError as error:
+        raise LocalIOError.wrap(error, f"changing {family}/{channel} in {repo_dir}") from None
+    return manifest
