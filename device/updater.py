@@ -214,21 +214,34 @@ class Updater(TopePackages):
 
     def _decide(self, manifest: Manifest, installed: str | None) -> Decision:
         """The rollout decision (``device.rollout``) for this manifest, kept for ``/status`` and the User-Agent."""
-        control = self._state.get("control") or {}
         decision = decide(
             manifest,
             device_id=self.device_id,
             channel=self.config.channel,
             installed=installed,
             now=datetime.now(UTC),
-            pin=control.get("pin") or self.config.pin,
-            hold=bool(control.get("hold")) or self.config.hold,
+            **self._control(),
         )
         if decision.to_dict() != self._state.get("rollout"):
             self._state.update(rollout=decision.to_dict())
         if decision.target is not None and decision.target != installed:
             log.info("rollout: %s", decision.reason)
         return decision
+
+    def _control(self) -> dict[str, Any]:
+        """The pin and hold in force: the operator's run-time ones (state.json), once set, over the config's."""
+        control = self._state.get("control") or {}
+        return {
+            "pin": control["pin"] if "pin" in control else self.config.pin,
+            "hold": bool(control["hold"]) if "hold" in control else self.config.hold,
+        }
+
+    def set_control(self, **changes: Any) -> dict[str, Any]:
+        """Set the run-time ``pin`` (a version, or None to unpin) and/or ``hold``; persisted atomically in
+        state.json, applied by the next check. Returns the pin and hold now in force."""
+        self._state.update(control={**(self._state.get("control") or {}), **changes})
+        log.info("operator control: %s", changes)
+        return self._control()
 
     def identity(self) -> dict[str, Any]:
         """What every request and report says about this device: family, channel, installed version, rollout."""
@@ -423,6 +436,7 @@ class Updater(TopePackages):
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],
+            "rollout": {**self.identity(), **self._control(), "decision": snapshot.get("rollout")},
             "trust": {
                 "trusted_keys": [key.keyid for key in self.config.trusted_keys],
                 "insecure_allow_unsigned": self.config.insecure_allow_unsigned,

@@ -206,7 +206,7 @@ def test_merge_keeps_a_running_rollout_and_records_the_previous_target(manifest:
     rolled = with_channels(base, stable=roll_back(halted.channels["stable"]))
     kept, notes = merge_channels({"stable": Channel("1.2.0")}, rolled, versions, "x")
     assert kept["stable"].target == "1.1.0" and "rolled back" in notes[0]
-    with pytest.raises(BadInputError, match="'9.9', which is not in the models directory"):
+    with pytest.raises(BadInputError, match=r"'9\.9', which is not in the models directory"):
         merge_channels({"stable": Channel("9.9")}, base, versions, "x")
 
 
