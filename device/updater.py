@@ -232,8 +232,8 @@ class Updater(TopePackages):
         """The pin and hold in force: the operator's run-time ones (state.json), once set, over the config's."""
         control = self._state.get("control") or {}
         return {
-            "pin": control["pin"] if "pin" in control else self.config.pin,
-            "hold": bool(control["hold"]) if "hold" in control else self.config.hold,
+            "pin": control.get("pin", self.config.pin),
+            "hold": bool(control.get("hold", self.config.hold)),
         }
 
     def set_control(self, **changes: Any) -> dict[str, Any]:
