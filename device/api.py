@@ -166,7 +166,10 @@ def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
 
 
 def _update_latest(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
-    updater.update_latest()
+    now = body.get("now", False)
+    if not isinstance(now, bool):
+        raise ApiError(400, "now: must be true or false (true: ignore the download and deploy windows)")
+    updater.update_latest(now=now)
     return "update started", {}
 
 

@@ -23,6 +23,7 @@ from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from lorien.device.windows import Window
 from lorien.repo.channels import CHANNEL_NAME, DEFAULT_CHANNEL
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.layout import family_name_problem
@@ -126,6 +127,15 @@ class DeviceConfig:
     )
     pin: str | None = field(default=None, metadata=_flag_help("stay on this version (install it if absent)"))
     hold: bool = field(default=False, metadata=_flag_help("check but do not install anything"))
+    download_window: str | None = field(
+        default=None, metadata=_flag_help('local hours in which to download, e.g. "02:00-05:00" (default: any)')
+    )
+    deploy_window: str | None = field(
+        default=None, metadata=_flag_help('local hours in which to deploy, e.g. "03:00-04:00" (default: any)')
+    )
+    max_download_rate: int = field(
+        default=0, metadata=_flag_help("bytes per second a download may use (default 0: no cap)")
+    )
     limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
     retry: RetrySettings = field(default_factory=RetrySettings)  # flags --retry-total-seconds, …
 
@@ -317,6 +327,9 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         or DEFAULT_CHANNEL,
         pin=_pin(settings),
         hold=settings.flag("hold"),
+        download_window=_window(settings, "download_window"),
+        deploy_window=_window(settings, "deploy_window"),
+        max_download_rate=_rate(settings, _limits(raw.get("limits"), settings.bad)),
         limits=_limits(raw.get("limits"), settings.bad),
         retry=_retry(raw.get("retry"), settings.bad),
     )
@@ -347,6 +360,27 @@ def _optional_text(settings: _Settings, key: str, pattern: re.Pattern[str], form
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise settings.bad(key, f"must be {form} characters, got {value!r}")
     return value
+
+
+def _window(settings: _Settings, key: str) -> str | None:
+    value = settings.raw.get(key)
+    if value is None:
+        return None
+    try:
+        return Window.parse(value).text if isinstance(value, str) else Window.parse(repr(value)).text
+    except ValueError as error:
+        raise settings.bad(key, str(error)) from None
+
+
+MIN_CAP = 4096  # bytes/s: a 64 KiB read then takes at most 16 s, well inside the stall and rate limits
+
+
+def _rate(settings: _Settings, limits: Limits) -> int:
+    rate = settings.number("max_download_rate", 0, 0, 1 << 40, integer=True)
+    floor = max(MIN_CAP, limits.min_rate)  # below the minimum rate the slow-retrieval guard would cut it
+    if rate and rate < floor:
+        raise settings.bad("max_download_rate", f"must be 0 (no cap) or at least {floor} bytes/s, got {rate}")
+    return rate
 
 
 def _pin(settings: _Settings) -> str | None:

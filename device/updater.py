@@ -40,6 +40,7 @@ from lorien.device.startup import device_identity
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
 from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
+from lorien.device.windows import Window
 from lorien.repo.download import Downloader, DownloadPolicy, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
@@ -99,9 +100,13 @@ class Updater(TopePackages):
         self._manifest: Manifest | None = None  # the last manifest accepted (names the installed model)
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._trust_lock = threading.Lock()
+        self._window_override = threading.Event()  # an operator's "now": windows do not apply to this update
+        self._waiting_for: str | None = None  # "deploy" while an applied update waits for its window
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
-        policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
+        policy = DownloadPolicy(
+            retry=self.config.retry.policy, limits=self.config.limits, max_rate=self.config.max_download_rate
+        )
         on_progress = self.metrics.counting_retries(on_progress)  # GET /metrics counts the waits for a retry
         return Downloader(policy=policy, on_progress=on_progress, transport=self._transport or self._http())
 
@@ -275,15 +280,48 @@ class Updater(TopePackages):
 
     # ------------------------------------------------------------------ manifest-driven update
 
-    def update_latest(self, retry_rejected: bool = True) -> None:
+    def update_latest(self, retry_rejected: bool = True, now: bool = False) -> None:
         """Update to the manifest's latest in the background. ``retry_rejected=False`` (periodic checks) skips a
         target that was already deployed here and rolled back, instead of stopping the service for it on every
-        interval.
+        interval. Outside ``download_window`` the update waits for a later check; outside ``deploy_window`` an
+        applied update waits for it; ``now`` (an operator's request) ignores both windows, and also releases an
+        update already waiting for its deploy window.
 
         Raises:
             Busy: another operation is running.
         """
-        self._start(Kind.UPDATE_LATEST, lambda: self._update_latest(retry_rejected))
+        if now and self._waiting_for is not None:
+            self._window_override.set()  # releases the operation waiting for its deploy window
+            return
+
+        def work() -> None:
+            if now:
+                self._window_override.set()
+            else:
+                self._window_override.clear()
+            self._update_latest(retry_rejected)
+
+        self._start(Kind.UPDATE_LATEST, work)
+
+    def _window(self, which: str) -> Window | None:
+        text = self.config.download_window if which == "download" else self.config.deploy_window
+        return Window.parse(text) if text else None
+
+    def _outside(self, which: str) -> str | None:
+        """The /progress message when now is outside the ``which`` window (and no override), else None."""
+        window, moment = self._window(which), datetime.now().astimezone()
+        if window is None or window.contains(moment) or self._window_override.is_set():
+            return None
+        return window.waiting_message(which, moment)
+
+    def _wait_for_deploy_window(self, target: str) -> None:
+        """Hold a downloaded, applied update until the deploy window opens (or an operator says now)."""
+        while (message := self._outside("deploy")) is not None:
+            if self._waiting_for is None:
+                self._waiting_for = "deploy"
+                self._reporter.report(Stage.APPLYING, f"{target} ready; {message}", 100.0)
+            self._window_override.wait(30)
+        self._waiting_for = None
 
     def _update_latest(self, retry_rejected: bool) -> None:
         started = utc_now()
@@ -317,6 +355,14 @@ class Updater(TopePackages):
             self._state.update(stage=Stage.IDLE)
             self._reporter.report(Stage.IDLE, message, 100.0)
             return
+        if (message := self._outside("download")) is not None:
+            self._state.update(stage=Stage.IDLE)
+            self._reporter.report(
+                Stage.IDLE,
+                f'{plan.latest} planned; {message} (POST /update-latest {{"now": true}} overrides)',
+                0.0,
+            )
+            return
         for step in plan.steps:
             if step.kind == "patch":
                 require_engine(step.engine or "", f"patch {step.id}")
@@ -344,6 +390,7 @@ class Updater(TopePackages):
         candidate = apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
         self._state.update_op(candidate=str(candidate))
         self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
+        self._wait_for_deploy_window(operation.target or "the update")
         self._deployer.deploy(candidate, operation.target, operation.target_sha256)
 
     def rollback(self) -> None:

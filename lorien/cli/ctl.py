@@ -359,7 +359,7 @@ def _operation(path: str) -> Callable[[argparse.Namespace], int]:
 
     def start(args: argparse.Namespace) -> int:
         device = _device(args)
-        message, data = device.post(path)
+        message, data = device.post(path, body={"now": True} if getattr(args, "now", False) else None)
         if args.wait:
             _follow(device, ProgressLines(sys.stdout, args.json, quiet=args.json))
             return _ended(device, args.json)
@@ -429,6 +429,12 @@ def register(commands: Commands) -> None:
         if name in ("update", "rollback"):
             action.add_argument(
                 "--wait", action="store_true", help="follow it until it ends (Ctrl-C stops following)"
+            )
+        if name == "update":
+            action.add_argument(
+                "--now",
+                action="store_true",
+                help="ignore the device's download and deploy windows (also releases an update waiting for one)",
             )
         if name == "pin":
             action.add_argument("version", help="the version to install and stay on")
