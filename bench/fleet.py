@@ -201,14 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         return _rollout(args)
     with tempfile.TemporaryDirectory(prefix="lorien-fleet-") as scratch:
         result = run(args.devices, args.cut_share, args.seed, Path(scratch))
-    result["at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"fleet-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = render(result)
-    (args.out / "fleet-latest.md").write_text(markdown)
-    print(markdown)
+    _write_results(args.out, "fleet", result, render)
     return 0 if result["converged"] == result["devices"] and result["corrupted"] == 0 else 1
+
+
+def _write_results(out: Path, name: str, result: dict, render_markdown: Callable[[dict], str]) -> None:
+    """``out/<name>-<UTC>.json`` (raw) and ``out/<name>-latest.md`` (table), which is also printed."""
+    result["at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"{name}-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = render_markdown(result)
+    (out / f"{name}-latest.md").write_text(markdown)
+    print(markdown)
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -216,13 +221,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lorien-fleet-rollout-") as scratch:
         result = run_rollout(args.devices, args.cut_share, args.seed, Path(scratch), start_nginx, random_cuts)
-    result["at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"fleet-rollout-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = render_rollout(result)
-    (args.out / "fleet-rollout-latest.md").write_text(markdown)
-    print(markdown)
+    _write_results(args.out, "fleet-rollout", result, render_rollout)
     return 0 if result["ok"] else 1
 
 

@@ -45,14 +45,6 @@ def server(repo: Path) -> Iterator[FaultyServer]:
     live.close()
 
 
-@pytest.fixture
-def devices() -> Iterator[list[DeviceProcess]]:
-    started: list[DeviceProcess] = []
-    yield started
-    for device in started:
-        device.stop()
-
-
 def device_on(
     tmp_path: Path, server: FaultyServer, devices: list, name: str, version: str, *extra: str
 ) -> DeviceProcess:
