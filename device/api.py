@@ -201,7 +201,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/download", _download),
     ("POST", "/update", _update),
     ("GET", "/progress", lambda updater, body: ("success", updater.status_view().progress)),
-    ("POST", "/check", lambda updater, body: ("success", updater.check().to_dict())),
+    ("POST", "/check", lambda updater, body: ("success", {**updater.check().to_dict(), **updater.rollout_view()})),
     ("POST", "/update-latest", _update_latest),
     ("POST", "/rollback", _rollback),
     ("POST", "/control", _control),

@@ -241,6 +241,10 @@ class Updater(TopePackages):
             "hold": bool(control.get("hold", self.config.hold)),
         }
 
+    def rollout_view(self) -> dict[str, Any]:
+        """``{"rollout": …}`` for ``/check``: the last decision (why this target, bucket, share)."""
+        return {"rollout": self._state.get("rollout")}
+
     def set_control(self, **changes: Any) -> dict[str, Any]:
         """Set the run-time ``pin`` (a version, or None to unpin) and/or ``hold``; persisted atomically in
         state.json, applied by the next check. Returns the pin and hold now in force."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from lorien.publisher.options import PublishOptions
 from lorien.publisher.writer import RepositoryWriter
 from lorien.repo.channels import Channel
-from lorien.repo.errors import BadInputError, LocalIOError
+from lorien.repo.errors import BadInputError, LocalIOError, RepositoryLockedError
 from lorien.repo.lock import repository_lock
 from lorien.repo.manifest import Manifest
 
@@ -59,6 +59,11 @@ def change_channel(
             manifest, _ = writer.write_manifest(replace(previous, channels=channels), previous)
             writer.write_family_page(manifest)
             writer.renew_and_index()
+    except RepositoryLockedError as error:
+        raise RepositoryLockedError(
+            f"{error}. A `lorien watch` holds its repository for its whole life: stop it, run this command, start "
+            "it again (the change is in the manifest and survives the restart)"
+        ) from None
     except OSError as error:
         raise LocalIOError.wrap(error, f"changing {family}/{channel} in {repo_dir}") from None
     return manifest

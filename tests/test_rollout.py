@@ -20,6 +20,7 @@ from lorien.publisher.channels import halt, merge_channels, read_channels_file, 
 from lorien.publisher.publish import publish
 from lorien.repo.channels import Channel, Rollout, RolloutStep
 from lorien.repo.errors import BadInputError, ManifestError
+from lorien.repo.lock import repository_lock
 from lorien.repo.manifest import Manifest, parse_manifest
 from tests.support.processes import run_lorien
 
@@ -268,6 +269,9 @@ def test_rollout_command_halts_and_rolls_back_through_the_signed_write_path(
         "rollout", "set", "classifier", "nightly", "--repo", repo, "--sign-key", key, "--percent", "5"
     )
     assert missing.returncode == 2 and "channel 'nightly' is not published" in missing.stderr
+    with repository_lock(repo):  # as a running `lorien watch` holds it
+        busy = run_lorien("rollout", "resume", "classifier", "stable", "--repo", repo, "--sign-key", key)
+    assert busy.returncode == 3 and "lorien watch" in busy.stderr
     # a later publish keeps the roll-back although channels.toml still names 1.2.0
     assert run_lorien("publish", "--models", models_dir, "--repo", repo, "--sign-key", key, "-q").returncode == 0
     assert (

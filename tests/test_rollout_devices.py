@@ -99,6 +99,8 @@ def test_staged_rollout_takes_inside_devices_to_the_target_and_others_to_the_pre
     assert update(inside)["last_result"]["ok"] and update(outside)["last_result"]["ok"]
     assert installed(inside, tmp_path) == "1.2.0"
     assert installed(outside, tmp_path) == "1.1.0"
+    check = outside.api("POST", "check").json()["data"]
+    assert check["up_to_date"] and check["rollout"]["state"] == "out" and check["rollout"]["percent"] == 50
     assert outside.status()["rollout"]["decision"]["state"] == "out"
 
 
