@@ -255,7 +255,7 @@ class Updater(TopePackages):
     def identity(self) -> dict[str, Any]:
         """What every request and report says about this device: family, channel, installed version, rollout."""
         decision = self._state.get("rollout") or {}
-        installed = self._state.get("installed") or {}
+        installed = self._installed.version(self._manifest)  # re-hashed only when the file changed
         state = decision.get("state") or "unknown"
         if decision.get("bucket") is not None:
             state += f":{decision['bucket']:.2f}/{decision.get('percent') or 0:g}"
@@ -263,7 +263,7 @@ class Updater(TopePackages):
             "device_id": self.device_id,
             "family": self.config.family,
             "channel": self.config.channel,
-            "installed": installed.get("version") or "none",
+            "installed": installed or "none",
             "rollout": state,
         }
 

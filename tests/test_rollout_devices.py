@@ -86,7 +86,8 @@ def test_a_device_follows_its_channel_and_names_itself_in_every_request(
     assert len(agents) == len(server.faults.agents)  # every request, documents and blobs
     assert all(agent.startswith("lorien/") and "family=cls; channel=beta" in agent for agent in agents)
     assert all("device=pump-7" in agent for agent in agents)
-    assert "installed=1.0.0" in agents[0] or "installed=none" in agents[0]
+    assert "installed=none" in agents[0]  # before the first manifest, the device cannot name its model
+    assert "installed=1.0.0" in agents[-1]  # the blobs of the update, after the manifest named it
     update(device)  # the next check reports the new version and the rollout state
     assert "installed=1.2.0" in server.faults.agents[-1] and "rollout=in:" in server.faults.agents[-1]
 
