@@ -303,3 +303,12 @@ def test_device_identity_is_generated_once_and_configurable(tmp_path: Path) -> N
     ):
         with pytest.raises(BadInputError, match=message):
             load_config(None, {**base, "insecure_allow_unsigned": True, key: value})
+
+
+def test_a_bad_channels_file_holds_back_its_family_with_a_clear_message(models_dir: Path, tmp_path: Path) -> None:
+    (models_dir / "classifier" / "channels.toml").write_text('[stable]\ntarget = "9.9.9"\n')
+    report = publish(models_dir, tmp_path / "repo")
+    assert not report.ok
+    (problem,) = report.all_problems()
+    assert "channels.toml" in problem and "'9.9.9', which is not in the models directory" in problem
+    assert not (tmp_path / "repo" / "classifier" / "manifest.json").exists()
