@@ -14,7 +14,7 @@
 Data flow: :func:`read_channels_file` (strict TOML → :class:`~repo.channels.Channel` per name) →
 :func:`merge_channels` with the manifest already published (a channel whose target did not change keeps its
 published state — ``lorien rollout`` owns a running rollout — and a new target records the old one as
-``previous``) → ``Manifest.channels``, written by the normal publish path, so it is signed like the rest of the
+``previous``, or the old one's previous if its rollout was partial) → ``Manifest.channels``, written by the normal publish path, so it is signed like the rest of the
 manifest. :func:`halt`, :func:`resume`, :func:`set_rollout` and :func:`roll_back` are the pure edits behind
 ``lorien rollout``. Nothing here writes files.
 """
@@ -142,7 +142,9 @@ def merge_channels(
         elif old is not None and old.target == channel.target:
             channel = replace(old, previous=channel.previous or old.previous)
         else:
-            before = old.target if old is not None else (previous.latest if previous is not None else None)
+            before = (
+                settled_target(old) if old is not None else (previous.latest if previous is not None else None)
+            )
             if channel.previous is None and before is not None and is_newer(channel.target, before):
                 channel = replace(channel, previous=before)
             if old is not None:
@@ -154,6 +156,15 @@ def merge_channels(
 
 
 # --- the edits behind ``lorien rollout`` ----------------------------------------------------------------------
+
+
+def settled_target(channel: Channel, now: datetime | None = None) -> str | None:
+    """What the channel's devices run once the current rollout stops where it is: its target if the rollout is
+    complete, else its previous target (a halted or partial rollout must not become the next one's fallback)."""
+    rollout = channel.rollout
+    if rollout is None or (not rollout.halted and rollout.complete_at(now or datetime.now(UTC))):
+        return channel.target
+    return channel.previous
 
 
 def _rollout_of(channel: Channel) -> Rollout:
@@ -180,13 +191,15 @@ def set_rollout(
     steps: tuple[RolloutStep, ...] | None = None,
     now: datetime | None = None,
 ) -> Channel:
-    """A new target (the old one becomes ``previous``; a rolled-back target is taken up again), and/or a new
+    """A new target (the old one becomes ``previous`` — its own previous if its rollout was partial; a
+    rolled-back target is taken up again), and/or a new
     share or steps for the running rollout. A new target without ``percent`` starts at 100 %."""
     now = now or datetime.now(UTC)
     if target is not None and target != channel.target:
+        settled = settled_target(channel, now)
         channel = Channel(
             target=target,
-            previous=channel.target if is_newer(target, channel.target) else channel.previous,
+            previous=settled if settled is not None and is_newer(target, settled) else channel.previous,
             rollout=Rollout(percent=100.0) if percent is None else None,
             rolled_back=tuple(v for v in channel.rolled_back if v != target),
         )

@@ -211,6 +211,17 @@ def test_merge_keeps_a_running_rollout_and_records_the_previous_target(manifest:
         merge_channels({"stable": Channel("9.9")}, base, versions, "x")
 
 
+def test_a_partial_rollout_never_becomes_the_next_targets_fallback(manifest: Manifest) -> None:
+    versions = {"1.0.0", "1.1.0", "1.2.0"}
+    partial = Channel("1.1.0", "1.0.0", Rollout(10, halted=True))
+    base = with_channels(manifest, stable=partial)
+    merged, _ = merge_channels({"stable": Channel("1.2.0", rollout=Rollout(1))}, base, versions, "x")
+    assert merged["stable"].previous == "1.0.0"  # 90 % never took 1.1.0: they stay on 1.0.0
+    assert set_rollout(partial, target="1.2.0", percent=1, now=NOW).previous == "1.0.0"
+    complete = Channel("1.1.0", "1.0.0", Rollout(10, steps=(RolloutStep("2026-12-01T00:00:00Z", 100),)))
+    assert set_rollout(complete, target="1.2.0", now=NOW).previous == "1.1.0"
+
+
 def test_rollout_edits() -> None:
     channel = Channel("1.2.0", "1.1.0", Rollout(10, steps=(RolloutStep("2026-12-01T00:00:00Z", 50),)))
     halted = halt(channel, NOW)
@@ -218,7 +229,7 @@ def test_rollout_edits() -> None:
     assert not resume(halted).rollout.halted
     assert set_rollout(channel, percent=100, steps=()).rollout is None  # complete
     moved = set_rollout(channel, target="1.3.0")
-    assert moved.target == "1.3.0" and moved.previous == "1.2.0" and moved.rollout is None
+    assert moved.target == "1.3.0" and moved.previous == "1.1.0" and moved.rollout is None  # 1.2.0 was partial
     back = roll_back(halted)
     assert back == Channel("1.1.0", None, None, ("1.2.0",))
     assert set_rollout(back, target="1.2.0").rolled_back == ()  # taken up again on purpose
