@@ -249,6 +249,8 @@ def test_publish_writes_channels_and_patches_towards_every_target(models_dir: Pa
     assert manifest.channels == {"stable": Channel("1.1.0"), "beta": Channel("1.2.0", rollout=Rollout(10))}
     assert {(p.source, p.target) for p in manifest.patches} >= {("1.0.0", "1.1.0"), ("1.1.0", "1.2.0")}
     jsonschema.validate(json.loads((repo / "classifier" / "manifest.json").read_text()), SCHEMA)
+    page = (repo / "classifier" / "index.html").read_text()
+    assert '<table class="channels">' in page and "10 %" in page and "all devices" in page
     shown = run_lorien("inspect", repo)
     assert "channel beta: 1.2.0 at 10 %" in shown.stdout and "channel stable: 1.1.0" in shown.stdout
 
