@@ -91,7 +91,9 @@ class Updater(TopePackages):
         self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport or self._http())
         self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
         self._installed = InstalledModel(config.model_path, self._state)
-        self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
+        self.metrics = DeviceMetrics(
+            config.family, self._state, self._installed, lambda: self._manifest, config.channel
+        )
         self._reporter = Reporter(
             config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed, self.identity
         )

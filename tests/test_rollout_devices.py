@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from lorien.device.rollout import bucket
 from lorien.modelgen import write_family
@@ -103,6 +104,8 @@ def test_staged_rollout_takes_inside_devices_to_the_target_and_others_to_the_pre
     check = outside.api("POST", "check").json()["data"]
     assert check["up_to_date"] and check["rollout"]["state"] == "out" and check["rollout"]["percent"] == 50
     assert outside.status()["rollout"]["decision"]["state"] == "out"
+    metrics = requests.get(outside.url.replace("/api/v1.0/", "/metrics"), timeout=30).text
+    assert 'lorien_rollout_info{channel="stable",state="out",target="1.1.0"} 1.0' in metrics
 
 
 def test_halt_with_roll_back_brings_devices_that_took_the_target_back(
