@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from lorien.publisher.channels import CHANNELS_FILE, merge_channels, read_channe
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
-from lorien.repo.channels import DEFAULT_CHANNEL, Channel
+from lorien.repo.channels import DEFAULT_CHANNEL
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import LocalIOError, LorienError
@@ -219,20 +219,6 @@ def publish_family(
         versions.append(entry)
     by_name = {entry.version: entry for entry in versions}
     order = sort_versions(by_name)
-    latest = by_name[order[-1]]
-    if channels and DEFAULT_CHANNEL in channels:
-        latest = by_name[channels[DEFAULT_CHANNEL].target]  # clients without channels follow stable
-    patches = _still_valid_patches(writer, previous, by_name)
-    for target in _patch_targets(latest.version, channels):
-        before = order[: order.index(target)]
-        named = [
-            name
-            for channel in (channels or {}).values()
-            if channel.target == target
-            for name in channel.rolled_back
-        ]
-        sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
-        _make_patches(writer, sources, by_name[target], patches, options, result)
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -240,12 +226,13 @@ def publish_family(
         family=family,
         sequence=0,
         generated_at="",
-        latest=latest.version,
+        latest=order[-1],
         versions=tuple(by_name[name] for name in order),
-        patches=ordered_patches(order, list(patches.values())),
+        patches=tuple(_still_valid_patches(writer, previous, by_name).values()),
         allow_downgrade=allow_downgrade,
         channels=channels,
     )
+    manifest = with_channel_patches(writer, manifest, keep, options, result)
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
     result.latest, result.versions = final.latest, len(final.versions)
@@ -255,9 +242,24 @@ def publish_family(
     return result
 
 
-def _patch_targets(latest: str, channels: dict[str, Channel] | None) -> list[str]:
-    """Patches are made towards latest and towards every channel's target."""
-    return list(dict.fromkeys([latest, *(channel.target for channel in (channels or {}).values())]))
+def with_channel_patches(
+    writer: RepositoryWriter, manifest: Manifest, keep: int, options: PublishOptions, result: FamilyResult
+) -> Manifest:
+    """``manifest`` (versions oldest first) with ``latest`` set — the ``stable`` channel's target when there is
+    one (clients without channels follow it), else the newest version — and the missing patches made towards
+    latest and every channel's target: from the ``keep`` versions before each target and from the versions a
+    channel rolled back to it. Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
+    order = [entry.version for entry in manifest.versions]
+    by_name = {entry.version: entry for entry in manifest.versions}
+    channels = manifest.channels or {}
+    latest = channels[DEFAULT_CHANNEL].target if DEFAULT_CHANNEL in channels else order[-1]
+    patches = {(patch.source, patch.target): patch for patch in manifest.patches}
+    for target in dict.fromkeys([latest, *(channel.target for channel in channels.values())]):
+        before = order[: order.index(target)]
+        named = [name for channel in channels.values() if channel.target == target for name in channel.rolled_back]
+        sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
+        _make_patches(writer, sources, by_name[target], patches, options, result)
+    return replace(manifest, latest=latest, patches=ordered_patches(order, list(patches.values())))
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:

@@ -4,7 +4,9 @@ exactly like a publish.
 
 Flow, under the repository's writer lock: read the family's manifest (``SignedMetadataWriter.read_manifest``:
 with keys, one not signed by them is refused) → apply a pure edit from :mod:`publisher.channels` to the channel
-→ check the versions it names are published → ``write_manifest`` (next sequence, signature) → the family page →
+→ check the versions it names are published → the patches towards a new target (from the repository's own
+blobs: the previous ``keep`` versions and the versions rolled back to it; ``with_channel_patches``, as a publish
+makes them), ``latest`` following ``stable`` → ``write_manifest`` (next sequence, signature) → the family page →
 ``renew_and_index`` (index.json last, as in a publish). A later ``lorien publish`` keeps the edited state
 (``merge_channels``).
 """
@@ -16,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lorien.publisher.options import PublishOptions
+from lorien.publisher.publish import FamilyResult, with_channel_patches
 from lorien.publisher.writer import RepositoryWriter
 from lorien.repo.channels import Channel
 from lorien.repo.errors import BadInputError, LocalIOError, RepositoryLockedError
@@ -56,7 +59,9 @@ def change_channel(
                 if version not in listed:
                     raise BadInputError(f"{family}: version {version!r} is not published; publish it first")
             channels = {**(previous.channels or {}), channel: changed}
-            manifest, _ = writer.write_manifest(replace(previous, channels=channels), previous)
+            edited = replace(previous, channels=channels)
+            edited = with_channel_patches(writer, edited, options.keep, options, FamilyResult(family))
+            manifest, _ = writer.write_manifest(edited, previous)
             writer.write_family_page(manifest)
             writer.renew_and_index()
     except RepositoryLockedError as error:

@@ -273,6 +273,7 @@ def test_rollout_command_halts_and_rolls_back_through_the_signed_write_path(
     after = parse_manifest((repo / "classifier" / "manifest.json").read_bytes())
     assert after.sequence == before.sequence + 1
     assert after.channels["stable"] == Channel("1.1.0", None, None, ("1.2.0",))
+    assert after.latest == "1.1.0" and after.patch("1.2.0", "1.1.0") is not None  # the way back is a patch
     assert (repo / "classifier" / "manifest.json.sig").stat().st_mtime >= (
         repo / "classifier" / "manifest.json"
     ).stat().st_mtime
