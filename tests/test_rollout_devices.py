@@ -148,5 +148,7 @@ def test_pin_wins_over_the_channel_and_hold_installs_nothing(
     assert ctl.returncode == 0, ctl.stderr
     update(held)
     assert installed(held, tmp_path) == "1.2.0"
+    shown = run_lorien("ctl", "status", "--url", held.url)
+    assert "pinned" not in shown.stdout and "in the rollout of 1.2.0" in shown.stdout, shown.stdout
     assert held.api("POST", "control", json={"pin": "../x"}).status_code == 400
     assert held.api("POST", "control", json={"hold": "yes"}).status_code == 400

@@ -276,7 +276,7 @@ def _ended(device: Device, as_json: bool, indent: int | None = 2) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """installed version, stage, last result, backups and trust of the device"""
+    """installed version, stage, last result, backups, trust, channel and rollout decision of the device"""
     status = _device(args).get("/status")
     if args.json:
         print(json.dumps(status, indent=2))
@@ -297,6 +297,17 @@ def _status(args: argparse.Namespace) -> int:
     }
     if (trust.get("last_refusal") or {}).get("message"):
         fields["refused"] = trust["last_refusal"]["message"]
+    rollout = status.get("rollout") or {}
+    if rollout:
+        decision = rollout.get("decision") or {}
+        controls = [
+            f"pinned to {rollout['pin']}" if rollout.get("pin") else "",
+            "held" if rollout.get("hold") else "",
+        ]
+        fields["channel"] = f"{rollout.get('channel')} (device {rollout.get('device_id')})"
+        fields["rollout"] = decision.get("reason") or "not checked yet"
+        if any(controls):
+            fields["operator"] = ", ".join(control for control in controls if control)
     print_fields(fields, as_json=False)
     return 0
 
