@@ -23,13 +23,20 @@ from lorien.publisher.writer import RepositoryWriter
 from lorien.repo.channels import Channel
 from lorien.repo.errors import BadInputError, LocalIOError, RepositoryLockedError
 from lorien.repo.lock import repository_lock
-from lorien.repo.manifest import Manifest
+from lorien.repo.manifest import Manifest, parse_timestamp
 
 
 def change_channel(
-    repo_dir: Path, family: str, channel: str, edit: Callable[[Channel], Channel], options: PublishOptions
+    repo_dir: Path,
+    family: str,
+    channel: str,
+    edit: Callable[[Channel], Channel],
+    options: PublishOptions,
+    keep_validity: bool = False,
 ) -> Manifest:
     """Apply ``edit`` to ``channel`` of ``family`` and publish the result; returns the manifest written.
+    ``keep_validity``: the rewritten manifest is valid as long as the one it replaces was (from its
+    ``generated_at`` to its ``expires``; never, if it had no expiry) instead of ``options.expires_days``.
 
     Raises:
         BadInputError: no such family or channel, or the edit names a version that is not published.
@@ -46,6 +53,8 @@ def change_channel(
             previous = writer.read_manifest(family)
             if previous is None:
                 raise BadInputError(f"{repo_dir}: family {family!r} is not published (no {family}/manifest.json)")
+            if keep_validity:
+                options.expires_days = _validity_days(previous)
             current = previous.channel(channel)
             if current is None:
                 known = ", ".join(sorted(previous.channels or {})) or "none"
@@ -72,3 +81,11 @@ def change_channel(
     except OSError as error:
         raise LocalIOError.wrap(error, f"changing {family}/{channel} in {repo_dir}") from None
     return manifest
+
+
+def _validity_days(manifest: Manifest) -> float:
+    """How long ``manifest`` was valid for when written, in days (0: it never expires)."""
+    expires = manifest.expires_at()
+    if expires is None:
+        return 0.0
+    return max((expires - parse_timestamp(manifest.generated_at)).total_seconds() / 86400, 1 / 1440)

@@ -21,7 +21,7 @@ from lorien.publisher.publish import publish
 from lorien.repo.channels import Channel, Rollout, RolloutStep
 from lorien.repo.errors import BadInputError, ManifestError
 from lorien.repo.lock import repository_lock
-from lorien.repo.manifest import Manifest, parse_manifest
+from lorien.repo.manifest import Manifest, parse_manifest, parse_timestamp
 from tests.support.processes import run_lorien
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "repo/schemas/manifest.schema.json").read_text())
@@ -264,7 +264,10 @@ def test_rollout_command_halts_and_rolls_back_through_the_signed_write_path(
         '[stable]\ntarget = "1.2.0"\nprevious = "1.1.0"\nrollout = { percent = 10 }\n'
     )
     repo = tmp_path / "repo"
-    assert run_lorien("publish", "--models", models_dir, "--repo", repo, "--sign-key", key, "-q").returncode == 0
+    published = run_lorien(
+        "publish", "--models", models_dir, "--repo", repo, "--sign-key", key, "--expires-days", "30"
+    )
+    assert published.returncode == 0, published.stderr
     before = parse_manifest((repo / "classifier" / "manifest.json").read_bytes())
     unsigned = run_lorien("rollout", "halt", "classifier", "stable", "--repo", repo)
     assert unsigned.returncode == 2 and "--sign-key" in unsigned.stderr  # the normal path's signing rule
@@ -272,6 +275,8 @@ def test_rollout_command_halts_and_rolls_back_through_the_signed_write_path(
     assert done.returncode == 0, done.stderr
     after = parse_manifest((repo / "classifier" / "manifest.json").read_bytes())
     assert after.sequence == before.sequence + 1
+    validity = parse_timestamp(after.expires) - parse_timestamp(after.generated_at)
+    assert validity == timedelta(days=30)  # as publish wrote it, not a default of the rollout command
     assert after.channels["stable"] == Channel("1.1.0", None, None, ("1.2.0",))
     assert after.latest == "1.1.0" and after.patch("1.2.0", "1.1.0") is not None  # the way back is a patch
     assert (repo / "classifier" / "manifest.json.sig").stat().st_mtime >= (

@@ -50,8 +50,9 @@ def _change(args: argparse.Namespace, edit: Callable[[Channel], Channel]) -> int
     from lorien.publisher.options import PublishOptions
     from lorien.publisher.rollout import change_channel
 
-    options = PublishOptions(sign_keys=load_sign_keys(args), expires_days=args.expires_days)
-    manifest = change_channel(args.repo, args.family, args.channel, edit, options)
+    days = args.expires_days
+    options = PublishOptions(sign_keys=load_sign_keys(args), expires_days=7.0 if days is None else days)
+    manifest = change_channel(args.repo, args.family, args.channel, edit, options, keep_validity=days is None)
     _print(manifest, args.channel, args.json)
     return 0
 
@@ -148,8 +149,9 @@ def register(commands: Commands) -> None:
             "--expires-days",
             dest="expires_days",
             type=float,
-            default=7.0,
-            help="the rewritten manifest expires this many days from now (default 7; use what publish uses)",
+            default=None,
+            help="the rewritten manifest expires this many days from now (0 = never; default: as long as the "
+            "manifest it replaces was valid, i.e. what publish used)",
         )
         if name in ("halt", "set"):
             action.add_argument(
