@@ -13,7 +13,8 @@ Rules, the first that applies decides::
 A device's bucket is ``sha256(device_id, family, target)`` mapped onto [0, 100) in steps of 0.01, so one device
 keeps its bucket while a rollout's percentage grows, and each target picks different early devices. Moving to
 an older version than the installed one happens only when the channel lists the installed version in
-``rolled_back`` (the publisher withdrew it) or by pin; otherwise the device stays. ``hold`` decides as usual
+``rolled_back`` (the publisher withdrew it), when the manifest has ``allow_downgrade``, or by pin; otherwise the
+device stays. ``hold`` decides as usual
 but says not to install.
 """
 
@@ -107,7 +108,8 @@ def _decide(
         if target is None:
             why += "; no previous target: staying"
     downgrade = installed is not None and installed in published.rolled_back
-    if target is not None and installed is not None and not downgrade and is_newer(installed, target):
+    allowed = downgrade or manifest.allow_downgrade  # the publisher's flag keeps its meaning with channels
+    if target is not None and installed is not None and not allowed and is_newer(installed, target):
         return Decision(
             None, f"{why}; installed {installed} is newer than {target}: staying", state, place, percent
         )

@@ -153,6 +153,8 @@ def test_rolled_back_version_authorises_the_downgrade_and_nothing_else(manifest:
     assert decision.target == "1.1.0" and decision.downgrade
     plain = with_channels(manifest, stable=Channel("1.1.0"))
     assert decide(plain, device_id="a", installed="1.2.0", now=NOW).target is None  # stays, no downgrade
+    flagged = replace(plain, allow_downgrade=True)  # the publisher's --allow-downgrade keeps its meaning
+    assert decide(flagged, device_id="a", installed="1.2.0", now=NOW).target == "1.1.0"
 
 
 def test_channels_pin_and_hold(manifest: Manifest) -> None:
