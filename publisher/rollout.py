@@ -13,6 +13,7 @@ makes them), ``latest`` following ``stable`` → ``write_manifest`` (next sequen
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -33,10 +34,12 @@ def change_channel(
     edit: Callable[[Channel], Channel],
     options: PublishOptions,
     keep_validity: bool = False,
+    locked: bool = False,
 ) -> Manifest:
     """Apply ``edit`` to ``channel`` of ``family`` and publish the result; returns the manifest written.
     ``keep_validity``: the rewritten manifest is valid as long as the one it replaces was (from its
     ``generated_at`` to its ``expires``; never, if it had no expiry) instead of ``options.expires_days``.
+    ``locked``: the caller holds the writer lock already (``lorien watch``, ``publisher.rollout_requests``).
 
     Raises:
         BadInputError: no such family or channel, or the edit names a version that is not published.
@@ -47,7 +50,7 @@ def change_channel(
     if not repo_dir.is_dir():
         raise BadInputError(f"{repo_dir}: repository directory does not exist")
     try:
-        with repository_lock(repo_dir):
+        with contextlib.nullcontext() if locked else repository_lock(repo_dir):
             writer = RepositoryWriter(repo_dir, options=options)
             writer.check_signing_mode()
             previous = writer.read_manifest(family)
@@ -75,8 +78,8 @@ def change_channel(
             writer.renew_and_index()
     except RepositoryLockedError as error:
         raise RepositoryLockedError(
-            f"{error}. A `lorien watch` holds its repository for its whole life: stop it, run this command, start "
-            "it again (the change is in the manifest and survives the restart)"
+            f"{error}. A `lorien watch` holds its repository for its whole life: add --models with its models "
+            "directory to hand it the change"
         ) from None
     except OSError as error:
         raise LocalIOError.wrap(error, f"changing {family}/{channel} in {repo_dir}") from None

@@ -333,3 +333,25 @@ def test_a_bad_channels_file_holds_back_its_family_with_a_clear_message(models_d
     (problem,) = report.all_problems()
     assert "channels.toml" in problem and "'9.9.9', which is not in the models directory" in problem
     assert not (tmp_path / "repo" / "classifier" / "manifest.json").exists()
+
+
+def test_requests_for_a_watcher_without_one_time_out_and_malformed_ones_are_answered(tmp_path: Path) -> None:
+    from lorien.publisher.rollout_requests import REQUESTS_DIR, RolloutRequest, serve_requests, submit
+    from lorien.repo.errors import BusyError
+
+    models = tmp_path / "models"
+    models.mkdir()
+    request = RolloutRequest("cls", "stable", "halt")
+    with pytest.raises(BusyError, match="no `lorien watch`"):
+        submit(models, request, timeout=0.3)
+    assert not list((models / REQUESTS_DIR).iterdir())  # withdrawn
+    assert RolloutRequest.from_dict(json.loads(json.dumps(request.to_dict()))) == request
+    (models / REQUESTS_DIR / "1-bad.json").write_text("{not json")
+    (models / REQUESTS_DIR / "2-evil.json").write_text(json.dumps({**request.to_dict(), "action": "delete"}))
+    applied: list[RolloutRequest] = []
+    assert serve_requests(models, lambda r: applied.append(r)) == 2 and not applied
+    answers = {path.name: json.loads(path.read_text()) for path in (models / REQUESTS_DIR).glob("*.result.json")}
+    assert answers["1-bad.result.json"] == {"ok": False, "error": "request is not JSON", "exit_code": 2}
+    assert "expected one of halt, resume, set" in answers["2-evil.result.json"]["error"]
+    with pytest.raises(BadInputError, match="nothing to set"):
+        RolloutRequest("cls", "stable", "set").edit()

@@ -1,6 +1,7 @@
 """``lorien rollout``: steer a channel's staged rollout in a published repository — ``status``, ``halt``,
 ``resume``, ``set`` — by rewriting the family's manifest through the publisher's normal, signed write path
-(:mod:`publisher.rollout`). ``halt --roll-back`` (or ``set --roll-back``) moves the channel back to its previous
+(:mod:`publisher.rollout`), or with ``--models`` by handing the change to the ``lorien watch`` that holds the
+repository (:mod:`publisher.rollout_requests`). ``halt --roll-back`` (or ``set --roll-back``) moves the channel back to its previous
 target and lets the devices that took the withdrawn one go back (docs/rollouts.md).
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,8 @@ from lorien.cli._options import Commands, add_command, add_json_option, add_sign
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
-    from lorien.repo.channels import Channel
+    from lorien.publisher.rollout_requests import RolloutRequest
+    from lorien.repo.channels import RolloutStep
     from lorien.repo.manifest import Manifest
 
 
@@ -46,21 +47,46 @@ def _print(manifest: Manifest, channel: str, as_json: bool) -> None:
         print(f"  rolled back  {', '.join(published.rolled_back)}")
 
 
-def _change(args: argparse.Namespace, edit: Callable[[Channel], Channel]) -> int:
+def _request(args: argparse.Namespace) -> RolloutRequest:
+    from lorien.publisher.channels import checked_percent
+    from lorien.publisher.rollout_requests import RolloutRequest
+
+    percent = getattr(args, "percent", None)
+    steps = getattr(args, "step", None)
+    return RolloutRequest(
+        family=args.family,
+        channel=args.channel,
+        action=args.action,
+        roll_back=getattr(args, "roll_back", False),
+        target=getattr(args, "target", None),
+        percent=None if percent is None else checked_percent(percent, "--percent"),
+        steps=None if steps is None else _steps(steps),
+    )
+
+
+def _change(args: argparse.Namespace) -> int:
+    """halt, resume and set: directly under the writer lock, or through the watcher of ``--models``."""
     from lorien.publisher.options import PublishOptions
     from lorien.publisher.rollout import change_channel
+    from lorien.publisher.rollout_requests import submit
 
+    request = _request(args)
+    request.check()
+    if args.models is not None:
+        result = submit(args.models, request, args.timeout)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{request.family}/{request.channel}: the watcher wrote sequence {result['sequence']}")
+            print(f"  {json.dumps(result['channel'])}")
+        return 0
     days = args.expires_days
     options = PublishOptions(sign_keys=load_sign_keys(args), expires_days=7.0 if days is None else days)
-    manifest = change_channel(args.repo, args.family, args.channel, edit, options, keep_validity=days is None)
+    manifest = change_channel(
+        args.repo, args.family, args.channel, request.edit(), options, keep_validity=days is None
+    )
     _print(manifest, args.channel, args.json)
     return 0
-
-
-def _with_roll_back(args: argparse.Namespace, edit: Callable[[Channel], Channel]) -> Callable[[Channel], Channel]:
-    from lorien.publisher.channels import roll_back
-
-    return (lambda channel: roll_back(edit(channel))) if args.roll_back else edit
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -77,38 +103,20 @@ def _status(args: argparse.Namespace) -> int:
 def _halt(args: argparse.Namespace) -> int:
     """stop a rollout where it is: no further device takes the target (--roll-back: move the channel back and
     let devices that took the target go back)"""
-    from lorien.publisher.channels import halt
-
-    return _change(args, _with_roll_back(args, halt))
+    return _change(args)
 
 
 def _resume(args: argparse.Namespace) -> int:
     """let a halted rollout go on"""
-    from lorien.publisher.channels import resume
-
-    return _change(args, resume)
+    return _change(args)
 
 
 def _set(args: argparse.Namespace) -> int:
     """give a channel a new target and/or rollout share and steps (--roll-back: back to the previous target)"""
-    from lorien.publisher.channels import checked_percent, set_rollout
-
-    percent = None if args.percent is None else checked_percent(args.percent, "--percent")
-    steps = _steps(args.step) if args.step is not None else None
-    if args.roll_back and (args.target or percent is not None or steps is not None):
-        raise BadInputError(
-            "--roll-back takes no --target, --percent or --step: it moves back to the previous target"
-        )
-    if not args.roll_back and args.target is None and percent is None and steps is None:
-        raise BadInputError("nothing to set: give --target, --percent, --step or --roll-back")
-
-    def edit(channel: Channel) -> Channel:
-        return set_rollout(channel, target=args.target, percent=percent, steps=steps)
-
-    return _change(args, _with_roll_back(args, lambda channel: channel) if args.roll_back else edit)
+    return _change(args)
 
 
-def _steps(values: list[str]) -> tuple:
+def _steps(values: list[str]) -> tuple[RolloutStep, ...]:
     from lorien.publisher.channels import checked_percent
     from lorien.repo.channels import RolloutStep
     from lorien.repo.manifest import format_timestamp, parse_timestamp
@@ -145,6 +153,18 @@ def register(commands: Commands) -> None:
         if name == "status":
             continue
         add_sign_key_option(action, "ed25519 private key the repository is signed with (as for publish)")
+        action.add_argument(
+            "--models",
+            type=Path,
+            help="hand the change to the `lorien watch` running on this models directory (it holds the repository "
+            "and signs with its own keys); without it the change is written directly",
+        )
+        action.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="with --models: seconds to wait for the watcher (default 60)",
+        )
         action.add_argument(
             "--expires-days",
             dest="expires_days",
