@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,21 @@ def test_pin_wins_over_the_channel_and_hold_installs_nothing(
     assert "pinned" not in shown.stdout and "in the rollout of 1.2.0" in shown.stdout, shown.stdout
     assert held.api("POST", "control", json={"pin": "../x"}).status_code == 400
     assert held.api("POST", "control", json={"hold": "yes"}).status_code == 400
+
+
+def test_a_closed_download_window_defers_until_the_operator_says_now(
+    tmp_path: Path, server: FaultyServer, devices: list
+) -> None:
+    now = datetime.now().astimezone()
+    closed = f"{now + timedelta(hours=2):%H:%M}-{now + timedelta(hours=3):%H:%M}"
+    device = device_on(
+        tmp_path, server, devices, "windowed", "1.0.0", "--channel", "beta", "--download-window", closed
+    )
+    update(device)
+    progress = device.api("GET", "progress").json()["data"]
+    assert f"waiting for the download window {closed}" in progress["message"], progress
+    assert installed(device, tmp_path) == "1.0.0"
+    assert not [path for path, _range, _if_range in server.faults.requests if path.startswith("blobs/")]
+    now_run = run_lorien("ctl", "update", "--now", "--wait", "--url", device.url, "--token", device.token or "")
+    assert now_run.returncode == 0, now_run.stdout + now_run.stderr
+    assert installed(device, tmp_path) == "1.2.0"
