@@ -18,7 +18,7 @@ _WINDOW = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5]
 @dataclass(frozen=True)
 class Window:
     start: time
-    end: time  # exclusive; 24:00 is written as time(0, 0) with ``crosses`` handled by the comparison
+    end: time  # exclusive; an end of 24:00 is kept as 00:00 (then the window ends at midnight)
     text: str
 
     @classmethod
