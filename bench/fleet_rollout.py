@@ -3,8 +3,9 @@
 ``python -m bench.fleet --scenario rollout [--devices 1000] [--cut-share 0.2] [--seed 0] [--out bench/results]``
 
 What a simulated device is: a device id, an installed version and the real decision and download code — each
-check fetches the family manifest over HTTP (its ``.sig`` verified against the publisher key with the device's
-``repo.trust`` code), runs ``device.rollout.decide`` and ``device.plan.cheapest_plan``, and downloads the planned
+check refreshes the repository's TUF metadata and reads the family manifest as a signed target with the
+device's ``repo.trust.read_trusted`` (python-tuf's ngclient over lorien's transport, from the repository's
+``1.root.json``), checks every planned blob is a signed target, runs ``device.rollout.decide`` and ``device.plan.cheapest_plan``, and downloads the planned
 blobs with the device's resumable ``repo.download.Downloader`` (MD5 + SHA-256 verified, Range resumes), every
 request carrying the device's User-Agent. It does not apply patches or deploy (the real ``Updater`` does that in
 ``python -m bench.fleet``): a device counts as moved once its blobs verified.
@@ -47,9 +48,10 @@ from lorien.repo.fetch import HttpFetcher
 from lorien.repo.layout import manifest_path
 from lorien.repo.limits import DEFAULT_LIMITS
 from lorien.repo.manifest import Manifest, parse_manifest
-from lorien.repo.signing import generate_keypair, load_signing_key, load_trusted_key
+from lorien.repo.signing import generate_keypair, load_signing_key
 from lorien.repo.transport import HttpTransport, RetryPolicy
-from lorien.repo.trust import TrustPolicy, read_signed, verify_signature
+from lorien.repo.trust import TrustPolicy, read_trusted
+from lorien.repo.tufmeta import HASH
 
 FAMILY = "cls"
 VERSIONS = ["1.1.0", "1.2.0", "1.3.0"]
@@ -80,12 +82,9 @@ def _transport(device: SimDevice) -> HttpTransport:
 def _check(device: SimDevice, url: str, trust: TrustPolicy) -> tuple[str, int]:
     """One check + download; returns (what happened, bytes downloaded)."""
     fetcher = HttpFetcher(url, transport=_transport(device))
-    manifest: Manifest = read_signed(
-        fetcher,
-        manifest_path(FAMILY),
-        trust,
-        lambda document: parse_manifest(verify_signature(document, manifest_path(FAMILY), trust).data),
-    )
+    document = read_trusted(fetcher, manifest_path(FAMILY), trust, device.home / "tuf")  # TUF, as a device does
+    assert document.client is not None, "the bench repository is signed"
+    manifest: Manifest = parse_manifest(document.data)
     decision = decide(manifest, device_id=device.id, installed=device.installed, now=datetime.now(UTC))
     device.state = decision.state + (
         f":{decision.bucket:.2f}/{decision.percent:g}" if decision.bucket is not None else ""
@@ -95,6 +94,9 @@ def _check(device: SimDevice, url: str, trust: TrustPolicy) -> tuple[str, int]:
     entry = manifest.version(device.installed)
     installed = Installed(device.installed, entry.sha256, entry.size, None)
     plan = cheapest_plan(manifest, installed, target=decision.target)
+    for step in plan.steps:  # every blob a signed target of its size and SHA-256, as the device checks
+        info = document.client.target(step.blob)
+        assert info.length == step.size and info.hashes.get(HASH) == step.sha256, step.blob
     downloader = Downloader(policy=DownloadPolicy(retry=RETRY), transport=_transport(device))
     for step in plan.steps:
         part = device.home / f"{step.sha256}.part"
@@ -150,11 +152,11 @@ def run_rollout(devices_count: int, cut_share: float, seed: int, work: Path, sta
         shutil.copy(work / "all" / FAMILY / f"{version}.tflite", models)
     channels = models / "channels.toml"
     channels.write_text('[stable]\ntarget = "1.2.0"\nprevious = "1.1.0"\nrollout = { percent = 1 }\n')
-    private, public, _ = generate_keypair(work / "keys")
+    private, _public, _ = generate_keypair(work / "keys")
     options = PublishOptions(sign_keys=(load_signing_key(private),))
     repo = work / "repo"
     assert publish(work / "models", repo, options=options).ok
-    trust = TrustPolicy((load_trusted_key(public),), False, DEFAULT_LIMITS)
+    trust = TrustPolicy((repo / "metadata" / "1.root.json").read_bytes(), False, DEFAULT_LIMITS)
 
     nginx, port = start_nginx(repo, work)
     proxy = CuttingProxy(port, decide=random_cuts(cut_share, seed))

@@ -144,6 +144,12 @@ class Manifest:
     def latest_entry(self) -> VersionEntry:
         return self.version(self.latest)
 
+    def blob_files(self) -> list[tuple[str, int, str]]:
+        """Every blob this manifest names, as (repository path, size, SHA-256): what a device may fetch."""
+        files = [(entry.blob, entry.size, entry.sha256) for entry in self.versions]
+        files += [(entry.blob, entry.size, entry.sha256) for entry in self.patches]
+        return files
+
     def patch(self, source: str, target: str) -> PatchEntry | None:
         for entry in self.patches:
             if entry.source == source and entry.target == target:

@@ -20,8 +20,10 @@ from lorien.publisher.channels import halt, merge_channels, read_channels_file, 
 from lorien.publisher.publish import publish
 from lorien.repo.channels import Channel, Rollout, RolloutStep
 from lorien.repo.errors import BadInputError, ManifestError
+from lorien.repo.fetch import DirectoryFetcher
 from lorien.repo.lock import repository_lock
 from lorien.repo.manifest import Manifest, parse_manifest, parse_timestamp
+from lorien.repo.trust import TrustPolicy, read_trusted
 from tests.support.processes import run_lorien
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "repo/schemas/manifest.schema.json").read_text())
@@ -281,9 +283,9 @@ def test_rollout_command_halts_and_rolls_back_through_the_signed_write_path(
     assert validity == timedelta(days=30)  # as publish wrote it, not a default of the rollout command
     assert after.channels["stable"] == Channel("1.1.0", None, None, ("1.2.0",))
     assert after.latest == "1.1.0" and after.patch("1.2.0", "1.1.0") is not None  # the way back is a patch
-    assert (repo / "classifier" / "manifest.json.sig").stat().st_mtime >= (
-        repo / "classifier" / "manifest.json"
-    ).stat().st_mtime
+    policy = TrustPolicy((repo / "metadata" / "1.root.json").read_bytes())  # a device's TUF view of it
+    signed = read_trusted(DirectoryFetcher(repo), "classifier/manifest.json", policy, tmp_path / "tuf")
+    assert signed.client is not None and parse_manifest(signed.data) == after
     verify = run_lorien("inspect", repo, "--verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     status = run_lorien("rollout", "status", "classifier", "stable", "--repo", repo, "--json")
