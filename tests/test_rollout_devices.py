@@ -171,3 +171,42 @@ def test_a_closed_download_window_defers_until_the_operator_says_now(
     now_run = run_lorien("ctl", "update", "--now", "--wait", "--url", device.url, "--token", device.token or "")
     assert now_run.returncode == 0, now_run.stdout + now_run.stderr
     assert installed(device, tmp_path) == "1.2.0"
+
+
+def test_on_a_tuf_signed_repository_the_rollout_command_signs_and_the_device_follows(
+    tmp_path: Path, devices: list
+) -> None:
+    """The channel state is TUF-signed like the rest of the manifest: a device that trusts only the repository's
+    first root.json takes the rollout, and goes back after a signed `lorien rollout halt --roll-back`."""
+    site = tmp_path / "site"
+    write_family(site / "all" / FAMILY, VERSIONS, layer_sizes=SMALL_LAYERS, seed=9)
+    shutil.copytree(site / "all" / FAMILY, site / "models" / FAMILY)
+    (site / "models" / FAMILY / "channels.toml").write_text(
+        '[stable]\ntarget = "1.2.0"\nprevious = "1.1.0"\nrollout = { percent = 50 }\n'
+    )
+    assert run_lorien("keygen", "--out", site / "keys").returncode == 0
+    key, repo = site / "keys" / "lorien.key", site / "repo"
+    published = run_lorien("publish", "--models", site / "models", "--repo", repo, "--sign-key", key, "-q")
+    assert published.returncode == 0, published.stderr
+    root = tmp_path / "root.json"
+    shutil.copy(repo / "metadata" / "1.root.json", root)  # installed with the device
+    server = FaultyServer(repo, Faults())
+    try:
+        model = tmp_path / "in" / "app" / "model.tflite"
+        model.parent.mkdir(parents=True)
+        shutil.copy(site / "all" / FAMILY / "1.1.0.tflite", model)
+        inside = device_ids("1.2.0", True)
+        device = DeviceProcess(
+            tmp_path / "in", server.url, model, "--trusted-root", str(root), "--device-id", inside
+        )
+        devices.append(device)
+        assert update(device)["last_result"]["ok"] and sha256(model) == sha256(
+            site / "all" / FAMILY / "1.2.0.tflite"
+        )
+        halted = run_lorien("rollout", "halt", FAMILY, "stable", "--repo", repo, "--sign-key", key, "--roll-back")
+        assert halted.returncode == 0, halted.stderr
+        status = update(device)
+        assert status["last_result"]["ok"] and status["trust"]["tuf"] is not None, status
+        assert sha256(model) == sha256(site / "all" / FAMILY / "1.1.0.tflite")  # back, by a signed decision
+    finally:
+        server.close()
