@@ -5,8 +5,9 @@ Flow, under the repository's writer lock:
 1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
 3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying),
-   create missing patches from each of the previous ``keep`` versions to the newest (sources are read from
-   the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
+   create missing patches from each of the previous ``keep`` versions to the newest and to every channel's
+   target (``channels.toml``, :mod:`publisher.channels`; sources are read from the repository's own verified
+   blobs), then write ``<family>/manifest.json`` only if its content changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -30,13 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lorien.publisher.channels import CHANNELS_FILE, merge_channels, read_channels_file
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
+from lorien.repo.channels import DEFAULT_CHANNEL
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import LocalIOError, LorienError
@@ -203,6 +206,12 @@ def publish_family(
         result.skipped, result.problems = result.problems, []
     if result.problems or not entries:
         return result  # (lenient: every file of the family is still incomplete or bad)
+    channels_file = files[0].path.parent / CHANNELS_FILE
+    channels, notes = merge_channels(
+        read_channels_file(channels_file), previous, {entry.version for _, entry, _ in entries}, str(channels_file)
+    )
+    for note in notes:
+        log.warning("%s", note)
     versions = []
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
@@ -210,10 +219,6 @@ def publish_family(
         versions.append(entry)
     by_name = {entry.version: entry for entry in versions}
     order = sort_versions(by_name)
-    latest = by_name[order[-1]]
-    patches = _still_valid_patches(writer, previous, by_name)
-    sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
-    _make_patches(writer, sources, latest, patches, options, result)
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -221,11 +226,13 @@ def publish_family(
         family=family,
         sequence=0,
         generated_at="",
-        latest=latest.version,
+        latest=order[-1],
         versions=tuple(by_name[name] for name in order),
-        patches=ordered_patches(order, list(patches.values())),
+        patches=tuple(_still_valid_patches(writer, previous, by_name).values()),
         allow_downgrade=allow_downgrade,
+        channels=channels,
     )
+    manifest = with_channel_patches(writer, manifest, keep, options, result)
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
     result.latest, result.versions = final.latest, len(final.versions)
@@ -233,6 +240,26 @@ def publish_family(
     result.new_versions = [name for name in order if name not in known]
     result.withdrawn = [name for name in sort_versions(known) if name not in by_name]
     return result
+
+
+def with_channel_patches(
+    writer: RepositoryWriter, manifest: Manifest, keep: int, options: PublishOptions, result: FamilyResult
+) -> Manifest:
+    """``manifest`` (versions oldest first) with ``latest`` set — the ``stable`` channel's target when there is
+    one (clients without channels follow it), else the newest version — and the missing patches made towards
+    latest and every channel's target: from the ``keep`` versions before each target and from the versions a
+    channel rolled back to it. Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
+    order = [entry.version for entry in manifest.versions]
+    by_name = {entry.version: entry for entry in manifest.versions}
+    channels = manifest.channels or {}
+    latest = channels[DEFAULT_CHANNEL].target if DEFAULT_CHANNEL in channels else order[-1]
+    patches = {(patch.source, patch.target): patch for patch in manifest.patches}
+    for target in dict.fromkeys([latest, *(channel.target for channel in channels.values())]):
+        before = order[: order.index(target)]
+        named = [name for channel in channels.values() if channel.target == target for name in channel.rolled_back]
+        sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
+        _make_patches(writer, sources, by_name[target], patches, options, result)
+    return replace(manifest, latest=latest, patches=ordered_patches(order, list(patches.values())))
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:
