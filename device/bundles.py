@@ -144,13 +144,15 @@ def identify_bundle(model_path: Path, manifest: Manifest, limits: Limits) -> tup
 # ------------------------------------------------------------------------------------------------ planning
 
 
-def bundle_plan(manifest: Manifest, installed: Installed, files: list[BundleFile]) -> Plan:
-    """One step per file of the latest bundle: keep, patch (from the installed version, an engine this device
-    has) or full, whichever downloads fewest bytes."""
-    goal = manifest.latest_entry()
+def bundle_plan(
+    manifest: Manifest, installed: Installed, files: list[BundleFile], target: str | None = None
+) -> Plan:
+    """One step per file of the bundle ``target`` (default: latest; a rollout decides it): keep, patch (from
+    the installed version, an engine this device has) or full, whichever downloads fewest bytes."""
+    goal = manifest.version(target or manifest.latest)
     if goal.bundle is None:
         raise UpdateFailed(
-            f"latest {goal.version} of {manifest.family} is a single file, but this device is configured for a "
+            f"version {goal.version} of {manifest.family} is a single file, but this device is configured for a "
             "bundle family (bundle = true); fix the device configuration or publish a version directory"
         )
     if installed.sha256 == goal.bundle.digest:

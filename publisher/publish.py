@@ -6,9 +6,10 @@ Flow, under the repository's writer lock:
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
 3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying;
    a version directory becomes one blob per file plus a zip package: ``publisher.bundles``),
-   create missing patches from each of the previous ``keep`` versions to the newest (sources are read from
-   the repository's own verified blobs; for a bundle, per-file patches of the files that changed), then write
-   ``<family>/manifest.json`` only if its content changed,
+   create missing patches from each of the previous ``keep`` versions to the newest and to every channel's
+   target (``channels.toml``, :mod:`publisher.channels`; sources are read from the repository's own verified
+   blobs; for a bundle, per-file patches of the files that changed), then write ``<family>/manifest.json``
+   only if its content changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -32,14 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lorien.publisher.bundles import bundle_version, make_file_patches, still_valid_file_patches
+from lorien.publisher.channels import CHANNELS_FILE, merge_channels, read_channels_file
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
+from lorien.repo.channels import DEFAULT_CHANNEL
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import BadInputError, LocalIOError, LorienError
@@ -216,6 +219,11 @@ def publish_family(
         result.skipped, result.problems = result.problems, []
     if result.problems or not (entries or bundles):
         return result  # (lenient: every file of the family is still incomplete or bad)
+    channels_file = files[0].path.parent / CHANNELS_FILE
+    names = {entry.version for _, entry, _ in entries} | {entry.version for entry in bundles}
+    channels, notes = merge_channels(read_channels_file(channels_file), previous, names, str(channels_file))
+    for note in notes:
+        log.warning("%s", note)
     versions = list(bundles)
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
@@ -223,17 +231,6 @@ def publish_family(
         versions.append(entry)
     by_name = {entry.version: entry for entry in versions}
     order = sort_versions(by_name)
-    latest = by_name[order[-1]]
-    patches = _still_valid_patches(writer, previous, by_name)
-    sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
-    file_patches = still_valid_file_patches(writer, previous, by_name)
-    if latest.bundle is None:
-        _make_patches(writer, [s for s in sources if s.bundle is None], latest, patches, options, result)
-    else:
-        file_patches, result.bundle_pairs = make_file_patches(
-            writer, family, sources, latest, file_patches, options
-        )
-    rank = {name: i for i, name in enumerate(order)}
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -241,12 +238,14 @@ def publish_family(
         family=family,
         sequence=0,
         generated_at="",
-        latest=latest.version,
+        latest=order[-1],
         versions=tuple(by_name[name] for name in order),
-        patches=ordered_patches(order, list(patches.values())),
+        patches=tuple(_still_valid_patches(writer, previous, by_name).values()),
         allow_downgrade=allow_downgrade,
-        file_patches=tuple(sorted(file_patches.values(), key=lambda p: (rank[p.target], rank[p.source], p.path))),
+        channels=channels,
     )
+    manifest = with_channel_patches(writer, manifest, keep, options, result)
+    manifest = _with_file_patches(writer, manifest, previous, keep, options, result)
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
     result.latest, result.versions = final.latest, len(final.versions)
@@ -271,6 +270,56 @@ def _bundle_entries(
         result.new_blobs += created
         entries.append(entry)
     return entries
+
+
+def with_channel_patches(
+    writer: RepositoryWriter, manifest: Manifest, keep: int, options: PublishOptions, result: FamilyResult
+) -> Manifest:
+    """``manifest`` (versions oldest first) with ``latest`` set — the ``stable`` channel's target when there is
+    one (clients without channels follow it), else the newest version — and the missing patches made towards
+    latest and every channel's target: from the ``keep`` versions before each target and from the versions a
+    channel rolled back to it. Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
+    order = [entry.version for entry in manifest.versions]
+    by_name = {entry.version: entry for entry in manifest.versions}
+    channels = manifest.channels or {}
+    latest = channels[DEFAULT_CHANNEL].target if DEFAULT_CHANNEL in channels else order[-1]
+    patches = {(patch.source, patch.target): patch for patch in manifest.patches}
+    for target in dict.fromkeys([latest, *(channel.target for channel in channels.values())]):
+        before = order[: order.index(target)]
+        named = [name for channel in channels.values() if channel.target == target for name in channel.rolled_back]
+        sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
+        if by_name[target].bundle is None:  # bundles are patched file by file (_with_file_patches)
+            sources = [source for source in sources if source.bundle is None]
+            _make_patches(writer, sources, by_name[target], patches, options, result)
+    return replace(manifest, latest=latest, patches=ordered_patches(order, list(patches.values())))
+
+
+def _with_file_patches(
+    writer: RepositoryWriter,
+    manifest: Manifest,
+    previous: Manifest | None,
+    keep: int,
+    options: PublishOptions,
+    result: FamilyResult,
+) -> Manifest:
+    """``manifest`` with the per-file patches towards every bundle among latest and the channels' targets, from
+    the ``keep`` versions before each (those of ``previous`` still valid are kept)."""
+    order = [entry.version for entry in manifest.versions]
+    by_name = {entry.version: entry for entry in manifest.versions}
+    file_patches = still_valid_file_patches(writer, previous, by_name)
+    targets = [manifest.latest, *(channel.target for channel in (manifest.channels or {}).values())]
+    for target in dict.fromkeys(targets):
+        if by_name[target].bundle is None:
+            continue
+        before = order[: order.index(target)]
+        sources = [by_name[name] for name in (before[-keep:] if keep > 0 else [])]
+        file_patches, pairs = make_file_patches(
+            writer, manifest.family, sources, by_name[target], file_patches, options
+        )
+        result.bundle_pairs += pairs
+    rank = {name: index for index, name in enumerate(order)}
+    ordered = sorted(file_patches.values(), key=lambda p: (rank[p.target], rank[p.source], p.path))
+    return replace(manifest, file_patches=tuple(ordered))
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:

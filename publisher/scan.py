@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorien.publisher.channels import CHANNELS_FILE
 from lorien.repo.bundle import list_directory
 from lorien.repo.errors import BadInputError
 from lorien.repo.fingerprint import MIN_FILE_SIZE
@@ -120,8 +121,8 @@ def scan_family(directory: Path, result: ScanResult) -> None:
         return
     files: list[ModelFile] = []
     for entry in sorted(directory.iterdir()):
-        if entry in result.exclude or _skip(entry, result):
-            continue
+        if entry in result.exclude or _skip(entry, result) or entry.name == CHANNELS_FILE:
+            continue  # channels.toml: the family's channels (publisher.channels), not a version
         bundle = entry.is_dir() and not entry.is_symlink()
         version, extension = (entry.name, "") if bundle else split_model_name(entry.name)
         if problem := version_name_problem(version):
