@@ -128,6 +128,7 @@ class Watcher:
         self.stopping = threading.Event()
         self.publishes = 0
         self._reported: set[str] = set()  # problems already printed: each is reported once
+        self._whole: set[Path] = set()  # version paths that arrived by one rename (a bundle directory: complete)
         self._on_publish = on_publish or (lambda report, seconds: None)
 
     # ------------------------------------------------------------------ events (watchdog's thread)
@@ -154,8 +155,13 @@ class Watcher:
         version = self._version_path(path)
         if version is None:
             return
-        if version != path:  # inside a bundle directory: the directory changed (not renamed, not removed)
-            path, renamed, removed = version, False, False
+        if version != path:  # inside a bundle directory: the directory changed (not removed); one that arrived
+            path, removed = version, False  # whole stays whole (watchdog reports its files moved in after it)
+            renamed = path in self._whole
+        elif removed:
+            self._whole.discard(path)
+        elif renamed:
+            self._whole.add(path)
         now = time.monotonic()
         with self.lock:
             self.last_event = now
