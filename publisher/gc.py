@@ -53,6 +53,7 @@ def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
             problems.append(f"{manifest_file}: {error}")
             continue
         referenced.update(entry.blob for entry in manifest.versions)
+        referenced.update(entry.compressed.blob for entry in manifest.versions if entry.compressed is not None)
         referenced.update(entry.blob for entry in manifest.patches)
     return referenced, problems
 

@@ -5,8 +5,9 @@ Flow, under the repository's writer lock:
 1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
 3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying),
-   create missing patches from each of the previous ``keep`` versions to the newest (sources are read from
-   the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
+   compress the newest on its own when that saves enough and it has no compressed blob yet (older versions keep
+   the one they have), create missing patches from each of the previous ``keep`` versions to the newest
+   (sources are read from the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ class FamilyResult:
     skipped: list[str] = field(default_factory=list)  # watch mode: bad files left out, family still published
     new_versions: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # versions the previous manifest had and this one has not
+    compressed: tuple[str, PatchStats, bool] | None = None  # (version, stats, kept) when one was made
 
     def events(self) -> list[dict[str, Any]]:
         """What publishing this family did (see :meth:`PublishReport.events`)."""
@@ -87,6 +89,10 @@ class FamilyResult:
             "patches": [_patch_event(*created) for created in self.patches_created],
             "rejected_patches": [_patch_event(*rejected) for rejected in self.patches_rejected],
         }
+        if self.compressed is not None:
+            version, stats, kept = self.compressed
+            published["compressed"] = {**_patch_event("", version, stats), "kept": kept}
+            del published["compressed"]["source"]
         return [published] + [{"event": "withdrawn", "family": self.family, "version": v} for v in self.withdrawn]
 
 
@@ -208,9 +214,9 @@ def publish_family(
         _, created = writer.store_model(model.path, digests, model.extension)
         result.new_blobs += created
         versions.append(entry)
-    by_name = {entry.version: entry for entry in versions}
+    by_name = {entry.version: _with_compressed(writer, previous, entry) for entry in versions}
     order = sort_versions(by_name)
-    latest = by_name[order[-1]]
+    latest = by_name[order[-1]] = _compressed_latest(writer, by_name[order[-1]], options, result)
     patches = _still_valid_patches(writer, previous, by_name)
     sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
     _make_patches(writer, sources, latest, patches, options, result)
@@ -233,6 +239,31 @@ def publish_family(
     result.new_versions = [name for name in order if name not in known]
     result.withdrawn = [name for name in sort_versions(known) if name not in by_name]
     return result
+
+
+def _with_compressed(writer: RepositoryWriter, previous: Manifest | None, entry: VersionEntry) -> VersionEntry:
+    """``entry`` with the compressed blob the previous manifest listed for it, if that blob is still there."""
+    old = _published(previous, entry.version)
+    kept = old.compressed if old is not None and old.sha256 == entry.sha256 else None
+    if kept is None or not writer.blob_file(kept.blob).exists():
+        return entry
+    return replace(entry, compressed=kept)
+
+
+def _compressed_latest(
+    writer: RepositoryWriter, latest: VersionEntry, options: PublishOptions, result: FamilyResult
+) -> VersionEntry:
+    """The newest version with a compressed blob, made now if it has none and compressing saves enough (a
+    model that does not is remembered for this process, so a watcher does not try it again)."""
+    if latest.compressed is not None or not options.compress or latest.sha256 in options.incompressible:
+        return latest
+    label = f"{result.family} {latest.version} compressed"
+    compressed, stats = writer.create_compressed(latest, _progress(options, label))
+    result.compressed = (latest.version, stats, compressed is not None)
+    if compressed is None:
+        options.incompressible.add(latest.sha256)
+        return latest
+    return replace(latest, compressed=compressed)
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:

@@ -52,6 +52,21 @@ def parse_timestamp(text: str) -> datetime:
 
 
 @dataclass(frozen=True)
+class CompressedEntry:
+    """A version's model compressed on its own (``repo.engine.full``): a blob that decodes to the version's
+    ``size`` bytes with its ``sha256``. Optional; devices without it, and Mallorn clients, take ``blob``."""
+
+    blob: str
+    size: int
+    sha256: str  # of the compressed blob (the decoded model's is the version's sha256)
+    md5: str
+    engine: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blob": self.blob, "size": self.size, "sha256": self.sha256, "md5": self.md5, "engine": self.engine}
+
+
+@dataclass(frozen=True)
 class VersionEntry:
     version: str
     filename: str
@@ -61,6 +76,7 @@ class VersionEntry:
     fingerprint: Fingerprint
     blob: str
     sampled_sha256: str | None = None  # lorien's sampled hash (repo.fingerprint.sampled_hash); optional field
+    compressed: CompressedEntry | None = None  # the model compressed on its own; optional field
 
     @property
     def format(self) -> str:
@@ -78,6 +94,8 @@ class VersionEntry:
         }
         if self.sampled_sha256 is not None:
             data["sampled_sha256"] = self.sampled_sha256
+        if self.compressed is not None:
+            data["compressed"] = self.compressed.to_dict()
         return data
 
 
@@ -325,10 +343,22 @@ def _parse_version(reader: _Reader) -> VersionEntry:
         fingerprint=_parse_fingerprint(reader.sub("fingerprint")),
         blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
         sampled_sha256=reader.str("sampled_sha256", _HEX64) if "sampled_sha256" in reader.data else None,
+        compressed=_parse_compressed(reader.sub("compressed")) if "compressed" in reader.data else None,
     )
     if entry.fingerprint.file_size != entry.size:
         raise ManifestError(f"{reader.where}: fingerprint.file_size disagrees with size")
     return entry
+
+
+def _parse_compressed(reader: _Reader) -> CompressedEntry:
+    sha256 = reader.str("sha256", _HEX64)
+    return CompressedEntry(
+        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+        size=reader.int("size", 1),
+        sha256=sha256,
+        md5=reader.str("md5", _HEX32),
+        engine=reader.str("engine", _ENGINE),
+    )
 
 
 def _parse_patch(reader: _Reader) -> PatchEntry:
