@@ -4,6 +4,8 @@ Data flow::
 
     Step (plan) ─▶ tmp/<sha256>.part (repo.download: resumable, size + MD5 + SHA-256) ─▶ tmp/<sha256>.blob
       ─▶ full model: the blob is the candidate
+      ─▶ compressed full model: the blob decoded in-process (repo.engine.full) ─▶ tmp/<target_sha256>.model,
+         SHA-256 checked like a patch's result
       ─▶ patches: model path + blob ─▶ tmp/<target_sha256>.model (repo.engine), SHA-256 checked, the next
          patch applies to that ─▶ the last one is the candidate
 
@@ -26,6 +28,7 @@ from lorien.device.report import Reporter
 from lorien.device.state import Stage
 from lorien.repo.download import Downloader, DownloadRequest, Progress
 from lorien.repo.engine import apply_patch
+from lorien.repo.engine.full import decompress_model
 from lorien.repo.errors import IntegrityError
 from lorien.repo.hashing import digest_file, sha256_file
 from lorien.repo.limits import Limits
@@ -91,9 +94,12 @@ def _on_progress(step: Step, done_before: int, total: int, reporter: Reporter) -
 def apply_steps(
     steps: list[Step], blobs: list[Path], model_path: Path, tmp_dir: Path, limits: Limits, reporter: Reporter
 ) -> Path:
-    """The candidate: the full model's blob, or the result of the patch chain applied to ``model_path``."""
+    """The candidate: the full model's blob, the compressed model decoded, or the result of the patch chain
+    applied to ``model_path``."""
     if steps[0].kind == "full":
         return blobs[0]
+    if steps[0].kind == "compressed":
+        return _decompressed(steps[0], blobs[0], tmp_dir, limits, reporter)
     current = model_path
     for index, (step, blob) in enumerate(zip(steps, blobs, strict=True)):
         output = tmp_dir / f"{step.target_sha256}.model"
@@ -113,3 +119,18 @@ def apply_steps(
         crash_point("mid-apply")
         current = output
     return current
+
+
+def _decompressed(step: Step, blob: Path, tmp_dir: Path, limits: Limits, reporter: Reporter) -> Path:
+    output = tmp_dir / f"{step.target_sha256}.model"
+    if not (output.exists() and sha256_file(output) == step.target_sha256):
+        reporter.report(Stage.APPLYING, f"decompressing full {step.target}", 0.0)
+        result = decompress_model(blob, output, limits)
+        if result.target_sha256 != step.target_sha256:
+            output.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"compressed {step.target} decoded to sha256 {result.target_sha256}, the manifest promises "
+                f"{step.target_sha256}"
+            )
+    crash_point("mid-apply")
+    return output

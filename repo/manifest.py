@@ -63,7 +63,13 @@ class CompressedEntry:
     engine: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"blob": self.blob, "size": self.size, "sha256": self.sha256, "md5": self.md5, "engine": self.engine}
+        return {
+            "blob": self.blob,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "engine": self.engine,
+        }
 
 
 @dataclass(frozen=True)
