@@ -46,6 +46,11 @@ class Report:
             document = manifest.to_dict()
             for patch in document["patches"]:
                 patch["percent_of_full"] = round(100 * patch["size"] / full[patch["to"]], 2)
+            for version in document["versions"]:
+                if "compressed" in version:
+                    version["compressed"]["percent_of_full"] = round(
+                        100 * version["compressed"]["size"] / version["size"], 2
+                    )
             families.append({"name": name, **document})
         return {
             "location": self.location,
@@ -115,6 +120,8 @@ def _referenced(report: Report) -> dict[str, tuple[str, int, str, str]]:
     for family, manifest in report.manifests.items():
         for v in manifest.versions:
             blobs.setdefault(v.blob, (f"{family} version {v.version}", v.size, v.sha256, v.md5))
+            if (c := v.compressed) is not None:
+                blobs.setdefault(c.blob, (f"{family} version {v.version} compressed", c.size, c.sha256, c.md5))
         for p in manifest.patches:
             blobs.setdefault(p.blob, (f"{family} patch {p.id}", p.size, p.sha256, p.md5))
     return blobs
@@ -174,6 +181,13 @@ def human_size(size: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _compressed(size: int, entry: Any) -> str:
+    """The compressed full download's size and share of the model, or '-' when the version has none."""
+    if entry.compressed is None:
+        return "-"
+    return f"{human_size(entry.compressed.size)} {100 * entry.compressed.size / size:4.1f}%"
+
+
 def render_text(report: Report, verified: bool) -> str:
     lines = [f"repository {report.location}"]
     for name, manifest in report.manifests.items():
@@ -184,12 +198,12 @@ def render_text(report: Report, verified: bool) -> str:
         signer = report.signed_by.get(f"{name}/manifest.json")
         if signer:
             lines.append(f"  signature ok: key {signer[:16]}")
-        lines.append(f"  {'version':<16} {'size':>11} {'format':<12} {'short_id':<17} sha256")
+        lines.append(f"  {'version':<16} {'size':>11} {'compressed':>18} {'format':<12} {'short_id':<17} sha256")
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "
             lines.append(
-                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {entry.format:<12} "
-                f"{entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
+                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_compressed(entry.size, entry):>18} "
+                f"{entry.format:<12} {entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
             )
         if manifest.patches:
             lines.append(f"  {'patch':<34} {'engine':<8} {'size':>11} {'of full':>8}")
