@@ -7,6 +7,7 @@ two versions passed off as a compressed model, is refused with nothing written.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from pathlib import Path
@@ -126,12 +127,31 @@ def test_a_patch_between_versions_is_not_a_compressed_model(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_exponent_planes_take_rans_and_noise_planes_zstd(dtype: str) -> None:
+    data = (np.random.default_rng(7).standard_normal(50_000) * 0.05).astype(dtype).tobytes()
+    width = np.dtype(dtype).itemsize
+    payload = codecs.float_planes_payload(data, width)
+    modes = [codecs.PLANE_ENTRY.unpack_from(payload, codecs.PLANE_ENTRY.size * k)[0] for k in range(width)]
+    assert modes[-1] == codecs.PLANE_RANS and modes[0] == codecs.PLANE_ZSTD  # exponent byte, lowest mantissa
+    segment = Segment(Codec.FLOAT_PLANES, width, Transform.NONE, len(data), 0, 0, len(payload), 0)
+    assert codecs.decode(segment, payload, b"") == data
+    corrupt = bytearray(payload)
+    corrupt[-5] ^= 0x10  # a rANS word of the exponent plane
+    with contextlib.suppress(PatchError):
+        assert codecs.decode(segment, bytes(corrupt), b"") != data
+    bad_mode = bytearray(payload)
+    bad_mode[0] = 9
+    with pytest.raises(PatchError, match="mode 9"):
+        codecs.decode(segment, bytes(bad_mode), b"")
+
+
 @pytest.mark.parametrize("where", ["frame length", "plane byte"])
 def test_a_corrupt_float_planes_payload_is_refused(tmp_path: Path, where: str) -> None:
     data = np.random.default_rng(5).standard_normal(4096).astype(np.float32).tobytes()
     payload = bytearray(codecs.float_planes_payload(data, 4))
     if where == "frame length":
-        payload[0] ^= 0x01
+        payload[1] ^= 0x01
     else:
         payload[-3] ^= 0xFF
     segment = Segment(Codec.FLOAT_PLANES, 4, Transform.NONE, len(data), 0, 0, len(payload), 0)

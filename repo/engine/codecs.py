@@ -32,6 +32,9 @@ ESCAPE = 255  # DIFF_RANS: zigzag differences from here up are this symbol plus 
 RANS_HEADER = struct.Struct("<IIII")  # lanes, table, escapes and word-stream lengths
 FLOAT_PLANES_LEVEL = 19  # its optimal parser codes a plane of float exponents ~2-4 % smaller than level 12
 NOISE_BITS = 7.9  # a plane above this many bits per byte (order 0: mantissa bytes) is stored at level 1
+PLANE_ENTRY = struct.Struct("<BI")  # FLOAT_PLANES: per plane, its mode and stream length
+PLANE_ZSTD, PLANE_RANS = 0, 1
+RANS_BYTES_HEADER = struct.Struct("<III")  # lanes, table and word-stream lengths
 
 
 # --------------------------------------------------------------------------- transforms shared by both sides
@@ -237,13 +240,33 @@ def _rotated(values: np.ndarray, width: int, left: bool) -> np.ndarray:
 
 
 def float_planes_payload(target: bytes, width: int, level: int = FLOAT_PLANES_LEVEL) -> bytes:
-    """FLOAT_PLANES payload: ``width`` uint32 frame lengths, then one zstd frame per byte plane of the rotated
-    elements (zipnn's byte grouping: each plane gets its own entropy model)."""
+    """FLOAT_PLANES payload: per byte plane of the rotated elements (zipnn's byte grouping: each plane gets its
+    own entropy model) a mode byte and a uint32 length, then the planes' streams: each the smaller of one zstd
+    frame (mode 0) and a static rANS stream (mode 1: codes a float exponent plane in its order-0 entropy, where
+    Huffman rounds to whole bits)."""
     planes = np.frombuffer(
         to_planes(_rotated(np.frombuffer(target, dtype=_UINT[width]), width, True), width), dtype=np.uint8
     ).reshape(width, -1)
-    frames = [zstd_compress(plane.tobytes(), level if _order0_bits(plane) < NOISE_BITS else 1) for plane in planes]
-    return struct.pack(f"<{width}I", *map(len, frames)) + b"".join(frames)
+    streams = []
+    for plane in planes:
+        noise = _order0_bits(plane) >= NOISE_BITS
+        best = (PLANE_ZSTD, zstd_compress(plane.tobytes(), 1 if noise else level))
+        if not noise and len(plane):
+            coded = _rans_bytes(plane)
+            if len(coded) < len(best[1]):
+                best = (PLANE_RANS, coded)
+        streams.append(best)
+    header = b"".join(PLANE_ENTRY.pack(mode, len(stream)) for mode, stream in streams)
+    return header + b"".join(stream for _, stream in streams)
+
+
+def _rans_bytes(symbols: np.ndarray) -> bytes:
+    """Mode 1 of a float plane: uint32 lanes, table and word-stream lengths; zstd frame of the uint16 symbol
+    frequencies (up to the last used symbol); the lanes' final states (uint32); the rANS words (uint16)."""
+    freqs = rans.frequencies(symbols)
+    states, words = rans.encode(symbols, freqs, rans.lanes_for(freqs, len(symbols)))
+    table = zstd_compress(freqs[: int(np.flatnonzero(freqs)[-1]) + 1].tobytes(), 19)
+    return RANS_BYTES_HEADER.pack(len(states), len(table), len(words)) + table + states.tobytes() + words.tobytes()
 
 
 def _order0_bits(plane: np.ndarray) -> float:
@@ -324,15 +347,38 @@ def _decode_diff_rans(payload: bytes, reference: bytes | memoryview, length: int
 
 
 def _decode_float_planes(payload: bytes, length: int, width: int) -> bytes:
-    lengths_size = 4 * width
-    if len(payload) < lengths_size:
-        raise PatchError("float planes data shorter than its frame lengths")
-    lengths = struct.unpack_from(f"<{width}I", payload)
-    if lengths_size + sum(lengths) != len(payload):
-        raise PatchError("float planes frame lengths do not add up to its payload")
-    planes, position = [], lengths_size
-    for frame_length in lengths:
-        planes.append(zstd_decompress(payload[position : position + frame_length], length // width))
-        position += frame_length
+    header_size = PLANE_ENTRY.size * width
+    if len(payload) < header_size:
+        raise PatchError("float planes data shorter than its plane entries")
+    entries = [PLANE_ENTRY.unpack_from(payload, PLANE_ENTRY.size * k) for k in range(width)]
+    if header_size + sum(size for _, size in entries) != len(payload):
+        raise PatchError("float planes stream lengths do not add up to its payload")
+    planes, position, count = [], header_size, length // width
+    for mode, size in entries:
+        stream = payload[position : position + size]
+        position += size
+        if mode == PLANE_ZSTD:
+            planes.append(zstd_decompress(stream, count))
+        elif mode == PLANE_RANS:
+            planes.append(_decode_rans_bytes(stream, count).tobytes())
+        else:
+            raise PatchError(f"float plane mode {mode} is unknown")
     elements = from_planes(b"".join(planes), width).view(_UINT[width])
     return _rotated(elements, width, False).tobytes()
+
+
+def _decode_rans_bytes(stream: bytes, count: int) -> np.ndarray:
+    if len(stream) < RANS_BYTES_HEADER.size:
+        raise PatchError("rANS plane shorter than its header")
+    lanes, table_length, word_count = RANS_BYTES_HEADER.unpack_from(stream)
+    states_at = RANS_BYTES_HEADER.size + table_length
+    if states_at + 4 * lanes + 2 * word_count != len(stream):
+        raise PatchError("rANS plane lengths do not add up to its stream")
+    table = unpack(stream[RANS_BYTES_HEADER.size : states_at], Backend.ZSTD, None, 2 * rans.SYMBOLS)
+    if len(table) % 2:
+        raise PatchError("rANS frequency table has an odd length")
+    freqs = np.zeros(rans.SYMBOLS, np.uint16)
+    freqs[: len(table) // 2] = np.frombuffer(table, np.uint16)
+    states = np.frombuffer(stream, np.uint32, lanes, states_at)
+    words = np.frombuffer(stream, np.uint16, word_count, states_at + 4 * lanes)
+    return rans.decode(states, words, freqs, count)
