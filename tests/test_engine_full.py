@@ -127,10 +127,14 @@ def test_a_patch_between_versions_is_not_a_compressed_model(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_exponent_planes_take_rans_and_noise_planes_zstd(dtype: str) -> None:
-    data = (np.random.default_rng(7).standard_normal(50_000) * 0.05).astype(dtype).tobytes()
-    width = np.dtype(dtype).itemsize
+@pytest.mark.parametrize("dtype", ["float32", BFLOAT16])
+def test_skewed_exponent_planes_take_rans_and_noise_planes_zstd(dtype: str) -> None:
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)  # 9 in 10 weights in [1, 2): one exponent, ~0.5 bit where Huffman pays ≥ 1
+    values = (1 + rng.random(50_000)) * np.where(rng.random(50_000) < 0.1, 2.0, 1.0)
+    array = values.astype(np.float32 if dtype == "float32" else ml_dtypes.bfloat16)
+    data, width = array.tobytes(), array.dtype.itemsize
     payload = codecs.float_planes_payload(data, width)
     modes = [codecs.PLANE_ENTRY.unpack_from(payload, codecs.PLANE_ENTRY.size * k)[0] for k in range(width)]
     assert modes[-1] == codecs.PLANE_RANS and modes[0] == codecs.PLANE_ZSTD  # exponent byte, lowest mantissa
