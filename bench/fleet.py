@@ -65,7 +65,7 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
         work / "all" / "cls", ["1.0.0", "1.1.0", "1.2.0"], layer_sizes=DEFAULT_LAYERS, seed=seed
     )
     shutil.copytree(work / "all", work / "models")
-    private_key, public_key, _keyid = generate_keypair(work / "keys")
+    private_key, _public_key, _keyid = generate_keypair(work / "keys")
     signed = PublishOptions(sign_keys=(load_signing_key(private_key),))
     assert publish(work / "models", work / "repo", options=signed).ok
     digests = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in versions}
@@ -110,7 +110,7 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
                 "family": "cls",
                 "model_path": str(model),
                 "state_dir": str(home / "state"),
-                "trusted_keys": [str(public_key)],
+                "trusted_root": str(work / "repo" / "metadata" / "1.root.json"),
             },
         )
         for directory in (cfg.tmp_dir, cfg.backup_dir, cfg.log_dir):

@@ -49,14 +49,14 @@ if [ "$ROLE" != publisher ]; then
     install -m 0644 "$SRC/deploy/device.toml.example" "$DESTDIR/etc/lorien/device.toml.example"
     if [ ! -e "$DESTDIR/etc/lorien/device.toml" ]; then
         install -m 0640 "$SRC/deploy/device.toml.example" "$DESTDIR/etc/lorien/device.toml"
-        say "wrote /etc/lorien/device.toml: set repo_url, family, model_path and trusted_keys (the publisher's .pub)"
+        say "wrote /etc/lorien/device.toml: set repo_url, family, model_path and trusted_root (the repository's metadata/1.root.json)"
     fi
 fi
 if [ "$ROLE" != device ]; then
     install -d -m 0755 "$DESTDIR/srv/lorien/models" "$DESTDIR/srv/lorien/repo"
     if [ ! -e "$DESTDIR/etc/lorien/publisher.key" ]; then
         "$OPT/venv/bin/lorien" keygen --out "$DESTDIR/etc/lorien" --name publisher >/dev/null
-        say "made signing key /etc/lorien/publisher.key; copy /etc/lorien/publisher.pub to every device (trusted_keys)"
+        say "made signing key /etc/lorien/publisher.key; the first signed publish makes /srv/lorien/repo/metadata/1.root.json: install it on every device (trusted_root)"
     fi
 fi
 if [ -z "$DESTDIR" ]; then

@@ -13,6 +13,7 @@ Every config key is also a ``lorien device`` flag: :func:`config_flags` derives 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,8 +26,10 @@ from urllib.parse import urlsplit
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.layout import family_name_problem
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
-from lorien.repo.signing import TrustedKey, load_trusted_key
 from lorien.repo.transport import DOWNLOAD_RETRY, RetryPolicy
+from lorien.repo.tufmeta import ROOT, parse_metadata
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 12315
 
@@ -100,11 +103,11 @@ class DeviceConfig:
     callback_url: str | None = field(default=None, metadata=_flag_help("POST stage changes here (best effort)"))
     keep_backups: int = field(default=2, metadata=_flag_help("backups kept (default 2)"))
     stop_timeout: float = field(default=10.0, metadata=_flag_help("SIGTERM→SIGKILL seconds (default 10)"))
-    trusted_keys: tuple[TrustedKey, ...] = field(
-        default=(),
+    trusted_root: Path | None = field(
+        default=None,
         metadata=_flag_help(
-            "publisher public key; manifests must be signed by one of these (repeatable, for key rotation)",
-            flag="--trusted-key",
+            "the repository's initial TUF root.json (its metadata/1.root.json): every manifest and blob must be a "
+            "target signed under it; key rotations are followed from there"
         ),
     )
     insecure_allow_unsigned: bool = field(
@@ -115,6 +118,16 @@ class DeviceConfig:
     )
     limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
     retry: RetrySettings = field(default_factory=RetrySettings)  # flags --retry-total-seconds, …
+
+    @property
+    def trusted_root_bytes(self) -> bytes | None:
+        """The trusted root's bytes (checked to be a TUF root when the config was loaded)."""
+        return None if self.trusted_root is None else self.trusted_root.read_bytes()
+
+    @property
+    def tuf_dir(self) -> Path:
+        """Trusted TUF metadata python-tuf keeps between checks (rollback protection across restarts)."""
+        return self.state_dir / "tuf"
 
     @property
     def tmp_dir(self) -> Path:
@@ -134,7 +147,9 @@ class DeviceConfig:
 
 
 _TABLES = {"service", "retry"}
-_SIMPLE_KEYS = {f.name for f in fields(DeviceConfig)} - _TABLES
+_SIMPLE_KEYS = ({f.name for f in fields(DeviceConfig)} - _TABLES) | {
+    "trusted_keys"
+}  # old scheme: see _trusted_root
 
 
 @dataclass(frozen=True)
@@ -278,7 +293,7 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
     if problem := family_name_problem(family):
         raise settings.bad("family", problem)
     token, no_token, host = _api_access(settings)
-    keys = _trusted_keys(raw.get("trusted_keys"), settings.bad)
+    trusted_root = _trusted_root(raw, settings.bad)
     insecure = settings.flag("insecure_allow_unsigned")
     config = DeviceConfig(
         repo_url=repo_url if repo_url.endswith("/") else repo_url + "/",
@@ -297,16 +312,24 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         callback_url=settings.url("callback_url", required=False),
         keep_backups=settings.number("keep_backups", 2, 1, 100, integer=True),
         stop_timeout=float(settings.number("stop_timeout", 10, 0, 600)),
-        trusted_keys=keys,
+        trusted_root=trusted_root,
         insecure_allow_unsigned=insecure,
         limits=_limits(raw.get("limits"), settings.bad),
         retry=_retry(raw.get("retry"), settings.bad),
     )
-    if not keys and not insecure:  # checked last: other mistakes are reported first
+    if trusted_root is None and not insecure:  # checked last: other mistakes are reported first
+        if raw.get("trusted_keys"):
+            raise settings.bad(
+                "trusted_keys",
+                "is the old signature scheme, which lorien no longer verifies: install the repository's root.json "
+                '(its metadata/1.root.json) and set trusted_root = "/etc/lorien/root.json" (docs/security.md, '
+                "Migration)",
+            )
         raise settings.bad(
-            "trusted_keys",
-            'required: the publisher\'s public key file(s), e.g. trusted_keys = ["/etc/lorien/publisher.pub"] '
-            "(made by `lorien keygen`); or set insecure_allow_unsigned = true to accept unsigned repositories",
+            "trusted_root",
+            'required: the repository\'s initial TUF root, e.g. trusted_root = "/etc/lorien/root.json" (copy the '
+            "repository's metadata/1.root.json); or set insecure_allow_unsigned = true to accept unsigned "
+            "repositories",
         )
     return config
 
@@ -336,20 +359,26 @@ def _api_access(settings: _Settings) -> tuple[str | None, bool, str]:
     return token or None, no_token and not token, host
 
 
-def _trusted_keys(value: Any, bad) -> tuple[TrustedKey, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise bad("trusted_keys", 'must be a list of public key files, e.g. ["/etc/lorien/publisher.pub"]')
-    keys = []
-    for item in value:
-        try:
-            keys.append(load_trusted_key(Path(item)))
-        except LorienError as error:
-            raise bad("trusted_keys", str(error)) from None
-    return tuple(keys)
+def _trusted_root(raw: dict[str, Any], bad) -> Path | None:
+    """The configured TUF root file, checked to be one. ``trusted_keys`` (the old scheme) is ignored beside it,
+    so a device upgraded with a root.json added to its config switches over without other edits."""
+    value = raw.get("trusted_root")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad("trusted_root", 'must be the path of a root.json, e.g. "/etc/lorien/root.json"')
+    path = Path(value)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise bad("trusted_root", f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        parse_metadata(data, str(path), ROOT)
+    except LorienError as error:
+        raise bad("trusted_root", str(error)) from None
+    if raw.get("trusted_keys"):
+        log.warning("%s: trusted_keys is ignored (old signature scheme); trusted_root is used", path)
+    return path
 
 
 def _limits(value: Any, bad) -> Limits:

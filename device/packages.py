@@ -108,7 +108,7 @@ class TopePackages:
     def _signed_name(self, name: str, sha256: str, label: str) -> tuple[str, Manifest | None]:
         """The version a package is, and the manifest that says so: in signed mode the name the signed manifest
         gives its SHA-256 (refused when it lists none), else the client's label and no manifest."""
-        if not self._trust.trusted_keys or self._trust.allow_unsigned:
+        if not self._trust.signed:
             return label, None
         manifest = self._read_manifest()
         listed = {entry.sha256: entry.version for entry in manifest.versions}

@@ -1,10 +1,10 @@
-"""Whether this device may use a family manifest: bytes, the accepted record, a policy and a clock in — a verified
-manifest and the record to persist out, or a typed refusal. No I/O: the pipeline (``updater``) fetches the bytes
-(``repo.trust.read_signed``) and persists the record before it uses the manifest.
+"""Whether this device may use a family manifest: TUF-verified bytes, the accepted record, a policy and a clock in —
+a verified manifest and the record to persist out, or a typed refusal. No I/O: the pipeline (``updater``) fetches
+and TUF-verifies the bytes (``repo.trust.read_trusted``) and persists the record before it uses the manifest.
 
 Checks, in order (the first failure is the answer)::
 
-    signature over the exact bytes (repo.trust.verify_signature)   SignatureError
+    TUF: signed target, length and SHA-256 (repo.trust.read_trusted) SignatureError, FreshnessError (before this)
       ─▶ strict parse within limits, for this device's family        ManifestError
       ─▶ not expired at ``now``; sequence not below the accepted one  FreshnessError
       ─▶ the accepted sequence again only with the same bytes (fork)  FreshnessError
@@ -23,7 +23,7 @@ from typing import Any
 from lorien.repo.errors import FreshnessError, ManifestError
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, format_timestamp, parse_manifest
-from lorien.repo.trust import SignedDocument, TrustPolicy, check_freshness, verify_signature
+from lorien.repo.trust import TrustPolicy, VerifiedDocument, check_freshness
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class AcceptedManifest:
     sequence: int
     sha256: str  # of the manifest's bytes
     expires: str | None
-    signed_by: str | None  # key id; None: accepted unsigned, by policy
+    signed_by: (
+        str | None
+    )  # what vouched for it ("tuf targets vN (root vM)", or an old-scheme key id); None: unsigned
     at: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,7 +63,7 @@ class Verified:
 
 
 def verify_manifest(
-    document: SignedDocument,
+    document: VerifiedDocument,
     *,
     repo_url: str,
     family: str,
@@ -72,26 +74,24 @@ def verify_manifest(
     """Verify ``document`` (``<family>/manifest.json`` of ``repo_url``) against what was ``accepted`` before.
 
     Raises:
-        SignatureError: unsigned, signed by no trusted key, or the signature does not match the bytes.
         ManifestError: malformed, outside ``policy.limits``, or for another family.
         FreshnessError: expired at ``now``, a lower sequence than accepted, or the same sequence with other bytes.
     """
     path = manifest_path(family)
     where = f"{repo_url}{path}"
-    verified = verify_signature(document, path, policy)
-    manifest = parse_manifest(verified.data, where, policy.limits)
+    manifest = parse_manifest(document.data, where, policy.limits)
     if manifest.family != family:
         raise ManifestError(f"{where}: is for family {manifest.family!r}, this device runs {family!r}")
-    if accepted is not None and accepted.signed_by is None and policy.trusted_keys and not policy.allow_unsigned:
+    if accepted is not None and accepted.signed_by is None and policy.signed:
         accepted = None
     check_freshness(manifest, accepted.sequence if accepted else 0, where, now)
-    digest = hashlib.sha256(verified.data).hexdigest()
+    digest = hashlib.sha256(document.data).hexdigest()
     if accepted is not None and manifest.sequence == accepted.sequence and digest != accepted.sha256:
         raise FreshnessError(
             f"{where}: sequence {manifest.sequence} was already accepted with different content "
             "(a forked or replayed manifest); the publisher must publish a higher sequence"
         )
     record = AcceptedManifest(
-        repo_url, family, manifest.sequence, digest, manifest.expires, verified.keyid, format_timestamp(now)
+        repo_url, family, manifest.sequence, digest, manifest.expires, document.signed_by, format_timestamp(now)
     )
     return Verified(manifest, record)

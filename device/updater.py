@@ -6,8 +6,9 @@ operation ends, whatever the outcome, ``tmp/`` keeps only a downloaded TOPE pack
 ``.part`` files (a retry of the same update resumes them; a new target's operation drops the others). The
 installed version has one rule (``installed``). Data flows through the modules like this::
 
-    fetch manifest + .sig (repo.trust.read_signed) ─▶ trusted.verify_manifest (no I/O) ─▶ persist the record
-      ─▶ plan.cheapest_plan ─▶ steps.download_steps (resumable; size + MD5 + SHA-256)
+    TUF refresh + manifest target (repo.trust.read_trusted) ─▶ trusted.verify_manifest (no I/O) ─▶ persist the
+      record ─▶ plan.cheapest_plan ─▶ each step's blob is a signed TUF target of that size and SHA-256
+      ─▶ steps.download_steps (resumable; size + MD5 + SHA-256)
       ─▶ steps.apply_steps (patches in tmp/, each result's SHA-256 checked) ─▶ deploy.Deployer.deploy
 
 Every stage transition is persisted in ``state.json`` *before* the work it announces (``state`` has the
@@ -55,7 +56,9 @@ from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, utc_now
 from lorien.repo.testhooks import crash_point
 from lorien.repo.transport import Transport
-from lorien.repo.trust import TrustPolicy, read_signed
+from lorien.repo.trust import TrustPolicy, read_trusted
+from lorien.repo.tufclient import TufClient
+from lorien.repo.tufmeta import HASH
 from lorien.repo.versions import is_newer
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ class Updater(TopePackages):
         self._state = StateStore(config.state_file)
         self._transport = transport
         self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
-        self._trust = TrustPolicy(config.trusted_keys, config.insecure_allow_unsigned, config.limits)
+        self._trust = TrustPolicy(config.trusted_root_bytes, config.insecure_allow_unsigned, config.limits)
         self._installed = InstalledModel(config.model_path, self._state)
         self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
         self._reporter = Reporter(
@@ -95,6 +98,7 @@ class Updater(TopePackages):
         self._slots = Slots(self._fail, self._tidy)
         self._manifest: Manifest | None = None  # the last manifest accepted (names the installed model)
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
+        self._tuf_state: dict[str, Any] | None = None  # the TUF roles of the last verified check, for /status
         self._trust_lock = threading.Lock()
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
@@ -140,6 +144,9 @@ class Updater(TopePackages):
     # ------------------------------------------------------------------ check and plan
 
     def _read_manifest(self) -> Manifest:
+        return self._read_verified_manifest()[0]
+
+    def _read_verified_manifest(self) -> tuple[Manifest, TufClient | None]:
         """Fetch and verify (``trusted.verify_manifest``) the family's manifest, and remember it.
 
         The highest sequence accepted is persisted before the manifest is used, so a restart cannot be talked
@@ -149,18 +156,16 @@ class Updater(TopePackages):
         try:
             with self._trust_lock:  # check and record as one step: a concurrent check cannot lower the record
                 stored = (self._state.get("accepted_manifests") or {}).get(key)
-                verified = read_signed(
-                    self.fetcher,
-                    manifest_path(self.config.family),
-                    self._trust,
-                    lambda document: verify_manifest(
-                        document,
-                        repo_url=self.config.repo_url,
-                        family=self.config.family,
-                        accepted=AcceptedManifest.from_dict(stored) if stored else None,
-                        policy=self._trust,
-                        now=datetime.now(UTC),
-                    ),
+                document = read_trusted(
+                    self.fetcher, manifest_path(self.config.family), self._trust, self.config.tuf_dir
+                )
+                verified = verify_manifest(
+                    document,
+                    repo_url=self.config.repo_url,
+                    family=self.config.family,
+                    accepted=AcceptedManifest.from_dict(stored) if stored else None,
+                    policy=self._trust,
+                    now=datetime.now(UTC),
                 )
                 record = verified.record.to_dict()
                 records = {**(self._state.get("accepted_manifests") or {}), key: record}
@@ -171,7 +176,9 @@ class Updater(TopePackages):
             raise
         self._last_refusal = None
         self._manifest = verified.manifest
-        return verified.manifest
+        if document.client is not None:
+            self._tuf_state = document.client.state().to_dict()
+        return verified.manifest, document.client
 
     def check(self) -> Plan:
         """The verified manifest's latest version and the cheapest way to it from the installed model (one check
@@ -188,10 +195,13 @@ class Updater(TopePackages):
 
     def _check(self) -> Plan:
         self.metrics.checked()
-        manifest = self._read_manifest()
+        manifest, client = self._read_verified_manifest()
         plan = cheapest_plan(
             manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
         )
+        if client is not None:
+            for step in plan.steps:
+                _check_signed_blob(client, step.blob, step.size, step.sha256)
         installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
         plan = replace(plan, installed=replace(plan.installed, version=installed))
         if not plan.up_to_date:
@@ -299,12 +309,15 @@ class Updater(TopePackages):
         if isinstance(error, NetworkError) and ": HTTP 4" not in str(error):
             return None
         step = steps[0]
+        manifest, client = self._read_verified_manifest()  # afresh: the raw blob must be a signed target too
         try:
-            entry = (self._manifest or self._read_manifest()).version(step.target)  # none yet: healing
+            entry = manifest.version(step.target)
         except KeyError:
             return None
         if entry.sha256 != step.target_sha256:
             return None
+        if client is not None:
+            _check_signed_blob(client, entry.blob, entry.size, entry.sha256)
         log.warning("compressed %s failed (%s); downloading the raw model instead", step.target, error)
         self._reporter.report(
             Stage.DOWNLOADING, f"compressed {step.target} failed ({error}); taking the raw model", 0
@@ -404,10 +417,24 @@ class Updater(TopePackages):
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],
             "trust": {
-                "trusted_keys": [key.keyid for key in self.config.trusted_keys],
+                "trusted_root": str(self.config.trusted_root) if self.config.trusted_root else None,
+                "tuf": self._tuf_state,
                 "insecure_allow_unsigned": self.config.insecure_allow_unsigned,
                 "highest_sequence": snapshot["highest_sequence"],
                 "accepted_manifest": snapshot["accepted_manifest"],
                 "last_refusal": self._last_refusal,
             },
         }
+
+
+def _check_signed_blob(client: TufClient, path: str, size: int, sha256: str) -> None:
+    """A blob the plan downloads must be a signed TUF target of exactly the size and SHA-256 the manifest gives."""
+    try:
+        info = client.target(path)
+    except ManifestError as error:
+        raise SignatureError(str(error)) from None
+    if info.length != size or info.hashes.get(HASH) != sha256:
+        raise SignatureError(
+            f"{path}: the manifest says {size} bytes, sha256 {sha256[:16]}…, the signed targets metadata "
+            f"{info.length} bytes, sha256 {info.hashes.get(HASH, '?')[:16]}… (a mixed or tampered repository)"
+        )

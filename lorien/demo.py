@@ -63,15 +63,19 @@ def _run(workdir: Path) -> int:
         f"generated {len(paths)} TFLite versions of '{FAMILY}' in {models} ({human_size(paths[-1].stat().st_size)} each)"
     )
 
-    private_key, public_key, keyid = generate_keypair(workdir / "keys")
+    private_key, _public_key, keyid = generate_keypair(workdir / "keys")
     _step(
-        f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher, {public_key.name} on devices)"
+        f"made signing key {keyid[:16]}… ({private_key.name} stays with the publisher; devices get the repository's "
+        "TUF root.json)"
     )
     report = publish(models, repo, options=PublishOptions(sign_keys=(load_signing_key(private_key),)))
     if not report.ok:
         raise LorienError("; ".join(report.all_problems()))
     made = sum(len(f.patches_created) for f in report.families)
-    _step(f"published to {repo}: {len(VERSIONS)} versions, {made} patches, manifest and index signed")
+    _step(
+        f"published to {repo}: {len(VERSIONS)} versions, {made} patches; signed TUF metadata in {repo}/metadata/ "
+        "(root, targets, snapshot, timestamp)"
+    )
 
     server = waitress.create_server(make_app(repo), host="127.0.0.1", port=0, threads=4)
     base_url = f"http://127.0.0.1:{server.effective_port}/"
@@ -79,13 +83,13 @@ def _run(workdir: Path) -> int:
     thread.start()
     try:
         _step(f"serving the repository at {base_url} (open {base_url}index.html in a browser)")
-        return _device_update(base_url, paths[0], device, public_key, started)
+        return _device_update(base_url, paths[0], device, repo / "metadata" / "1.root.json", started)
     finally:
         server.close()
         thread.join(timeout=5)
 
 
-def _device_update(base_url: str, installed_source: Path, device: Path, public_key: Path, started: float) -> int:
+def _device_update(base_url: str, installed_source: Path, device: Path, trusted_root: Path, started: float) -> int:
     """Run the real device updater (its Bottle API on waitress, in a thread) and drive it over HTTP."""
     device.mkdir(parents=True)
     installed = device / "model.tflite"
@@ -100,7 +104,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
             "model_path": str(installed),
             "state_dir": str(device / "state"),
             "port": 0,
-            "trusted_keys": [str(public_key)],
+            "trusted_root": str(trusted_root),
         },
     )
     check_environment(config)
@@ -121,7 +125,7 @@ def _device_update(base_url: str, installed_source: Path, device: Path, public_k
     )
     trust = _call("GET", api_url + "status")["trust"]["accepted_manifest"]
     _step(
-        f"check: manifest signature ok (key {trust['signed_by'][:16]}…), sequence {trust['sequence']}, expires "
+        f"check: manifest verified ({trust['signed_by']}), sequence {trust['sequence']}, expires "
         f"{trust['expires']}; installed {plan['installed']['version']}, latest {plan['latest']}; plan: {steps}"
     )
     _call("POST", api_url + "update-latest", headers)

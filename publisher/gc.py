@@ -1,4 +1,5 @@
-"""Garbage collection of blobs no manifest references any more, after a grace period.
+"""Garbage collection of blobs no manifest references any more (and of superseded TUF metadata and hash-prefixed
+manifest copies), after a grace period.
 
 A withdrawn version's blobs (and patches from or to it) stay on the server for ``grace`` seconds after they
 were first seen unreferenced, so a device that read the old manifest can still finish its download. The first
@@ -11,20 +12,26 @@ first-seen times (drop blobs referenced again) → delete those older than the g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorien.publisher.tuf_writer import TufWriter
 from lorien.repo.atomic import atomic_write_bytes, is_temp_name, write_failure
 from lorien.repo.errors import ManifestError
-from lorien.repo.layout import MANIFEST_FILE
+from lorien.repo.layout import BLOB_DIR, INDEX_FILE, MANIFEST_FILE
 from lorien.repo.manifest import parse_manifest
+from lorien.repo.tufmeta import METADATA_DIR, SNAPSHOT, TARGETS, hash_prefixed, metadata_path
 
 log = logging.getLogger(__name__)
 
 GC_STATE = ".gc.json"
+_PREFIXED = re.compile(r"^[0-9a-f]{64}\.")
+_TWICE = re.compile(r"^([0-9a-f]{64})\.\1\.")  # a blob's hash-prefixed (TUF) name
 DEFAULT_GRACE = 3600.0
 
 
@@ -44,18 +51,50 @@ class GcReport:
 
 
 def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
+    """Every file the current metadata names: blobs (and their hash-prefixed TUF names), the hash-prefixed copies
+    of the current manifests and index, and the snapshot and targets versions the current timestamp leads to."""
     referenced: set[str] = set()
     problems = []
     for manifest_file in sorted(repo.glob(f"*/{MANIFEST_FILE}")):
         try:
-            manifest = parse_manifest(manifest_file.read_bytes(), str(manifest_file))
+            data = manifest_file.read_bytes()
+            manifest = parse_manifest(data, str(manifest_file))
         except (OSError, ManifestError) as error:
             problems.append(f"{manifest_file}: {error}")
             continue
-        referenced.update(entry.blob for entry in manifest.versions)
-        referenced.update(entry.compressed.blob for entry in manifest.versions if entry.compressed is not None)
-        referenced.update(entry.blob for entry in manifest.patches)
+        referenced.add(hash_prefixed(f"{manifest.family}/{MANIFEST_FILE}", hashlib.sha256(data).hexdigest()))
+        for blob, _size, sha256 in manifest.blob_files():
+            referenced.update((blob, hash_prefixed(blob, sha256)))
+    try:
+        referenced.add(hash_prefixed(INDEX_FILE, hashlib.sha256((repo / INDEX_FILE).read_bytes()).hexdigest()))
+        current = TufWriter(repo).read_current()
+    except FileNotFoundError:
+        current = None
+    except (OSError, ManifestError) as error:
+        problems.append(f"{repo / METADATA_DIR}: {error}")
+        current = None
+    if current is not None:
+        _timestamp, snapshot, targets = current
+        referenced.add(metadata_path(SNAPSHOT, snapshot.signed.version))
+        referenced.add(metadata_path(TARGETS, targets.signed.version))
     return referenced, problems
+
+
+def _collectable(repo: Path) -> set[str]:
+    """Files gc may remove once unreferenced: blobs, hash-prefixed manifest and index copies, old snapshot and
+    targets metadata (root versions stay for ever: devices walk the chain)."""
+    found = {
+        str(path.relative_to(repo))
+        for path in (repo / BLOB_DIR).rglob("*")
+        if path.is_file() and not is_temp_name(path.name)
+    }
+    found.update(
+        str(path.relative_to(repo)) for path in repo.glob("*/*.manifest.json") if _PREFIXED.match(path.name)
+    )
+    found.update(path.name for path in repo.glob("*.index.json") if _PREFIXED.match(path.name))
+    for role in (SNAPSHOT, TARGETS):
+        found.update(f"{METADATA_DIR}/{path.name}" for path in (repo / METADATA_DIR).glob(f"[0-9]*.{role}.json"))
+    return found
 
 
 def collect_garbage(
@@ -66,7 +105,9 @@ def collect_garbage(
     now = time.time() if now is None else now
     report = GcReport()
     referenced, report.problems = referenced_blobs(repo)
-    report.referenced = len(referenced)
+    report.referenced = sum(
+        1 for path in referenced if path.startswith(f"{BLOB_DIR}/") and not _TWICE.match(Path(path).name)
+    )
     if report.problems:
         # a manifest we cannot read might reference anything: deleting would be a guess
         return report
@@ -77,17 +118,7 @@ def collect_garbage(
             first_seen = {}
     except (OSError, ValueError):
         first_seen = {}
-    blobs_dir = repo / "blobs"
-    present = (
-        {
-            str(path.relative_to(repo))
-            for path in blobs_dir.rglob("*")
-            if path.is_file() and not is_temp_name(path.name)
-        }
-        if blobs_dir.exists()
-        else set()
-    )
-    unreferenced = present - referenced
+    unreferenced = _collectable(repo) - referenced
     updated = {}
     for blob in sorted(unreferenced):
         try:

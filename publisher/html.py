@@ -1,30 +1,30 @@
 """HTML pages for people inspecting a repository, rendered with jinja2 from the manifests.
 
-Pages are a pure function of the manifests (their ``generated_at`` included; given the root, also of the key ids
-in their ``.sig`` files), so re-publishing with no change renders identical bytes and nothing is rewritten. Links
+Pages are a pure function of the manifests (their ``generated_at`` included; given the root, also of the TUF root
+metadata's roles and keys), so re-publishing with no change renders identical bytes and nothing is rewritten. Links
 are relative, so the pages work from any base URL.
 
 Both pages flag every group of versions that share a Mallorn identity (a ``short_id``; often the whole
 fingerprint): a Mallorn client cannot tell them apart (docs/fingerprint.md). They show each manifest's
-sequence, expiry and, given the repository root, the key ids in the ``.sig`` next to it — only what the file
-says: whether a device would trust it is decided on the device, never here. A family page draws full versus
+sequence, expiry and, given the repository root, the TUF roles (keys, thresholds) and the targets keys that sign
+what devices may install — only what the files say: whether a device would trust it is decided on the device, never here. A family page draws full versus
 patch bytes per version pair as inline SVG (no script, nothing fetched).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from lorien.publisher.tuf_writer import TufWriter
+from lorien.repo.errors import LorienError
 from lorien.repo.fingerprint import AMBIGUOUS_SHORT_ID
 from lorien.repo.inspect import human_size
-from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Index, Manifest, VersionEntry
-from lorien.repo.signing import signature_path
+from lorien.repo.tufmeta import summarize
 
 _environment = Environment(
     loader=PackageLoader("lorien.publisher", "templates"),
@@ -41,21 +41,26 @@ _CHART_BARS = 560  # px for the longest bar; the chart is 120 px wider for the s
 _CHART_LABEL_CHARS = 90  # longer "from → to" labels are cut (the full one is the label's tooltip)
 
 
-def _signature_key_ids(root: Path | None, family: str) -> list[str] | None:
-    """Key ids listed in ``<family>/manifest.json.sig`` under ``root``: ``None`` without a root or a ``.sig``,
-    ``[]`` when the file cannot be read as a signature file. Nothing is verified."""
+def _trust_roles(root: Path | None) -> list[dict[str, Any]] | None:
+    """The TUF roles the repository's newest root names (keys, thresholds; the root's own version and expiry):
+    ``None`` without a root directory or TUF metadata. Read, not verified: devices verify."""
     if root is None:
         return None
-    try:
-        document = json.loads((root / signature_path(manifest_path(family))).read_bytes())
-    except FileNotFoundError:
+    writer = TufWriter(root)
+    if not writer.exists():
         return None
-    except (OSError, ValueError):
+    try:
+        signed = writer.read_root().signed
+    except LorienError:
         return []
-    entries = document.get("signatures") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        return []
-    return [entry["keyid"] for entry in entries if isinstance(entry, dict) and isinstance(entry.get("keyid"), str)]
+    return [row.to_dict() for row in summarize(signed, {})]
+
+
+def _targets_key_ids(roles: list[dict[str, Any]] | None) -> list[str] | None:
+    """Who signs what devices may install: the targets role's key ids."""
+    if roles is None:
+        return None
+    return next((role["keyids"] for role in roles if role["role"] == "targets"), [])
 
 
 def _patch_rows(manifest: Manifest) -> list[dict[str, Any]]:
@@ -120,8 +125,7 @@ def identity_groups(versions: Iterable[tuple[str, VersionEntry]]) -> list[dict[s
 
 
 def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
-    """The family's ``index.html``; ``root`` (the repository) lets it show the key ids in the manifest's
-    ``.sig``."""
+    """The family's ``index.html``; ``root`` (the repository) lets it show the targets role's key ids."""
     groups = identity_groups((entry.version, entry) for entry in manifest.versions)
     patch_rows = _patch_rows(manifest)
     return _environment.get_template("family.html").render(
@@ -129,25 +133,26 @@ def render_family_page(manifest: Manifest, root: Path | None = None) -> str:
         patch_rows=patch_rows,
         chart=_bytes_chart(patch_rows),
         show_signers=root is not None,
-        key_ids=_signature_key_ids(root, manifest.family),
+        key_ids=_targets_key_ids(_trust_roles(root)),
         groups=groups,
         shared={group["short_id"]: group for group in groups},
     )
 
 
 def render_root_page(index: Index, manifests: list[Manifest], root: Path | None = None) -> str:
-    """The repository's ``index.html``; ``root`` lets it show the key ids of each manifest's ``.sig``."""
+    """The repository's ``index.html``; ``root`` lets it show the TUF roles and the targets keys."""
     by_name = {m.family: m for m in manifests}
+    roles = _trust_roles(root)
     families = [
         {
             "entry": entry,
             "manifest": by_name[entry.name],
             "latest": by_name[entry.name].latest_entry(),
-            "key_ids": _signature_key_ids(root, entry.name),
+            "key_ids": _targets_key_ids(roles),
         }
         for entry in index.families
     ]
     groups = identity_groups((f"{m.family} {e.version}", e) for m in manifests for e in m.versions)
     return _environment.get_template("root.html").render(
-        families=families, groups=groups, show_signers=root is not None
+        families=families, groups=groups, show_signers=root is not None, roles=roles
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from lorien.publisher.tuf_writer import Expiry
 from lorien.repo.errors import BadInputError
 from lorien.repo.manifest import MAX_SEQUENCE
 from lorien.repo.signing import SigningKey
@@ -28,7 +29,9 @@ class PublishOptions:
     max_patch_ratio: float | None = None  # a patch larger than this share of the full model is not published
     lenient: bool = False  # watch mode: skip bad files instead of holding back their family
     rejected: set[tuple[str, str]] = field(default_factory=set)  # (source, target) sha256 pairs already too big
-    sign_keys: tuple[SigningKey, ...] = ()  # every manifest and index.json gets a .sig with one entry per key
+    sign_keys: tuple[SigningKey, ...] = ()  # sign every TUF role (targets, snapshot, timestamp) they may sign
+    expiry: Expiry = field(default_factory=Expiry)  # days each TUF role's metadata stays valid
+    legacy_signatures: bool = False  # migration only: also write the old detached .sig files
     expires_days: float = DEFAULT_EXPIRES_DAYS  # manifests expire this long after being written; 0 = never
     allow_downgrade: bool | None = None  # None: keep what each family's manifest says (default False)
     min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted

@@ -1,31 +1,39 @@
-"""The repository's metadata — ``<family>/manifest.json``, ``index.json``, their ``.sig`` files and the HTML
-pages — written so that a device never sees a document without its signature or a signature it must refuse.
+"""The repository's metadata — ``<family>/manifest.json``, ``index.json``, the TUF metadata that signs them
+(:mod:`publisher.tuf_writer`) and the HTML pages — written so that a device never sees a document the signed
+metadata does not vouch for.
 
 :class:`SignedMetadataWriter` is the metadata half of :class:`~publisher.writer.RepositoryWriter` (which adds
 blobs and patches); callers hold the repository's writer lock. Its jobs, in the order a publish meets them:
 
-- ``check_signing_mode``: with no ``--sign-key``, refuse a repository that already has signatures;
+- ``check_signing_mode``: with no ``--sign-key``, refuse a signed repository; with keys, make a new repository a
+  TUF repository, and refuse one still on the old ``.sig`` scheme (``lorien trust init --from-key`` converts);
 - ``read_manifest`` / ``all_manifests``: read existing manifests, and with keys ``check_untampered`` refuses
-  one that is neither validly signed by them nor what an interrupted run of ours was signing;
-- ``write_manifest``: bump the sequence, stamp ``generated_at`` and ``expires``, then ``write_signed`` (the
-  document, then its signature, a hidden ``.<name>.signing`` marker bridging the two);
-- ``renew_and_index``: at the end of every publish (and on watch's timer) re-sign or renew every manifest whose
-  expiry is half gone or whose signature is stale, then the root page and, very last, ``index.json``.
+  one that the signed targets do not list with its SHA-256, unless it is what an interrupted run of ours wrote;
+- ``write_manifest``: bump the sequence, stamp ``generated_at`` and ``expires``, then ``write_signed`` (a
+  hidden ``.<name>.signing`` marker, then the document; the old ``.sig`` only with ``--legacy-signatures``);
+- ``renew_and_index``: at the end of every publish (and on watch's timer) renew every manifest whose expiry is
+  half gone, then the root page, ``index.json`` and last the TUF metadata (``publish_tuf``: targets → snapshot →
+  timestamp, each renewed when half its validity is gone).
 
-Crash points (``repo/testhooks.py``), in write order: ``manifest``, ``signature``, ``html``, ``index``.
+Crash points (``repo/testhooks.py``), in write order: ``manifest``, ``signature`` (legacy only), ``html``,
+``index``, then ``tuf-targets``, ``tuf-snapshot``, ``tuf-timestamp``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tuf.api.metadata import Targets
+
 from lorien.publisher.html import render_family_page, render_root_page
 from lorien.publisher.options import PublishOptions
-from lorien.repo.atomic import atomic_write_bytes, fsync_dir, write_if_changed
+from lorien.publisher.tuf_writer import Target, TufWriter
+from lorien.repo.atomic import atomic_write_bytes, write_if_changed
 from lorien.repo.errors import BadInputError, ManifestError, SignatureError
 from lorien.repo.layout import BLOB_DIR, HTML_FILE, INDEX_FILE, MANIFEST_FILE, manifest_path
 from lorien.repo.manifest import MAX_SEQUENCE, Index, IndexEntry, Manifest, format_timestamp, parse_manifest
@@ -37,6 +45,9 @@ from lorien.repo.signing import (
     verify_document,
 )
 from lorien.repo.testhooks import crash_point
+from lorien.repo.tufmeta import HASH, METADATA_DIR, ROLES, ROOT, hash_prefixed, metadata_path, signer
+
+log = logging.getLogger(__name__)
 
 
 class SignedMetadataWriter:
@@ -49,67 +60,121 @@ class SignedMetadataWriter:
             TrustedKey(key.private.public_key(), key.keyid, key.source) for key in self.options.sign_keys
         )
         self._was_signed: bool | None = None
+        self.tuf = TufWriter(root, self.options.sign_keys, self.options.expiry)
+        self._targets: Targets | bool | None = False  # False: not read yet
+        self._markers: set[Path] = set()  # documents written since the last TUF publish
+        self.tuf_written: list[str] = []  # the TUF roles the last publish_tuf wrote
 
     # -- signatures and expiry -----------------------------------------------------------------------------------
     def check_signing_mode(self) -> None:
-        """Refuse to write unsigned metadata into a signed repository (devices would reject it)."""
-        if self.options.sign_keys:
-            return
+        """Refuse to write unsigned metadata into a signed repository (devices would reject it); with keys, make a
+        new repository a TUF repository (every given key in every role, threshold 1), and refuse one still on the
+        old ``.sig`` scheme until ``lorien trust init --from-key`` has converted it."""
         signed = next(self._signature_files(), None)
+        if not self.options.sign_keys:
+            if self.tuf.exists():
+                raise BadInputError(
+                    f"{self.root}: repository is signed (it has TUF metadata in {METADATA_DIR}/) but no --sign-key "
+                    "was given; pass the keys of the targets, snapshot and timestamp roles (`lorien trust show`)"
+                )
+            if signed is not None:
+                raise BadInputError(
+                    f"{self.root}: repository is signed ({signed.name} exists) but no --sign-key was given; pass "
+                    f"the publisher key, or delete the {SIGNATURE_SUFFIX} files to publish unsigned on purpose"
+                )
+            return
+        if self.tuf.exists():
+            return
         if signed is not None:
             raise BadInputError(
-                f"{self.root}: repository is signed ({signed.name} exists) but no --sign-key was given; pass "
-                f"the publisher key, or delete the {SIGNATURE_SUFFIX} files to publish unsigned on purpose"
+                f"{self.root}: repository is signed with the old .sig scheme ({signed.name}); convert it to TUF once "
+                "with `lorien trust init REPO --from-key PUBLISHER.key` (docs/security.md, Migration)"
             )
+        roles = {role: self.options.sign_keys for role in ROLES}
+        root = self.tuf.initial_root(roles, {})
+        for key in self.options.sign_keys:
+            root.sign(signer(key), append=True)
+        self.tuf.write_root(root, None)
+        log.warning(
+            "%s: new TUF repository; install %s on devices as their trusted_root (every given key signs every "
+            "role: see `lorien trust` to move root and targets keys offline)",
+            self.root,
+            self.root / metadata_path(ROOT),
+        )
 
     def write_signed(self, relative: str, data: bytes) -> bool:
-        """Write a metadata document, then its signature (ed25519 is deterministic: unchanged bytes and keys give
-        the same .sig, so nothing is rewritten; a missing or stale .sig, e.g. after a crash or a key change, is
-        rewritten). While the two disagree on disk, a hidden ``.<name>.signing`` marker holds the SHA-256 of
-        the bytes being signed, so the next run can tell its own interrupted write from someone else's edit."""
+        """Write a metadata document. Signed repositories: until the TUF metadata naming it is written (by
+        ``write_index``, at the end of every publish) a hidden ``.<name>.signing`` marker holds the SHA-256 of
+        the bytes, so the next run can tell its own interrupted write from someone else's edit. With
+        ``legacy_signatures`` (migration only) the old detached ``.sig`` is written too; otherwise a leftover
+        ``.sig`` is removed (it would no longer match)."""
+        document = self.root / relative
         if not self.options.sign_keys:
-            return write_if_changed(self.root / relative, data)
-        document, signature_file = self.root / relative, self.root / signature_path(relative)
-        signature = sign_document(data, relative, self.options.sign_keys)
-        document_current = _read_or_none(document) == data
-        signature_current = _read_or_none(signature_file) == signature
-        if document_current and signature_current:
-            return False
-        marker = self._signing_marker(relative)
-        atomic_write_bytes(marker, hashlib.sha256(data).hexdigest().encode())
-        if not document_current:
+            return write_if_changed(document, data)
+        signature_file = self.root / signature_path(relative)
+        changed = False
+        if _read_or_none(document) != data:
+            marker = self._signing_marker(relative)
+            atomic_write_bytes(marker, hashlib.sha256(data).hexdigest().encode())
+            self._markers.add(marker)
             atomic_write_bytes(document, data)
-        crash_point("signature")
-        if not signature_current:
-            atomic_write_bytes(signature_file, signature)
-        marker.unlink()
-        fsync_dir(marker.parent)
-        return True
+            changed = True
+        if self.options.legacy_signatures:
+            signature = sign_document(data, relative, self.options.sign_keys)
+            if _read_or_none(signature_file) != signature:
+                crash_point("signature")
+                atomic_write_bytes(signature_file, signature)
+                changed = True
+        elif signature_file.exists():
+            signature_file.unlink()
+            changed = True
+        return changed
 
     def _signing_marker(self, relative: str) -> Path:
         path = self.root / relative
         return path.with_name(f".{path.name}.signing")
 
     def check_untampered(self, relative: str, data: bytes) -> None:
-        """With signing keys, existing metadata must carry a valid signature by one of them — or be exactly what
-        an interrupted run of ours was signing. Anything else was changed by someone else, and re-signing it
-        would bless their change (e.g. an extra patch entry or ``allow_downgrade`` added on a web server)."""
-        if not self.options.sign_keys or not self._repository_was_signed():
+        """With signing keys, existing metadata must be what the repository's signed TUF targets say (or, before
+        the first TUF publish of a converted repository, carry a valid old-scheme signature by one of the keys) —
+        or be exactly what an interrupted run of ours was writing. Anything else was changed by someone else, and
+        signing it would bless their change (e.g. an extra patch entry or ``allow_downgrade`` added on a web
+        server)."""
+        if not self.options.sign_keys:
             return
-        try:
-            verify_document(data, relative, (self.root / signature_path(relative)).read_bytes(), self._own_keys)
-            return
-        except FileNotFoundError:
-            reason = "it has no signature"
-        except SignatureError as error:
-            reason = str(error)
-        if _read_or_none(self._signing_marker(relative)) == hashlib.sha256(data).hexdigest().encode():
-            return  # our own write, interrupted between the document and its signature
+        digest = hashlib.sha256(data).hexdigest()
+        if _read_or_none(self._signing_marker(relative)) == digest.encode():
+            return  # our own write, interrupted before the metadata naming it
+        targets = self._trusted_targets()
+        if targets is not None:
+            listed = targets.targets.get(relative)
+            if listed is not None and listed.hashes.get(HASH) == digest:
+                return
+            reason = (
+                "its SHA-256 is not the one the signed targets metadata lists" if listed else "not a signed target"
+            )
+        elif not self._repository_was_signed():
+            return  # a first signed publish of an unsigned repository signs its existing manifests as they are
+        else:
+            try:
+                verify_document(
+                    data, relative, (self.root / signature_path(relative)).read_bytes(), self._own_keys
+                )
+                return
+            except FileNotFoundError:
+                reason = "it has no signature"
+            except SignatureError as error:
+                reason = str(error)
         raise SignatureError(
-            f"{self.root / relative}: not signed by the given --sign-key ({reason}). Either it was changed after "
-            "lorien signed it — restore it from a backup — or it was signed with another key: after a key "
-            "rotation, publish once with both the old and the new --sign-key"
+            f"{self.root / relative}: not what the publisher signed ({reason}). It was changed after lorien signed "
+            "it: restore it from a backup (or from the hash-prefixed copy the signed metadata names)"
         )
+
+    def _trusted_targets(self) -> Targets | None:
+        if self._targets is False:
+            self._targets = self.tuf.trusted_targets() if self.tuf.exists() else None
+        assert self._targets is not True
+        return self._targets
 
     def _repository_was_signed(self) -> bool:
         """Whether the repository had signatures when this writer first looked (a first signed publish of an
@@ -221,7 +286,55 @@ class SignedMetadataWriter:
         index = Index(families=tuple(IndexEntry(m.family, m.latest, manifest_path(m.family)) for m in manifests))
         write_if_changed(self.root / HTML_FILE, render_root_page(index, manifests, self.root).encode())
         crash_point("index")
-        return self.write_signed(INDEX_FILE, index.to_bytes()), problems
+        written = self.write_signed(INDEX_FILE, index.to_bytes())
+        if self.options.sign_keys:
+            written = bool(self.publish_tuf(manifests)) or written
+        return written, problems
+
+    def publish_tuf(self, manifests: list[Manifest], force: bool = False) -> list[str]:
+        """Make every file devices fetch a signed TUF target: index.json, each manifest, each blob they name;
+        then drop the markers of the documents this covers. Returns the roles written."""
+        targets = [self._document_target(INDEX_FILE)] if (self.root / INDEX_FILE).exists() else []
+        blobs: dict[str, Target] = {}
+        for manifest in manifests:
+            targets.append(self._document_target(manifest_path(manifest.family)))
+            for blob, size, sha256 in manifest.blob_files():
+                blobs[blob] = Target(blob, size, sha256, source=self.root / blob)
+        for manifest, target in self._still_signed(manifests):
+            targets.append(target)
+            for blob, size, sha256 in manifest.blob_files():
+                blobs.setdefault(blob, Target(blob, size, sha256, source=self.root / blob))
+        written = self.tuf.publish(targets + list(blobs.values()), force=force)
+        self.tuf_written = written
+        self._targets = False
+        # every document on disk is now a signed target: no marker (ours, or a killed run's) is needed any more
+        for marker in [*self._markers, *self.root.glob(".*.signing"), *self.root.glob("*/.*.signing")]:
+            marker.unlink(missing_ok=True)
+        self._markers.clear()
+        return written
+
+    def _still_signed(self, manifests: list[Manifest]) -> Iterator[tuple[Manifest, Target]]:
+        """Families whose manifest could not be used this time (damaged, edited by someone else) but that are still
+        on disk keep their last signed state: that manifest (from its hash-prefixed copy) and its blobs."""
+        targets = self._trusted_targets() if self.tuf.exists() else None
+        if targets is None:
+            return
+        good = {manifest_path(manifest.family) for manifest in manifests}
+        for path, info in targets.targets.items():
+            if not path.endswith(f"/{MANIFEST_FILE}") or path in good or not (self.root / path).exists():
+                continue
+            copy = self.root / hash_prefixed(path, info.hashes[HASH])
+            try:
+                data = copy.read_bytes()
+                manifest = parse_manifest(data, str(copy))
+            except (OSError, ManifestError):
+                continue
+            if hashlib.sha256(data).hexdigest() == info.hashes[HASH]:
+                yield manifest, Target(path, len(data), info.hashes[HASH], source=copy)
+
+    def _document_target(self, relative: str) -> Target:
+        data = (self.root / relative).read_bytes()
+        return Target(relative, len(data), hashlib.sha256(data).hexdigest(), data=data)
 
 
 def _read_or_none(path: Path) -> bytes | None:

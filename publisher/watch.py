@@ -240,13 +240,17 @@ class Watcher:
         self._gc()
 
     def _refresh_period(self) -> float:
-        """How often to look for manifests near expiry: an eighth of the validity period (1 s to 1 h), so
-        a manifest is renewed when half its validity is left, long before devices would refuse it."""
-        validity = self.settings.options.validity
-        return 3600.0 if validity is None else min(3600.0, max(1.0, validity.total_seconds() / 8))
+        """How often to look for metadata near expiry: an eighth of the shortest validity period — the manifests'
+        and, with keys, the TUF timestamp's (1 s to 1 h) — so each is renewed when half its validity is left,
+        long before devices would refuse it."""
+        options = self.settings.options
+        periods = [] if options.validity is None else [options.validity.total_seconds()]
+        if options.sign_keys:
+            periods.append(options.expiry.of("timestamp") * 86400)
+        return 3600.0 if not periods else min(3600.0, max(1.0, min(periods) / 8))
 
     def _refresh(self) -> None:
-        if self.settings.options.validity is None:
+        if self.settings.options.validity is None and not self.settings.options.sign_keys:
             return
         try:
             writer = RepositoryWriter(self.settings.repo, self.settings.engine, self.settings.options)
@@ -258,6 +262,9 @@ class Watcher:
             self._say(
                 {"event": "renewed", "family": family}, f"renewed family={family} (expiry, sequence or signature)"
             )
+        if writer.tuf_written:
+            roles = ",".join(writer.tuf_written)
+            self._say({"event": "renewed", "roles": writer.tuf_written}, f"renewed TUF metadata roles={roles}")
         if refreshed or index_written:
             self._after_publish()
 

@@ -121,6 +121,11 @@ class ResumeRefused(NetworkError):
     continue the partial file (say, its validator is one it refuses), so the downloader starts from zero."""
 
 
+class NotFoundError(NetworkError):
+    """The server has no such file (HTTP 403, 404 or 410; a missing file in a repository directory). TUF's root
+    walk ends here: no newer root version exists."""
+
+
 class OversizeError(NetworkError):
     """A server announced or sent more bytes than the request allows (a document limit, a blob's declared size).
     Nothing past the bound is read; the downloader counts it like a digest mismatch."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
-from lorien.repo.errors import NetworkError
+from lorien.repo.errors import NetworkError, NotFoundError
 from lorien.repo.hashing import iter_file
 from lorien.repo.layout import checked_relative_path
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
@@ -56,6 +56,8 @@ class DirectoryFetcher:
         try:
             with open(file, "rb") as handle:
                 data = handle.read(limit + 1)
+        except FileNotFoundError:
+            raise NotFoundError(f"{file}: no such file") from None
         except OSError as error:
             raise NetworkError(f"{file}: cannot read: {error.strerror}") from None
         if len(data) > limit:

@@ -1,7 +1,9 @@
 """Read a whole repository (directory or URL) for a person, and optionally re-verify every blob.
 
-Flow: ``index.json`` → each family's manifest → (with verify) stream every referenced blob once, comparing
-size, SHA-256 and MD5 with the manifest. Problems are collected, never raised one at a time, so a report names
+Flow: TUF metadata (when the repository has it: python-tuf's client workflow from the given trusted root, else
+from the repository's own ``metadata/1.root.json``) → ``index.json`` → each family's manifest, each read as a
+signed target → (with verify) stream every referenced blob once, comparing size, SHA-256 and MD5 with the
+manifest and with its signed target entry. Problems are collected, never raised one at a time, so a report names
 every missing or mismatching file in one go — except when ``index.json`` itself cannot be fetched (the server
 is unreachable after the transport's retries, or answers an HTTP error; a directory has no readable index):
 there is no repository to report on, so that :class:`~repo.errors.NetworkError` is raised, once. An index that
@@ -10,18 +12,21 @@ arrives but does not parse, or (with keys) is not validly signed, is a problem i
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from lorien.repo.errors import LorienError, NetworkError
+from lorien.repo.errors import LorienError, NetworkError, NotFoundError
 from lorien.repo.fetch import Fetcher
 from lorien.repo.hashing import digest_chunks
 from lorien.repo.layout import INDEX_FILE
+from lorien.repo.limits import DEFAULT_LIMITS
 from lorien.repo.manifest import Index, Manifest, parse_index, parse_manifest
-from lorien.repo.signing import TrustedKey
-from lorien.repo.trust import TrustPolicy, read_verified
+from lorien.repo.tufclient import TufClient
+from lorien.repo.tufmeta import HASH, ROOT, metadata_path
 
 
 @dataclass
@@ -31,9 +36,12 @@ class Report:
     manifests: dict[str, Manifest] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how it was read (unsigned, which root was trusted)
     blobs_checked: int = 0
     bytes_checked: int = 0
-    signed_by: dict[str, str] = field(default_factory=dict)  # document path → key id (with --key)
+    signed_by: dict[str, str] = field(default_factory=dict)  # document path → what vouched for it (TUF)
+    tuf: dict[str, Any] | None = None  # roles, keys, thresholds, versions, expiries; None: no TUF metadata
+    client: TufClient | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -57,28 +65,60 @@ class Report:
             "families": families,
             "problems": self.problems,
             "warnings": self.warnings,
+            "notes": self.notes,
             "blobs_checked": self.blobs_checked,
             "bytes_checked": self.bytes_checked,
             "signed_by": self.signed_by,
+            "tuf": self.tuf,
             "ok": self.ok,
         }
 
 
-def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
-    """Read index.json and every manifest; with ``keys``, each must carry a valid signature by one of them.
+def _tuf_client(fetcher: Fetcher, report: Report, trusted_root: bytes | None, metadata_dir: Path) -> None:
+    """Refresh the repository's TUF metadata into ``report`` (its roles, and the client that reads targets); a
+    repository without TUF metadata is reported unsigned, a failing refresh as a problem."""
+    if trusted_root is None:
+        try:
+            trusted_root = fetcher.read_document(metadata_path(ROOT, 1), DEFAULT_LIMITS.max_root_bytes)
+        except NotFoundError:
+            report.notes.append("no TUF metadata (metadata/1.root.json): the repository is unsigned")
+            return
+        report.notes.append(
+            "trusting the repository's own metadata/1.root.json; pass --root with the root.json your devices "
+            "have to check against it"
+        )
+    try:
+        client = TufClient(fetcher, trusted_root, metadata_dir, DEFAULT_LIMITS)
+        report.tuf = client.refresh().to_dict()
+    except NetworkError:
+        raise
+    except LorienError as error:
+        report.problems.append(str(error))
+        return
+    report.client = client
+
+
+def load(fetcher: Fetcher, trusted_root: bytes | None = None, metadata_dir: Path | None = None) -> Report:
+    """Read index.json and every manifest; when the repository has TUF metadata (or ``trusted_root`` is given)
+    each must be a signed target under it. ``metadata_dir``: where python-tuf may keep what it verified
+    (default: a temporary directory).
 
     Raises:
-        NetworkError: index.json could not be fetched at all.
+        NetworkError: index.json or the TUF metadata could not be fetched at all.
     """
     report = Report(fetcher.location)
-    policy = TrustPolicy(keys)
+    if metadata_dir is None:
+        with tempfile.TemporaryDirectory(prefix="lorien-inspect-") as temporary:
+            return load(fetcher, trusted_root, Path(temporary))
+    _tuf_client(fetcher, report, trusted_root, metadata_dir)
+    client = report.client
 
     def read(path: str) -> bytes:
-        if not keys:
+        if client is None:
             return fetcher.read_document(path)
-        document = read_verified(fetcher, path, policy, sleep=lambda _seconds: None)
-        report.signed_by[path] = document.keyid or ""
-        return document.data
+        data = client.read_target(path)
+        report.signed_by[path] = f"tuf targets v{report.tuf['targets_version']}" if report.tuf else "tuf"
+        return data
 
     try:
         report.index = parse_index(read(INDEX_FILE), INDEX_FILE)
@@ -99,7 +139,7 @@ def load(fetcher: Fetcher, keys: tuple[TrustedKey, ...] = ()) -> Report:
             message = (
                 f"{entry.manifest}: expired at {manifest.expires}; devices refuse it until it is re-published"
             )
-            (report.problems if keys else report.warnings).append(message)
+            (report.problems if client is not None else report.warnings).append(message)
         if manifest.family != entry.name:
             report.problems.append(f"{entry.manifest}: says family {manifest.family!r}, index says {entry.name!r}")
         if manifest.latest != entry.latest:
@@ -146,6 +186,10 @@ def verify_blobs(fetcher: Fetcher, report: Report, progress: ByteProgress | None
             chunks = _counted(chunks, progress, done, total)
         done += size
         try:
+            if report.client is not None:
+                info = report.client.target(path)
+                if info.length != size or info.hashes.get(HASH) != sha256:
+                    report.problems.append(f"{where}: the signed targets metadata gives another size or sha256")
             digests = digest_chunks(chunks)
         except LorienError as error:
             report.problems.append(f"{where}: {error}")
@@ -163,13 +207,14 @@ def verify_blobs(fetcher: Fetcher, report: Report, progress: ByteProgress | None
 def inspect_repository(
     fetcher: Fetcher,
     verify: bool = False,
-    keys: tuple[TrustedKey, ...] = (),
+    trusted_root: bytes | None = None,
     progress: ByteProgress | None = None,
 ) -> Report:
     """Load the repository (:func:`load`) and with ``verify`` re-hash every blob, telling ``progress``."""
-    report = load(fetcher, keys)
-    if verify:
-        verify_blobs(fetcher, report, progress)
+    with tempfile.TemporaryDirectory(prefix="lorien-inspect-") as metadata_dir:
+        report = load(fetcher, trusted_root, Path(metadata_dir))
+        if verify:
+            verify_blobs(fetcher, report, progress)
     return report
 
 
@@ -190,6 +235,17 @@ def _compressed(size: int, entry: Any) -> str:
 
 def render_text(report: Report, verified: bool) -> str:
     lines = [f"repository {report.location}"]
+    if report.tuf is not None:
+        lines.append(
+            f"TUF metadata ok: root v{report.tuf['root_version']}, targets v{report.tuf['targets_version']}"
+        )
+        lines.append(f"  {'role':<10} {'version':>7}  {'expires':<20} {'threshold':>9}  keys")
+        for role in report.tuf["roles"]:
+            keys = ", ".join(keyid[:16] for keyid in role["keyids"])
+            lines.append(
+                f"  {role['role']:<10} {role['version'] or '-':>7}  {role['expires'] or '-':<20} "
+                f"{role['threshold']:>4} of {len(role['keyids']):<2}  {keys}"
+            )
     for name, manifest in report.manifests.items():
         lines.append(
             f"\nfamily {name}  latest {manifest.latest}  sequence {manifest.sequence}  "
@@ -197,7 +253,7 @@ def render_text(report: Report, verified: bool) -> str:
         )
         signer = report.signed_by.get(f"{name}/manifest.json")
         if signer:
-            lines.append(f"  signature ok: key {signer[:16]}")
+            lines.append(f"  signed target: {signer}")
         lines.append(f"  {'version':<16} {'size':>11} {'compressed':>18} {'format':<12} {'short_id':<17} sha256")
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "
@@ -215,6 +271,8 @@ def render_text(report: Report, verified: bool) -> str:
                 )
         else:
             lines.append("  no patches")
+    for note in report.notes:
+        lines.append(f"note: {note}")
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
     if verified:

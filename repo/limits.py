@@ -24,6 +24,11 @@ class Limits:
     max_patches: int = 100_000  # patches listed in one manifest (also: families in index.json)
     max_blob_bytes: int = 1 << 40  # a declared model or patch size above this is treated as hostile
     max_chain_length: int = 32  # patches applied in a row by one update
+    # TUF metadata (tuf.ngclient's UpdaterConfig); targets.json is bounded by max_document_bytes
+    max_root_bytes: int = 512 * KiB
+    max_timestamp_bytes: int = 16 * KiB
+    max_snapshot_bytes: int = 2 * MiB
+    max_root_rotations: int = 256  # root versions walked in one refresh
     # network: a peer that stops sending, or sends too slowly, is cut off
     connect_timeout: float = 5.0  # seconds
     stall_timeout: float = 30.0  # seconds without a single byte

@@ -154,6 +154,13 @@ class Manifest:
     def latest_entry(self) -> VersionEntry:
         return self.version(self.latest)
 
+    def blob_files(self) -> list[tuple[str, int, str]]:
+        """Every blob this manifest names, as (repository path, size, SHA-256): what a device may fetch."""
+        files = [(entry.blob, entry.size, entry.sha256) for entry in self.versions]
+        files += [(c.blob, c.size, c.sha256) for entry in self.versions if (c := entry.compressed) is not None]
+        files += [(entry.blob, entry.size, entry.sha256) for entry in self.patches]
+        return files
+
     def patch(self, source: str, target: str) -> PatchEntry | None:
         for entry in self.patches:
             if entry.source == source and entry.target == target:

@@ -55,7 +55,7 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
-from lorien.repo.errors import NetworkError, OversizeError, ResumeRefused, TransientNetworkError
+from lorien.repo.errors import NetworkError, NotFoundError, OversizeError, ResumeRefused, TransientNetworkError
 from lorien.repo.headers import content_range_start, header_number, usable_validator
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.watchdog import Deadline, Watchdog, watched_session
@@ -282,6 +282,8 @@ class Transport(ABC):
             raise ResumeRefused(
                 f"{url}: HTTP {status} {answer.reason} to a request resuming at byte {request.start}"
             )
+        if status in (403, 404, 410):
+            raise NotFoundError(f"{url}: HTTP {status} {answer.reason}")
         if status >= 400:
             raise NetworkError(f"{url}: HTTP {status} {answer.reason}")
         if status not in (200, 206):

@@ -1,120 +1,71 @@
-"""Deciding whether repository metadata may be used: signature first, then parsing, then freshness.
+"""Deciding whether repository metadata may be used: TUF verification first, then parsing, then freshness.
 
 Data flow for one document (a family manifest or ``index.json``)::
 
-    fetch <path>.sig and <path> (bounded, read_signed) ─▶ verify the exact bytes against the trusted keys
-        (verify_signature, no I/O: repo.signing) ─▶ parse (repo.manifest, strict)
-        ─▶ freshness (check_freshness): not expired, sequence not below the highest accepted
-
-``read_verified`` is the first two steps; a caller that checks more (the device) passes all four to ``read_signed``.
+    TufClient.refresh (root chain, timestamp, snapshot, targets: python-tuf) ─▶ read_target(path): the bytes
+        under their hash-prefixed name, checked against the signed length and SHA-256 (read_trusted)
+        ─▶ parse (repo.manifest, strict) ─▶ freshness (check_freshness): not expired, sequence not below the
+        highest accepted
 
 Unsigned metadata is only used when the caller explicitly allows it (``insecure_allow_unsigned``), and that is
-logged as a warning every time. A signature that does not match is fetched again (twice, one second apart)
-before being refused, because a device can read a manifest and its ``.sig`` on either side of a publish.
+logged as a warning every time: with no trusted root at all, or when TUF verification fails.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from pathlib import Path
 
-from lorien.repo.errors import FreshnessError, NetworkError, SignatureError
+from lorien.repo.errors import FreshnessError, ManifestError, SignatureError, VerificationError
 from lorien.repo.fetch import Fetcher
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.manifest import Manifest
-from lorien.repo.signing import TrustedKey, signature_path, verify_document
+from lorien.repo.tufclient import TufClient
 
 log = logging.getLogger(__name__)
-
-SIGNATURE_ATTEMPTS = 3
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    trusted_keys: tuple[TrustedKey, ...] = ()
-    allow_unsigned: bool = False  # insecure: use metadata without a valid signature (logged loudly)
+    trusted_root: bytes | None = None  # the repository's initial root.json (TUF); None: nothing can verify
+    allow_unsigned: bool = False  # insecure: use metadata without valid signatures (logged loudly)
     limits: Limits = DEFAULT_LIMITS
+
+    @property
+    def signed(self) -> bool:
+        """Whether only signed metadata is used (a trusted root, and unsigned use not allowed)."""
+        return self.trusted_root is not None and not self.allow_unsigned
 
 
 @dataclass(frozen=True)
 class VerifiedDocument:
     data: bytes
-    keyid: str | None  # None: used unsigned, by policy
+    signed_by: str | None  # "tuf targets vN (root vM)"; None: used unsigned, by policy
+    client: TufClient | None = None  # the refreshed client that verified it (None: unsigned)
 
 
-@dataclass(frozen=True)
-class SignedDocument:
-    """A document's bytes as fetched, with its detached signature. ``signature`` is None when none was fetched
-    (no trusted keys) or fetching it failed (``missing`` says why)."""
+def read_trusted(fetcher: Fetcher, path: str, policy: TrustPolicy, metadata_dir: Path) -> VerifiedDocument:
+    """The bytes of ``path`` once TUF vouches for them (or unsigned use is allowed), else a VerificationError
+    (SignatureError, FreshnessError) or ManifestError; NetworkError when the repository cannot be read.
 
-    data: bytes
-    signature: bytes | None = None
-    missing: str = ""
-
-
-def verify_signature(document: SignedDocument, path: str, policy: TrustPolicy) -> VerifiedDocument:
-    """The document once its signature checks out (or unsigned use is allowed), else SignatureError. No I/O."""
-    if not policy.trusted_keys:
+    ``metadata_dir`` keeps the trusted TUF metadata between calls (rollback protection across restarts)."""
+    if policy.trusted_root is None:
         if not policy.allow_unsigned:
-            raise SignatureError(f"{path}: no trusted keys configured to verify it with")
-        log.warning("INSECURE: using %s without verifying it (no trusted keys)", path)
-        return VerifiedDocument(document.data, None)
+            raise SignatureError(f"{path}: no trusted root.json configured to verify it with")
+        log.warning("INSECURE: using %s without verifying it (no trusted root)", path)
+        return VerifiedDocument(fetcher.read_document(path, policy.limits.max_document_bytes), None)
     try:
-        if document.signature is None:
-            raise SignatureError(
-                f"{path}: no signature ({document.missing}); sign the repository with `lorien publish --sign-key`, "
-                "or set insecure_allow_unsigned = true to accept unsigned metadata (anyone on the path could then "
-                "install anything)"
-            )
-        keyid = verify_document(document.data, path, document.signature, policy.trusted_keys, limits=policy.limits)
-    except SignatureError as error:
+        client = TufClient(fetcher, policy.trusted_root, metadata_dir, policy.limits)
+        state = client.refresh()
+        data = client.read_target(path)
+    except (VerificationError, ManifestError) as error:
         if not policy.allow_unsigned:
             raise
         log.warning("INSECURE: using %s without a valid signature (%s)", path, error)
-        return VerifiedDocument(document.data, None)
-    return VerifiedDocument(document.data, keyid)
-
-
-def read_signed(
-    fetcher: Fetcher,
-    path: str,
-    policy: TrustPolicy,
-    accept: Callable[[SignedDocument], T],
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Fetch ``<path>.sig`` and ``path`` (bounded) and return ``accept(document)``. While ``accept`` raises
-    SignatureError, both are fetched again (``SIGNATURE_ATTEMPTS`` in all, one second apart); other errors end it."""
-    if not policy.trusted_keys:  # nothing could verify a signature: fetch none (nor the document, unless allowed)
-        data = fetcher.read_document(path, policy.limits.max_document_bytes) if policy.allow_unsigned else b""
-        return accept(SignedDocument(data))
-    last: SignatureError | None = None
-    for attempt in range(SIGNATURE_ATTEMPTS):
-        if attempt:
-            sleep(1.0)
-        try:
-            signature, missing = fetcher.read_document(signature_path(path), policy.limits.max_signature_bytes), ""
-        except NetworkError as error:
-            signature, missing = None, str(error)
-        data = fetcher.read_document(path, policy.limits.max_document_bytes)
-        try:
-            return accept(SignedDocument(data, signature, missing))
-        except SignatureError as error:
-            last = error
-        log.warning("%s: %s (attempt %d of %d)", path, last, attempt + 1, SIGNATURE_ATTEMPTS)
-    assert last is not None
-    raise last
-
-
-def read_verified(
-    fetcher: Fetcher, path: str, policy: TrustPolicy, sleep: Callable[[float], None] = time.sleep
-) -> VerifiedDocument:
-    """The bytes of ``path`` once their signature checks out (or unsigned use is allowed), else SignatureError."""
-    return read_signed(fetcher, path, policy, lambda document: verify_signature(document, path, policy), sleep)
+        return VerifiedDocument(fetcher.read_document(path, policy.limits.max_document_bytes), None)
+    return VerifiedDocument(data, f"tuf targets v{state.targets_version} (root v{state.root_version})", client)
 
 
 def check_freshness(manifest: Manifest, highest_sequence: int, where: str, now: datetime | None = None) -> None:

@@ -31,7 +31,7 @@ def test_every_config_key_but_the_limits_table_has_its_flag() -> None:
     assert {flag.flag for flag in config_flags()} == {
         "--repo-url", "--family", "--model-path", "--state-dir", "--host", "--port", "--api-token", "--insecure-no-token",
         "--check-interval", "--callback-url", "--keep-backups", "--health-check", "--health-check-litert",
-        "--health-timeout", "--stop-timeout", "--trusted-key", "--insecure-allow-unsigned", "--service-unit",
+        "--health-timeout", "--stop-timeout", "--trusted-root", "--insecure-allow-unsigned", "--service-unit",
         "--service-command", "--service-pid-file", "--retry-total-seconds", "--retry-max-backoff",
         "--retry-first-backoff",
     }  # fmt: skip
@@ -47,8 +47,7 @@ def test_flag_values_become_the_toml_keys_they_replace() -> None:
         "--port", "8080",
         "--check-interval", "0.5",
         "--health-check-litert",
-        "--trusted-key", "old.pub",
-        "--trusted-key", "new.pub",
+        "--trusted-root", "root.json",
         "--service-command", "app --serve",
         "--service-pid-file", "app.pid",
     )  # fmt: skip
@@ -60,7 +59,7 @@ def test_flag_values_become_the_toml_keys_they_replace() -> None:
         "port": 8080,
         "check_interval": 0.5,
         "health_check_litert": True,
-        "trusted_keys": ["old.pub", "new.pub"],
+        "trusted_root": "root.json",
         "service": {"command": "app --serve", "pid_file": "app.pid"},
     }
 

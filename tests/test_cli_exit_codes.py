@@ -33,7 +33,7 @@ def test_file_system_refusal_exits_5_naming_the_path_and_the_job(tmp_path: Path)
 def test_unreachable_server_exits_4_with_one_line() -> None:
     result = run_lorien("inspect", "http://127.0.0.1:9/")  # nothing listens on the discard port
     assert result.returncode == 4 and result.stdout == ""
-    assert "http://127.0.0.1:9/index.json" in _one_line(result.stderr)
+    assert "http://127.0.0.1:9/metadata/1.root.json" in _one_line(result.stderr)  # the first file inspect reads
 
 
 def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""SIGKILL `lorien publish` at every write step and at random instants: the repository stays consistent."""
+"""SIGKILL `lorien publish` at every write step (the TUF metadata's too) and at random instants: the repository
+stays consistent — for a TUF client, the previous signed state until the next publish completes the new one."""
 
 from __future__ import annotations
 
@@ -18,38 +19,55 @@ from tests.support.processes import run_lorien
 pytestmark = pytest.mark.slow  # real `lorien publish` processes killed with SIGKILL
 
 CRASH_POINTS = ["blob", "patch", "manifest", "html", "index"]
+TUF_CRASH_POINTS = ["tuf-targets", "tuf-snapshot", "tuf-timestamp"]  # signed repositories only
 
 
 def _verify(repo: Path) -> subprocess.CompletedProcess:
-    return run_lorien("inspect", repo, "--verify")
+    """inspect --verify; for a signed repository from its first root, as a device installed with it would."""
+    root = repo / "metadata" / "1.root.json"
+    return run_lorien("inspect", repo, "--verify", *(("--root", root) if root.exists() else ()))
 
 
-@pytest.fixture
-def two_generations(tmp_path: Path) -> tuple[Path, Path]:
-    """A published repository with versions 1.0-1.1, and a models dir that adds 1.2 and 1.3."""
+def _two_generations(kind: str, tmp_path: Path) -> tuple[Path, Path, tuple]:
+    """A published repository with versions 1.0-1.1, a models dir that adds 1.2 and 1.3, and the signing flags."""
+    from lorien.repo.signing import generate_keypair
+
+    signing: tuple = ()
+    if kind == "signed":
+        signing = ("--sign-key", generate_keypair(tmp_path / "keys")[0])
     models = tmp_path / "models"
     write_family(models / "net", ["1.0", "1.1"], layer_sizes=(128, 256, 128, 10), seed=9)
     repo = tmp_path / "repo"
-    assert run_lorien("publish", "--models", models, "--repo", repo).returncode == 0
+    assert run_lorien("publish", "--models", models, "--repo", repo, *signing).returncode == 0
     write_family(models / "net", ["1.0", "1.1", "1.2", "1.3"], layer_sizes=(128, 256, 128, 10), seed=9)
-    return models, repo
+    return models, repo, signing
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_sigkill_at_each_write_step_leaves_a_consistent_repository(two_generations, point: str) -> None:
-    models, repo = two_generations
+@pytest.mark.parametrize(
+    ("kind", "point"),
+    [("unsigned", point) for point in CRASH_POINTS]
+    + [("signed", point) for point in CRASH_POINTS + TUF_CRASH_POINTS],
+)
+def test_sigkill_at_each_write_step_leaves_a_consistent_repository(tmp_path: Path, kind: str, point: str) -> None:
+    models, repo, signing = _two_generations(kind, tmp_path)
     before = (repo / "net" / "manifest.json").read_bytes()
-    killed = run_lorien("publish", "--models", models, "--repo", repo, env={"LORIEN_TEST_CRASH_AT": point})
+    killed = run_lorien(
+        "publish", "--models", models, "--repo", repo, *signing, env={"LORIEN_TEST_CRASH_AT": point}
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     verified = _verify(repo)
     assert verified.returncode == 0, verified.stdout
     if point in ("blob", "patch", "manifest"):
         assert (repo / "net" / "manifest.json").read_bytes() == before, "manifest must not change before its write"
-    rerun = run_lorien("publish", "--models", models, "--repo", repo)
+    if signing and point != "tuf-timestamp":  # a TUF client still sees the previous complete state: two versions
+        assert "1.1" in verified.stdout and "1.3 " not in verified.stdout, verified.stdout
+    rerun = run_lorien("publish", "--models", models, "--repo", repo, *signing)
     assert rerun.returncode == 0, rerun.stderr
     final = _verify(repo)
-    assert final.returncode == 0 and "warning" not in final.stdout
+    assert final.returncode == 0 and "warning" not in final.stdout, final.stdout
+    assert "1.3" in final.stdout
     assert not [p for p in repo.rglob("*") if ".tmp-" in p.name or ".staging" in p.parts]
+    assert not list(repo.rglob(".*.signing"))
 
 
 def test_sigkill_at_random_instants_then_converge(tmp_path: Path) -> None:
@@ -78,23 +96,23 @@ def test_sigkill_at_random_instants_then_converge(tmp_path: Path) -> None:
     assert [v["version"] for v in manifest["versions"]] == ["1", "2", "3", "4"] and len(manifest["patches"]) == 3
 
 
-def test_sigkill_between_a_manifest_and_its_signature_heals_on_the_next_signed_publish(tmp_path: Path) -> None:
+def test_sigkill_while_installing_a_new_root_leaves_the_repository_usable(tmp_path: Path) -> None:
     from lorien.repo.signing import generate_keypair
 
-    key, public, _keyid = generate_keypair(tmp_path / "keys")
-    models = tmp_path / "models"
+    key = generate_keypair(tmp_path / "keys")[0]
+    new_public = generate_keypair(tmp_path / "keys", "new")[1]
+    models, repo = tmp_path / "models", tmp_path / "repo"
     write_family(models / "net", ["1.0", "1.1"], layer_sizes=(128, 256, 128, 10), seed=9)
-    repo = tmp_path / "repo"
     assert run_lorien("publish", "--models", models, "--repo", repo, "--sign-key", key).returncode == 0
-    write_family(models / "net", ["1.0", "1.1", "1.2"], layer_sizes=(128, 256, 128, 10), seed=9)
     killed = run_lorien(
-        "publish", "--models", models, "--repo", repo, "--sign-key", key, env={"LORIEN_TEST_CRASH_AT": "signature"}
-    )
+        "trust", "add-key", "--repo", repo, "targets", new_public, "--sign-key", key,
+        env={"LORIEN_TEST_CRASH_AT": "tuf-root"},
+    )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    stale = run_lorien("inspect", repo, "--key", public)  # new manifest, old signature: devices refuse it
-    assert stale.returncode == 1 and "signature is for other bytes" in stale.stdout
+    assert (repo / "metadata" / "2.root.json").exists()  # installed; the root.json copy for people is not yet
+    verified = _verify(repo)
+    assert verified.returncode == 0 and "root v2" in verified.stdout, verified.stdout
     rerun = run_lorien("publish", "--models", models, "--repo", repo, "--sign-key", key)
     assert rerun.returncode == 0, rerun.stderr
-    healed = run_lorien("inspect", repo, "--verify", "--key", public)
-    assert healed.returncode == 0, healed.stdout
-    assert not list(repo.rglob(".*.signing"))
+    shown = run_lorien("trust", "show", "--repo", repo)
+    assert "root       v2" in shown.stdout and "threshold 1 of 2" in shown.stdout, shown.stdout

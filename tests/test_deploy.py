@@ -104,10 +104,12 @@ def test_example_device_config_is_valid(tmp_path: Path) -> None:
     text = (DEPLOY / "device.toml.example").read_text()
     text = text.replace("/var/lib/lorien-model/model.tflite", str(tmp_path / "model.tflite"))
     text = text.replace('"/var/lib/lorien"', f'"{tmp_path / "state"}"')
-    from lorien.repo.signing import generate_keypair
+    from lorien.repo.signing import generate_keypair, load_signing_key
+    from tests.support.tuf_roots import signed_root
 
-    _private, public, _keyid = generate_keypair(tmp_path / "keys")
-    text = text.replace("/etc/lorien/publisher.pub", str(public))
+    private, _public, _keyid = generate_keypair(tmp_path / "keys")
+    (tmp_path / "root.json").write_bytes(signed_root(load_signing_key(private)))
+    text = text.replace("/etc/lorien/root.json", str(tmp_path / "root.json"))
     (tmp_path / "device.toml").write_text(text)
     from lorien.device.config import load_config
 

@@ -13,9 +13,11 @@ import tflite
 
 from lorien.modelgen import fine_tune, random_mlp, to_tflite
 from lorien.publisher.html import render_family_page, render_root_page
+from lorien.publisher.tuf_writer import TufWriter, serialize
 from lorien.repo.fingerprint import detect_format
 from lorien.repo.manifest import parse_index, parse_manifest
-from lorien.repo.signing import generate_keypair, load_signing_key, sign_document
+from lorien.repo.signing import generate_keypair, load_signing_key
+from lorien.repo.tufmeta import signer, tuf_key
 
 
 class _Links(HTMLParser):
@@ -74,17 +76,26 @@ def test_family_page_shows_expiry_sequence_chart_and_download_names(published: P
         assert f'title="sha256 {entry.sha256}">{entry.sha256[:12]}…</code>' in page
 
 
-def test_pages_show_the_key_ids_of_the_sig_without_verifying(published: Path, tmp_path: Path) -> None:
+def test_pages_show_the_tuf_roles_and_targets_keys_without_verifying(published: Path, tmp_path: Path) -> None:
     manifest = parse_manifest((published / "classifier" / "manifest.json").read_bytes())
     index = parse_index((published / "index.json").read_bytes())
     assert ">unsigned</span>" in render_family_page(manifest, published)
-    signature = published / "classifier" / "manifest.json.sig"
     keys = [load_signing_key(generate_keypair(tmp_path / f"k{n}")[0]) for n in range(2)]
-    signature.write_bytes(sign_document(b"other bytes: not verified here", "classifier/manifest.json", keys))
+    writer = TufWriter(published)
+    root = writer.initial_root(
+        {"root": keys[:1], "targets": keys, "snapshot": keys[:1], "timestamp": keys[:1]}, {}
+    )
+    root.sign(signer(keys[0]))  # not signed by the targets keys' threshold: the page shows, never verifies
+    (published / "metadata").mkdir()
+    for name in ("1.root.json", "root.json"):
+        (published / "metadata" / name).write_bytes(serialize(root))
+    targets_ids = [tuf_key(key).keyid for key in keys]
     for page in (render_family_page(manifest, published), render_root_page(index, [manifest], published)):
-        assert all(f'title="{key.keyid}">{key.keyid[:12]}…</code>' in page for key in keys)
-    signature.write_bytes(b"{not json")
-    assert "unreadable .sig" in render_family_page(manifest, published)
+        assert all(f'title="{keyid}">{keyid[:12]}…</code>' in page for keyid in targets_ids)
+    root_page = render_root_page(index, [manifest], published)
+    assert "Trust (TUF)" in root_page and "1 of 2" in root_page  # the targets role: threshold 1 of its 2 keys
+    (published / "metadata" / "1.root.json").write_bytes(b"{not json")
+    assert "unreadable root.json" in render_family_page(manifest, published)
 
 
 def test_generated_tflite_reads_back_with_the_tflite_package() -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from lorien.repo.signing import generate_keypair
+from lorien.repo.signing import generate_keypair, load_signing_key
 from tests.support.processes import require
+from tests.support.tuf_roots import signed_root
 
 SOURCE = Path(__file__).resolve().parents[1]
 INSTALL_DOC = SOURCE / "docs" / "install.md"
@@ -95,14 +96,15 @@ def test_install_doc_steps_run_in_a_temporary_root(tmp_path: Path) -> None:
     for root in roots.values():
         (root.parent / "work").mkdir(parents=True)
     (roots["server"] / "etc" / "nginx" / "conf.d").mkdir(parents=True)  # the nginx package's directory
-    _private, public, _keyid = generate_keypair(tmp_path / "publisher-keys", "publisher")
-    (tmp_path / "device" / "work" / "publisher.pub").write_bytes(public.read_bytes())  # copied from the server
+    private, _public, _keyid = generate_keypair(tmp_path / "publisher-keys", "publisher")
+    root = signed_root(load_signing_key(private))
+    (tmp_path / "device" / "work" / "root.json").write_bytes(root)  # copied from the server's repository
     for name, body in doc_blocks():
         _run_block(name, body, roots[MACHINE[name]])
         if name == "device":
             etc = roots["device"] / "etc" / "lorien"
-            assert 'trusted_keys = ["/etc/lorien/publisher.pub"]' in (etc / "device.toml").read_text()
-            assert (etc / "publisher.pub").read_bytes() == public.read_bytes()
+            assert 'trusted_root = "/etc/lorien/root.json"' in (etc / "device.toml").read_text()
+            assert (etc / "root.json").read_bytes() == root
         if name == "server":
             server = roots["server"]
             unit = (server / "etc" / "systemd" / "system" / "lorien-publisher.service").read_text()

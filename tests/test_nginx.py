@@ -208,3 +208,81 @@ def test_devices_update_through_nginx_with_a_cut_connection_and_a_new_publish(
             device.stop()
         proxy.close()
         server.stop()
+
+
+def test_a_plain_python_tuf_client_reads_the_repository_through_nginx_and_follows_a_rotation(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """python-tuf's own ngclient (its default urllib3 fetcher, nothing from lorien) against real nginx: refresh,
+    a family manifest and a patch as targets; then the timestamp and root keys rotate and it follows."""
+    from tuf.api.exceptions import UnsignedMetadataError
+    from tuf.ngclient import Updater
+
+    from lorien.repo.signing import generate_keypair
+
+    key = generate_keypair(tmp_path / "keys", "publisher")[0]
+    new_private, new_public, _ = generate_keypair(tmp_path / "keys", "new")
+    repo = tmp_path / "repo"
+    assert run_lorien("publish", "--models", models_dir, "--repo", repo, "--sign-key", key).returncode == 0
+    server = Nginx(repo, tmp_path / "nginx")
+    try:
+        bootstrap = (repo / "metadata" / "1.root.json").read_bytes()
+        immutable = "public, max-age=31536000, immutable"
+        for path, cache in (
+            ("metadata/1.snapshot.json", immutable),
+            ("metadata/2.root.json", None),  # no such root yet: 404 (the end of a client's root walk)
+            ("metadata/timestamp.json", "no-cache"),
+            ("metadata/root.json", "no-cache"),
+            ("classifier/manifest.json", "no-cache"),
+        ):
+            answer = requests.get(server.url + path, timeout=10)
+            assert answer.status_code == (404 if cache is None else 200), path
+            assert cache is None or answer.headers["Cache-Control"] == cache, (path, answer.headers)
+        sha = hashlib.sha256((repo / "classifier" / "manifest.json").read_bytes()).hexdigest()
+        prefixed = requests.get(f"{server.url}classifier/{sha}.manifest.json", timeout=10)
+        assert prefixed.status_code == 200 and prefixed.headers["Cache-Control"] == immutable
+
+        def client(name: str) -> Updater:
+            return Updater(
+                str(tmp_path / name), f"{server.url}metadata/", str(tmp_path / f"{name}-targets"), server.url,
+                bootstrap=bootstrap,
+            )  # fmt: skip
+
+        first = client("client")
+        first.refresh()
+        manifest_path = first.download_target(first.get_targetinfo("classifier/manifest.json"))
+        manifest = json.loads(Path(manifest_path).read_bytes())
+        patch = manifest["patches"][0]
+        info = first.get_targetinfo(patch["blob"])
+        assert info is not None and info.length == patch["size"] and info.hashes["sha256"] == patch["sha256"]
+        assert hashlib.sha256(Path(first.download_target(info)).read_bytes()).hexdigest() == patch["sha256"]
+        fetched = [line for line in server.access_log() if "GET /" in line]
+        assert any("/metadata/1.snapshot.json" in line for line in fetched)
+        assert any(f"{patch['sha256']}.{patch['sha256']}" in line for line in fetched)  # hash-prefixed name
+
+        timestamp_key = json.loads(bootstrap)["signed"]["roles"]["timestamp"]["keyids"][0]
+        rotated = run_lorien(
+            "trust", "rotate", "--repo", repo, "timestamp", "--old", timestamp_key[:16], "--new", new_public,
+            "--sign-key", key, "--sign-key", new_private,
+        )  # fmt: skip
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        second = client("client")  # the same local metadata: it trusts root v1 and walks to v2
+        second.refresh()
+        assert second.get_targetinfo("classifier/manifest.json") is not None
+
+        # a timestamp signed only by the removed key is refused
+        stale = (repo / "metadata" / "timestamp.json").read_bytes()
+        document = json.loads(stale)
+        from lorien.publisher.tuf_writer import serialize
+        from lorien.repo.signing import load_signing_key
+        from lorien.repo.tufmeta import parse_metadata, signer
+
+        forged = parse_metadata(stale, "timestamp")
+        forged.signed.version = document["signed"]["version"] + 1
+        forged.signatures.clear()
+        forged.sign(signer(load_signing_key(key)))
+        (repo / "metadata" / "timestamp.json").write_bytes(serialize(forged))
+        with pytest.raises(UnsignedMetadataError):
+            client("client").refresh()
+    finally:
+        server.stop()

@@ -160,7 +160,7 @@ def signed_repo(models_dir: Path, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     report = publish(models_dir, repo, options=PublishOptions(sign_keys=(load_signing_key(key),)))
     assert report.ok, report.all_problems()
-    # Rendered again with the repository root, so the pages also show the key ids of each .sig.
+    # Rendered again with the repository root, so the pages also show the TUF roles and the targets keys.
     manifests = [
         parse_manifest((repo / f / "manifest.json").read_bytes(), f) for f in ("classifier", "long-version-names")
     ]
@@ -191,8 +191,8 @@ def test_family_page_fits_1280_px_with_downloads_visible_and_a_chart(
     assert len(layout["patchBars"]) == len(layout["fullBars"]) == len(manifest.patches) > 0
     for full, patch in zip(layout["fullBars"], layout["patchBars"], strict=True):
         assert 0 < patch["width"] < full["width"] and full["right"] <= WIDTH
-    signers = json.loads((signed_repo / family / "manifest.json.sig").read_text())["signatures"]
-    assert signers[0]["keyid"][:12] in layout["signers"]
+    root = json.loads((signed_repo / "metadata" / "root.json").read_text())["signed"]
+    assert root["roles"]["targets"]["keyids"][0][:12] in layout["signers"]
 
 
 @pytest.mark.slow

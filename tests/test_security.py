@@ -1,9 +1,10 @@
-"""Signed metadata, freshness and downgrade rules, end to end: real `lorien serve`, real `lorien device`.
+"""Signed (TUF) metadata, freshness and downgrade rules, end to end: real `lorien serve`, real `lorien device`.
 
-Attacks played against a device that trusts one publisher key: a manifest with one byte changed, a missing
-signature, a signature by an untrusted key, an expired manifest, a replayed older manifest (lower sequence), a
-forked manifest (same sequence, other bytes), a withdrawn-version downgrade, an unsigned TOPE package, and a
-path-traversal blob path. Plus key rotation, `inspect --key`, keygen, and watch mode renewing expiry.
+Attacks played against a device that trusts the repository's initial TUF root: a manifest with one byte changed,
+targets metadata signed by a key the root does not name, expired metadata (freeze), replayed older metadata
+(rollback), a withdrawn-version downgrade, an unsigned TOPE package, and a path-traversal blob path. Plus key
+rotation followed by running devices, `inspect --root`, keygen, watch renewing the timestamp, and the old detached
+``.sig`` scheme that `lorien trust init --from-key` migrates from. (In-process TUF attacks: tests/test_tuf.py.)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from lorien.modelgen import write_family
 from lorien.publisher.publish import PublishOptions, publish
+from lorien.publisher.tuf_writer import Expiry
 from lorien.repo.errors import FreshnessError, ManifestError, SignatureError
 from lorien.repo.limits import Limits
 from lorien.repo.manifest import parse_manifest
@@ -80,6 +82,21 @@ class Site:
     def file(self, relative: str) -> Path:
         return self.repo / relative
 
+    def installed_root(self, home: Path) -> Path:
+        """The repository's metadata/1.root.json, copied as a device's installation would."""
+        home.mkdir(parents=True, exist_ok=True)
+        root = home / "root.json"
+        if not root.exists():
+            shutil.copy(self.file("metadata/1.root.json"), root)
+        return root
+
+    def signed_copy(self, relative: str) -> Path:
+        """The hash-prefixed file a TUF client reads for ``relative`` now (per the current targets metadata)."""
+        targets = _current_targets(self.repo)
+        sha = targets["signed"]["targets"][relative]["hashes"]["sha256"]
+        directory, _, name = relative.rpartition("/")
+        return self.repo / directory / f"{sha}.{name}"
+
     def sha(self, version: str) -> str:
         return hashlib.sha256((self.all / f"{version}.tflite").read_bytes()).hexdigest()
 
@@ -97,15 +114,24 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def start_device(
-    devices: list, site: Site, home: Path, version: str, *trusted: Path, extra: tuple[str, ...] = ()
+    devices: list, site: Site, home: Path, version: str, *, signed: bool = True, extra: tuple[str, ...] = ()
 ) -> DeviceProcess:
+    """A device on ``version``; ``signed``: it trusts the repository's first root (installed with the device)."""
     model = home / "app" / "model.tflite"
     model.parent.mkdir(parents=True)
     shutil.copy(site.all / f"{version}.tflite", model)
-    flags = [arg for key in trusted for arg in ("--trusted-key", str(key))]
+    flags = ["--trusted-root", str(site.installed_root(home))] if signed else []
     device = DeviceProcess(home, site.server.url, model, *flags, *extra, family=FAMILY)
     devices.append(device)
     return device
+
+
+def _current_targets(repo: Path) -> dict:
+    timestamp = json.loads((repo / "metadata" / "timestamp.json").read_bytes())
+    snapshot_version = timestamp["signed"]["meta"]["snapshot.json"]["version"]
+    snapshot = json.loads((repo / "metadata" / f"{snapshot_version}.snapshot.json").read_bytes())
+    targets_version = snapshot["signed"]["meta"]["targets.json"]["version"]
+    return json.loads((repo / "metadata" / f"{targets_version}.targets.json").read_bytes())
 
 
 def serve_signed(site: Site, keys, *versions: str) -> None:
@@ -210,26 +236,34 @@ def test_publish_signs_renews_expiry_at_half_life_and_inspect_checks_signatures(
     site.add("1.1.0")
     site.publish(keys["old"][0])
     for document in (MANIFEST, "index.json"):
-        assert site.file(document + ".sig").is_file()
+        assert not site.file(document + ".sig").exists()  # the old scheme is gone: TUF signs
+        assert site.signed_copy(document).is_file()
+    for role in ("1.root.json", "root.json", "timestamp.json", "1.snapshot.json", "1.targets.json"):
+        assert site.file(f"metadata/{role}").is_file(), role
     first = parse_manifest(site.file(MANIFEST).read_bytes())
     site.publish(keys["old"][0])  # nothing changed, expiry still 7 days away: nothing rewritten
     assert parse_manifest(site.file(MANIFEST).read_bytes()) == first
+    assert not site.file("metadata/2.targets.json").exists()
     site.publish(keys["old"][0], expires_days=1)  # a shorter validity than what is published: renewed now
     renewed = parse_manifest(site.file(MANIFEST).read_bytes())
     assert renewed.sequence == first.sequence + 1 and renewed.expires < first.expires
-    assert renewed.same_content(first)
+    assert renewed.same_content(first) and site.file("metadata/2.targets.json").exists()
 
-    public = keys["old"][1]
-    ok = run_lorien("inspect", site.repo, "--verify", "--key", public)
-    assert ok.returncode == 0 and "signature ok" in ok.stdout, ok.stdout + ok.stderr
-    wrong = run_lorien("inspect", site.repo, "--key", keys["evil"][1])
-    assert wrong.returncode == 1 and "none of which is trusted" in wrong.stdout
-    raw = site.file(MANIFEST).read_bytes()
-    signature_before = site.file(MANIFEST + ".sig").read_bytes()
-    site.file(MANIFEST).write_bytes(raw.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))
-    tampered = run_lorien("inspect", site.repo, "--key", public)
-    assert tampered.returncode == 1 and "signature is for other bytes" in tampered.stdout
-    site.file(MANIFEST).write_bytes(raw)
+    root = site.file("metadata/1.root.json")
+    ok = run_lorien("inspect", site.repo, "--verify", "--root", root)
+    assert ok.returncode == 0 and "TUF metadata ok: root v1, targets v2" in ok.stdout, ok.stdout + ok.stderr
+    assert "signed target: tuf targets v2" in ok.stdout and "timestamp" in ok.stdout
+    foreign = Site(tmp_path / "f")
+    foreign.add("1.0.0")
+    foreign.publish(keys["evil"][0])
+    wrong = run_lorien("inspect", site.repo, "--root", foreign.file("metadata/1.root.json"))
+    assert wrong.returncode == 1 and "not signed by enough of the keys" in wrong.stdout, wrong.stdout
+    copy = site.signed_copy(MANIFEST)
+    raw = copy.read_bytes()
+    copy.write_bytes(raw.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))
+    tampered = run_lorien("inspect", site.repo, "--root", root)
+    assert tampered.returncode == 1 and "does not match what the signed metadata says" in tampered.stdout
+    copy.write_bytes(raw)
 
     unsigned = run_lorien("publish", "--models", site.models, "--repo", site.repo)
     assert unsigned.returncode == 2 and "repository is signed" in unsigned.stderr
@@ -240,32 +274,25 @@ def test_publish_signs_renews_expiry_at_half_life_and_inspect_checks_signatures(
     edited["allow_downgrade"] = True
     site.file(MANIFEST).write_bytes(json.dumps(edited).encode())
     blessed = run_lorien("publish", "--models", site.models, "--repo", site.repo, "--sign-key", keys["old"][0])
-    assert blessed.returncode == 2 and "not signed by the given --sign-key" in blessed.stderr, blessed.stderr
-    assert site.file(MANIFEST + ".sig").read_bytes() == signature_before
+    assert blessed.returncode == 2 and "not what the publisher signed" in blessed.stderr, blessed.stderr
     site.file(MANIFEST).write_bytes(raw)
     other_key = run_lorien("publish", "--models", site.models, "--repo", site.repo, "--sign-key", keys["new"][0])
-    assert other_key.returncode == 2 and "publish once with both the old and the new" in other_key.stderr
-    both = run_lorien(
-        "publish",
-        "--models",
-        site.models,
-        "--repo",
-        site.repo,
-        "--sign-key",
-        keys["old"][0],
-        "--sign-key",
-        keys["new"][0],
-    )
-    assert both.returncode == 0, both.stderr
+    assert (
+        other_key.returncode == 1
+        and "none of the --sign-key keys is one the repository's root names" in other_key.stderr
+    ), other_key.stderr
+    again = run_lorien("publish", "--models", site.models, "--repo", site.repo, "--sign-key", keys["old"][0])
+    assert again.returncode == 0, again.stderr
 
 
-def test_watch_renews_manifests_before_they_expire(tmp_path: Path, keys) -> None:
+def test_watch_renews_the_timestamp_and_manifests_before_they_expire(tmp_path: Path, keys) -> None:
     site = Site(tmp_path / "s")
     site.add("1.0.0")
     process = subprocess.Popen(
         [
             sys.executable, "-m", "lorien.cli", "watch", "--models", str(site.models), "--repo", str(site.repo),
             "--sign-key", str(keys["old"][0]), "--expires-days", "0.0001",  # 8.6 s: renewed after ~4.3 s
+            "--expiry", "timestamp=0.0001",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -273,19 +300,22 @@ def test_watch_renews_manifests_before_they_expire(tmp_path: Path, keys) -> None
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        lines = []
-        while time.monotonic() < deadline:
+        lines: list[str] = []
+        seen = set()
+        while time.monotonic() < deadline and len(seen) < 2:
             line = process.stdout.readline()
             lines.append(line)
             if line.startswith(f"renewed family={FAMILY}"):
-                break
-        else:
-            raise AssertionError("watch never renewed the manifest:\n" + "".join(lines))
-        raw = site.file(MANIFEST).read_bytes()
-        manifest = parse_manifest(raw)
+                seen.add("manifest")
+            if line.startswith("renewed TUF metadata") and "timestamp" in line:
+                seen.add("timestamp")
+        assert seen == {"manifest", "timestamp"}, "watch did not renew:\n" + "".join(lines)
+        manifest = parse_manifest(site.file(MANIFEST).read_bytes())
         assert manifest.sequence >= 2 and manifest.expires_at() > datetime.now(UTC)
-        signature = site.file(MANIFEST + ".sig").read_bytes()
-        verify_document(raw, MANIFEST, signature, [load_trusted_key(keys["old"][1])])
+        timestamp = json.loads(site.file("metadata/timestamp.json").read_bytes())["signed"]
+        assert timestamp["version"] >= 2 and timestamp["expires"] > f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        verified = run_lorien("inspect", site.repo, "--root", site.file("metadata/1.root.json"))
+        assert verified.returncode == 0, verified.stdout
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(20)
@@ -294,19 +324,18 @@ def test_watch_renews_manifests_before_they_expire(tmp_path: Path, keys) -> None
 # --------------------------------------------------------------------------- device side, real processes
 
 
-def test_device_refuses_tampered_unsigned_foreign_replayed_and_forked_manifests(
+def test_device_refuses_tampered_foreign_and_replayed_metadata(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
     serve_signed(site, keys)
-    device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")
     model = device.model
     answer = check(device)
     assert answer["code"] == 200 and answer["data"]["latest"] == "1.1.0", answer
-    trust = device.status()["trust"]["accepted_manifest"]
-    assert trust["sequence"] == 1 and trust["signed_by"] == load_trusted_key(keys["old"][1]).keyid
-
-    manifest, signature = site.file(MANIFEST), site.file(MANIFEST + ".sig")
-    good_manifest, good_signature = manifest.read_bytes(), signature.read_bytes()
+    trust = device.status()["trust"]
+    assert trust["accepted_manifest"]["sequence"] == 1
+    assert trust["accepted_manifest"]["signed_by"] == "tuf targets v1 (root v1)"
+    assert trust["tuf"]["root_version"] == 1 and trust["tuf"]["roles"][0]["role"] == "root"
 
     def refused(expected: str) -> None:
         answer = check(device)
@@ -314,88 +343,137 @@ def test_device_refuses_tampered_unsigned_foreign_replayed_and_forked_manifests(
         assert expected in device.status()["trust"]["last_refusal"]["message"]
         assert sha256(model) == site.sha("1.0.0")  # nothing touched
 
-    manifest.write_bytes(good_manifest.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))  # one byte
-    refused("signature is for other bytes")
-    manifest.write_bytes(good_manifest)
-    signature.unlink()
-    refused("no signature")
-    signature.write_bytes(sign_document(good_manifest, MANIFEST, [load_signing_key(keys["evil"][0])]))
-    refused("none of which is trusted")
-    signature.write_bytes(good_signature)
+    copy = site.signed_copy(MANIFEST)
+    good_manifest = copy.read_bytes()
+    copy.write_bytes(good_manifest.replace(b'"latest": "1.1.0"', b'"latest": "1.0.0"'))  # one byte
+    refused("does not match what the signed metadata says")
+    copy.write_bytes(good_manifest)
+
+    # targets metadata re-signed by a key the root does not name (a stolen server, not a stolen key)
+    metadata = site.repo / "metadata"
+    saved = {path.name: path.read_bytes() for path in metadata.iterdir()}
+    evil = Site(tmp_path / "evil")
+    evil.repo = tmp_path / "evil-repo"
+    shutil.copytree(site.repo, evil.repo, ignore=shutil.ignore_patterns("metadata", ".*"))
+    evil.add("1.0.0")
+    evil.publish(keys["evil"][0])
+    for path in metadata.iterdir():
+        path.unlink()
+    for path in (evil.repo / "metadata").iterdir():
+        if path.name != "1.root.json" and path.name != "root.json":
+            (metadata / path.name).write_bytes(path.read_bytes())
+    (metadata / "1.root.json").write_bytes(saved["1.root.json"])
+    refused("not signed by enough of the keys the trusted root names")
+    for path in metadata.iterdir():
+        path.unlink()
+    for name, data in saved.items():
+        (metadata / name).write_bytes(data)
 
     site.add("1.2.0")
     site.publish(keys["old"][0])
     assert check(device)["data"]["latest"] == "1.2.0"
     assert device.status()["trust"]["highest_sequence"] == 2 and device.status()["trust"]["last_refusal"] is None
-    current_manifest, current_signature = manifest.read_bytes(), signature.read_bytes()
+    current_timestamp = (metadata / "timestamp.json").read_bytes()
 
-    manifest.write_bytes(good_manifest)  # a validly signed, older manifest replayed by a mirror or attacker
-    signature.write_bytes(good_signature)
-    refused("sequence 1 is lower than 2")
-    forked = json.dumps({**json.loads(current_manifest), "generated_at": "2000-01-01T00:00:00Z"}).encode()
-    manifest.write_bytes(forked)
-    signature.write_bytes(sign_document(forked, MANIFEST, [load_signing_key(keys["old"][0])]))
-    refused("already accepted with different content")
-    manifest.write_bytes(current_manifest)
-    signature.write_bytes(current_signature)
+    (metadata / "timestamp.json").write_bytes(saved["timestamp.json"])  # a validly signed, older state replayed
+    refused("older metadata than this device already trusts")
+    (metadata / "timestamp.json").write_bytes(current_timestamp)
 
     status = update(device)
     assert status["last_result"]["ok"], status
     assert sha256(model) == site.sha("1.2.0")
-    # the refusals survive a restart: the highest accepted sequence is persisted
+    # the refusals survive a restart: the trusted metadata is persisted in the state directory
     device.stop()
-    manifest.write_bytes(good_manifest)
-    signature.write_bytes(good_signature)
+    (metadata / "timestamp.json").write_bytes(saved["timestamp.json"])
     restarted = DeviceProcess(
-        tmp_path / "d", site.server.url, model, "--trusted-key", str(keys["old"][1]), family=FAMILY
-    )
+        tmp_path / "d", site.server.url, model, "--trusted-root", str(site.installed_root(tmp_path / "d")),
+        family=FAMILY,
+    )  # fmt: skip
     devices.append(restarted)
     answer = check(restarted)
-    assert answer["code"] == 422 and "lower than 2" in answer["msg"]
+    assert answer["code"] == 422 and "older metadata" in answer["msg"]
 
 
-def test_device_refuses_an_expired_manifest_until_it_is_renewed(
+def test_device_refuses_expired_metadata_until_it_is_renewed(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
     site.add("1.0.0")
     site.add("1.1.0")
-    site.publish(keys["old"][0], expires_days=1.5 / 86400)  # expires 1.5 s from now
+    site.publish(keys["old"][0], expiry=Expiry.parse(["timestamp=" + str(2 / 86400)]))  # expires 2 s from now
     site.serve()
-    device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
-    expires = parse_manifest(site.file(MANIFEST).read_bytes()).expires_at()
-    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")
+    expires = json.loads(site.file("metadata/timestamp.json").read_bytes())["signed"]["expires"]
+    expires_at = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()) + 1.2)
     answer = device.api("POST", "update-latest").json()
     status = device.wait_until_done()
     assert answer["code"] == 200 and not status["last_result"]["ok"]
-    assert "expired at" in status["last_result"]["message"] and sha256(device.model) == site.sha("1.0.0")
+    assert "expired" in status["last_result"]["message"] and sha256(device.model) == site.sha("1.0.0")
     site.publish(keys["old"][0])  # the publisher (or its watcher) renews: the device moves on
     status = update(device)
     assert status["last_result"]["ok"] and sha256(device.model) == site.sha("1.1.0")
 
 
-def test_key_rotation_devices_trusting_old_and_new_keep_updating(
+def test_running_devices_follow_timestamp_and_root_key_rotation_without_a_config_change(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
+    old, new = keys["old"], keys["new"]
     site.add("1.0.0")
     site.add("1.1.0")
-    site.publish(keys["old"][0], keys["new"][0])  # step 1: sign with both while devices learn the new key
+    site.publish(old[0])
     site.serve()
-    only_old = start_device(devices, site, tmp_path / "a", "1.0.0", keys["old"][1])
-    both = start_device(devices, site, tmp_path / "b", "1.0.0", keys["old"][1], keys["new"][1])
-    assert check(only_old)["code"] == 200 and check(both)["code"] == 200
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")
+    assert check(device)["code"] == 200
+    keyid = json.loads(site.file("metadata/1.root.json").read_bytes())["signed"]["roles"]["timestamp"]["keyids"][0]
+
+    # 1. the timestamp key is rotated (old root key signs root v2); publish signs with the new timestamp key
+    rotated = run_lorien(
+        "trust", "rotate", "--repo", site.repo, "timestamp", "--old", keyid[:12], "--new", new[1],
+        "--sign-key", old[0], "--sign-key", new[0],
+    )  # fmt: skip
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
     site.add("1.2.0")
-    site.publish(keys["new"][0])  # step 2: the old key is retired
-    assert update(both)["last_result"]["ok"] and sha256(both.model) == site.sha("1.2.0")
-    answer = check(only_old)
-    assert answer["code"] == 422 and "none of which is trusted" in answer["msg"]
-    assert both.status()["trust"]["accepted_manifest"]["signed_by"] == load_trusted_key(keys["new"][1]).keyid
+    site.publish(old[0], new[0])
+    assert update(device)["installed_version"] == "1.2.0"
+    assert device.status()["trust"]["tuf"]["root_version"] == 2
+
+    # 2. metadata signed only by the removed timestamp key is refused
+    stale_bytes = site.file("metadata/timestamp.json").read_bytes()
+    from lorien.publisher.tuf_writer import serialize
+    from lorien.repo.tufmeta import parse_metadata, signer
+
+    forged = parse_metadata(stale_bytes, "timestamp")
+    forged.signed.version += 1
+    forged.signatures.clear()
+    forged.sign(signer(load_signing_key(old[0])))
+    site.file("metadata/timestamp.json").write_bytes(serialize(forged))
+    answer = check(device)
+    assert answer["code"] == 422 and "not signed by enough" in answer["msg"], answer
+    site.file("metadata/timestamp.json").write_bytes(stale_bytes)
+    site.publish(old[0], new[0])  # the genuine publisher moves on past the forged version
+    assert check(device)["code"] == 200
+
+    # 3. the root key itself moves to the new key, signed offline by both (stage, sign, commit)
+    staged = run_lorien(
+        "trust", "rotate", "--repo", site.repo, "root", "--old", keyid[:12], "--new", new[1], "--sign-key", old[0]
+    )
+    assert staged.returncode == 1 and "staged at" in staged.stdout, staged.stdout + staged.stderr
+    staged_file = site.repo / ".trust" / "3.root.json"
+    assert run_lorien("trust", "sign", staged_file, "--sign-key", new[0]).returncode == 0
+    committed = run_lorien(
+        "trust", "commit", "--repo", site.repo, staged_file, "--sign-key", old[0], "--sign-key", new[0]
+    )
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+    assert check(device)["code"] == 200
+    assert device.status()["trust"]["tuf"]["root_version"] == 3
+    assert json.loads(site.file("metadata/root.json").read_bytes())["signed"]["roles"]["root"]["keyids"] != [keyid]
 
 
 def test_no_automatic_downgrade_unless_the_signed_manifest_allows_it(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
     serve_signed(site, keys, "1.0.0", "1.1.0", "1.2.0")
-    device = start_device(devices, site, tmp_path / "d", "1.1.0", keys["old"][1])
+    device = start_device(devices, site, tmp_path / "d", "1.1.0")
     assert update(device)["installed_version"] == "1.2.0"
     site.withdraw("1.2.0")  # the publisher withdraws 1.2.0: latest is 1.1.0 again
     site.publish(keys["old"][0])
@@ -421,7 +499,7 @@ def test_tope_update_installs_only_signed_versions_in_signed_mode(
     stranger = site.repo / "stranger.tflite"  # served by the same server, but no manifest lists it
     stranger.write_bytes(b"TFL3" + os.urandom(100_000))
     site.serve()
-    device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")
     listed = parse_manifest(site.file(MANIFEST).read_bytes()).version("1.1.0")
     for version, path, size, md5, ok in (
         ("9.9.9", "stranger.tflite", 100_004, hashlib.md5(stranger.read_bytes()).hexdigest(), False),
@@ -449,7 +527,7 @@ def test_tope_update_obeys_the_downgrade_rule_unless_the_operator_forces_it(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
     serve_signed(site, keys)
-    device = start_device(devices, site, tmp_path / "d", "1.1.0", keys["old"][1])
+    device = start_device(devices, site, tmp_path / "d", "1.1.0")
     older = parse_manifest(site.file(MANIFEST).read_bytes()).version("1.0.0")
     for label, force in (("1.0.0", None), ("9.9.9", None), ("1.0.0", True)):  # a lying label is the signed name
         body = {
@@ -480,7 +558,7 @@ def test_path_traversal_in_a_manifest_is_refused_even_unsigned(site: Site, tmp_p
     site.add("1.1.0")
     site.publish()
     site.serve()
-    device = start_device(devices, site, tmp_path / "d", "1.0.0")  # harness: --insecure-allow-unsigned
+    device = start_device(devices, site, tmp_path / "d", "1.0.0", signed=False)  # --insecure-allow-unsigned
     good = site.file(MANIFEST).read_bytes()
     document = json.loads(good)
     for hostile in ("blobs/../../etc/passwd", "/etc/passwd", "blobs/sha256/%2e%2e/x", "http://evil.example/x"):
@@ -522,7 +600,9 @@ def test_create_patch_on_a_signed_repository_needs_the_key_and_re_signs(tmp_path
             assert site.file(MANIFEST).read_bytes() == before
     raw = site.file(MANIFEST).read_bytes()
     assert parse_manifest(raw).patch("1.0.0", "1.1.0") is not None
-    verify_document(raw, MANIFEST, site.file(MANIFEST + ".sig").read_bytes(), [load_trusted_key(keys["old"][1])])
+    assert site.signed_copy(MANIFEST).read_bytes() == raw  # a signed target
+    verified = run_lorien("inspect", site.repo, "--verify", "--root", site.file("metadata/1.root.json"))
+    assert verified.returncode == 0, verified.stdout
 
 
 def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp_path: Path, keys) -> None:
@@ -543,17 +623,21 @@ def test_min_sequence_lifts_a_rebuilt_repository_above_what_devices_accepted(tmp
         site.publish(keys["old"][0], min_sequence=1 << 62)
 
 
-def test_a_rewritten_signature_is_reported_as_a_change_and_a_deleted_one_is_refused(tmp_path: Path, keys) -> None:
+def test_a_signed_target_deleted_or_changed_on_the_server_is_refused_by_the_next_publish(
+    tmp_path: Path, keys
+) -> None:
     site = Site(tmp_path / "s")
     site.add("1.0.0")
     site.publish(keys["old"][0])
-    both = (load_signing_key(keys["old"][0]), load_signing_key(keys["new"][0]))
-    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=both))  # rotation step: same bytes
-    assert report.families[0].manifest_written  # the new .sig is a change: watch's --after-publish copies it
-    signature = site.file(MANIFEST + ".sig")
-    signature.unlink()  # deleted by someone else (lorien's own interrupted writes leave a marker)
-    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=both))
-    assert "it has no signature" in " ".join(report.all_problems()) and not signature.exists()
+    signing = (load_signing_key(keys["old"][0]),)
+    manifest = site.file(MANIFEST)
+    genuine = manifest.read_bytes()
+    manifest.write_bytes(json.dumps({**json.loads(genuine), "allow_downgrade": True}).encode())
+    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=signing))
+    assert "not what the publisher signed" in " ".join(report.all_problems())
+    manifest.write_bytes(genuine)
+    report = publish(site.models, site.repo, options=PublishOptions(sign_keys=signing))
+    assert report.ok, report.all_problems()
 
 
 def test_a_device_can_tighten_the_patch_container_limits(tmp_path: Path) -> None:
@@ -573,7 +657,7 @@ def test_a_manual_rollback_records_its_version_so_later_checks_never_downgrade(
     site: Site, keys, tmp_path: Path, devices: list
 ) -> None:
     serve_signed(site, keys)
-    device = start_device(devices, site, tmp_path / "d", "1.0.0", keys["old"][1])
+    device = start_device(devices, site, tmp_path / "d", "1.0.0")
     assert update(device)["installed_version"] == "1.1.0"
     site.add("1.2.0")
     site.publish(keys["old"][0])
@@ -598,7 +682,7 @@ def test_a_sequence_pinned_while_insecure_does_not_block_the_signed_repository(
     site.add("1.1.0")
     site.publish()
     site.serve()
-    device = start_device(devices, site, tmp_path / "d", "1.0.0")  # insecure (harness default)
+    device = start_device(devices, site, tmp_path / "d", "1.0.0", signed=False)  # insecure (harness default)
     genuine = site.file(MANIFEST).read_bytes()
     document = json.loads(genuine)
     document["sequence"] = 1 << 62  # an on-path attacker pins the record while the device trusts no key
@@ -606,11 +690,12 @@ def test_a_sequence_pinned_while_insecure_does_not_block_the_signed_repository(
     assert check(device)["code"] == 200
     device.stop()
     site.file(MANIFEST).write_bytes(genuine)
-    site.publish(keys["old"][0])  # the repository gets signed, the device gets the key
+    site.publish(keys["old"][0])  # the repository gets signed, the device gets its root
     signed = DeviceProcess(
-        tmp_path / "d", site.server.url, device.model, "--trusted-key", str(keys["old"][1]), family=FAMILY
-    )
+        tmp_path / "d", site.server.url, device.model, "--trusted-root", str(site.installed_root(tmp_path / "d")),
+        family=FAMILY,
+    )  # fmt: skip
     devices.append(signed)
     answer = check(signed)
     assert answer["code"] == 200, answer
-    assert signed.status()["trust"]["accepted_manifest"]["signed_by"] == load_trusted_key(keys["old"][1]).keyid
+    assert signed.status()["trust"]["accepted_manifest"]["signed_by"].startswith("tuf targets")

@@ -34,14 +34,14 @@ import os
 import sys
 from importlib.metadata import version
 
-from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone
+from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone, trust
 from lorien.repo.errors import LocalIOError, LorienError
 from lorien.repo.logs import stream_handler
 
 EXIT_INTERRUPTED = 130
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a writer stopped by a closed pipe
 
-_GROUPS = (standalone, publishing, patches, inspection, serving, device, ctl)
+_GROUPS = (standalone, publishing, trust, patches, inspection, serving, device, ctl)
 
 
 def build_parser() -> argparse.ArgumentParser:

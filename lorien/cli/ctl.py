@@ -280,7 +280,9 @@ def _status(args: argparse.Namespace) -> int:
     sha = status.get("installed_sha256")
     last = status.get("last_result")
     trust = status.get("trust") or {}
-    keys = len(trust.get("trusted_keys") or [])
+    root = trust.get("trusted_root")
+    tuf = trust.get("tuf") or {}
+    verified = f"; last verified: root v{tuf['root_version']}, targets v{tuf['targets_version']}" if tuf else ""
     fields = {
         "family": status.get("family"),
         "installed": f"{status.get('installed_version') or 'unknown version'} (sha256 {sha[:16] if sha else '-'})",
@@ -288,7 +290,7 @@ def _status(args: argparse.Namespace) -> int:
         "stage": f"{status.get('stage')}{' (busy)' if status.get('busy') else ''}",
         "last result": f"{_result(last)}: {last.get('message')} ({last.get('at')})" if last else "-",
         "backups": len(status.get("backups") or []),
-        "trust": f"{keys} trusted key(s)" if keys else "none: unsigned manifests accepted (insecure)",
+        "trust": f"TUF, initial root {root}{verified}" if root else "none: unsigned manifests accepted (insecure)",
         "sequence": trust.get("highest_sequence"),
     }
     if (trust.get("last_refusal") or {}).get("message"):

@@ -23,23 +23,33 @@ def _inspect(args: argparse.Namespace) -> int:
     """show a repository (directory or http(s) URL)"""
     from lorien.repo.fetch import open_repository
     from lorien.repo.inspect import inspect_repository, render_text
-    from lorien.repo.signing import load_trusted_key
 
     if not args.verbose:  # urllib3 warns at each retry; the error that ends the command says why it failed
         logging.getLogger("urllib3").setLevel(logging.ERROR)
-    keys = tuple(load_trusted_key(path) for path in args.key or ())
+    trusted_root = _read_root(args.root) if args.root else None
     if not urlsplit(args.repo).scheme and not Path(args.repo).is_dir():
         raise BadInputError(
             f"{args.repo}: repository directory does not exist (give a directory or an http(s) URL)"
         )
     fetcher = open_repository(args.repo)
     with Progress("inspect", quiet=args.quiet) as progress:  # NetworkError if index.json cannot be had:
-        report = inspect_repository(fetcher, args.verify, keys, progress.bytes("blobs re-hashed"))
+        report = inspect_repository(fetcher, args.verify, trusted_root, progress.bytes("blobs re-hashed"))
     if args.json:
         print_fields(report.to_dict(), as_json=True)
     else:
         print(render_text(report, args.verify))
     return 0 if report.ok else 1
+
+
+def _read_root(path: Path) -> bytes:
+    from lorien.repo.tufmeta import ROOT, parse_metadata
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadInputError(f"--root {path}: cannot read: {error.strerror or error}") from None
+    parse_metadata(data, f"--root {path}", ROOT)
+    return data
 
 
 def register(commands: Commands) -> None:
@@ -49,8 +59,8 @@ def register(commands: Commands) -> None:
     command.add_argument("--verify", action="store_true", help="re-hash every referenced blob")
     add_quiet_option(command)
     command.add_argument(
-        "--key",
+        "--root",
         type=Path,
-        action="append",
-        help="trusted public key: index.json and every manifest must be signed by it (repeatable)",
+        help="trusted TUF root.json (the one devices have): verify the repository's metadata from it (default: the "
+        "repository's own metadata/1.root.json)",
     )

@@ -49,8 +49,22 @@ def _add_manifest_options(command: argparse.ArgumentParser) -> None:
     """How publish and watch sign, date and sequence manifests, and which engine makes their patches."""
     add_sign_key_option(
         command,
-        "ed25519 private key (lorien keygen); writes manifest.json.sig and index.json.sig. Repeat during a key "
-        "rotation to sign with the old and the new key",
+        "ed25519 private key (lorien keygen) of a TUF role the repository's root names: each signs the targets, "
+        "snapshot and timestamp metadata it may (repeat for several keys). A new repository gets a TUF root with "
+        "these keys in every role (`lorien trust` changes that)",
+    )
+    command.add_argument(
+        "--expiry",
+        action="append",
+        default=[],
+        metavar="ROLE=DAYS",
+        help="days TUF metadata stays valid: timestamp (default 1), snapshot (7), targets (30); renewed when half "
+        "is gone (lorien watch does it unattended)",
+    )
+    command.add_argument(
+        "--legacy-signatures",
+        action="store_true",
+        help="migration only: also write the old detached .sig files for devices not yet switched to TUF",
     )
     command.add_argument(
         "--expires-days",
@@ -100,10 +114,16 @@ def _publish_options(args: argparse.Namespace, progress: Progress, **extra: obje
     keys = load_sign_keys(args)
     if len({key.keyid for key in keys}) != len(keys):
         raise BadInputError("--sign-key: the same key was given twice")
+    from lorien.publisher.tuf_writer import Expiry
+
+    if args.legacy_signatures and not keys:
+        raise BadInputError("--legacy-signatures needs --sign-key (the old scheme's publisher key)")
     return PublishOptions(
         keep=args.keep,
         max_patch_ratio=args.max_patch_ratio,
         sign_keys=keys,
+        expiry=Expiry.parse(args.expiry),
+        legacy_signatures=args.legacy_signatures,
         expires_days=args.expires_days,
         allow_downgrade=args.allow_downgrade,
         min_sequence=args.min_sequence,

@@ -38,7 +38,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
     private, public, keyid = generate_keypair(args.out, args.name)
     print(f"private key {private} (mode 0600: keep it on the publisher only)")
-    print(f"public key  {public} (copy to devices, list it in trusted_keys)")
+    print(f"public key  {public} (name it in the repository's TUF root: lorien trust init / add-key)")
     print(f"key id      {keyid}")
     return 0
 

@@ -53,7 +53,7 @@ class DeviceProcess:
             "0",
             *extra,
         ]
-        if "--trusted-key" not in extra:  # most integration tests use unsigned repositories on purpose
+        if "--trusted-root" not in extra:  # most integration tests use unsigned repositories on purpose
             command.append("--insecure-allow-unsigned")
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
