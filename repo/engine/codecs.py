@@ -332,11 +332,7 @@ def _decode_diff_rans(payload: bytes, reference: bytes | memoryview, length: int
     states_at = escapes_at + escapes_length
     if states_at + 4 * lanes + 2 * word_count != len(payload):
         raise PatchError("rANS data lengths do not add up to its payload")
-    table = unpack(payload[RANS_HEADER.size : escapes_at], Backend.ZSTD, None, 2 * rans.SYMBOLS)
-    if len(table) % 2:
-        raise PatchError("rANS frequency table has an odd length")
-    freqs = np.zeros(rans.SYMBOLS, np.uint16)
-    freqs[: len(table) // 2] = np.frombuffer(table, np.uint16)
+    freqs = _rans_table(payload[RANS_HEADER.size : escapes_at])
     escapes = unpack(payload[escapes_at:states_at], Backend.ZSTD, None, length) if escapes_length else b""
     states = np.frombuffer(payload, np.uint32, lanes, states_at)
     words = np.frombuffer(payload, np.uint16, word_count, states_at + 4 * lanes)
@@ -376,11 +372,17 @@ def _decode_rans_bytes(stream: bytes, count: int) -> np.ndarray:
     states_at = RANS_BYTES_HEADER.size + table_length
     if states_at + 4 * lanes + 2 * word_count != len(stream):
         raise PatchError("rANS plane lengths do not add up to its stream")
-    table = unpack(stream[RANS_BYTES_HEADER.size : states_at], Backend.ZSTD, None, 2 * rans.SYMBOLS)
+    freqs = _rans_table(stream[RANS_BYTES_HEADER.size : states_at])
+    states = np.frombuffer(stream, np.uint32, lanes, states_at)
+    words = np.frombuffer(stream, np.uint16, word_count, states_at + 4 * lanes)
+    return rans.decode(states, words, freqs, count)
+
+
+def _rans_table(frame: bytes) -> np.ndarray:
+    """The 256 symbol frequencies from their zstd frame (uint16, up to the last used symbol)."""
+    table = unpack(frame, Backend.ZSTD, None, 2 * rans.SYMBOLS)
     if len(table) % 2:
         raise PatchError("rANS frequency table has an odd length")
     freqs = np.zeros(rans.SYMBOLS, np.uint16)
     freqs[: len(table) // 2] = np.frombuffer(table, np.uint16)
-    states = np.frombuffer(stream, np.uint32, lanes, states_at)
-    words = np.frombuffer(stream, np.uint16, word_count, states_at + 4 * lanes)
-    return rans.decode(states, words, freqs, count)
+    return freqs
