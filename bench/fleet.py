@@ -1,6 +1,7 @@
 """Fleet simulation: N devices update at once from real nginx through a proxy that cuts connections.
 
-``python -m bench.fleet [--devices 200] [--cut-share 0.2] [--seed 0] [--out bench/results]``
+``python -m bench.fleet [--devices 200] [--cut-share 0.2] [--seed 0] [--out bench/results]``;
+``--scenario rollout`` runs the staged-rollout simulation instead (``bench/fleet_rollout.py``).
 
 Data flow: a generated TFLite family (3 versions, 2 MB each) is published → real nginx serves it (config from
 ``lorien nginx-config``) → a fault-injecting TCP proxy in front cuts ``cut-share`` of the blob connections at
@@ -60,20 +61,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
-    versions = write_family(
-        work / "all" / "cls", ["1.0.0", "1.1.0", "1.2.0"], layer_sizes=DEFAULT_LAYERS, seed=seed
-    )
-    shutil.copytree(work / "all", work / "models")
-    private_key, _public_key, _keyid = generate_keypair(work / "keys")
-    signed = PublishOptions(sign_keys=(load_signing_key(private_key),))
-    assert publish(work / "models", work / "repo", options=signed).ok
-    digests = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in versions}
-    latest = hashlib.sha256(versions[-1].read_bytes()).hexdigest()
-
+def start_nginx(repo: Path, work: Path) -> tuple[subprocess.Popen, int]:
+    """Real nginx (config from ``lorien nginx-config``) serving ``repo`` on a free port; logs in work/nginx/logs."""
     port = _free_port()
     user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-    config = write_nginx_config(work / "repo", f"127.0.0.1:{port}", work / "nginx", user=user)
+    config = write_nginx_config(repo, f"127.0.0.1:{port}", work / "nginx", user=user)
     nginx = subprocess.Popen(
         [
             shutil.which("nginx") or "/usr/sbin/nginx",
@@ -91,6 +83,21 @@ def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
             break
         except OSError:
             time.sleep(0.05)
+    return nginx, port
+
+
+def run(devices: int, cut_share: float, seed: int, work: Path) -> dict:
+    versions = write_family(
+        work / "all" / "cls", ["1.0.0", "1.1.0", "1.2.0"], layer_sizes=DEFAULT_LAYERS, seed=seed
+    )
+    shutil.copytree(work / "all", work / "models")
+    private_key, _public_key, _keyid = generate_keypair(work / "keys")
+    signed = PublishOptions(sign_keys=(load_signing_key(private_key),))
+    assert publish(work / "models", work / "repo", options=signed).ok
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest(): p.stem for p in versions}
+    latest = hashlib.sha256(versions[-1].read_bytes()).hexdigest()
+
+    nginx, port = start_nginx(work / "repo", work)
     proxy = CuttingProxy(port, decide=random_cuts(cut_share, seed))
     rng = random.Random(seed)
     updaters = []
@@ -183,17 +190,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut-share", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--scenario",
+        choices=("update", "rollout"),
+        default="update",
+        help="update: every device updates at once (default); rollout: a staged rollout (bench/fleet_rollout.py)",
+    )
     args = parser.parse_args(argv)
+    if args.scenario == "rollout":
+        return _rollout(args)
     with tempfile.TemporaryDirectory(prefix="lorien-fleet-") as scratch:
         result = run(args.devices, args.cut_share, args.seed, Path(scratch))
-    result["at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"fleet-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    markdown = render(result)
-    (args.out / "fleet-latest.md").write_text(markdown)
-    print(markdown)
+    _write_results(args.out, "fleet", result, render)
     return 0 if result["converged"] == result["devices"] and result["corrupted"] == 0 else 1
+
+
+def _write_results(out: Path, name: str, result: dict, render_markdown: Callable[[dict], str]) -> None:
+    """``out/<name>-<UTC>.json`` (raw) and ``out/<name>-latest.md`` (table), which is also printed."""
+    result["at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"{name}-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    markdown = render_markdown(result)
+    (out / f"{name}-latest.md").write_text(markdown)
+    print(markdown)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from bench.fleet_rollout import render_rollout, run_rollout
+
+    with tempfile.TemporaryDirectory(prefix="lorien-fleet-rollout-") as scratch:
+        result = run_rollout(args.devices, args.cut_share, args.seed, Path(scratch), start_nginx, random_cuts)
+    _write_results(args.out, "fleet-rollout", result, render_rollout)
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -166,13 +166,32 @@ def _update(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
 
 
 def _update_latest(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
-    updater.update_latest()
+    now = body.get("now", False)
+    if not isinstance(now, bool):
+        raise ApiError(400, "now: must be true or false (true: ignore the download and deploy windows)")
+    updater.update_latest(now=now)
     return "update started", {}
 
 
 def _rollback(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
     updater.rollback()
     return "rollback started", {}
+
+
+def _control(updater: Updater, body: dict[str, Any]) -> tuple[str, Any]:
+    """``{"pin": "1.2.0" | null, "hold": true | false}`` (each optional): the operator's run-time pin and hold,
+    kept in state.json; the next check applies them."""
+    unknown = sorted(set(body) - {"pin", "hold"})
+    if unknown or not body:
+        raise ApiError(
+            400, f"{(unknown or ['body'])[0]}: expected pin (a version or null) and/or hold (true/false)"
+        )
+    pin = body.get("pin")
+    if pin is not None and (not isinstance(pin, str) or not _VERSION.fullmatch(pin)):
+        raise ApiError(400, f"pin: must be a version name or null, got {str(pin)[:80]!r}")
+    if "hold" in body and not isinstance(body["hold"], bool):
+        raise ApiError(400, "hold: must be true or false")
+    return "success", updater.set_control(**body)
 
 
 # Every route. Every request must name this API (Host, Origin); POST routes need the token (unless
@@ -182,9 +201,10 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/download", _download),
     ("POST", "/update", _update),
     ("GET", "/progress", lambda updater, body: ("success", updater.status_view().progress)),
-    ("POST", "/check", lambda updater, body: ("success", updater.check().to_dict())),
+    ("POST", "/check", lambda updater, body: ("success", {**updater.check().to_dict(), **updater.rollout_view()})),
     ("POST", "/update-latest", _update_latest),
     ("POST", "/rollback", _rollback),
+    ("POST", "/control", _control),
     ("GET", "/status", lambda updater, body: ("success", updater.status())),
     ("GET", "/metrics", lambda updater, body: _prometheus(updater.metrics.exposition())),
 )

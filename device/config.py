@@ -12,9 +12,11 @@ Every config key is also a ``lorien device`` flag: :func:`config_flags` derives 
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields, is_dataclass
@@ -23,15 +25,19 @@ from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from lorien.device.windows import Window
+from lorien.repo.channels import CHANNEL_NAME, DEFAULT_CHANNEL
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.layout import family_name_problem
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.transport import DOWNLOAD_RETRY, RetryPolicy
 from lorien.repo.tufmeta import ROOT, parse_metadata
+from lorien.repo.versions import version_name_problem
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 12315
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 def _flag_help(text: str, flag: str | None = None) -> dict[str, str]:
@@ -116,6 +122,24 @@ class DeviceConfig:
             "accept unsigned or badly signed manifests (anyone on the network path could install anything)"
         ),
     )
+    device_id: str | None = field(
+        default=None,
+        metadata=_flag_help("this device's identity (default: generated once into state_dir/device_id)"),
+    )
+    channel: str = field(
+        default=DEFAULT_CHANNEL, metadata=_flag_help("release channel to follow (default stable)")
+    )
+    pin: str | None = field(default=None, metadata=_flag_help("stay on this version (install it if absent)"))
+    hold: bool = field(default=False, metadata=_flag_help("check but do not install anything"))
+    download_window: str | None = field(
+        default=None, metadata=_flag_help('local hours in which to download, e.g. "02:00-05:00" (default: any)')
+    )
+    deploy_window: str | None = field(
+        default=None, metadata=_flag_help('local hours in which to deploy, e.g. "03:00-04:00" (default: any)')
+    )
+    max_download_rate: int = field(
+        default=0, metadata=_flag_help("bytes per second a download may use (default 0: no cap)")
+    )
     limits: Limits = field(default=DEFAULT_LIMITS, metadata={"flag": None})  # a table: device.toml only
     retry: RetrySettings = field(default_factory=RetrySettings)  # flags --retry-total-seconds, …
 
@@ -126,8 +150,10 @@ class DeviceConfig:
 
     @property
     def tuf_dir(self) -> Path:
-        """Trusted TUF metadata python-tuf keeps between checks (rollback protection across restarts)."""
-        return self.state_dir / "tuf"
+        """Trusted TUF metadata python-tuf keeps between checks (rollback protection across restarts), one
+        directory per repository URL (like the accepted-manifest records): another repository's versions never
+        count against this one."""
+        return self.state_dir / "tuf" / hashlib.sha256(self.repo_url.encode()).hexdigest()[:16]
 
     @property
     def tmp_dir(self) -> Path:
@@ -314,6 +340,14 @@ def _build(raw: dict[str, Any], where: str) -> DeviceConfig:
         stop_timeout=float(settings.number("stop_timeout", 10, 0, 600)),
         trusted_root=trusted_root,
         insecure_allow_unsigned=insecure,
+        device_id=_optional_text(settings, "device_id", DEVICE_ID, "letters, digits and . _ : -, at most 64"),
+        channel=_optional_text(settings, "channel", CHANNEL_NAME, "a-z, 0-9, _ and -, at most 32")
+        or DEFAULT_CHANNEL,
+        pin=_pin(settings),
+        hold=settings.flag("hold"),
+        download_window=_window(settings, "download_window"),
+        deploy_window=_window(settings, "deploy_window"),
+        max_download_rate=_rate(settings, _limits(raw.get("limits"), settings.bad)),
         limits=_limits(raw.get("limits"), settings.bad),
         retry=_retry(raw.get("retry"), settings.bad),
     )
@@ -343,6 +377,46 @@ def _check_keys(settings: _Settings) -> None:
     for key in ("repo_url", "family", "model_path", "state_dir"):
         if key not in settings.raw or settings.raw[key] in ("", None):
             raise settings.bad(key, 'required (e.g. repo_url = "https://models.example.com/repo/")')
+
+
+def _optional_text(settings: _Settings, key: str, pattern: re.Pattern[str], form: str) -> str | None:
+    value = settings.raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise settings.bad(key, f"must be {form} characters, got {value!r}")
+    return value
+
+
+def _window(settings: _Settings, key: str) -> str | None:
+    value = settings.raw.get(key)
+    if value is None:
+        return None
+    try:
+        return Window.parse(value).text if isinstance(value, str) else Window.parse(repr(value)).text
+    except ValueError as error:
+        raise settings.bad(key, str(error)) from None
+
+
+MIN_CAP = 4096  # bytes/s: a 64 KiB read then takes at most 16 s, well inside the stall and rate limits
+
+
+def _rate(settings: _Settings, limits: Limits) -> int:
+    rate = settings.number("max_download_rate", 0, 0, 1 << 40, integer=True)
+    floor = max(MIN_CAP, limits.min_rate)  # below the minimum rate the slow-retrieval guard would cut it
+    if rate and rate < floor:
+        raise settings.bad("max_download_rate", f"must be 0 (no cap) or at least {floor} bytes/s, got {rate}")
+    return rate
+
+
+def _pin(settings: _Settings) -> str | None:
+    value = settings.raw.get("pin")
+    if value is None:
+        return None
+    problem = version_name_problem(value) if isinstance(value, str) else "is not text"
+    if problem:
+        raise settings.bad("pin", f'must be a version name like "1.2.0": {value!r} {problem}')
+    return value
 
 
 def _api_access(settings: _Settings) -> tuple[str | None, bool, str]:

@@ -6,7 +6,8 @@ prometheus_client's global one), so several updaters can live in one process (te
 * read from the device's state at every scrape (they survive a restart): ``lorien_installed_info{family,
   version,sha256}``, ``lorien_stage{stage}`` (1 for the current stage, 0 for the others) and
   ``lorien_last_success_timestamp_seconds`` (the newest operation in ``state.json``'s history that ended well:
-  an install, an "already up to date" check, a package download);
+  an install, an "already up to date" check, a package download), ``lorien_rollout_info{channel,state,target}``
+  (the last rollout decision, docs/rollouts.md);
 * counted by this process (Prometheus counters start again at 0 when the device restarts; ``rate()`` and
   ``increase()`` handle such resets): ``lorien_updates_total{result}``, ``lorien_rollbacks_total``,
   ``lorien_download_bytes_total`` / ``lorien_full_bytes_total``, ``lorien_download_retries_total`` and the
@@ -47,9 +48,14 @@ class _StateCollector(Collector):
     """The metrics read from ``state.json`` (and the model in place) at scrape time."""
 
     def __init__(
-        self, family: str, state: StateStore, installed: InstalledModel, manifest: Callable[[], Manifest | None]
+        self,
+        family: str,
+        state: StateStore,
+        installed: InstalledModel,
+        manifest: Callable[[], Manifest | None],
+        channel: str,
     ) -> None:
-        self._family = family
+        self._family, self._channel = family, channel
         self._state = state
         self._installed = installed
         self._manifest = manifest
@@ -72,6 +78,13 @@ class _StateCollector(Collector):
         )
         success.add_metric([], self._last_success())
         yield success
+        decision = self._state.get("rollout") or {}
+        rollout = InfoMetricFamily(
+            "lorien_rollout", "The last rollout decision: channel, state (in, out, pinned, held, …) and target."
+        )
+        labels = {"channel": self._channel, "state": decision.get("state") or "unknown"}
+        rollout.add_metric([], {**labels, "target": decision.get("target") or ""})
+        yield rollout
 
     def _last_success(self) -> float:
         for entry in self._state.get("history") or []:
@@ -87,11 +100,17 @@ class DeviceMetrics:
     """The counters the updater's hooks feed, and the exposition of all of the device's metrics."""
 
     def __init__(
-        self, family: str, state: StateStore, installed: InstalledModel, manifest: Callable[[], Manifest | None]
+        self,
+        family: str,
+        state: StateStore,
+        installed: InstalledModel,
+        manifest: Callable[[], Manifest | None],
+        channel: str = "stable",
     ) -> None:
-        """``manifest``: the last manifest the updater accepted (the installed version's rule needs it)."""
+        """``manifest``: the last manifest the updater accepted (the installed version's rule needs it);
+        ``channel``: the one the device follows (``lorien_rollout_info``)."""
         self.registry = CollectorRegistry()
-        self.registry.register(_StateCollector(family, state, installed, manifest))
+        self.registry.register(_StateCollector(family, state, installed, manifest, channel))
         self._updates = Counter("lorien_updates", "Updates by how they ended.", ["result"], registry=self.registry)
         for result in RESULTS:
             self._updates.labels(result)  # every result shows, at 0 until it happens

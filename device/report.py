@@ -101,8 +101,11 @@ class Reporter:
         state: StateStore,
         callbacks: Callbacks,
         on_stage: Callable[[Stage, Stage], None] | None = None,
+        identity: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        """``on_stage(before, after)`` hears of every stage reported (the device's metrics)."""
+        """``on_stage(before, after)`` hears of every stage reported (the device's metrics); ``identity()``'s
+        fields (device, channel, installed version, rollout state) ride along in every callback."""
+        self._identity = identity
         self._family = family
         self._state = state
         self._callbacks = callbacks
@@ -150,7 +153,8 @@ class Reporter:
         log.log(level, "%s", logfmt(**fields, **({"error": error} if error else {})))
         if self._on_stage is not None:
             self._on_stage(before, stage)
-        self._callbacks.send({"family": self._family, **self._current})
+        identity = self._identity() if self._identity is not None else {}
+        self._callbacks.send({**identity, "family": self._family, **self._current})
 
     def _version(self, stage: Stage) -> str | None:
         """The version the news is about: the operation's target, or once it ended the version it was about."""

@@ -1,4 +1,4 @@
-"""What one ``lorien device`` process owns while it runs: its state directory and its API token.
+"""What one ``lorien device`` process owns while it runs: its state directory, its API token and its identity.
 
 * The state directory is locked (``state_dir/.lock``, an exclusive ``flock`` holding the pid, kept for the
   process lifetime): a second device started on the same state directory would resume the same ``.part`` files
@@ -6,6 +6,8 @@
 * Every POST needs a bearer token. Without ``api_token`` in the config, one is generated at the first start into
   ``state_dir/api_token`` (mode 0600, written atomically) and reused on later starts; local clients read it from
   there. ``insecure_no_token = true`` (loopback only) turns the token off, for TOPE clients that cannot send one.
+* The device's identity (``device_id``, which places it in staged rollouts and names it in its User-Agent) is the
+  configured one, else generated once (random, 128 bits) into ``state_dir/device_id`` atomically and kept.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from lorien.device.config import DeviceConfig
+from lorien.device.config import DEVICE_ID, DeviceConfig
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.errors import BusyError
 from lorien.repo.lock import exclusive_lock
 
 TOKEN_FILE = "api_token"
+DEVICE_ID_FILE = "device_id"
 LOCK_FILE = ".lock"
 
 
@@ -59,3 +62,21 @@ def _read_token(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     return token if len(token) >= 8 else None
+
+
+def device_identity(config: DeviceConfig) -> str:
+    """``config.device_id``, or the one in ``state_dir/device_id`` (generated now if missing or unreadable)."""
+    if config.device_id:
+        return config.device_id
+    path = config.state_dir / DEVICE_ID_FILE
+    try:
+        stored = path.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        stored = ""
+    if DEVICE_ID.fullmatch(stored):
+        return stored
+    identity = secrets.token_hex(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path) as sink:
+        sink.write(f"{identity}\n".encode())
+    return identity

@@ -207,6 +207,8 @@ def _empty() -> dict[str, Any]:
         "accepted_manifests": {},  # "<repo_url>#<family>" → that record: rollback protection per repository
         "known_versions": {},  # sha256 → version of models installed here (a manual rollback knows its version)
         "rejected_targets": {},  # sha256 → {version, reason, at} of models deployed here and rolled back
+        "control": {},  # the operator's run-time pin and hold (device.rollout), set through the API
+        "rollout": None,  # the last rollout decision (device.rollout.Decision), for /status and the User-Agent
     }
 
 

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,12 @@ from lorien.device.operations import Slots
 from lorien.device.packages import TopePackages
 from lorien.device.plan import Plan, Step, cheapest_plan, full_step, identify
 from lorien.device.report import Callbacks, Reporter
+from lorien.device.rollout import Decision, decide
+from lorien.device.startup import device_identity
 from lorien.device.state import Heal, Kind, OnDisk, Operation, Situation, Stage, StateStore, heal_action
 from lorien.device.steps import apply_steps, download_steps
 from lorien.device.trusted import AcceptedManifest, verify_manifest
+from lorien.device.windows import Window
 from lorien.repo.download import Downloader, DownloadPolicy, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
@@ -55,13 +59,14 @@ from lorien.repo.hashing import sha256_file
 from lorien.repo.layout import manifest_path
 from lorien.repo.manifest import Manifest, utc_now
 from lorien.repo.testhooks import crash_point
-from lorien.repo.transport import Transport
+from lorien.repo.transport import HttpTransport, Transport
 from lorien.repo.trust import TrustPolicy, read_trusted
 from lorien.repo.tufclient import TufClient
 from lorien.repo.tufmeta import HASH
 from lorien.repo.versions import is_newer
 
 log = logging.getLogger(__name__)
+LORIEN_VERSION = package_version("lorien")
 
 MAX_HEALTH_ATTEMPTS = 2  # a health check interrupted by a crash is retried once, then the update is rolled back
 
@@ -86,13 +91,18 @@ class Updater(TopePackages):
         ``tests/support/simulator.RepositorySimulator``)."""
         self.config = config
         self._state = StateStore(config.state_file)
+        self.device_id = device_identity(config)
+        if transport is not None:
+            transport.identity = self.identity_header
         self._transport = transport
-        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport)
+        self.fetcher = HttpFetcher(config.repo_url, limits=config.limits, transport=transport or self._http())
         self._trust = TrustPolicy(config.trusted_root_bytes, config.insecure_allow_unsigned, config.limits)
         self._installed = InstalledModel(config.model_path, self._state)
-        self.metrics = DeviceMetrics(config.family, self._state, self._installed, lambda: self._manifest)
+        self.metrics = DeviceMetrics(
+            config.family, self._state, self._installed, lambda: self._manifest, config.channel
+        )
         self._reporter = Reporter(
-            config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed
+            config.family, self._state, callbacks or Callbacks(None), self.metrics.stage_changed, self.identity
         )
         self._deployer = Deployer(config, self._state, self._reporter)
         self._slots = Slots(self._fail, self._tidy)
@@ -100,11 +110,22 @@ class Updater(TopePackages):
         self._last_refusal: dict[str, str] | None = None  # the last manifest refused, for /status
         self._tuf_state: dict[str, Any] | None = None  # the TUF roles of the last verified check, for /status
         self._trust_lock = threading.Lock()
+        self._window_override = threading.Event()  # an operator's "now": windows do not apply to this update
+        self._waiting_for: str | None = None  # "deploy" while an applied update waits for its window
 
     def _downloader(self, on_progress: Callable[[Progress], None]) -> Downloader:
-        policy = DownloadPolicy(retry=self.config.retry.policy, limits=self.config.limits)
+        policy = DownloadPolicy(
+            retry=self.config.retry.policy, limits=self.config.limits, max_rate=self.config.max_download_rate
+        )
         on_progress = self.metrics.counting_retries(on_progress)  # GET /metrics counts the waits for a retry
-        return Downloader(policy=policy, on_progress=on_progress, transport=self._transport)
+        return Downloader(policy=policy, on_progress=on_progress, transport=self._transport or self._http())
+
+    def _http(self) -> HttpTransport:
+        """A transport of its own (documents and blobs are fetched from different threads) whose requests name
+        lorien, the family, channel, installed version and rollout state in their User-Agent."""
+        transport = HttpTransport(self.config.limits)
+        transport.identity = self.identity_header
+        return transport
 
     # ------------------------------------------------------------------ operation control
 
@@ -196,17 +217,76 @@ class Updater(TopePackages):
     def _check(self) -> Plan:
         self.metrics.checked()
         manifest, client = self._read_verified_manifest()
+        found = identify(self.config.model_path, manifest)
+        installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
+        found = replace(found, version=installed)
+        decision = self._decide(manifest, installed)
+        if decision.target is None:  # stay: nothing to plan
+            return Plan(found, installed or manifest.latest, (), found.size)
         plan = cheapest_plan(
-            manifest, identify(self.config.model_path, manifest), max_chain=self.config.limits.max_chain_length
+            manifest, found, target=decision.target, max_chain=self.config.limits.max_chain_length
         )
         if client is not None:
             for step in plan.steps:
                 _check_signed_blob(client, step.blob, step.size, step.sha256)
-        installed = self._installed.remember(manifest)  # one rule: also a version this device recorded
-        plan = replace(plan, installed=replace(plan.installed, version=installed))
-        if not plan.up_to_date:
+        if not plan.up_to_date and not decision.downgrade:
             self._refuse_downgrade(installed, plan.latest, manifest.allow_downgrade, "the manifest's latest")
         return plan
+
+    def _decide(self, manifest: Manifest, installed: str | None) -> Decision:
+        """The rollout decision (``device.rollout``) for this manifest, kept for ``/status`` and the User-Agent."""
+        decision = decide(
+            manifest,
+            device_id=self.device_id,
+            channel=self.config.channel,
+            installed=installed,
+            now=datetime.now(UTC),
+            **self._control(),
+        )
+        if decision.to_dict() != self._state.get("rollout"):
+            self._state.update(rollout=decision.to_dict())
+        if decision.target is not None and decision.target != installed:
+            log.info("rollout: %s", decision.reason)
+        return decision
+
+    def _control(self) -> dict[str, Any]:
+        """The pin and hold in force: the operator's run-time ones (state.json), once set, over the config's."""
+        control = self._state.get("control") or {}
+        return {
+            "pin": control.get("pin", self.config.pin),
+            "hold": bool(control.get("hold", self.config.hold)),
+        }
+
+    def rollout_view(self) -> dict[str, Any]:
+        """``{"rollout": …}`` for ``/check``: the last decision (why this target, bucket, share)."""
+        return {"rollout": self._state.get("rollout")}
+
+    def set_control(self, **changes: Any) -> dict[str, Any]:
+        """Set the run-time ``pin`` (a version, or None to unpin) and/or ``hold``; persisted atomically in
+        state.json, applied by the next check. Returns the pin and hold now in force."""
+        self._state.update(control={**(self._state.get("control") or {}), **changes})
+        log.info("operator control: %s", changes)
+        return self._control()
+
+    def identity(self) -> dict[str, Any]:
+        """What every request and report says about this device: family, channel, installed version, rollout."""
+        decision = self._state.get("rollout") or {}
+        installed = self._installed.version(self._manifest)  # re-hashed only when the file changed
+        state = decision.get("state") or "unknown"
+        if decision.get("bucket") is not None:
+            state += f":{decision['bucket']:.2f}/{decision.get('percent') or 0:g}"
+        return {
+            "device_id": self.device_id,
+            "family": self.config.family,
+            "channel": self.config.channel,
+            "installed": installed or "none",
+            "rollout": state,
+        }
+
+    def identity_header(self) -> str:
+        """The User-Agent: ``lorien/0.1.0 (device=…; family=…; channel=…; installed=…; rollout=in:12.34/25)``."""
+        fields = "; ".join(f"{key.removesuffix('_id')}={value}" for key, value in self.identity().items())
+        return f"lorien/{LORIEN_VERSION} ({fields})"
 
     @staticmethod
     def _refuse_downgrade(installed: str | None, target: str, allowed: bool, what: str) -> None:
@@ -220,15 +300,48 @@ class Updater(TopePackages):
 
     # ------------------------------------------------------------------ manifest-driven update
 
-    def update_latest(self, retry_rejected: bool = True) -> None:
+    def update_latest(self, retry_rejected: bool = True, now: bool = False) -> None:
         """Update to the manifest's latest in the background. ``retry_rejected=False`` (periodic checks) skips a
         target that was already deployed here and rolled back, instead of stopping the service for it on every
-        interval.
+        interval. Outside ``download_window`` the update waits for a later check; outside ``deploy_window`` an
+        applied update waits for it; ``now`` (an operator's request) ignores both windows, and also releases an
+        update already waiting for its deploy window.
 
         Raises:
             Busy: another operation is running.
         """
-        self._start(Kind.UPDATE_LATEST, lambda: self._update_latest(retry_rejected))
+        if now and self._waiting_for is not None:
+            self._window_override.set()  # releases the operation waiting for its deploy window
+            return
+
+        def work() -> None:
+            if now:
+                self._window_override.set()
+            else:
+                self._window_override.clear()
+            self._update_latest(retry_rejected)
+
+        self._start(Kind.UPDATE_LATEST, work)
+
+    def _window(self, which: str) -> Window | None:
+        text = self.config.download_window if which == "download" else self.config.deploy_window
+        return Window.parse(text) if text else None
+
+    def _outside(self, which: str) -> str | None:
+        """The /progress message when now is outside the ``which`` window (and no override), else None."""
+        window, moment = self._window(which), datetime.now().astimezone()
+        if window is None or window.contains(moment) or self._window_override.is_set():
+            return None
+        return window.waiting_message(which, moment)
+
+    def _wait_for_deploy_window(self, target: str) -> None:
+        """Hold a downloaded, applied update until the deploy window opens (or an operator says now)."""
+        while (message := self._outside("deploy")) is not None:
+            if self._waiting_for is None:
+                self._waiting_for = "deploy"
+                self._reporter.report(Stage.APPLYING, f"{target} ready; {message}", 100.0)
+            self._window_override.wait(30)
+        self._waiting_for = None
 
     def _update_latest(self, retry_rejected: bool) -> None:
         started = utc_now()
@@ -248,6 +361,11 @@ class Updater(TopePackages):
             self._state.finish(True, f"already up to date ({plan.latest})", plan.latest, record=operation)
             self._reporter.report(Stage.IDLE, f"already up to date ({plan.latest})", 100.0)
             return
+        decision = Decision(**self._state.get("rollout")) if self._state.get("rollout") else None
+        if decision is not None and not decision.install:
+            self._state.update(stage=Stage.IDLE)
+            self._reporter.report(Stage.IDLE, f"{decision.reason}; not installing", 100.0)
+            return
         rejected = (self._state.get("rejected_targets") or {}).get(plan.steps[-1].target_sha256)
         if rejected and not retry_rejected:
             message = (
@@ -256,6 +374,14 @@ class Updater(TopePackages):
             )
             self._state.update(stage=Stage.IDLE)
             self._reporter.report(Stage.IDLE, message, 100.0)
+            return
+        if (message := self._outside("download")) is not None:
+            self._state.update(stage=Stage.IDLE)
+            self._reporter.report(
+                Stage.IDLE,
+                f'{plan.latest} planned; {message} (POST /update-latest {{"now": true}} overrides)',
+                0.0,
+            )
             return
         for step in plan.steps:
             if step.kind in ("patch", "compressed"):
@@ -289,6 +415,7 @@ class Updater(TopePackages):
             candidate = self._candidate(steps)
         self._state.update_op(candidate=str(candidate))
         self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
+        self._wait_for_deploy_window(operation.target or "the update")
         self._deployer.deploy(candidate, operation.target, operation.target_sha256)
 
     def _candidate(self, steps: list[Step]) -> Path:
@@ -416,6 +543,7 @@ class Updater(TopePackages):
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],
+            "rollout": {**self.identity(), **self._control(), "decision": snapshot.get("rollout")},
             "trust": {
                 "trusted_root": str(self.config.trusted_root) if self.config.trusted_root else None,
                 "tuf": self._tuf_state,

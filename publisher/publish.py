@@ -5,9 +5,11 @@ Flow, under the repository's writer lock:
 1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
 3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying),
-   compress the newest on its own when that saves enough and it has no compressed blob yet (older versions keep
-   the one they have), create missing patches from each of the previous ``keep`` versions to the newest
-   (sources are read from the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content changed,
+   compress the newest and every channel's target on its own when that saves enough and it has no compressed
+   blob yet (other versions keep the one they have), create missing patches from each of the previous ``keep``
+   versions to the newest and to every channel's target (``channels.toml``, :mod:`publisher.channels`; sources
+   are read from the repository's own verified blobs), then write ``<family>/manifest.json`` only if its content
+   changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -35,9 +37,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lorien.publisher.channels import CHANNELS_FILE, merge_channels, read_channels_file
 from lorien.publisher.options import DEFAULT_KEEP, PublishOptions
 from lorien.publisher.scan import ModelFile, ScanResult, scan_models
 from lorien.publisher.writer import RepositoryWriter
+from lorien.repo.channels import DEFAULT_CHANNEL
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, PatchStats
 from lorien.repo.engine.completeness import incomplete_reason
 from lorien.repo.errors import LocalIOError, LorienError
@@ -74,7 +78,7 @@ class FamilyResult:
     skipped: list[str] = field(default_factory=list)  # watch mode: bad files left out, family still published
     new_versions: list[str] = field(default_factory=list)
     withdrawn: list[str] = field(default_factory=list)  # versions the previous manifest had and this one has not
-    compressed: tuple[str, PatchStats, bool] | None = None  # (version, stats, kept) when one was made
+    compressed: list[tuple[str, PatchStats, bool]] = field(default_factory=list)  # (version, stats, kept) made
 
     def events(self) -> list[dict[str, Any]]:
         """What publishing this family did (see :meth:`PublishReport.events`)."""
@@ -89,10 +93,8 @@ class FamilyResult:
             "patches": [_patch_event(*created) for created in self.patches_created],
             "rejected_patches": [_patch_event(*rejected) for rejected in self.patches_rejected],
         }
-        if self.compressed is not None:
-            version, stats, kept = self.compressed
-            published["compressed"] = {**_patch_event("", version, stats), "kept": kept}
-            del published["compressed"]["source"]
+        if self.compressed:
+            published["compressed"] = [_compressed_event(*made) for made in self.compressed]
         return [published] + [{"event": "withdrawn", "family": self.family, "version": v} for v in self.withdrawn]
 
 
@@ -121,6 +123,12 @@ class PublishReport:
         events += [{"event": "problem", "family": None, "message": problem} for problem in self.problems]
         events += [{"event": "skipped", "message": message} for message in self.skipped]
         return [*events, {"event": "index", "written": self.index_written}]
+
+
+def _compressed_event(version: str, stats: PatchStats, kept: bool) -> dict[str, Any]:
+    event = {**_patch_event("", version, stats), "kept": kept}
+    del event["source"]
+    return event
 
 
 def _patch_event(source: str, target: str, stats: PatchStats) -> dict[str, Any]:
@@ -209,6 +217,12 @@ def publish_family(
         result.skipped, result.problems = result.problems, []
     if result.problems or not entries:
         return result  # (lenient: every file of the family is still incomplete or bad)
+    channels_file = files[0].path.parent / CHANNELS_FILE
+    channels, notes = merge_channels(
+        read_channels_file(channels_file), previous, {entry.version for _, entry, _ in entries}, str(channels_file)
+    )
+    for note in notes:
+        log.warning("%s", note)
     versions = []
     for model, entry, digests in entries:
         _, created = writer.store_model(model.path, digests, model.extension)
@@ -216,10 +230,6 @@ def publish_family(
         versions.append(entry)
     by_name = {entry.version: _with_compressed(writer, previous, entry) for entry in versions}
     order = sort_versions(by_name)
-    latest = by_name[order[-1]] = _compressed_latest(writer, by_name[order[-1]], options, result)
-    patches = _still_valid_patches(writer, previous, by_name)
-    sources = [by_name[name] for name in (order[:-1][-keep:] if keep > 0 else [])]
-    _make_patches(writer, sources, latest, patches, options, result)
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
         allow_downgrade = previous.allow_downgrade if previous is not None else False
@@ -227,11 +237,13 @@ def publish_family(
         family=family,
         sequence=0,
         generated_at="",
-        latest=latest.version,
+        latest=order[-1],
         versions=tuple(by_name[name] for name in order),
-        patches=ordered_patches(order, list(patches.values())),
+        patches=tuple(_still_valid_patches(writer, previous, by_name).values()),
         allow_downgrade=allow_downgrade,
+        channels=channels,
     )
+    manifest = with_channel_patches(writer, manifest, keep, options, result)
     final, result.manifest_written = writer.write_manifest(manifest, previous)
     writer.write_family_page(final)
     result.latest, result.versions = final.latest, len(final.versions)
@@ -250,20 +262,46 @@ def _with_compressed(writer: RepositoryWriter, previous: Manifest | None, entry:
     return replace(entry, compressed=kept)
 
 
-def _compressed_latest(
-    writer: RepositoryWriter, latest: VersionEntry, options: PublishOptions, result: FamilyResult
+def _compressed_target(
+    writer: RepositoryWriter, target: VersionEntry, options: PublishOptions, result: FamilyResult
 ) -> VersionEntry:
-    """The newest version with a compressed blob, made now if it has none and compressing saves enough (a
-    model that does not is remembered for this process, so a watcher does not try it again)."""
-    if latest.compressed is not None or not options.compress or latest.sha256 in options.incompressible:
-        return latest
-    label = f"{result.family} {latest.version} compressed"
-    compressed, stats = writer.create_compressed(latest, _progress(options, label))
-    result.compressed = (latest.version, stats, compressed is not None)
+    """A version devices are sent to, with a compressed blob, made now if it has none and compressing saves
+    enough (a model that does not is remembered for this process, so a watcher does not try it again)."""
+    if target.compressed is not None or not options.compress or target.sha256 in options.incompressible:
+        return target
+    label = f"{result.family} {target.version} compressed"
+    compressed, stats = writer.create_compressed(target, _progress(options, label))
+    result.compressed.append((target.version, stats, compressed is not None))
     if compressed is None:
-        options.incompressible.add(latest.sha256)
-        return latest
-    return replace(latest, compressed=compressed)
+        options.incompressible.add(target.sha256)
+        return target
+    return replace(target, compressed=compressed)
+
+
+def with_channel_patches(
+    writer: RepositoryWriter, manifest: Manifest, keep: int, options: PublishOptions, result: FamilyResult
+) -> Manifest:
+    """``manifest`` (versions oldest first) with ``latest`` set — the ``stable`` channel's target when there is
+    one (clients without channels follow it), else the newest version — and the missing patches made towards
+    latest and every channel's target: from the ``keep`` versions before each target and from the versions a
+    channel rolled back to it; each of those targets also compressed on its own (``_compressed_target``). Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
+    order = [entry.version for entry in manifest.versions]
+    by_name = {entry.version: entry for entry in manifest.versions}
+    channels = manifest.channels or {}
+    latest = channels[DEFAULT_CHANNEL].target if DEFAULT_CHANNEL in channels else order[-1]
+    patches = {(patch.source, patch.target): patch for patch in manifest.patches}
+    targets = list(dict.fromkeys([latest, *(channel.target for channel in channels.values())]))
+    for target in targets:  # a device with no usable version downloads these whole: compressed when it pays
+        by_name[target] = _compressed_target(writer, by_name[target], options, result)
+    for target in targets:
+        before = order[: order.index(target)]
+        named = [name for channel in channels.values() if channel.target == target for name in channel.rolled_back]
+        sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
+        _make_patches(writer, sources, by_name[target], patches, options, result)
+    versions = tuple(by_name[name] for name in order)
+    return replace(
+        manifest, latest=latest, versions=versions, patches=ordered_patches(order, list(patches.values()))
+    )
 
 
 def _progress(options: PublishOptions, label: str) -> ByteProgress | None:

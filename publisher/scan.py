@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorien.publisher.channels import CHANNELS_FILE
 from lorien.repo.errors import BadInputError
 from lorien.repo.fingerprint import MIN_FILE_SIZE
 from lorien.repo.layout import family_name_problem
@@ -103,8 +104,8 @@ def scan_family(directory: Path, result: ScanResult) -> None:
         return
     files: list[ModelFile] = []
     for entry in sorted(directory.iterdir()):
-        if entry in result.exclude or _skip(entry, result):
-            continue
+        if entry in result.exclude or _skip(entry, result) or entry.name == CHANNELS_FILE:
+            continue  # channels.toml: the family's channels (publisher.channels), not a version
         if entry.is_dir():
             result.file_problem(
                 family, f"{entry}: unexpected directory; a family holds <version>.<ext> files only"

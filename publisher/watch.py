@@ -10,6 +10,9 @@ Data flow::
         is reported once and skipped; files still pending are excluded) ─▶ one log line per new version
         ─▶ ``--after-publish`` command ─▶ garbage collection of blobs unreferenced for ``--grace`` seconds
 
+Every tick it also applies the ``lorien rollout --models`` requests waiting in ``MODELS/.lorien-rollout/``
+(``publisher.rollout_requests``): a rollout change needs the writer lock this process holds.
+
 The watcher holds the repository's writer lock for its whole life, so a second watcher or publisher fails fast
 naming its pid. SIGTERM/SIGINT stop it after the current publish. Every write is the publisher's atomic,
 ordered write, so a crash at any instant and a restart converge to the same repository.
@@ -33,10 +36,13 @@ from watchdog.observers import Observer
 
 from lorien.publisher.gc import collect_garbage
 from lorien.publisher.publish import PublishOptions, PublishReport, RepositoryWriter, publish
+from lorien.publisher.rollout import change_channel
+from lorien.publisher.rollout_requests import RolloutRequest, serve_requests
 from lorien.publisher.scan import is_ignored
 from lorien.repo.engine import DEFAULT_ENGINE
 from lorien.repo.errors import BadInputError, LorienError
 from lorien.repo.lock import repository_lock
+from lorien.repo.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +167,7 @@ class Watcher:
                 next_gc = time.monotonic() + min(60.0, max(settings.grace / 4, 1.0))
                 next_refresh = time.monotonic() + self._refresh_period()
                 while not self.stopping.wait(TICK):
+                    self._rollout_requests()
                     if self._ready_to_publish():
                         self._publish("change")
                     if time.monotonic() >= next_refresh:
@@ -238,6 +245,19 @@ class Watcher:
         if any(f.manifest_written for f in report.families) or report.index_written:
             self._after_publish()
         self._gc()
+
+    def _rollout_requests(self) -> None:
+        """Apply the ``lorien rollout --models`` requests waiting beside the models (publisher.rollout_requests)."""
+        settings = self.settings
+        options = settings.options
+
+        def apply(request: RolloutRequest) -> Manifest:
+            own = PublishOptions(keep=options.keep, sign_keys=options.sign_keys, expires_days=options.expires_days)
+            edit = request.edit()
+            return change_channel(settings.repo, request.family, request.channel, edit, own, locked=True)
+
+        if serve_requests(settings.models, apply):
+            self._after_publish()
 
     def _refresh_period(self) -> float:
         """How often to look for metadata near expiry: an eighth of the shortest validity period — the manifests'

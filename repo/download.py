@@ -26,6 +26,8 @@ rate-guarded body)::
 
 The caller owns the ``.part`` path; on success it holds exactly the verified bytes. Timeouts and rates come
 from the transport's :class:`~repo.limits.Limits` (the default transport is built from ``policy.limits``).
+``policy.max_rate`` caps the bytes per second: after each chunk the download waits (on the transport's
+``sleep``) until the bytes received fit within the cap.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class DownloadPolicy:
     retry: RetryPolicy = DOWNLOAD_RETRY  # attempts per download, each resuming the .part
     verify_attempts: int = 2  # whole downloads after a digest mismatch or an oversized body
     limits: Limits = DEFAULT_LIMITS  # for the default transport: connect/stall timeouts, the minimum rate
+    max_rate: int = 0  # bytes per second a download may use (the device's max_download_rate); 0: no cap
 
 
 class Downloader:
@@ -171,6 +174,10 @@ class Downloader:
                 sink.write(chunk)
                 remaining -= len(chunk)
                 received += len(chunk)
+                if self.policy.max_rate:  # the cap: wait until the bytes so far fit within it
+                    ahead = received / self.policy.max_rate - (clock() - started)
+                    if ahead > 0:
+                        self.transport.sleep(ahead)
                 if self.on_progress is not None:
                     rate = received / max(clock() - started, 1e-6)
                     self.on_progress(

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lorien.repo.channels import Channel
 from lorien.repo.errors import LorienError, NetworkError, NotFoundError
 from lorien.repo.fetch import Fetcher
 from lorien.repo.hashing import digest_chunks
@@ -233,6 +234,19 @@ def _compressed(size: int, entry: Any) -> str:
     return f"{human_size(entry.compressed.size)} {100 * entry.compressed.size / size:4.1f}%"
 
 
+def _channel_text(channel: Channel) -> str:
+    """``1.3.0 at 10 % (halted) from 2026-12-01T02:00:00Z, previous 1.2.0, rolled back 1.2.5``."""
+    text = channel.target
+    rollout = channel.rollout
+    if rollout is not None:
+        text += f" at {rollout.percent:g} %" + (" (halted)" if rollout.halted else "")
+        text += f" from {rollout.start}" if rollout.start else ""
+        text += "".join(f", {step.percent:g} % at {step.at}" for step in rollout.steps)
+    text += f", previous {channel.previous}" if channel.previous else ""
+    text += f", rolled back {', '.join(channel.rolled_back)}" if channel.rolled_back else ""
+    return text
+
+
 def render_text(report: Report, verified: bool) -> str:
     lines = [f"repository {report.location}"]
     if report.tuf is not None:
@@ -261,6 +275,8 @@ def render_text(report: Report, verified: bool) -> str:
                 f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_compressed(entry.size, entry):>18} "
                 f"{entry.format:<12} {entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
             )
+        for channel, published in sorted((manifest.channels or {}).items()):
+            lines.append(f"  channel {channel}: {_channel_text(published)}")
         if manifest.patches:
             lines.append(f"  {'patch':<34} {'engine':<8} {'size':>11} {'of full':>8}")
             for patch in manifest.patches:

@@ -18,6 +18,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lorien.repo.atomic import canonical_json
+from lorien.repo.channels import (
+    CHANNEL_NAME,
+    MAX_CHANNELS,
+    MAX_ROLLED_BACK,
+    MAX_STEPS,
+    Channel,
+    Rollout,
+    RolloutStep,
+    channels_to_dict,
+)
 from lorien.repo.errors import ManifestError
 from lorien.repo.fingerprint import FORMATS, Fingerprint
 from lorien.repo.layout import checked_blob_path, checked_relative_path, family_name_problem
@@ -144,6 +154,10 @@ class Manifest:
     schema: int = SCHEMA_VERSION
     expires: str | None = None  # after this instant devices refuse the manifest (freeze defence); None: never
     allow_downgrade: bool = False  # publisher decision: devices on a newer version may go back to ``latest``
+    channels: dict[str, Channel] | None = None  # optional (repo.channels); None: every device follows ``latest``
+
+    def channel(self, name: str) -> Channel | None:
+        return (self.channels or {}).get(name)
 
     def version(self, name: str) -> VersionEntry:
         for entry in self.versions:
@@ -181,6 +195,8 @@ class Manifest:
             data["expires"] = self.expires
         if self.allow_downgrade:
             data["allow_downgrade"] = True
+        if self.channels:
+            data["channels"] = channels_to_dict(self.channels)
         return data
 
     def to_bytes(self) -> bytes:
@@ -421,9 +437,80 @@ def parse_manifest(raw: bytes, where: str = "manifest.json", limits: Limits = DE
         schema=schema,
         expires=expires,
         allow_downgrade=reader.optional("allow_downgrade", bool, False),
+        channels=_parse_channels(reader) if "channels" in reader.data else None,
     )
     _check_references(manifest, where)
     return manifest
+
+
+def _checked_time(reader: _Reader, key: str) -> str:
+    text = reader.str(key, _TIMESTAMP)
+    try:
+        parse_timestamp(text)
+    except ValueError as error:
+        raise ManifestError(f"{reader.where}.{key}: {error}") from None
+    return text
+
+
+def _percent(reader: _Reader, key: str) -> float:
+    value = reader._get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise ManifestError(f"{reader.where}.{key}: expected a number from 0 to 100, got {str(value)[:40]}")
+    if round(value, 2) != value:
+        raise ManifestError(f"{reader.where}.{key}: {value} has more than two decimals")
+    return float(value)
+
+
+def _known_keys(reader: _Reader, known: set[str]) -> None:
+    unknown = sorted(set(reader.data) - known)
+    if unknown:
+        raise ManifestError(
+            f"{reader.where}: unknown field {unknown[0][:40]!r} (known: {', '.join(sorted(known))})"
+        )
+
+
+def _parse_rollout(reader: _Reader) -> Rollout:
+    _known_keys(reader, {"percent", "start", "steps", "halted"})
+    steps = []
+    for i, item in enumerate(reader.list("steps", MAX_STEPS) if "steps" in reader.data else []):
+        step = reader.item(item, f"{reader.where}.steps[{i}]")
+        _known_keys(step, {"at", "percent"})
+        steps.append(RolloutStep(_checked_time(step, "at"), _percent(step, "percent")))
+    if [s.at for s in steps] != sorted(s.at for s in steps):
+        raise ManifestError(f"{reader.where}.steps: must be in time order")
+    return Rollout(
+        percent=_percent(reader, "percent"),
+        start=_checked_time(reader, "start") if "start" in reader.data else None,
+        steps=tuple(steps),
+        halted=reader.optional("halted", bool, False),
+    )
+
+
+def _parse_channel(reader: _Reader) -> Channel:
+    _known_keys(reader, {"target", "previous", "rollout", "rolled_back"})
+    rolled_back = []
+    for i, item in enumerate(reader.list("rolled_back", MAX_ROLLED_BACK) if "rolled_back" in reader.data else []):
+        if not isinstance(item, str) or version_name_problem(item):
+            raise ManifestError(f"{reader.where}.rolled_back[{i}]: {str(item)[:80]!r} is not a version name")
+        rolled_back.append(item)
+    return Channel(
+        target=_checked_version_name(reader, "target"),
+        previous=_checked_version_name(reader, "previous") if "previous" in reader.data else None,
+        rollout=_parse_rollout(reader.sub("rollout")) if "rollout" in reader.data else None,
+        rolled_back=tuple(rolled_back),
+    )
+
+
+def _parse_channels(reader: _Reader) -> dict[str, Channel]:
+    table = reader.sub("channels")
+    if len(table.data) > MAX_CHANNELS:
+        raise ManifestError(f"{table.where}: {len(table.data)} channels exceed the limit of {MAX_CHANNELS}")
+    channels = {}
+    for name in sorted(table.data):
+        if not isinstance(name, str) or not CHANNEL_NAME.fullmatch(name):
+            raise ManifestError(f"{table.where}: channel name {name[:40]!r} is not in the form [a-z0-9_-]{{1,32}}")
+        channels[name] = _parse_channel(table.sub(name))
+    return channels
 
 
 def _check_references(manifest: Manifest, where: str) -> None:
@@ -436,6 +523,12 @@ def _check_references(manifest: Manifest, where: str) -> None:
         raise ManifestError(f"{where}: lists no versions")
     if manifest.latest not in by_name:
         raise ManifestError(f"{where}.latest: {manifest.latest!r} is not one of the listed versions")
+    for name, channel in (manifest.channels or {}).items():
+        for version in channel.versions():
+            if version not in by_name:
+                raise ManifestError(
+                    f"{where}.channels.{name}: version {version!r} is not one of the listed versions"
+                )
     ids: set[str] = set()
     for patch in manifest.patches:
         if patch.id in ids:

@@ -7,7 +7,8 @@ for ``inspect --verify``) and the resumable downloader (repo.download: the devic
       → Transport._open(url, headers, head, whole)  the only method a transport implements (HttpTransport:
                                                  requests; tests: an in-memory repository). Sends ``Range:
                                                  bytes=start-`` with ``If-Range: validator`` when resuming, and
-                                                 ``Accept-Encoding: identity`` for blobs
+                                                 ``Accept-Encoding: identity`` for blobs, and the
+                                                 transport's ``identity`` as User-Agent when it has one
       → Transport.get checks the answer          the head must be complete within ``limits.head_timeout`` (else
                                                  TransientNetworkError), and before the request's ``deadline``;
                                                  500/502/503/504 → TransientNetworkError (retried); another 4xx
@@ -216,7 +217,9 @@ class Answer:
 class Transport(ABC):
     """Implement :meth:`_open`; :meth:`get` adds the checks, the bound, the rate guard and the deadlines. ``clock``
     and ``sleep`` are the transport's time: the rate guard and the deadlines read one, retry pauses use the
-    other."""
+    other. ``identity``, when set, gives the ``User-Agent`` of every request (the device names itself there)."""
+
+    identity: Callable[[], str] | None = None
 
     def __init__(
         self,
@@ -244,6 +247,8 @@ class Transport(ABC):
                 Content-Length or Content-Range, or the request's ``deadline`` passed.
         """
         headers = {"Accept-Encoding": "identity"} if request.blob else {}
+        if self.identity is not None:
+            headers["User-Agent"] = self.identity()
         if request.start:
             headers["Range"] = f"bytes={request.start}-"
             if request.validator:

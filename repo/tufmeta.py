@@ -130,10 +130,15 @@ def lorien_error(error: Exception, where: str) -> LorienError:
     """A python-tuf exception as the lorien error of the same cause (exit code, API status, advice)."""
     if isinstance(error, LorienError):
         return error
+    text = f"{where}: {error}"
+    if isinstance(error, tuf_errors.DownloadHTTPError) and error.status_code == 404:
+        return NetworkError(
+            f"{text}; the repository has no such TUF metadata: is it a signed repository (published with "
+            "--sign-key), and is this the right repo_url? A device with trusted_root only uses signed repositories"
+        )
     cause = error.__cause__
     if isinstance(error, tuf_errors.DownloadError) and isinstance(cause, LorienError):
         return cause
-    text = f"{where}: {error}"
     if isinstance(error, tuf_errors.ExpiredMetadataError):
         return FreshnessError(
             f"{text}; the repository's metadata expired: the publisher must renew it (lorien watch renews "

@@ -33,7 +33,8 @@ def test_every_config_key_but_the_limits_table_has_its_flag() -> None:
         "--check-interval", "--callback-url", "--keep-backups", "--health-check", "--health-check-litert",
         "--health-timeout", "--stop-timeout", "--trusted-root", "--insecure-allow-unsigned", "--service-unit",
         "--service-command", "--service-pid-file", "--retry-total-seconds", "--retry-max-backoff",
-        "--retry-first-backoff",
+        "--retry-first-backoff", "--device-id", "--channel", "--pin", "--hold", "--download-window", "--deploy-window",
+        "--max-download-rate",
     }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -115,4 +116,13 @@ def test_example_device_config_is_valid(tmp_path: Path) -> None:
 
     config = load_config(tmp_path / "device.toml")
     assert config.family == "classifier" and config.check_interval == 3600
+    rollout_keys = r"^# ((channel|device_id|pin|hold|download_window|deploy_window|max_download_rate) = )"
+    (tmp_path / "rollout.toml").write_text(re.sub(rollout_keys, r"\1", text, flags=re.MULTILINE))
+    rollout = load_config(tmp_path / "rollout.toml")  # the commented rollout examples are valid too
+    assert (rollout.channel, rollout.pin, rollout.hold, rollout.max_download_rate) == (
+        "stable",
+        "1.2.0",
+        True,
+        65536,
+    )
     assert run_lorien("device", "--config", tmp_path / "device.toml", "--port", "99999").returncode == 2

@@ -333,6 +333,8 @@ def test_service_is_restarted_callbacks_posted_and_logs_written(
         assert new_pid != first.pid and Path(f"/proc/{new_pid}").exists()
         stages = [event["stage"] for event in events]
         assert {"checking", "downloading", "deploying", "idle"} <= set(stages), stages
+        assert all(event["channel"] == "stable" and event["device_id"] and "rollout" in event for event in events)
+        assert events[-1]["installed"] == "1.2.0", events[-1]  # the same fields as the User-Agent
         log = (tmp_path / "state" / "logs" / "device.log").read_text()
         assert "killed pid" in log and "installed 1.2.0" in log
     finally:

@@ -203,6 +203,15 @@ def test_devices_update_through_nginx_with_a_cut_connection_and_a_new_publish(
         resumed_at = re.search(r'range="bytes=(\d+)-"', patch_requests[1])
         assert " 206 " in patch_requests[1] and resumed_at, patch_requests
         assert 0 < int(resumed_at.group(1)) <= 100_000  # continued from what arrived before the cut
+
+        # the devices named themselves in every request: the access log alone counts the fleet
+        for device in devices:
+            device.api("POST", "check")  # the next request names the version now installed
+        report = run_lorien("fleet-report", tmp_path / "nginx" / "logs" / "access.log", "--json")
+        (row,) = json.loads(report.stdout)["rows"]
+        assert (row["family"], row["channel"], row["devices"]) == ("cls", "stable", 2), row
+        assert row["versions"] == {"1.1.0": 1, "1.2.0": 1}
+        assert (row["patch_downloads"], row["full_downloads"], row["redownloading"]) == (1, 1, [])
     finally:
         for device in devices:
             device.stop()

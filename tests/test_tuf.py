@@ -391,3 +391,14 @@ def test_trust_commands_set_up_roles_and_refuse_bad_input_with_one_line(tmp_path
     shutil.copy(site.all / "1.1.0.tflite", site.models / FAMILY)
     offline = run_lorien("publish", "--models", site.models, "--repo", repo, "--sign-key", keys["online"][0])
     assert offline.returncode == 1 and "staged unsigned" in offline.stderr, offline.stderr
+
+
+def test_a_signed_device_pointed_at_an_unsigned_repository_says_so(tmp_path: Path) -> None:
+    site = Publisher(tmp_path / "site", _key(tmp_path, "k"))
+    site.publish("1.0.0")
+    unsigned = Publisher(tmp_path / "unsigned")
+    shutil.copy(unsigned.all / "1.0.0.tflite", unsigned.models / FAMILY)
+    assert publish(unsigned.models, unsigned.repo).ok
+    updater = _device(site, tmp_path, unsigned.simulator())
+    with pytest.raises(NetworkError, match="is it a signed repository"):
+        updater.check()

@@ -285,3 +285,28 @@ def test_backup_names_are_never_versions_and_warned_once(watched, sources: list[
     wait_until(lambda: versions(repo) == ["1.0.0", "1.1.0", "1.2.0"])
     for name in ("1.0.0.tflite.bak", "1.1.0.tflite~"):
         assert sum(f"ignoring {models / 'cls' / name}:" in line for line in watcher.lines) == 1, watcher.lines
+
+
+def test_rollout_changes_reach_the_repository_through_a_running_watcher(watched, sources: list[Path]) -> None:
+    """A watcher holds the repository: `lorien rollout --models` hands it the change; an edit of channels.toml is
+    picked up like a model file."""
+    models, repo, running = watched
+    shutil.copy(sources[1], models / "cls")
+    (models / "cls" / "channels.toml").write_text(
+        '[stable]\ntarget = "1.1.0"\nprevious = "1.0.0"\nrollout = { percent = 10 }\n'
+    )
+    watcher = start(running, models, repo)
+    wait_until(lambda: manifest(repo).get("channels", {}).get("stable", {}).get("target") == "1.1.0")
+    direct = run_lorien("rollout", "halt", "cls", "stable", "--repo", repo)
+    assert direct.returncode == 3 and "--models" in direct.stderr  # the watcher holds the lock
+    handed = run_lorien("rollout", "halt", "cls", "stable", "--repo", repo, "--models", models, "--roll-back")
+    assert handed.returncode == 0, handed.stderr + "".join(watcher.lines)
+    stable = manifest(repo)["channels"]["stable"]
+    assert stable == {"target": "1.0.0", "rolled_back": ["1.1.0"]}
+    assert not list((models / ".lorien-rollout").glob("*.json"))  # request and result both consumed
+    refused = run_lorien("rollout", "set", "cls", "stable", "--repo", repo, "--models", models, "--target", "9.9")
+    assert refused.returncode == 2 and "'9.9' is not published" in refused.stderr
+    # channels.toml edited while the watcher runs: a new channel appears, the rolled-back stable stays
+    (models / "cls" / "channels.toml").write_text('[stable]\ntarget = "1.1.0"\n[beta]\ntarget = "1.1.0"\n')
+    wait_until(lambda: "beta" in manifest(repo).get("channels", {}), what="beta published")
+    assert manifest(repo)["channels"]["stable"]["target"] == "1.0.0"

@@ -1,7 +1,7 @@
 """The ``lorien`` command: one parser built from the command groups, and one exit code per cause of failure.
 
 Each group module registers its commands, every command's arguments next to its handler: ``standalone``
-(fingerprint, keygen, demo), ``publishing`` (publish, watch, nginx-config, gc), ``patches`` (diff, apply,
+(fingerprint, keygen, demo), ``publishing`` (publish, watch, nginx-config, gc), ``rollout`` (rollout status|halt|resume|set), ``fleet`` (fleet-report), ``patches`` (diff, apply,
 verify-patch, patch-info), ``inspection`` (inspect), ``serving`` (serve), ``device`` (device), ``ctl`` (ctl).
 Options that several commands take are defined once, in ``_options``; long work shows progress on stderr
 through ``_progress``. :func:`main` parses, runs the handler, and turns what escapes it into one
@@ -34,14 +34,14 @@ import os
 import sys
 from importlib.metadata import version
 
-from lorien.cli import ctl, device, inspection, patches, publishing, serving, standalone, trust
+from lorien.cli import ctl, device, fleet, inspection, patches, publishing, rollout, serving, standalone, trust
 from lorien.repo.errors import LocalIOError, LorienError
 from lorien.repo.logs import stream_handler
 
 EXIT_INTERRUPTED = 130
 EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a writer stopped by a closed pipe
 
-_GROUPS = (standalone, publishing, trust, patches, inspection, serving, device, ctl)
+_GROUPS = (standalone, publishing, trust, rollout, fleet, patches, inspection, serving, device, ctl)
 
 
 def build_parser() -> argparse.ArgumentParser:

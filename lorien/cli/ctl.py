@@ -20,7 +20,7 @@ exit  outcome
 4     unreachable: no device API at that address; or the device cannot reach its repository (502)
 ====  =====================================================================================================
 
-``pin`` and ``unpin`` come when rollouts land.
+``pin VERSION``, ``unpin``, ``hold`` and ``release`` set the device's run-time pin and hold (docs/rollouts.md).
 """
 
 from __future__ import annotations
@@ -64,10 +64,14 @@ class Device:
     def get(self, path: str) -> Any:
         return self._request("GET", path, TIMEOUT)[1]
 
-    def post(self, path: str, timeout: tuple[int, int] = TIMEOUT) -> tuple[str, Any]:
-        return self._request("POST", path, timeout)
+    def post(
+        self, path: str, timeout: tuple[int, int] = TIMEOUT, body: dict[str, Any] | None = None
+    ) -> tuple[str, Any]:
+        return self._request("POST", path, timeout, body)
 
-    def _request(self, method: str, path: str, timeout: tuple[int, int]) -> tuple[str, Any]:
+    def _request(
+        self, method: str, path: str, timeout: tuple[int, int], body: dict[str, Any] | None = None
+    ) -> tuple[str, Any]:
         """The envelope's ``(msg, data)``, or the error of its cause."""
         url = f"{self.url}{PREFIX}{path}"
         headers = {}
@@ -76,7 +80,7 @@ class Device:
         with requests.Session() as session:
             session.trust_env = False  # a local API: no proxy from the environment, no .netrc credentials
             try:
-                answer = session.request(method, url, headers=headers, timeout=timeout)
+                answer = session.request(method, url, headers=headers, timeout=timeout, json=body)
             except requests.RequestException as error:
                 raise NetworkError(
                     f"device unreachable at {self.url} ({type(error).__name__}); is `lorien device` running "
@@ -272,7 +276,7 @@ def _ended(device: Device, as_json: bool, indent: int | None = 2) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """installed version, stage, last result, backups and trust of the device"""
+    """installed version, stage, last result, backups, trust, channel and rollout decision of the device"""
     status = _device(args).get("/status")
     if args.json:
         print(json.dumps(status, indent=2))
@@ -295,6 +299,17 @@ def _status(args: argparse.Namespace) -> int:
     }
     if (trust.get("last_refusal") or {}).get("message"):
         fields["refused"] = trust["last_refusal"]["message"]
+    rollout = status.get("rollout") or {}
+    if rollout:
+        decision = rollout.get("decision") or {}
+        controls = [
+            f"pinned to {rollout['pin']}" if rollout.get("pin") else "",
+            "held" if rollout.get("hold") else "",
+        ]
+        fields["channel"] = f"{rollout.get('channel')} (device {rollout.get('device_id')})"
+        fields["rollout"] = decision.get("reason") or "not checked yet"
+        if any(controls):
+            fields["operator"] = ", ".join(control for control in controls if control)
     print_fields(fields, as_json=False)
     return 0
 
@@ -320,13 +335,44 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pin(args: argparse.Namespace) -> int:
+    """pin the device to a version: it installs it if absent (also an older one) and stays on it"""
+    return _control(args, {"pin": args.version})
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    """remove the pin (also one from device.toml, until the state directory is reset): the device follows its channel"""
+    return _control(args, {"pin": None})
+
+
+def _hold(args: argparse.Namespace) -> int:
+    """hold the device: it keeps checking but installs nothing until released"""
+    return _control(args, {"hold": True})
+
+
+def _release(args: argparse.Namespace) -> int:
+    """release a run-time hold"""
+    return _control(args, {"hold": False})
+
+
+def _control(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    data = _device(args).post("/control", body=body)[1]
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print_fields(
+            {"pin": data.get("pin") or "none", "hold": "yes" if data.get("hold") else "no"}, as_json=False
+        )
+    return 0
+
+
 def _operation(path: str) -> Callable[[argparse.Namespace], int]:
     """The handler that POSTs ``path`` (an operation the device runs in the background) and, with ``--wait``,
     follows it to its end."""
 
     def start(args: argparse.Namespace) -> int:
         device = _device(args)
-        message, data = device.post(path)
+        message, data = device.post(path, body={"now": True} if getattr(args, "now", False) else None)
         if args.wait:
             _follow(device, ProgressLines(sys.stdout, args.json, quiet=args.json))
             return _ended(device, args.json)
@@ -372,10 +418,10 @@ def _progress(args: argparse.Namespace) -> int:
 def register(commands: Commands) -> None:
     ctl = commands.add_parser(
         "ctl",
-        help="drive a running `lorien device`: status, check, update, rollback, history, progress",
+        help="drive a running `lorien device`: status, check, update, rollback, history, progress, pin, hold",
         description="Drive a running `lorien device` over its HTTP API; the device's address and token come from "
         "--config (its device.toml) or --url and --token. Exit codes: 0 done, 1 the update failed or was rolled "
-        "back, 2 bad input or token, 3 busy, 4 device unreachable. pin and unpin come when rollouts land.",
+        "back, 2 bad input or token, 3 busy, 4 device unreachable. pin/unpin/hold/release: docs/rollouts.md.",
     )
     actions = ctl.add_subparsers(dest="action", required=True, metavar="ACTION")
     in_background = "in the background (--wait: follow it to its end, exit 1 if it fails)"
@@ -386,6 +432,10 @@ def register(commands: Commands) -> None:
         ("rollback", _operation("/rollback"), f"put the newest backup back {in_background}"),
         ("history", _history, None),
         ("progress", _progress, None),
+        ("pin", _pin, None),
+        ("unpin", _unpin, None),
+        ("hold", _hold, None),
+        ("release", _release, None),
     ):
         action = add_command(actions, name, handler, help_text, doing="talking to the device")
         _add_device_options(action)
@@ -393,6 +443,14 @@ def register(commands: Commands) -> None:
             action.add_argument(
                 "--wait", action="store_true", help="follow it until it ends (Ctrl-C stops following)"
             )
+        if name == "update":
+            action.add_argument(
+                "--now",
+                action="store_true",
+                help="ignore the device's download and deploy windows (also releases an update waiting for one)",
+            )
+        if name == "pin":
+            action.add_argument("version", help="the version to install and stay on")
         if name == "progress":
             action.add_argument("--follow", action="store_true", help="until the operation ends")
 

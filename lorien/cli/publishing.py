@@ -171,8 +171,7 @@ def _print_publish_report(report: PublishReport, repo: Path) -> None:
             f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
             + (f"; new patches: {patches}" if patches else "")
         )
-        if family.compressed is not None:
-            version, stats, kept = family.compressed
+        for version, stats, kept in family.compressed:
             size = f"{stats.patch_size} B ({100 * stats.ratio:.1f}% of full, {stats.seconds:.1f}s)"
             print(
                 f"{family.family}: {version} compressed: {size}" + ("" if kept else ", saves too little: not kept")

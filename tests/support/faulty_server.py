@@ -25,6 +25,7 @@ class Faults:
     delay: float = 0.0  # seconds to wait before answering blob requests
     outage: float = 0.0  # seconds, from the first blob request, in which blob requests get no answer
     requests: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (path, Range, If-Range)
+    agents: list[str | None] = field(default_factory=list)  # the User-Agent of every request, in order
 
 
 class FaultyServer:
@@ -58,6 +59,7 @@ class FaultyServer:
         faults = self.faults
         relative = handler.path.split("?", 1)[0].lstrip("/")
         range_header, if_range = handler.headers.get("Range"), handler.headers.get("If-Range")
+        self.faults.agents.append(handler.headers.get("User-Agent"))
         faults.requests.append((relative, range_header, if_range))
         path = (self.root / relative).resolve()
         if not path.is_file() or self.root.resolve() not in path.parents:
