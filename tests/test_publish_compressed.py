@@ -85,3 +85,17 @@ def test_publish_cli_no_compressed(models_dir: Path, tmp_path: Path) -> None:
     result = run_lorien("publish", "--models", models_dir, "--repo", tmp_path / "repo", "--no-compressed")
     assert result.returncode == 0, result.stderr
     assert "compressed" not in (tmp_path / "repo" / "classifier" / "manifest.json").read_text()
+
+
+def test_every_channel_target_is_compressed(published: Path, models_dir: Path) -> None:
+    """With release channels (docs/rollouts.md) devices are sent to each channel's target, not only the newest
+    version: each gets its compressed blob."""
+    (models_dir / "classifier" / "channels.toml").write_text(
+        '[stable]\ntarget = "1.1.0"\n\n[beta]\ntarget = "1.2.0"\n'
+    )
+    report = publish(models_dir, published)
+    assert report.ok, report.all_problems()
+    manifest = _manifest(published)
+    assert manifest.latest == "1.1.0"  # the stable channel's target
+    assert {v.version for v in manifest.versions if v.compressed is not None} == {"1.1.0", "1.2.0"}
+    assert [made["target"] for made in report.events()[0]["compressed"]] == ["1.1.0"]  # 1.2.0 already had one
