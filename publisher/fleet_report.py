@@ -237,3 +237,33 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
     )
+
+
+@dataclass(frozen=True)
+class HaltDecision:
+    """A rollout the logs say is failing: of the devices inside its stage, this many keep re-downloading."""
+
+    family: str
+    channel: str
+    in_stage: int
+    failing: int
+
+    @property
+    def share(self) -> float:
+        return self.failing / self.in_stage if self.in_stage else 0.0
+
+
+def failing_rollouts(report: FleetReport, threshold: float, min_devices: int) -> list[HaltDecision]:
+    """Channels whose rollout should halt: at least ``min_devices`` devices last reported being inside the stage
+    (``rollout=in``), and at least ``threshold`` of them keep re-downloading. Pure: logs in, decisions out."""
+    decisions = []
+    for row in report.rows():
+        inside = {
+            device
+            for (family, device), request in report._last.items()
+            if family == row.family and request.channel == row.channel and request.rollout.split(":")[0] == "in"
+        }
+        failing = inside & set(row.redownloading)
+        if len(inside) >= min_devices and inside and len(failing) / len(inside) >= threshold:
+            decisions.append(HaltDecision(row.family, row.channel, len(inside), len(failing)))
+    return decisions

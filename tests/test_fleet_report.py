@@ -88,3 +88,62 @@ def test_command_reads_plain_and_gzip_logs(tmp_path: Path) -> None:
     assert table.returncode == 0 and "cls" in table.stdout and "stable" in table.stdout
     missing = run_lorien("fleet-report", tmp_path / "absent.log")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def _stage_logs(in_stage: int, failing: int, outside: int = 5) -> list[str]:
+    """``in_stage`` devices inside a 10 % stage of ``cls``/stable, of which ``failing`` fetched the patch from the
+    start three times; ``outside`` devices out of the stage."""
+    lines = []
+    for index in range(in_stage):
+        user_agent = agent(f"in-{index}", "1.1.0", rollout="in:3.17/10")
+        lines += [combined(PATCH, 200, 1000, user_agent)] * (3 if index < failing else 1)
+    for index in range(outside):
+        lines.append(
+            combined("/cls/manifest.json", 200, 900, agent(f"out-{index}", "1.1.0", rollout="out:50.1/10"))
+        )
+    return lines
+
+
+def test_failing_rollouts_need_enough_devices_and_the_share() -> None:
+    from lorien.publisher.fleet_report import failing_rollouts
+
+    report = FleetReport()
+    report.add_lines(_stage_logs(in_stage=30, failing=6))
+    (decision,) = failing_rollouts(report, threshold=0.2, min_devices=20)
+    assert (decision.family, decision.channel, decision.in_stage, decision.failing) == ("cls", "stable", 30, 6)
+    assert failing_rollouts(report, threshold=0.25, min_devices=20) == []  # 20 % < 25 %
+    assert failing_rollouts(report, threshold=0.2, min_devices=31) == []  # not enough devices in the stage yet
+    healthy = FleetReport()
+    healthy.add_lines(_stage_logs(in_stage=30, failing=0))
+    assert failing_rollouts(healthy, threshold=0.01, min_devices=1) == []
+
+
+def test_fleet_report_halt_above_halts_a_failing_rollout_through_the_signed_path(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    from lorien.repo.manifest import parse_manifest
+
+    key = tmp_path / "publisher" / "lorien.key"
+    assert run_lorien("keygen", "--out", tmp_path / "publisher").returncode == 0
+    (models_dir / "classifier" / "channels.toml").write_text(
+        '[stable]\ntarget = "1.2.0"\nprevious = "1.1.0"\nrollout = { percent = 10 }\n'
+    )
+    repo = tmp_path / "repo"
+    assert run_lorien("publish", "--models", models_dir, "--repo", repo, "--sign-key", key).returncode == 0
+    log = tmp_path / "access.log"
+    log.write_text(
+        "\n".join(line.replace("family=cls", "family=classifier") for line in _stage_logs(30, 9)) + "\n"
+    )
+    needs_repo = run_lorien("fleet-report", log, "--halt-above", "0.2")
+    assert needs_repo.returncode == 2 and "--halt-above needs --repo" in needs_repo.stderr
+    bad_share = run_lorien("fleet-report", log, "--halt-above", "20", "--repo", repo)
+    assert bad_share.returncode == 2 and "a share in (0, 1]" in bad_share.stderr
+    halted = run_lorien("fleet-report", log, "--halt-above", "0.2", "--repo", repo, "--sign-key", key)
+    assert halted.returncode == 0, halted.stderr
+    assert "halted classifier/stable: 9 of 30 devices in the stage keep re-downloading" in halted.stdout
+    channel = parse_manifest((repo / "classifier" / "manifest.json").read_bytes()).channels["stable"]
+    assert channel.rollout is not None and channel.rollout.halted and channel.target == "1.2.0"
+    again = run_lorien("fleet-report", log, "--halt-above", "0.2", "--repo", repo, "--sign-key", key)
+    assert again.returncode == 0 and "halted" not in again.stdout  # already halted: nothing rewritten
+    verified = run_lorien("inspect", repo, "--verify", "--root", repo / "metadata" / "1.root.json")
+    assert verified.returncode == 0, verified.stdout
