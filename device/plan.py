@@ -3,7 +3,9 @@
 ``identify(model_path, manifest)`` fingerprints the installed file (Mallorn algorithm), matches it against the
 manifest by (size, header_hash, tail_hash) and confirms the match with SHA-256. ``cheapest_plan`` runs Dijkstra
 over the manifest's patch graph, weighted by download bytes, using only patches whose engine this device has,
-and compares the best chain with downloading the full model.
+and compares the best chain with downloading the full model — the cheaper of the raw blob and, when the
+manifest lists one whose engine this device has, the model compressed on its own (``compressed``: costed by
+its compressed size, decoded on the device).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ class Installed:
 
 @dataclass(frozen=True)
 class Step:
-    """One download: a patch (``source`` → ``target``) or the full model (``source`` is None)."""
+    """One download: a patch (``source`` → ``target``), the full model or the full model compressed on its own
+    (``source`` is None; for "compressed", ``size``/``md5``/``sha256`` are the compressed blob's)."""
 
-    kind: str  # "patch" | "full"
+    kind: str  # "patch" | "full" | "compressed"
     blob: str
     size: int
     md5: str
@@ -110,6 +113,23 @@ def full_step(entry: VersionEntry) -> Step:
     return Step("full", entry.blob, entry.size, entry.md5, entry.sha256, entry.version, entry.sha256)
 
 
+def cheapest_full(entry: VersionEntry) -> Step:
+    """The smaller of the raw model and its compressed blob (when listed and this device has its engine)."""
+    compressed = entry.compressed
+    if compressed is None or compressed.size >= entry.size or compressed.engine not in available_engines():
+        return full_step(entry)
+    return Step(
+        "compressed",
+        compressed.blob,
+        compressed.size,
+        compressed.md5,
+        compressed.sha256,
+        entry.version,
+        entry.sha256,
+        engine=compressed.engine,
+    )
+
+
 def cheapest_plan(
     manifest: Manifest, installed: Installed, target: str | None = None, max_chain: int | None = None
 ) -> Plan:
@@ -119,7 +139,7 @@ def cheapest_plan(
     goal = manifest.version(target or manifest.latest)
     if installed.sha256 == goal.sha256:
         return Plan(installed, goal.version, (), goal.size)
-    full = (full_step(goal),)
+    full = (cheapest_full(goal),)
     if installed.version is None:
         return Plan(installed, goal.version, full, goal.size)
     engines = set(available_engines())
@@ -140,7 +160,7 @@ def cheapest_plan(
                 best[patch.target] = total
                 previous[patch.target] = patch
                 heapq.heappush(queue, (total, patch.target))
-    if goal.version not in best or best[goal.version] >= goal.size:
+    if goal.version not in best or best[goal.version] >= full[0].size:
         return Plan(installed, goal.version, full, goal.size)
     chain = []
     version = goal.version

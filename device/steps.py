@@ -4,6 +4,8 @@ Data flow::
 
     Step (plan) ─▶ tmp/<sha256>.part (repo.download: resumable, size + MD5 + SHA-256) ─▶ tmp/<sha256>.blob
       ─▶ full model: the blob is the candidate
+      ─▶ compressed full model: the blob decoded in-process (repo.engine.full) ─▶ tmp/<target_sha256>.model,
+         SHA-256 checked like a patch's result
       ─▶ patches: model path + blob ─▶ tmp/<target_sha256>.model (repo.engine), SHA-256 checked, the next
          patch applies to that ─▶ the last one is the candidate
 
@@ -25,7 +27,8 @@ from lorien.device.plan import Step
 from lorien.device.report import Reporter
 from lorien.device.state import Stage
 from lorien.repo.download import Downloader, DownloadRequest, Progress
-from lorien.repo.engine import apply_patch
+from lorien.repo.engine import ApplyResult, apply_patch
+from lorien.repo.engine.full import decompress_model
 from lorien.repo.errors import IntegrityError
 from lorien.repo.hashing import digest_file, sha256_file
 from lorien.repo.limits import Limits
@@ -91,25 +94,51 @@ def _on_progress(step: Step, done_before: int, total: int, reporter: Reporter) -
 def apply_steps(
     steps: list[Step], blobs: list[Path], model_path: Path, tmp_dir: Path, limits: Limits, reporter: Reporter
 ) -> Path:
-    """The candidate: the full model's blob, or the result of the patch chain applied to ``model_path``."""
+    """The candidate: the full model's blob, the compressed model decoded, or the result of the patch chain
+    applied to ``model_path``."""
     if steps[0].kind == "full":
         return blobs[0]
+    if steps[0].kind == "compressed":
+        return _decompressed(steps[0], blobs[0], tmp_dir, limits, reporter)
     current = model_path
     for index, (step, blob) in enumerate(zip(steps, blobs, strict=True)):
-        output = tmp_dir / f"{step.target_sha256}.model"
-        if not (output.exists() and sha256_file(output) == step.target_sha256):
-            reporter.report(
+        current = _verified_output(
+            step,
+            tmp_dir,
+            lambda output, source=current, blob=blob: apply_patch(source, blob, output, limits=limits),
+            lambda index=index, step=step: reporter.report(
                 Stage.APPLYING,
                 f"applying patch {index + 1} of {len(steps)}: {step.source} → {step.target}",
                 100 * index / len(steps),
-            )
-            result = apply_patch(current, blob, output, limits=limits)
-            if result.target_sha256 != step.target_sha256:
-                output.unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"patch {step.id} produced sha256 {result.target_sha256}, the manifest "
-                    f"promises {step.target_sha256}"
-                )
-        crash_point("mid-apply")
-        current = output
+            ),
+            f"patch {step.id} produced",
+        )
     return current
+
+
+def _decompressed(step: Step, blob: Path, tmp_dir: Path, limits: Limits, reporter: Reporter) -> Path:
+    return _verified_output(
+        step,
+        tmp_dir,
+        lambda output: decompress_model(blob, output, limits),
+        lambda: reporter.report(Stage.APPLYING, f"decompressing full {step.target}", 0.0),
+        f"compressed {step.target} decoded to",
+    )
+
+
+def _verified_output(
+    step: Step, tmp_dir: Path, make: Callable[[Path], ApplyResult], announce: Callable[[], None], what: str
+) -> Path:
+    """``tmp/<target_sha256>.model`` made by ``make`` (unless a crash left it complete already), its SHA-256
+    the step's target's; crash point ``mid-apply`` after it."""
+    output = tmp_dir / f"{step.target_sha256}.model"
+    if not (output.exists() and sha256_file(output) == step.target_sha256):
+        announce()
+        result = make(output)
+        if result.target_sha256 != step.target_sha256:
+            output.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"{what} sha256 {result.target_sha256}, the manifest promises {step.target_sha256}"
+            )
+    crash_point("mid-apply")
+    return output

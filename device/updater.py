@@ -43,7 +43,7 @@ from lorien.device.installed import InstalledModel
 from lorien.device.metrics import DeviceMetrics
 from lorien.device.operations import Slots
 from lorien.device.packages import TopePackages
-from lorien.device.plan import Plan, Step, cheapest_plan, identify
+from lorien.device.plan import Plan, Step, cheapest_plan, full_step, identify
 from lorien.device.report import Callbacks, Reporter
 from lorien.device.rollout import Decision, decide
 from lorien.device.startup import device_identity
@@ -56,7 +56,11 @@ from lorien.repo.download import Downloader, DownloadPolicy, Progress
 from lorien.repo.engine import require_engine
 from lorien.repo.errors import (
     FreshnessError,
+    IntegrityError,
+    LorienError,
     ManifestError,
+    NetworkError,
+    PatchError,
     SignatureError,
     UpdateFailed,
 )
@@ -416,8 +420,8 @@ class Updater(TopePackages):
             )
             return
         for step in plan.steps:
-            if step.kind == "patch":
-                require_engine(step.engine or "", f"patch {step.id}")
+            if step.kind in ("patch", "compressed"):
+                require_engine(step.engine or "", f"patch {step.id}" if step.kind == "patch" else step.kind)
         self._state.begin(replace(operation, target_sha256=target_sha256))
         self._drop_other_parts({f"{step.sha256}.part" for step in plan.steps})
         how = " → ".join(_step_text(s) for s in plan.steps)
@@ -437,16 +441,54 @@ class Updater(TopePackages):
             self._continue_bundle_update(operation)
             return
         steps = list(operation.steps)
+        try:
+            candidate = self._candidate(steps)
+        except (IntegrityError, PatchError, NetworkError) as error:
+            raw = self._raw_fallback(steps, error)
+            if raw is None:
+                raise
+            steps = [raw]
+            self._state.update_op(steps=(raw,), download_bytes=raw.size)
+            candidate = self._candidate(steps)
+        self._state.update_op(candidate=str(candidate))
+        self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
+        self._wait_for_deploy_window(operation.target or "the update")
+        self._deployer.deploy(candidate, operation.target, operation.target_sha256)
+
+    def _candidate(self, steps: list[Step]) -> Path:
+        """Download every step and apply them: the verified file to deploy."""
         self._reporter.enter(Stage.DOWNLOADING, f"downloading {len(steps)} file(s)")
         tmp_dir = self.config.tmp_dir
         blobs = download_steps(steps, tmp_dir, self.fetcher.url, self._downloader, self._reporter)
         crash_point("after-download")
         self._reporter.enter(Stage.APPLYING, "applying")
-        candidate = apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
-        self._state.update_op(candidate=str(candidate))
-        self.metrics.downloaded(sum(step.size for step in steps), candidate.stat().st_size)
-        self._wait_for_deploy_window(operation.target or "the update")
-        self._deployer.deploy(candidate, operation.target, operation.target_sha256)
+        return apply_steps(steps, blobs, self.config.model_path, tmp_dir, self.config.limits, self._reporter)
+
+    def _raw_fallback(self, steps: list[Step], error: LorienError) -> Step | None:
+        """The raw full model instead of a compressed one that failed: its blob did not verify (after the
+        downloader's own second try) or decode, or the server answered it with a client error (e.g. 404). Not
+        for an outage that used up the retry budget: the raw blob is on the same server. None: no fallback."""
+        if len(steps) != 1 or steps[0].kind != "compressed":
+            return None
+        if isinstance(error, NetworkError) and ": HTTP 4" not in str(error):
+            return None
+        step = steps[0]
+        manifest, client = self._read_verified_manifest()  # afresh: the raw blob must be a signed target too
+        try:
+            entry = manifest.version(step.target)
+        except KeyError:
+            return None
+        if entry.sha256 != step.target_sha256:
+            return None
+        if client is not None:
+            _check_signed_blob(client, entry.blob, entry.size, entry.sha256)
+        log.warning("compressed %s failed (%s); downloading the raw model instead", step.target, error)
+        self._reporter.report(
+            Stage.DOWNLOADING, f"compressed {step.target} failed ({error}); taking the raw model", 0
+        )
+        for path in (self.config.tmp_dir / f"{step.sha256}.blob", self.config.tmp_dir / f"{step.sha256}.part"):
+            path.unlink(missing_ok=True)
+        return full_step(entry)
 
     def _continue_bundle_update(self, operation: Operation) -> None:
         """Download the files that are not kept, assemble the version directory, switch the link."""

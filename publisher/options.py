@@ -37,6 +37,8 @@ class PublishOptions:
     min_sequence: int = 0  # a rebuilt repository starts its sequences above what devices already accepted
     warned: set[Path] = field(default_factory=set)  # backup/editor files already warned about (once per file)
     progress: PublishProgress | None = None  # told about long work: hashing a family, making each patch
+    compress: bool = True  # also store the newest version compressed on its own (when that saves enough)
+    incompressible: set[str] = field(default_factory=set)  # sha256 of models whose compression saved too little
 
     @property
     def validity(self) -> timedelta | None:

@@ -5,11 +5,12 @@ Flow, under the repository's writer lock:
 1. remove leftovers of a killed writer (hidden temp files, ``.staging/``);
 2. scan the models directory (``publisher.scan``); families with problems are skipped whole;
 3. per family: hash every version, copy new ones into content-addressed blobs (hash re-checked while copying;
-   a version directory becomes one blob per file plus a zip package: ``publisher.bundles``),
-   create missing patches from each of the previous ``keep`` versions to the newest and to every channel's
-   target (``channels.toml``, :mod:`publisher.channels`; sources are read from the repository's own verified
-   blobs; for a bundle, per-file patches of the files that changed), then write ``<family>/manifest.json``
-   only if its content changed,
+   a version directory becomes one blob per file plus a zip package: ``publisher.bundles``), compress the
+   newest and every channel's target on its own when that saves enough and it has no compressed blob yet
+   (other versions keep the one they have; never a bundle), create missing patches from each of the previous
+   ``keep`` versions to the newest and to every channel's target (``channels.toml``, :mod:`publisher.channels`;
+   sources are read from the repository's own verified blobs; for a bundle, per-file patches of the files that
+   changed), then write ``<family>/manifest.json`` only if its content changed,
    then the family's ``index.html``;
 4. last: the root ``index.html`` and, very last, ``index.json``.
 
@@ -81,6 +82,7 @@ class FamilyResult:
     withdrawn: list[str] = field(default_factory=list)  # versions the previous manifest had and this one has not
     # bundle families: (from, to, bytes a device downloads, full bytes of the target bundle) per patched pair
     bundle_pairs: list[tuple[str, str, int, int]] = field(default_factory=list)
+    compressed: list[tuple[str, PatchStats, bool]] = field(default_factory=list)  # (version, stats, kept) made
 
     def events(self) -> list[dict[str, Any]]:
         """What publishing this family did (see :meth:`PublishReport.events`)."""
@@ -100,6 +102,8 @@ class FamilyResult:
                 {"source": source, "target": target, "download_bytes": download, "full_bytes": full}
                 for source, target, download, full in self.bundle_pairs
             ]
+        if self.compressed:
+            published["compressed"] = [_compressed_event(*made) for made in self.compressed]
         return [published] + [{"event": "withdrawn", "family": self.family, "version": v} for v in self.withdrawn]
 
 
@@ -128,6 +132,12 @@ class PublishReport:
         events += [{"event": "problem", "family": None, "message": problem} for problem in self.problems]
         events += [{"event": "skipped", "message": message} for message in self.skipped]
         return [*events, {"event": "index", "written": self.index_written}]
+
+
+def _compressed_event(version: str, stats: PatchStats, kept: bool) -> dict[str, Any]:
+    event = {**_patch_event("", version, stats), "kept": kept}
+    del event["source"]
+    return event
 
 
 def _patch_event(source: str, target: str, stats: PatchStats) -> dict[str, Any]:
@@ -229,7 +239,7 @@ def publish_family(
         _, created = writer.store_model(model.path, digests, model.extension)
         result.new_blobs += created
         versions.append(entry)
-    by_name = {entry.version: entry for entry in versions}
+    by_name = {entry.version: _with_compressed(writer, previous, entry) for entry in versions}
     order = sort_versions(by_name)
     allow_downgrade = options.allow_downgrade
     if allow_downgrade is None:
@@ -272,26 +282,60 @@ def _bundle_entries(
     return entries
 
 
+def _with_compressed(writer: RepositoryWriter, previous: Manifest | None, entry: VersionEntry) -> VersionEntry:
+    """``entry`` with the compressed blob the previous manifest listed for it, if that blob is still there."""
+    old = _published(previous, entry.version)
+    kept = old.compressed if old is not None and old.sha256 == entry.sha256 else None
+    if kept is None or not writer.blob_file(kept.blob).exists():
+        return entry
+    return replace(entry, compressed=kept)
+
+
+def _compressed_target(
+    writer: RepositoryWriter, target: VersionEntry, options: PublishOptions, result: FamilyResult
+) -> VersionEntry:
+    """A version devices are sent to, with a compressed blob, made now if it has none and compressing saves
+    enough (a model that does not is remembered for this process, so a watcher does not try it again). Never a
+    bundle: its files are downloaded one by one."""
+    if target.bundle is not None:
+        return target
+    if target.compressed is not None or not options.compress or target.sha256 in options.incompressible:
+        return target
+    label = f"{result.family} {target.version} compressed"
+    compressed, stats = writer.create_compressed(target, _progress(options, label))
+    result.compressed.append((target.version, stats, compressed is not None))
+    if compressed is None:
+        options.incompressible.add(target.sha256)
+        return target
+    return replace(target, compressed=compressed)
+
+
 def with_channel_patches(
     writer: RepositoryWriter, manifest: Manifest, keep: int, options: PublishOptions, result: FamilyResult
 ) -> Manifest:
     """``manifest`` (versions oldest first) with ``latest`` set — the ``stable`` channel's target when there is
     one (clients without channels follow it), else the newest version — and the missing patches made towards
     latest and every channel's target: from the ``keep`` versions before each target and from the versions a
-    channel rolled back to it. Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
+    channel rolled back to it; each of those targets also compressed on its own (``_compressed_target``). Used by publish and by ``lorien rollout`` (``publisher.rollout``)."""
     order = [entry.version for entry in manifest.versions]
     by_name = {entry.version: entry for entry in manifest.versions}
     channels = manifest.channels or {}
     latest = channels[DEFAULT_CHANNEL].target if DEFAULT_CHANNEL in channels else order[-1]
     patches = {(patch.source, patch.target): patch for patch in manifest.patches}
-    for target in dict.fromkeys([latest, *(channel.target for channel in channels.values())]):
+    targets = list(dict.fromkeys([latest, *(channel.target for channel in channels.values())]))
+    for target in targets:  # a device with no usable version downloads these whole: compressed when it pays
+        by_name[target] = _compressed_target(writer, by_name[target], options, result)
+    for target in targets:
         before = order[: order.index(target)]
         named = [name for channel in channels.values() if channel.target == target for name in channel.rolled_back]
         sources = [by_name[name] for name in dict.fromkeys([*(before[-keep:] if keep > 0 else []), *named])]
         if by_name[target].bundle is None:  # bundles are patched file by file (_with_file_patches)
             sources = [source for source in sources if source.bundle is None]
             _make_patches(writer, sources, by_name[target], patches, options, result)
-    return replace(manifest, latest=latest, patches=ordered_patches(order, list(patches.values())))
+    versions = tuple(by_name[name] for name in order)
+    return replace(
+        manifest, latest=latest, versions=versions, patches=ordered_patches(order, list(patches.values()))
+    )
 
 
 def _with_file_patches(

@@ -8,9 +8,12 @@ signatures, pages), so one object writes a whole repository; callers hold the wr
   file changing under us fails), after checking there is room for it; an existing blob is kept;
 - ``create_patch``: two verified blobs → a patch made in ``.staging/`` by the chosen engine → hashed →
   renamed to ``blobs/<sha256>.lpatch``; ``.staging/`` is removed whatever happens;
+- ``create_compressed``: a verified model blob → compressed on its own (``repo.engine.full``) in ``.staging/``
+  → kept as ``blobs/<sha256>.compressed`` only when at most ``COMPRESSED_MAX_RATIO`` of the model;
 - ``remove_leftovers``: hidden temporary files and ``.staging/`` of a writer that was killed.
 
-Crash points (``repo/testhooks.py``): ``blob`` after a blob is in place, ``patch`` after a patch is.
+Crash points (``repo/testhooks.py``): ``blob`` after a blob is in place, ``patch`` after a patch is,
+``compressed`` after a compressed model is.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from lorien.publisher.options import PublishOptions
 from lorien.publisher.signed import SignedMetadataWriter
 from lorien.repo.atomic import atomic_writer, fsync_dir, is_temp_name, require_space, write_failure
 from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, Hints, PatchStats, create_patch, get_engine
+from lorien.repo.engine.full import compress_model
 from lorien.repo.errors import IntegrityError
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
-from lorien.repo.layout import PATCH_EXTENSION, blob_path
-from lorien.repo.manifest import PatchEntry, VersionEntry
+from lorien.repo.layout import COMPRESSED_EXTENSION, PATCH_EXTENSION, blob_path
+from lorien.repo.manifest import CompressedEntry, PatchEntry, VersionEntry
 from lorien.repo.testhooks import crash_point
 
 STAGING_DIR = ".staging"
+COMPRESSED_MAX_RATIO = 0.95  # a compressed model saving less than 5 % is not worth a second blob
 
 
 class RepositoryWriter(SignedMetadataWriter):
@@ -83,6 +88,38 @@ class RepositoryWriter(SignedMetadataWriter):
         crash_point("blob")
         return relative, True
 
+    def _staged(self, suffix: str) -> Path:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(dir=self.staging, suffix=f".{suffix}")
+        os.close(fd)
+        return Path(temp_name)
+
+    def _store_staged(self, temp: Path, extension: str) -> tuple[str, Digests]:
+        """Move a finished file from ``.staging/`` to its content address."""
+        digests = digest_file(temp)
+        relative = blob_path(digests.sha256, extension)
+        destination = self.blob_file(relative)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, destination)
+        fsync_dir(destination.parent)
+        return relative, digests
+
+    def create_compressed(
+        self, version: VersionEntry, progress: ByteProgress | None = None
+    ) -> tuple[CompressedEntry | None, PatchStats]:
+        """``version``'s model compressed on its own, stored when it is at most ``COMPRESSED_MAX_RATIO`` of the
+        model (else None: devices take the raw blob)."""
+        temp = self._staged(COMPRESSED_EXTENSION)
+        try:
+            stats = compress_model(self.blob_file(version.blob), temp, progress=progress)
+            if stats.patch_size > COMPRESSED_MAX_RATIO * version.size:
+                return None, stats
+            relative, digests = self._store_staged(temp, COMPRESSED_EXTENSION)
+        finally:
+            self.remove_staging()
+        crash_point("compressed")
+        return CompressedEntry(relative, digests.size, digests.sha256, digests.md5, stats.engine), stats
+
     def create_patch(
         self,
         family: str,
@@ -91,10 +128,7 @@ class RepositoryWriter(SignedMetadataWriter):
         progress: ByteProgress | None = None,
         hints: Hints | None = None,
     ) -> tuple[PatchEntry, PatchStats]:
-        self.staging.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=self.staging, suffix=f".{PATCH_EXTENSION}")
-        os.close(fd)
-        temp = Path(temp_name)
+        temp = self._staged(PATCH_EXTENSION)
         try:
             stats = create_patch(
                 self.blob_file(source.blob),
@@ -104,12 +138,7 @@ class RepositoryWriter(SignedMetadataWriter):
                 progress=progress,
                 hints=hints,
             )
-            digests = digest_file(temp)
-            relative = blob_path(digests.sha256, PATCH_EXTENSION)
-            destination = self.blob_file(relative)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, destination)
-            fsync_dir(destination.parent)
+            relative, digests = self._store_staged(temp, PATCH_EXTENSION)
         finally:
             self.remove_staging()
         crash_point("patch")

@@ -57,6 +57,11 @@ class Report:
                 patch["percent_of_full"] = round(100 * patch["size"] / full[patch["to"]], 2)
             if manifest.file_patches:
                 document["bundle_updates"] = bundle_costs(manifest)
+            for version in document["versions"]:
+                if "compressed" in version:
+                    version["compressed"]["percent_of_full"] = round(
+                        100 * version["compressed"]["size"] / version["size"], 2
+                    )
             families.append({"name": name, **document})
         return {
             "location": self.location,
@@ -158,6 +163,8 @@ def _referenced(report: Report) -> dict[str, tuple[str, int, str, str]]:
     for family, manifest in report.manifests.items():
         for v in manifest.versions:
             blobs.setdefault(v.blob, (f"{family} version {v.version}", v.size, v.sha256, v.md5))
+            if (c := v.compressed) is not None:
+                blobs.setdefault(c.blob, (f"{family} version {v.version} compressed", c.size, c.sha256, c.md5))
         for p in manifest.patches:
             blobs.setdefault(p.blob, (f"{family} patch {p.id}", p.size, p.sha256, p.md5))
         for v in manifest.versions:
@@ -280,6 +287,13 @@ def _bundle_lines(manifest: Manifest) -> list[str]:
     return lines
 
 
+def _compressed(size: int, entry: Any) -> str:
+    """The compressed full download's size and share of the model, or '-' when the version has none."""
+    if entry.compressed is None:
+        return "-"
+    return f"{human_size(entry.compressed.size)} {100 * entry.compressed.size / size:4.1f}%"
+
+
 def _channel_text(channel: Channel) -> str:
     """``1.3.0 at 10 % (halted) from 2026-12-01T02:00:00Z, previous 1.2.0, rolled back 1.2.5``."""
     text = channel.target
@@ -314,12 +328,14 @@ def render_text(report: Report, verified: bool) -> str:
         signer = report.signed_by.get(f"{name}/manifest.json")
         if signer:
             lines.append(f"  signed target: {signer}")
-        lines.append(f"  {'version':<16} {'size':>11} {'format':<12} {'short_id':<17} sha256")
+        lines.append(f"  {'version':<16} {'size':>11} {'compressed':>18} {'format':<12} {'short_id':<17} sha256")
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "
             lines.append(
                 f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_format(entry):<12} "
                 f"{entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
+                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_compressed(entry.size, entry):>18} "
+                f"{entry.format:<12} {entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
             )
         lines.extend(_bundle_lines(manifest))
         for channel, published in sorted((manifest.channels or {}).items()):

@@ -10,7 +10,8 @@
     REPO/.lock                              writer lock (never served)
 
 Blob names carry the full SHA-256 of their content, so a CDN may cache them forever; the extension is only a
-hint for people (``.patch`` for patches, the model's own extension for models).
+hint for people (``.patch`` for patches, ``.compressed`` for compressed models, the model's own extension for
+models).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ HTML_FILE = "index.html"
 BLOB_DIR = "blobs"
 LOCK_FILE = ".lock"
 PATCH_EXTENSION = "patch"
+COMPRESSED_EXTENSION = "compressed"  # a model compressed on its own (repo.engine.full)
 
 FAMILY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PATH_COMPONENT = re.compile(r"^[A-Za-z0-9._+-]{1,255}$")

@@ -109,6 +109,27 @@ class Bundle:
 
 
 @dataclass(frozen=True)
+class CompressedEntry:
+    """A version's model compressed on its own (``repo.engine.full``): a blob that decodes to the version's
+    ``size`` bytes with its ``sha256``. Optional; devices without it, and Mallorn clients, take ``blob``."""
+
+    blob: str
+    size: int
+    sha256: str  # of the compressed blob (the decoded model's is the version's sha256)
+    md5: str
+    engine: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blob": self.blob,
+            "size": self.size,
+            "sha256": self.sha256,
+            "md5": self.md5,
+            "engine": self.engine,
+        }
+
+
+@dataclass(frozen=True)
 class VersionEntry:
     version: str
     filename: str
@@ -121,6 +142,7 @@ class VersionEntry:
     # a bundle version (a directory of files); then filename/size/sha256/md5/fingerprint/blob describe the
     # version's zip package (what a Mallorn or TOPE client downloads whole)
     bundle: Bundle | None = None
+    compressed: CompressedEntry | None = None  # the model compressed on its own; optional field
 
     @property
     def format(self) -> str:
@@ -140,6 +162,8 @@ class VersionEntry:
             data["sampled_sha256"] = self.sampled_sha256
         if self.bundle is not None:
             data["bundle"] = self.bundle.to_dict()
+        if self.compressed is not None:
+            data["compressed"] = self.compressed.to_dict()
         return data
 
 
@@ -212,6 +236,7 @@ class Manifest:
         """Every blob this manifest names, as (repository path, size, SHA-256): what a device may fetch —
         also every file of a bundle version and every file patch (gc keeps them, TUF signs them)."""
         files = [(entry.blob, entry.size, entry.sha256) for entry in self.versions]
+        files += [(c.blob, c.size, c.sha256) for entry in self.versions if (c := entry.compressed) is not None]
         files += [(entry.blob, entry.size, entry.sha256) for entry in self.patches]
         for entry in self.versions:
             if entry.bundle is not None:
@@ -419,6 +444,7 @@ def _parse_version(reader: _Reader) -> VersionEntry:
         blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
         sampled_sha256=reader.str("sampled_sha256", _HEX64) if "sampled_sha256" in reader.data else None,
         bundle=_parse_bundle(reader.sub("bundle")) if "bundle" in reader.data else None,
+        compressed=_parse_compressed(reader.sub("compressed")) if "compressed" in reader.data else None,
     )
     if entry.fingerprint.file_size != entry.size:
         raise ManifestError(f"{reader.where}: fingerprint.file_size disagrees with size")
@@ -476,6 +502,17 @@ def _parse_file_patch(reader: _Reader) -> FilePatchEntry:
     patch = _parse_patch(reader, _FILE_PATCH_ID)
     path = checked_relative_path(reader.str("path"), f"{reader.where}.path")
     return FilePatchEntry(**{f.name: getattr(patch, f.name) for f in fields(PatchEntry)}, path=path)
+
+
+def _parse_compressed(reader: _Reader) -> CompressedEntry:
+    sha256 = reader.str("sha256", _HEX64)
+    return CompressedEntry(
+        blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
+        size=reader.int("size", 1),
+        sha256=sha256,
+        md5=reader.str("md5", _HEX32),
+        engine=reader.str("engine", _ENGINE),
+    )
 
 
 def _parse_patch(reader: _Reader, id_pattern: re.Pattern[str] = _PATCH_ID) -> PatchEntry:

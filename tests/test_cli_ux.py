@@ -122,14 +122,14 @@ def test_gc_dry_run_removes_nothing_and_says_so(published: Path, models_dir: Pat
     quiet = run_lorien("gc", published)
     assert quiet.returncode == 0
     assert quiet.stdout.splitlines() == [
-        "gc: nothing to remove (5 blobs referenced, 0 waiting for the grace period)"
+        "gc: nothing to remove (6 blobs referenced, 0 waiting for the grace period)"  # + the compressed model
     ]
     (models_dir / "classifier" / "1.0.0.tflite").unlink()
     assert run_lorien("publish", "--models", models_dir, "--repo", published).returncode == 0
     blobs = sorted(path for path in (published / "blobs").rglob("*") if path.is_file())
     dry = run_lorien("gc", published, "--grace", "0", "--dry-run")
     assert dry.returncode == 0 and dry.stdout.count("would remove blobs/") == 2, dry.stdout
-    assert dry.stdout.splitlines()[-1].startswith("gc: would remove 2 blobs (3 blobs referenced")
+    assert dry.stdout.splitlines()[-1].startswith("gc: would remove 2 blobs (4 blobs referenced")
     assert sorted(path for path in (published / "blobs").rglob("*") if path.is_file()) == blobs
     assert not (published / ".gc.json").exists()
     real = run_lorien("gc", published, "--grace", "0")

@@ -10,6 +10,7 @@ import pytest
 
 from lorien.device.config import check_environment, load_config
 from lorien.device.updater import Updater
+from lorien.repo.manifest import parse_manifest
 from tests.support.device_family import publish_two_hop_family
 from tests.support.processes import SMALL_LAYERS
 from tests.support.simulator import RepositorySimulator
@@ -19,7 +20,7 @@ def test_device_says_once_that_nothing_is_configured_and_when_it_downloads_the_f
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """In-process (the real Updater on the in-memory repository): a device with an unknown model, no service
-    and no health check takes the full file."""
+    and no health check takes the full model (compressed on its own)."""
     publish_two_hop_family(tmp_path / "family", SMALL_LAYERS)
     sim = RepositorySimulator.from_directory(tmp_path / "family" / "repo")
     model = tmp_path / "app" / "model.tflite"
@@ -35,7 +36,9 @@ def test_device_says_once_that_nothing_is_configured_and_when_it_downloads_the_f
     assert updater.status()["last_result"]["ok"]
     messages = [record.getMessage() for record in caplog.records]
     plan = next(message for message in messages if message.startswith("plan: "))
-    assert plan == f"plan: full 1.2.0, full download, {model.stat().st_size} bytes"
+    latest = parse_manifest(sim.files["cls/manifest.json"]).latest_entry()
+    assert latest.compressed is not None
+    assert plan == f"plan: compressed 1.2.0, {latest.compressed.size} bytes instead of {latest.size}"
     assert [m for m in messages if m.startswith("service: ")] == ["service: no service configured"]
     assert not any("running the health check" in m for m in messages)
     assert any("stage=deploying" in m and "no health check configured" in m for m in messages)

@@ -124,9 +124,11 @@ def test_plan_prefers_cheapest_patch_and_skips_unknown_engines(published: Path) 
     assert [(s.kind, s.source, s.target) for s in plan.steps] == [("patch", "1.1.0", "1.2.0")]
     foreign = tuple(PatchEntry(**{**p.__dict__, "engine": "bsdiff"}) for p in manifest.patches)
     fallback = cheapest_plan(Manifest(**{**manifest.__dict__, "patches": foreign}), installed)
-    assert [s.kind for s in fallback.steps] == ["full"] and fallback.download_bytes == fallback.full_size
+    compressed = manifest.latest_entry().compressed  # the model compressed on its own, smaller than the raw one
+    assert compressed is not None and compressed.size < fallback.full_size
+    assert [s.kind for s in fallback.steps] == ["compressed"] and fallback.download_bytes == compressed.size
     unknown = cheapest_plan(manifest, Installed(None, "0" * 64, 10, None))
-    assert [s.kind for s in unknown.steps] == ["full"]
+    assert [s.kind for s in unknown.steps] == ["compressed"]
     latest = manifest.latest_entry()
     assert cheapest_plan(manifest, Installed("1.2.0", latest.sha256, latest.size, None)).up_to_date
 
@@ -148,4 +150,4 @@ def test_plan_takes_a_two_hop_chain_when_cheaper_than_full(tmp_path: Path) -> No
     assert [(s.source, s.target) for s in plan.steps] == [("1", "2"), ("2", "3")]
     assert plan.download_bytes < plan.full_size
     capped = cheapest_plan(manifest, Installed("1", first.sha256, first.size, None), max_chain=1)
-    assert [s.kind for s in capped.steps] == ["full"]  # a chain longer than limits.max_chain_length
+    assert [s.kind for s in capped.steps] == ["compressed"]  # a chain longer than limits.max_chain_length

@@ -67,7 +67,10 @@ def test_family_page_shows_expiry_sequence_chart_and_download_names(published: P
     assert manifest.expires and manifest.expires in page
     assert f'<dd class="sequence">{manifest.sequence}</dd>' in page
     assert "signed by" not in page, "without the repository root the page cannot know the signers"
-    assert len(parser.downloads) == len(manifest.versions) + len(manifest.patches) and all(parser.downloads)
+    compressed = [entry.compressed for entry in manifest.versions if entry.compressed is not None]
+    assert compressed and all(f'href="../{c.blob}"' in page for c in compressed)  # the compressed full downloads
+    assert len(parser.downloads) == len(manifest.versions) + len(manifest.patches) + len(compressed)
+    assert all(parser.downloads)
     assert sorted(parser.bars) == sorted(["full", "patch"] * len(manifest.patches))
     for entry in manifest.versions:
         assert f'title="sha256 {entry.sha256}">{entry.sha256[:12]}…</code>' in page

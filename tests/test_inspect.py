@@ -59,7 +59,7 @@ def test_inspect_verify_detects_truncation_and_json_output(published: Path) -> N
 def test_inspect_over_http(live_server: LiveServer) -> None:
     result = run_lorien("inspect", live_server.url, "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "verified 5 blobs" in result.stdout
+    assert "verified 6 blobs" in result.stdout  # 3 models, 2 patches, the newest model compressed
 
 
 @pytest.mark.slow

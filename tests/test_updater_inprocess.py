@@ -85,7 +85,7 @@ def _rewrite_manifest(sim: RepositorySimulator, change) -> None:
 
 
 @pytest.mark.parametrize(
-    ("installed", "expected_steps"), [("1.1.0", ["patch"]), ("1.0.0", ["patch", "patch"]), (None, ["full"])]
+    ("installed", "expected_steps"), [("1.1.0", ["patch"]), ("1.0.0", ["patch", "patch"]), (None, ["compressed"])]
 )
 def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
     family: Path, tmp_path: Path, sim: RepositorySimulator, installed: str | None, expected_steps: list[str]
@@ -96,6 +96,8 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
     assert [step.kind for step in plan.steps] == expected_steps
     if installed is not None:
         assert plan.download_bytes < plan.full_size / 2
+    else:  # the model compressed on its own (docs/repository-format.md: versions[].compressed)
+        assert plan.download_bytes < 0.95 * plan.full_size
     status = _update(updater)
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == _latest(family) and status["installed_version"] == "1.2.0"
@@ -181,6 +183,9 @@ def test_patches_of_an_unknown_engine_fall_back_to_the_full_file(
     def future_engine(document: dict) -> None:
         for patch in document["patches"]:
             patch["engine"] = "future-engine"
+        for version in document["versions"]:
+            if "compressed" in version:
+                version["compressed"]["engine"] = "future-engine"
 
     _rewrite_manifest(sim, future_engine)
     assert {patch.engine for patch in parse_manifest(sim.files[MANIFEST]).patches} == {"future-engine"}

@@ -98,6 +98,13 @@ def _add_manifest_options(command: argparse.ArgumentParser) -> None:
         help="start manifest sequences at least here (after rebuilding a repository devices already follow)",
     )
     add_engine_option(command)
+    command.add_argument(
+        "--no-compressed",
+        dest="compress",
+        action="store_false",
+        help="do not store the newest version compressed on its own (by default it is, when that saves >= 5 %%; "
+        "devices with no usable version download it instead of the raw model)",
+    )
 
 
 def _publish_options(args: argparse.Namespace, progress: Progress, **extra: object) -> PublishOptions:
@@ -121,6 +128,7 @@ def _publish_options(args: argparse.Namespace, progress: Progress, **extra: obje
         allow_downgrade=args.allow_downgrade,
         min_sequence=args.min_sequence,
         progress=None if args.quiet else progress.update,
+        compress=args.compress,
         **extra,
     )
 
@@ -163,6 +171,11 @@ def _print_publish_report(report: PublishReport, repo: Path) -> None:
             f"{family.family}: {family.versions} versions, latest {family.latest}, {state}"
             + (f"; new patches: {patches}" if patches else "")
         )
+        for version, stats, kept in family.compressed:
+            size = f"{stats.patch_size} B ({100 * stats.ratio:.1f}% of full, {stats.seconds:.1f}s)"
+            print(
+                f"{family.family}: {version} compressed: {size}" + ("" if kept else ", saves too little: not kept")
+            )
         for version in family.withdrawn:
             print(f"{family.family}: withdrew {version}")
         for src, dst, stats in family.patches_rejected:

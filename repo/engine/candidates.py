@@ -5,6 +5,7 @@
       → with aligned old bytes of equal length: XOR and zigzag-difference planes per element width, sparse list,
         and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
+      → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -34,8 +35,8 @@ class Candidate:
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
-        if self.codec == Codec.DIFF_RANS:
-            return raw  # its own entropy coder: the raw stream is the payload
+        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES):
+            return raw  # its own entropy coding: the raw stream is the payload
         return codecs.zstd_compress(raw, level)
 
 
@@ -52,6 +53,18 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
                 piece.width,
                 Transform.NONE,
                 lambda: codecs.xor_residual(target, None, piece.width),
+            )
+        )
+    if piece.is_tensor and piece.width in (2, 4) and not len(old):
+        # only for a model compressed on its own ("a patch from nothing"): FLOAT_PLANES needs container
+        # version 3, which a patch between two versions should not demand of devices for a small gain
+        found.append(
+            Candidate(
+                Codec.FLOAT_PLANES,
+                None,
+                piece.width,
+                Transform.NONE,
+                lambda: codecs.float_planes_payload(target, piece.width),
             )
         )
     if piece.same is not None:

@@ -26,8 +26,10 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = 2  # version 2 added codec 6 (DIFF_RANS); a patch without it is written as version 1
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = (
+    3  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES); a patch is written at the lowest it needs
+)
+READABLE_VERSIONS = (1, 2, 3)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
 HEADER_SIZE = HEADER.size
@@ -43,6 +45,9 @@ class Codec(IntEnum):
     DIFF_PLANES = 4  # zstd(byte planes of zigzag(target - reference)) as width-byte integers
     SPARSE = 5  # zstd(count, element index gaps, new values) over a copy of the reference
     DIFF_RANS = 6  # rANS of zigzag(target - reference) as 16-bit integers, small values as symbols (version 2)
+    FLOAT_PLANES = (
+        7  # no reference: sign bit rotated to the bottom, each byte plane its own zstd frame (version 3)
+    )
 
 
 class Backend(IntEnum):
@@ -59,7 +64,10 @@ class Transform(IntEnum):
 
 
 BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS}
-SINCE_VERSION = {Codec.DIFF_RANS: 2}  # codecs newer than version 1: the lowest version a patch using them has
+SINCE_VERSION = {
+    Codec.DIFF_RANS: 2,
+    Codec.FLOAT_PLANES: 3,
+}  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
 
 
@@ -200,4 +208,8 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
             raise bad(f"reference of {ref_length} bytes does not match {target_length} target bytes")
     elif transform != Transform.NONE:
         raise bad(f"codec {codec.name} takes no transform")
+    if codec == Codec.FLOAT_PLANES and (
+        width not in (2, 4) or target_length % width or ref_length or backend != Backend.ZSTD
+    ):
+        raise bad("FLOAT_PLANES codes 2- or 4-byte elements, whole, with no reference and no other backend")
     return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc, backend)

@@ -67,6 +67,7 @@ ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the fina
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
+SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
 
 Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
 
@@ -162,9 +163,9 @@ class LorienEngine:
         """Very compressible residuals: the other entropy coders, on the two best residual streams."""
         payload, best, raw = winner
         backend = Backend.ZSTD
-        packable = [(c, r) for _, c, r in ranked[:3] if r is not None and c.codec != Codec.DIFF_RANS]
+        packable = [(c, r) for _, c, r in ranked[:3] if r is not None and c.codec not in SELF_CODED]
         others = [(c, r) for c, r in packable if c is not best][:1]
-        streams = [(best, raw), *others] if raw is not None and best.codec != Codec.DIFF_RANS else others
+        streams = [(best, raw), *others] if raw is not None and best.codec not in SELF_CODED else others
         for candidate, candidate_raw in streams:
             for other in (Backend.BZ2, Backend.XZ) if piece.length < XZ_PIECES_BELOW else (Backend.BZ2,):
                 packed = codecs.pack(candidate_raw, self.level, other)

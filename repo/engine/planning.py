@@ -26,6 +26,7 @@ PIECE = 8 * MiB  # tensor and generic chunk size on the create side
 MIN_TENSOR = 4096  # smaller tensors are cheaper as part of the surrounding generic bytes (unless grouped)
 LOCAL_WINDOW = 256 * 1024
 GROUP = 1 * MiB  # half-float pieces are grouped up to this size; larger tensors carry their own table well
+ALONE = 64 * 1024  # compressing a model on its own: tensors from this size keep their own entropy models
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,10 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
     """Pieces covering ``new`` in order; the model-aware part of the engine. ``hints`` gives the tensor regions
     of a file whose tensors another file describes (:mod:`repo.engine.companions`), in place of its own finder."""
     old_hint, new_hint = hints or (None, None)
-    old_regions = _hinted(old_hint, len(old)) if old_hint else find_tensors(old)[1]
     new_regions = _hinted(new_hint, len(new)) if new_hint else find_tensors(new)[1]
+    if not len(old):
+        return plan_alone(new_regions, len(new), limits)
+    old_regions = _hinted(old_hint, len(old)) if old_hint else find_tensors(old)[1]
     matches = align(old_regions, new_regions)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
     grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
@@ -63,6 +66,61 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
 
 def _hinted(regions: list[TensorRegion], size: int) -> list[TensorRegion]:
     return non_overlapping([r for r in regions if r.offset >= 0 and r.end <= size])
+
+
+def plan_alone(regions: list[TensorRegion], new_size: int, limits: Limits) -> list[Piece]:
+    """A model compressed on its own (no old file: nothing to match): tensors under ``ALONE`` bytes joined with
+    their small neighbours of the same element width — and the padding between them when it is whole elements —
+    into pieces of up to ``GROUP`` bytes, so small tensors share their planes' entropy models (large tensors
+    keep their own: their scales differ); what is left (headers, tensors too small to stand alone) is generic
+    bytes, adjacent ones joined."""
+    pieces: list[Piece] = []
+    for piece in _pieces(regions, {}, 0, new_size, limits):
+        last = pieces[-1] if pieces else None
+        if (
+            last is not None
+            and last.is_tensor
+            and piece.is_tensor
+            and last.width == piece.width
+            and max(last.length, piece.length) < ALONE
+            and last.length + piece.length <= GROUP
+        ):
+            pieces[-1] = Piece(last.offset, last.length + piece.length, last.width, True)
+            continue
+        pieces.append(piece)
+    pieces = _fold_padding(pieces)
+    joined: list[Piece] = []
+    for piece in pieces:
+        generic = not piece.is_tensor or piece.length < MIN_TENSOR
+        if generic and joined and not joined[-1].is_tensor and joined[-1].length + piece.length <= PIECE:
+            joined[-1] = Piece(joined[-1].offset, joined[-1].length + piece.length)
+        else:
+            joined.append(piece if not generic else Piece(piece.offset, piece.length))
+    return joined
+
+
+def _fold_padding(pieces: list[Piece]) -> list[Piece]:
+    """Generic bytes between two tensor pieces of one width, whole elements long, join them."""
+    folded: list[Piece] = []
+    index = 0
+    while index < len(pieces):
+        piece = pieces[index]
+        if folded and folded[-1].is_tensor and not piece.is_tensor and index + 1 < len(pieces):
+            last, following = folded[-1], pieces[index + 1]
+            total = last.length + piece.length + following.length
+            if (
+                following.is_tensor
+                and following.width == last.width
+                and piece.length % last.width == 0
+                and max(last.length, following.length) < ALONE
+                and total <= GROUP
+            ):
+                folded[-1] = Piece(last.offset, total, last.width, True)
+                index += 2
+                continue
+        folded.append(piece)
+        index += 1
+    return folded
 
 
 def _pieces(
