@@ -7,6 +7,8 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
       → per piece, every applicable codec (:mod:`repo.engine.candidates`) is tried and the smallest payload
         wins (ranked at a fast zstd level, the winner re-encoded at the final level; small pieces are compared
         at the final level) — pieces in threads, or for large files in a process pool (:mod:`repo.engine.pool`)
+      → for large files each payload goes to a temporary file beside the output as it arrives
+        (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
         reference limit → container (see :mod:`repo.engine.container`) written atomically
 
@@ -52,6 +54,7 @@ from lorien.repo.engine.container import (
 )
 from lorien.repo.engine.planning import Hints, Piece, plan
 from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
+from lorien.repo.engine.spool import PayloadSpool
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
 
@@ -67,6 +70,7 @@ ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the fina
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
+SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
 SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
 
 Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
@@ -87,12 +91,16 @@ class LorienEngine:
         limits: Limits = DEFAULT_LIMITS,
         workers: int | None = None,
         processes: bool | None = None,
+        spool: bool | None = None,
     ) -> None:
-        """``processes``: encode pieces in a process pool (None: for new files from 64 MiB, see :mod:`pool`)."""
+        """``processes``: encode pieces in a process pool (None: for new files from 64 MiB, see :mod:`pool`);
+        ``spool``: keep payloads in a temporary file beside the output until the container is written (None:
+        for new files from ``SPOOL_FROM``). Neither changes the patch's bytes."""
         self.level = level
         self.limits = limits
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.processes = processes
+        self.spool = spool
 
     def recognises(self, head: bytes) -> bool:
         return head.startswith(MAGIC)
@@ -189,14 +197,19 @@ class LorienEngine:
                 0, len(old_view), len(new_view), bytes.fromhex(sha256_file(old)), bytes.fromhex(sha256_file(new))
             )
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
+            spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
             made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            encoded = _merge_copies(_reporting(made, progress, len(new_view)))
+            reported = _reporting(made, progress, len(new_view))
+            encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
             if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
-                encoded = [whole]
-            self._write(output, header, encoded)
+                encoded, spool = [whole], None
+            self._write(output, header, encoded, spool)
+
+    def _spools(self, new_size: int) -> bool:
+        return self.spool if self.spool is not None else new_size >= SPOOL_FROM
 
     def _whole_file(self, old: memoryview, new: memoryview, plan_size: int) -> Encoded | None:
         """The ``zstd --patch-from`` equivalent, when both files fit the apply-side limits and a quick level-1
@@ -218,14 +231,20 @@ class LorienEngine:
             payload,
         )
 
-    def _write(self, output: Path, header: Header, encoded: list[Encoded]) -> None:
+    def _write(self, output: Path, header: Header, encoded: list[Encoded], spool: PayloadSpool | None) -> None:
+        """The container; payloads from ``encoded`` or, when given, from ``spool`` (which holds them in order)."""
         table = b"".join(item.segment.pack() for item in encoded)
         header = Header(
             len(encoded), header.source_size, header.target_size, header.source_sha256, header.target_sha256
         )
+        if spool is not None and spool.size != sum(item.segment.payload_length for item in encoded):
+            raise AssertionError("spooled payloads do not match the segment table")  # an engine bug, not input
         with atomic_writer(output) as handle:
             handle.write(pack_header(header, table, version_for([item.segment for item in encoded])))
             handle.write(table)
+            if spool is not None:
+                spool.copy_to(handle)
+                return
             for item in encoded:
                 handle.write(item.payload)
 
@@ -334,6 +353,13 @@ def _reporting(
         if progress is not None:
             progress(done, total)
         yield item
+
+
+def _spooled(encoded: Iterable[Encoded], spool: PayloadSpool) -> Iterator[Encoded]:
+    """``encoded`` with each payload moved to ``spool`` (in order) as it arrives; segments pass through."""
+    for item in encoded:
+        spool.add(item.payload)
+        yield Encoded(item.segment, b"")
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:
