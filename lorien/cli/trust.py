@@ -148,7 +148,12 @@ def _commit(args: argparse.Namespace) -> int:
 
 
 def register(commands: Commands) -> None:
-    group = commands.add_parser("trust", help="TUF roles and keys of a repository", description=__doc__)
+    group = commands.add_parser(
+        "trust",
+        help="TUF roles and keys of a repository",
+        description=__doc__.split("\n\n", 1)[1].replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = group.add_subparsers(dest="trust_command", required=True, metavar="COMMAND")
 
     def command(name: str, handler, doing: str, repo: bool = True) -> argparse.ArgumentParser:
