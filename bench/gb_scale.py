@@ -7,7 +7,7 @@ MB/s and the peak memory of the whole process tree (the create side's worker pro
       → new: every weight of every tensor multiplied by (1 + N(0, 1e-3)), a dense low-learning-rate fine-tune
         (in float16 that is a change of about one ulp), written the same way: neither file is ever in memory
       → ``repo.engine.create_patch`` (what the publisher calls: engine ``lorien``, default level, one worker
-        per core) in a child process; the parent samples /proc every 0.1 s: the sum of RSS and of PSS over
+        per core) in a child process; the parent samples /proc every 0.25 s: the sum of RSS and of PSS over
         the child and all its descendants, and the largest single-process VmHWM
       → ``repo.engine.apply_patch`` (what the device calls, in-process) in a child process, sampled the same way
       → the applied output's SHA-256 compared with the new file's; files deleted unless ``--keep``
@@ -37,6 +37,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 TENSOR = 64 * MiB  # bytes per tensor
 STEP = 8 * MiB  # bytes generated at a time
+SAMPLE = 0.25  # seconds between memory samples
 CREATE = (
     "import sys; from lorien.repo.engine import create_patch; create_patch(sys.argv[1], sys.argv[2], sys.argv[3])"
 )
@@ -71,20 +72,16 @@ def write_pair(old: Path, new: Path, size: int, seed: int = 3, relative: float =
 
 
 def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
+    """``root`` and its descendants, from each thread's ``children`` list (cheap: no scan of all of /proc)."""
     found, queue = [], [root]
     while queue:
         pid = queue.pop()
         found.append(pid)
-        queue.extend(children.get(pid, []))
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                queue.extend(int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except OSError:
+            continue  # exited meanwhile
     return found
 
 
@@ -109,7 +106,7 @@ def run_sampled(code: str, *args: Path) -> dict[str, float]:
         pss = max(pss, sum(_kib(f"/proc/{pid}/smaps_rollup", "Pss") for pid in pids))
         hwm = max([hwm, *(_kib(f"/proc/{pid}/status", "VmHWM") for pid in pids)])
         processes = max(processes, len(pids))
-        time.sleep(0.1)
+        time.sleep(SAMPLE)
     seconds = time.perf_counter() - began
     if child.returncode:
         raise SystemExit(f"{code!r} failed with exit code {child.returncode}")
