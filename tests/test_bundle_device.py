@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from lorien.device.bundles import linked_dir, versions_dir
-from lorien.device.config import check_environment, load_config
 from lorien.device.updater import Updater
 from lorien.publisher.publish import publish
 from lorien.repo.bundle import bundle_digest, describe_directory
 from lorien.repo.manifest import parse_manifest
 from tests.support.bundles import BUNDLE_FILES, write_bundle_family
+from tests.support.inprocess import inprocess_updater, update_and_wait
 from tests.support.simulator import RepositorySimulator
 
 
@@ -38,24 +38,7 @@ def _updater(tmp_path: Path, repo: Path, **extra) -> tuple[Updater, RepositorySi
     sim = RepositorySimulator.from_directory(repo)
     link = tmp_path / "app" / "model"
     link.parent.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "repo_url": sim.BASE,
-        "family": "bun",
-        "model_path": str(link),
-        "state_dir": str(tmp_path / "state"),
-        "insecure_allow_unsigned": True,
-        "bundle": True,
-        **extra,
-    }
-    config = load_config(None, settings)
-    check_environment(config)
-    return Updater(config, transport=sim), sim, link
-
-
-def _update(updater: Updater) -> dict:
-    updater.update_latest()
-    updater.wait(60)
-    return updater.status()
+    return inprocess_updater(sim, "bun", link, tmp_path / "state", bundle=True, **extra), sim, link
 
 
 def _blob_bytes(sim: RepositorySimulator) -> int:
@@ -68,7 +51,7 @@ def _digest(directory: Path) -> str:
 
 def test_install_update_rollback(family: Path, tmp_path: Path) -> None:
     updater, sim, link = _updater(tmp_path, family / "repo11")
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["installed_version"] == "1.1.0", status["last_result"]
     assert (
         link.is_symlink()
@@ -83,7 +66,7 @@ def test_install_update_rollback(family: Path, tmp_path: Path) -> None:
     # 1.2.0 published: only model.onnx.data and labels.txt changed; the device downloads just those
     manifest = parse_manifest((family / "repo12" / "bun" / "manifest.json").read_bytes())
     updater2, sim2, _ = _updater(tmp_path, family / "repo12")
-    status = _update(updater2)
+    status = update_and_wait(updater2)
     assert status["installed_version"] == "1.2.0", status["last_result"]
     assert _digest(link) == manifest.version("1.2.0").bundle.digest
     downloaded = _blob_bytes(sim2)
@@ -109,11 +92,11 @@ def test_install_update_rollback(family: Path, tmp_path: Path) -> None:
 
 def test_failed_health_check_switches_back(family: Path, tmp_path: Path) -> None:
     updater, _, link = _updater(tmp_path, family / "repo11")
-    assert _update(updater)["installed_version"] == "1.1.0"
+    assert update_and_wait(updater)["installed_version"] == "1.1.0"
     before = link.resolve()
     check = [sys.executable, "-c", "import sys; sys.exit(1)"]
     updater2, _, _ = _updater(tmp_path, family / "repo12", health_check=check)
-    status = _update(updater2)
+    status = update_and_wait(updater2)
     assert status["last_result"]["ok"] is False and "health check failed" in status["last_result"]["message"]
     assert link.resolve() == before and status["installed_version"] == "1.1.0"
     assert _digest(link) == _digest(family / "models" / "bun" / "1.1.0")
@@ -127,9 +110,9 @@ def test_failed_health_check_switches_back(family: Path, tmp_path: Path) -> None
 
 def test_keep_backups_counts_versions(family: Path, tmp_path: Path) -> None:
     updater, _, link = _updater(tmp_path, family / "repo11", keep_backups=1)
-    assert _update(updater)["installed_version"] == "1.1.0"
+    assert update_and_wait(updater)["installed_version"] == "1.1.0"
     updater2, _, _ = _updater(tmp_path, family / "repo12", keep_backups=1)
-    assert _update(updater2)["installed_version"] == "1.2.0"
+    assert update_and_wait(updater2)["installed_version"] == "1.2.0"
     kept = sorted(p.name.split("-")[0] for p in versions_dir(link).iterdir())
     assert kept == ["1.1.0", "1.2.0"]  # the linked version and one backup
     assert linked_dir(link) is not None and linked_dir(link).name.startswith("1.2.0-")
@@ -142,7 +125,7 @@ def test_model_path_that_is_a_file_is_refused(family: Path, tmp_path: Path) -> N
     link.write_bytes(b"a plain file")
     with pytest.raises(BadInputError, match="must be a symbolic link"):  # at start-up …
         _updater(tmp_path, family / "repo11")
-    status = _update(updater)  # … and by a running device, before it changes anything
+    status = update_and_wait(updater)  # … and by a running device, before it changes anything
     assert status["last_result"]["ok"] is False and "symbolic link" in status["last_result"]["message"]
     assert link.read_bytes() == b"a plain file"
 
@@ -153,7 +136,7 @@ def test_disk_space_is_checked_for_the_whole_bundle_first(
     import collections
 
     updater, _, link = _updater(tmp_path, family / "repo11")
-    assert _update(updater)["installed_version"] == "1.1.0"
+    assert update_and_wait(updater)["installed_version"] == "1.1.0"
     before = link.resolve()
     latest = parse_manifest((family / "repo12" / "bun" / "manifest.json").read_bytes()).latest_entry()
     usage = collections.namedtuple("usage", "total used free")
@@ -164,7 +147,7 @@ def test_disk_space_is_checked_for_the_whole_bundle_first(
         lambda path: usage(1 << 40, 0, latest.bundle.total_size) if "model" in str(path) else real(path),
     )
     updater2, sim2, _ = _updater(tmp_path, family / "repo12")
-    status = _update(updater2)
+    status = update_and_wait(updater2)
     assert (
         status["last_result"]["ok"] is False
         and "not enough free space for the bundle" in status["last_result"]["message"]

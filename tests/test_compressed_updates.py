@@ -7,19 +7,19 @@ compressed full is checked on manifests directly. A real-process test is in ``te
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lorien.device.config import check_environment, load_config
 from lorien.device.plan import Installed, cheapest_plan
 from lorien.device.updater import Updater
 from lorien.repo.download import DownloadPolicy
+from lorien.repo.hashing import sha256_file
 from lorien.repo.manifest import parse_manifest
 from tests.support.device_family import model_file, publish_two_hop_family
+from tests.support.inprocess import inprocess_updater, update_and_wait
 from tests.support.processes import SMALL_LAYERS
 from tests.support.simulator import Fault, RepositorySimulator
 
@@ -38,39 +38,16 @@ def sim(family: Path) -> RepositorySimulator:
     return RepositorySimulator.from_directory(family / "repo")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _new_device(tmp_path: Path, sim: RepositorySimulator) -> Updater:
     """A device with no model at all."""
     model = tmp_path / "app" / "model.tflite"
     model.parent.mkdir(parents=True)
-    settings = {
-        "repo_url": sim.BASE,
-        "family": "cls",
-        "model_path": str(model),
-        "state_dir": str(tmp_path / "state"),
-        "insecure_allow_unsigned": True,
-    }
-    config = load_config(None, settings)
-    check_environment(config)
-    return Updater(config, transport=sim)
-
-
-def _update(updater: Updater) -> dict:
-    updater.update_latest()
-    updater.wait(60)
-    return updater.status()
+    return inprocess_updater(sim, "cls", model, tmp_path / "state")
 
 
 def _latest(sim: RepositorySimulator):
     manifest = parse_manifest(sim.files[MANIFEST])
     return manifest.latest_entry()
-
-
-def _blob_requests(sim: RepositorySimulator) -> list[str]:
-    return [seen.path for seen in sim.requests if seen.path.startswith("blobs/")]
 
 
 def test_a_new_device_installs_the_compressed_model(
@@ -83,10 +60,10 @@ def test_a_new_device_installs_the_compressed_model(
     assert [step.kind for step in plan.steps] == ["compressed"]
     assert plan.download_bytes == latest.compressed.size and plan.full_size == latest.size
     assert plan.to_dict()["saving_percent"] > 5  # what /check shows
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"], status
-    assert status["installed_sha256"] == latest.sha256 == _sha256(model_file(family, "1.2.0"))
-    assert _blob_requests(sim) == [latest.compressed.blob]  # the raw blob is never fetched
+    assert status["installed_sha256"] == latest.sha256 == sha256_file(model_file(family, "1.2.0"))
+    assert sim.blob_requests() == [latest.compressed.blob]  # the raw blob is never fetched
     assert status["history"][0]["download_bytes"] == latest.compressed.size
     assert list(updater.config.tmp_dir.iterdir()) == []
 
@@ -102,11 +79,11 @@ def test_a_compressed_blob_that_fails_falls_back_to_the_raw_model(
     else:
         del sim.files[latest.compressed.blob]
     updater = _new_device(tmp_path, sim)
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == latest.sha256
     tries = DownloadPolicy().verify_attempts if fault == "corrupt" else 1
-    assert _blob_requests(sim) == [latest.compressed.blob] * tries + [latest.blob]
+    assert sim.blob_requests() == [latest.compressed.blob] * tries + [latest.blob]
     assert status["history"][0]["download_bytes"] == latest.size
 
 
@@ -132,10 +109,10 @@ def test_a_compressed_blob_decoding_to_another_model_is_refused_and_the_raw_mode
     _swap_compressed(sim, family, tmp_path)
     latest = _latest(sim)
     updater = _new_device(tmp_path, sim)
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == latest.sha256
-    assert _blob_requests(sim) == [latest.compressed.blob, latest.blob]
+    assert sim.blob_requests() == [latest.compressed.blob, latest.blob]
 
 
 def test_when_the_raw_model_fails_too_nothing_is_deployed(tmp_path: Path, sim: RepositorySimulator) -> None:
@@ -143,7 +120,7 @@ def test_when_the_raw_model_fails_too_nothing_is_deployed(tmp_path: Path, sim: R
     sim.inject(latest.compressed.blob, Fault(corrupt=True), forever=True)
     sim.inject(latest.blob, Fault(corrupt=True), forever=True)
     updater = _new_device(tmp_path, sim)
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert not status["last_result"]["ok"]
     assert not updater.config.model_path.exists() and status["backups"] == []
     assert list(updater.config.tmp_dir.iterdir()) == []

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from lorien.device.config import check_environment, load_config
 from lorien.device.updater import Updater
 from lorien.modelgen import write_family
 from lorien.publisher.options import PublishOptions
@@ -30,6 +29,7 @@ from lorien.repo.limits import DEFAULT_LIMITS
 from lorien.repo.signing import SigningKey, generate_keypair, load_signing_key, load_trusted_key, sign_document
 from lorien.repo.tufclient import TufClient
 from lorien.repo.tufmeta import hash_prefixed
+from tests.support.inprocess import inprocess_updater
 from tests.support.processes import SMALL_LAYERS
 from tests.support.simulator import Fault, RepositorySimulator
 
@@ -85,18 +85,7 @@ def _device(site: Publisher, tmp_path: Path, sim: RepositorySimulator, root: byt
     trusted = home / "root.json"
     if root is not None or not trusted.exists():
         trusted.write_bytes(root or site.root_json())
-    config = load_config(
-        None,
-        {
-            "repo_url": sim.BASE,
-            "family": FAMILY,
-            "model_path": str(model),
-            "state_dir": str(home / "state"),
-            "trusted_root": str(trusted),
-        },
-    )
-    check_environment(config)
-    return Updater(config, transport=sim)
+    return inprocess_updater(sim, FAMILY, model, home / "state", trusted_root=str(trusted))
 
 
 def _client(site: Publisher, sim: RepositorySimulator, tmp_path: Path) -> TufClient:

@@ -8,19 +8,19 @@ after it, real faulty servers, service control, health checks and callbacks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from lorien.device.config import check_environment, load_config
 from lorien.device.updater import Updater
 from lorien.repo.download import DownloadPolicy
 from lorien.repo.errors import ManifestError
+from lorien.repo.hashing import sha256_file
 from lorien.repo.manifest import parse_manifest
 from tests.support.device_family import model_file, publish_two_hop_family
+from tests.support.inprocess import inprocess_updater, update_and_wait
 from tests.support.processes import SMALL_LAYERS
 from tests.support.simulator import Fault, RepositorySimulator
 
@@ -40,10 +40,6 @@ def sim(family: Path) -> RepositorySimulator:
     return RepositorySimulator.from_directory(family / "repo")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _updater(family: Path, tmp_path: Path, sim: RepositorySimulator, installed: str | None) -> Updater:
     """A device whose model path holds ``installed`` (None: a model this repository never published)."""
     model = tmp_path / "app" / "model.tflite"
@@ -52,30 +48,11 @@ def _updater(family: Path, tmp_path: Path, sim: RepositorySimulator, installed: 
         model.write_bytes(b"TFL3 a model this repository never published" * 1000)
     else:
         shutil.copy(model_file(family, installed), model)
-    settings = {
-        "repo_url": sim.BASE,
-        "family": "cls",
-        "model_path": str(model),
-        "state_dir": str(tmp_path / "state"),
-        "insecure_allow_unsigned": True,
-    }
-    config = load_config(None, settings)
-    check_environment(config)
-    return Updater(config, transport=sim)
-
-
-def _update(updater: Updater) -> dict:
-    updater.update_latest()
-    updater.wait(60)
-    return updater.status()
-
-
-def _blob_requests(sim: RepositorySimulator) -> list[str]:
-    return [seen.path for seen in sim.requests if seen.path.startswith("blobs/")]
+    return inprocess_updater(sim, "cls", model, tmp_path / "state")
 
 
 def _latest(family: Path) -> str:
-    return _sha256(model_file(family, "1.2.0"))
+    return sha256_file(model_file(family, "1.2.0"))
 
 
 def _rewrite_manifest(sim: RepositorySimulator, change) -> None:
@@ -98,7 +75,7 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
         assert plan.download_bytes < plan.full_size / 2
     else:  # the model compressed on its own (docs/repository-format.md: versions[].compressed)
         assert plan.download_bytes < 0.95 * plan.full_size
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == _latest(family) and status["installed_version"] == "1.2.0"
     assert len(status["backups"]) == 1
@@ -111,7 +88,7 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
     )
     assert (entry["download_bytes"], entry["full_size"]) == (plan.download_bytes, plan.full_size)
     assert entry["duration"] >= 0
-    assert _blob_requests(sim) == [step.blob for step in plan.steps]  # each blob fetched once, nothing else
+    assert sim.blob_requests() == [step.blob for step in plan.steps]  # each blob fetched once, nothing else
     progress = updater.status_view().progress
     assert progress["stage"] == "success" and progress["lorien_stage"] == "idle" and progress["progress"] == 100
     again = updater.check()
@@ -120,9 +97,9 @@ def test_update_latest_by_one_patch_a_two_hop_chain_or_the_full_file(
 
 def test_an_up_to_date_device_downloads_nothing(family: Path, tmp_path: Path, sim: RepositorySimulator) -> None:
     updater = _updater(family, tmp_path, sim, "1.2.0")
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"] and "already up to date" in status["last_result"]["message"]
-    assert _blob_requests(sim) == [] and status["backups"] == []
+    assert sim.blob_requests() == [] and status["backups"] == []
     entry = status["history"][0]  # no operation began: kind None (TOPE's /progress keeps the last one)
     assert entry["kind"] is None and entry["from_version"] == entry["version"] == "1.2.0"
     assert entry["download_bytes"] == 0 and entry["full_size"] > 0 and entry["duration"] >= 0
@@ -133,10 +110,10 @@ def test_a_manifest_for_another_family_is_refused(family: Path, tmp_path: Path, 
     updater = _updater(family, tmp_path, sim, "1.1.0")
     with pytest.raises(ManifestError, match="is for family 'other', this device runs 'cls'"):
         updater.check()
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert not status["last_result"]["ok"] and "is for family 'other'" in status["last_result"]["message"]
     assert status["trust"]["last_refusal"] is not None
-    assert _blob_requests(sim) == [] and status["installed_sha256"] == _sha256(
+    assert sim.blob_requests() == [] and status["installed_sha256"] == sha256_file(
         family / "all" / "cls" / "1.1.0.tflite"
     )
 
@@ -147,7 +124,7 @@ def test_a_cut_blob_is_resumed_with_a_range_request(
     updater = _updater(family, tmp_path, sim, None)
     blob = updater.check().steps[0].blob
     sim.inject(blob, Fault(cut=50_000))
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"], status
     assert status["installed_sha256"] == _latest(family)
     ranges = [seen.headers.get("Range") for seen in sim.requests if seen.path == blob]
@@ -158,13 +135,13 @@ def test_a_blob_that_never_matches_its_digests_is_retried_then_fails(
     family: Path, tmp_path: Path, sim: RepositorySimulator
 ) -> None:
     updater = _updater(family, tmp_path, sim, "1.1.0")
-    before = _sha256(updater.config.model_path)
+    before = sha256_file(updater.config.model_path)
     blob = updater.check().steps[0].blob
     sim.inject(blob, Fault(corrupt=True), forever=True)
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert not status["last_result"]["ok"] and "md5" in status["last_result"]["message"].lower(), status
-    assert _blob_requests(sim).count(blob) == DownloadPolicy().verify_attempts  # whole downloads, then no more
-    assert _sha256(updater.config.model_path) == before and status["backups"] == []
+    assert sim.blob_requests().count(blob) == DownloadPolicy().verify_attempts  # whole downloads, then no more
+    assert sha256_file(updater.config.model_path) == before and status["backups"] == []
     assert list(updater.config.tmp_dir.iterdir()) == []  # the bad download is not kept
 
 
@@ -172,9 +149,9 @@ def test_a_blob_corrupted_once_is_fetched_again(family: Path, tmp_path: Path, si
     updater = _updater(family, tmp_path, sim, "1.1.0")
     blob = updater.check().steps[0].blob
     sim.inject(blob, Fault(corrupt=True))
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"] and status["installed_sha256"] == _latest(family)
-    assert _blob_requests(sim).count(blob) == 2
+    assert sim.blob_requests().count(blob) == 2
 
 
 def test_patches_of_an_unknown_engine_fall_back_to_the_full_file(
@@ -192,6 +169,6 @@ def test_patches_of_an_unknown_engine_fall_back_to_the_full_file(
     updater = _updater(family, tmp_path, sim, "1.1.0")
     plan = updater.check()
     assert [step.kind for step in plan.steps] == ["full"]
-    status = _update(updater)
+    status = update_and_wait(updater)
     assert status["last_result"]["ok"] and status["installed_sha256"] == _latest(family)
-    assert _blob_requests(sim) == [plan.steps[0].blob]
+    assert sim.blob_requests() == [plan.steps[0].blob]

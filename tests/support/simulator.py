@@ -83,6 +83,10 @@ class RepositorySimulator(Transport):
     def url(self, path: str) -> str:
         return self.BASE + path
 
+    def blob_requests(self) -> list[str]:
+        """The paths of the blobs requested so far, in order (repeats included)."""
+        return [seen.path for seen in self.requests if seen.path.startswith("blobs/")]
+
     def inject(self, path: str, *faults: Fault, forever: bool = False) -> None:
         """The next requests for ``path`` meet ``faults`` in order; with ``forever`` the last one stays."""
         *once, last = faults
