@@ -17,7 +17,6 @@ Prints a table and writes ``results/apply-speed-<UTC timestamp>.json``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lorien.repo.engine.lorien_engine import LorienEngine
+from lorien.repo.hashing import sha256_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 1 << 20
@@ -62,14 +62,6 @@ def write_pair(old: Path, new: Path, size: int, seed: int = 11) -> None:
     save_file(after, str(new))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def measure(size_mib: int, work: Path) -> dict[str, Any]:
     old, new, patch, zpatch = (work / name for name in ("old", "new", "lorien.patch", "zstd.patch"))
     write_pair(old, new, size_mib * MiB)
@@ -79,7 +71,7 @@ def measure(size_mib: int, work: Path) -> dict[str, Any]:
     subprocess.run(
         ["zstd", "-3", "--long=31", "-q", "-f", f"--patch-from={old}", str(new), "-o", str(zpatch)], check=True
     )
-    expected = _sha256(new)
+    expected = sha256_file(new)
     run = subprocess.run(
         [sys.executable, "-c", APPLY_IN_PROCESS, str(old), str(patch), str(work / "out")],
         capture_output=True,
@@ -87,12 +79,12 @@ def measure(size_mib: int, work: Path) -> dict[str, Any]:
         check=True,
     )
     seconds, rss_kib = run.stdout.split()
-    assert _sha256(work / "out") == expected
+    assert sha256_file(work / "out") == expected
     began = time.perf_counter()
     zstd = ["zstd", "-d", "--long=31", "-q", "-f", f"--patch-from={old}", str(zpatch), "-o", str(work / "zout")]
     subprocess.run(zstd, check=True)
     zstd_seconds = time.perf_counter() - began
-    assert _sha256(work / "zout") == expected
+    assert sha256_file(work / "zout") == expected
     model = new.stat().st_size
     return {
         "model_bytes": model,

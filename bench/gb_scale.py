@@ -18,7 +18,6 @@ Writes ``results/gb-scale-<UTC timestamp>.json`` and prints it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lorien.repo.hashing import sha256_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MiB = 1 << 20
@@ -119,14 +120,6 @@ def run_sampled(code: str, *args: Path) -> dict[str, float]:
     }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def measure(size: int, work: Path, keep: bool) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     old, new, patch, out = (work / name for name in ("old.safetensors", "new.safetensors", "patch", "out"))
@@ -137,7 +130,7 @@ def measure(size: int, work: Path, keep: bool) -> dict[str, Any]:
         model = new.stat().st_size
         create = run_sampled(CREATE, old, new, patch)
         apply = run_sampled(APPLY, old, patch, out)
-        matches = _sha256(out) == _sha256(new)
+        matches = sha256_file(out) == sha256_file(new)
         return {
             "model_bytes": model,
             "patch_bytes": patch.stat().st_size,
