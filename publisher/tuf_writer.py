@@ -249,7 +249,7 @@ class TufWriter:
             or targets_md.signed.targets != wanted
             or self._half_gone(targets_md.signed, TARGETS, now)
         ):
-            return self._snapshot_and_timestamp(root, targets_md.signed.version, False, force, now)
+            return self._snapshot_and_timestamp(root, current, targets_md.signed.version, False, force, now)
         version = (targets_md.signed.version if targets_md else 0) + 1
         signed_targets = Metadata(Targets(version=version, expires=utc(self.expiry.of(TARGETS), now)))
         signed_targets.signed.targets = wanted
@@ -263,7 +263,7 @@ class TufWriter:
             )
         self._sign(signed_targets, TARGETS, root)
         self._write(metadata_path(TARGETS, version), signed_targets, "tuf-targets")
-        return [TARGETS, *self._snapshot_and_timestamp(root, version, True, force, now)]
+        return [TARGETS, *self._snapshot_and_timestamp(root, current, version, True, force, now)]
 
     def commit_targets(self, targets: Metadata[Targets], now: datetime | None = None) -> list[str]:
         """Install a targets version signed offline (the next version, verified against the root), then snapshot
@@ -284,12 +284,19 @@ class TufWriter:
                 f"targets version {targets.signed.version}: {error}; sign it with the targets key(s)"
             ) from None
         self._write(metadata_path(TARGETS, targets.signed.version), targets, "tuf-targets")
-        return [TARGETS, *self._snapshot_and_timestamp(root, targets.signed.version, True, False, now)]
+        return [TARGETS, *self._snapshot_and_timestamp(root, current, targets.signed.version, True, False, now)]
 
     def _snapshot_and_timestamp(
-        self, root: Root, targets_version: int, new_targets: bool, force: bool, now: datetime
+        self,
+        root: Root,
+        current: tuple[Metadata[Timestamp], Metadata[Snapshot], Metadata[Targets]] | None,
+        targets_version: int,
+        new_targets: bool,
+        force: bool,
+        now: datetime,
     ) -> list[str]:
-        current = self.read_current()
+        """The snapshot (naming ``targets_version``) and timestamp after ``current`` (what ``read_current`` gave
+        before this publish wrote anything), each new only where needed."""
         snapshot_md = current[1] if current else None
         timestamp_md = current[0] if current else None
         written: list[str] = []
