@@ -63,8 +63,8 @@ def referenced_blobs(repo: Path) -> tuple[set[str], list[str]]:
             problems.append(f"{manifest_file}: {error}")
             continue
         referenced.add(hash_prefixed(f"{manifest.family}/{MANIFEST_FILE}", hashlib.sha256(data).hexdigest()))
-        for blob, _size, sha256 in manifest.blob_files():
-            referenced.update((blob, hash_prefixed(blob, sha256)))
+        for file in manifest.blob_files():
+            referenced.update((file.blob, hash_prefixed(file.blob, file.sha256)))
     try:
         referenced.add(hash_prefixed(INDEX_FILE, hashlib.sha256((repo / INDEX_FILE).read_bytes()).hexdigest()))
         current = TufWriter(repo).read_current()

@@ -298,12 +298,14 @@ class SignedMetadataWriter:
         blobs: dict[str, Target] = {}
         for manifest in manifests:
             targets.append(self._document_target(manifest_path(manifest.family)))
-            for blob, size, sha256 in manifest.blob_files():
-                blobs[blob] = Target(blob, size, sha256, source=self.root / blob)
+            for file in manifest.blob_files():
+                blobs[file.blob] = Target(file.blob, file.size, file.sha256, source=self.root / file.blob)
         for manifest, target in self._still_signed(manifests):
             targets.append(target)
-            for blob, size, sha256 in manifest.blob_files():
-                blobs.setdefault(blob, Target(blob, size, sha256, source=self.root / blob))
+            for file in manifest.blob_files():
+                blobs.setdefault(
+                    file.blob, Target(file.blob, file.size, file.sha256, source=self.root / file.blob)
+                )
         written = self.tuf.publish(targets + list(blobs.values()), force=force)
         self.tuf_written = written
         self._targets = False

@@ -161,17 +161,8 @@ def _referenced(report: Report) -> dict[str, tuple[str, int, str, str]]:
     """Each blob path the manifests reference, once: where it is referenced, its size, SHA-256 and MD5."""
     blobs: dict[str, tuple[str, int, str, str]] = {}
     for family, manifest in report.manifests.items():
-        for v in manifest.versions:
-            blobs.setdefault(v.blob, (f"{family} version {v.version}", v.size, v.sha256, v.md5))
-            if (c := v.compressed) is not None:
-                blobs.setdefault(c.blob, (f"{family} version {v.version} compressed", c.size, c.sha256, c.md5))
-        for p in manifest.patches:
-            blobs.setdefault(p.blob, (f"{family} patch {p.id}", p.size, p.sha256, p.md5))
-        for v in manifest.versions:
-            for f in v.bundle.files if v.bundle is not None else ():
-                blobs.setdefault(f.blob, (f"{family} version {v.version} file {f.path}", f.size, f.sha256, f.md5))
-        for fp in manifest.file_patches:
-            blobs.setdefault(fp.blob, (f"{family} file patch {fp.id}", fp.size, fp.sha256, fp.md5))
+        for file in manifest.blob_files():
+            blobs.setdefault(file.blob, (f"{family} {file.what}", file.size, file.sha256, file.md5))
     return blobs
 
 

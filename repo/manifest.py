@@ -207,6 +207,17 @@ class FilePatchEntry(PatchEntry):
 
 
 @dataclass(frozen=True)
+class BlobFile:
+    """One blob a manifest names: its repository path, size and digests, and what names it (for messages)."""
+
+    blob: str
+    size: int
+    sha256: str
+    md5: str
+    what: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     family: str
     sequence: int
@@ -232,16 +243,21 @@ class Manifest:
     def latest_entry(self) -> VersionEntry:
         return self.version(self.latest)
 
-    def blob_files(self) -> list[tuple[str, int, str]]:
-        """Every blob this manifest names, as (repository path, size, SHA-256): what a device may fetch —
-        also every file of a bundle version and every file patch (gc keeps them, TUF signs them)."""
-        files = [(entry.blob, entry.size, entry.sha256) for entry in self.versions]
-        files += [(c.blob, c.size, c.sha256) for entry in self.versions if (c := entry.compressed) is not None]
-        files += [(entry.blob, entry.size, entry.sha256) for entry in self.patches]
+    def blob_files(self) -> list[BlobFile]:
+        """Every blob this manifest names, once per mention, with what names it: what a device may fetch — also
+        every file of a bundle version and every file patch (gc keeps them, TUF signs them, inspect re-hashes
+        them)."""
+        files = []
         for entry in self.versions:
-            if entry.bundle is not None:
-                files += [(file.blob, file.size, file.sha256) for file in entry.bundle.files]
-        files += [(entry.blob, entry.size, entry.sha256) for entry in self.file_patches]
+            files.append(BlobFile(entry.blob, entry.size, entry.sha256, entry.md5, f"version {entry.version}"))
+            if (c := entry.compressed) is not None:
+                files.append(BlobFile(c.blob, c.size, c.sha256, c.md5, f"version {entry.version} compressed"))
+        files += [BlobFile(p.blob, p.size, p.sha256, p.md5, f"patch {p.id}") for p in self.patches]
+        for entry in self.versions:
+            for file in entry.bundle.files if entry.bundle is not None else ():
+                what = f"version {entry.version} file {file.path}"
+                files.append(BlobFile(file.blob, file.size, file.sha256, file.md5, what))
+        files += [BlobFile(p.blob, p.size, p.sha256, p.md5, f"file patch {p.id}") for p in self.file_patches]
         return files
 
     def patch(self, source: str, target: str) -> PatchEntry | None:

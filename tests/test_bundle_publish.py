@@ -194,7 +194,7 @@ def test_gc_keeps_bundle_files_and_file_patches(bundle_repo: tuple[Path, Path], 
     collect_garbage(repo, grace=0, now=10**10)
     collect_garbage(repo, grace=0, now=10**10 + 1)
     assert not stray.exists()
-    referenced = {blob for blob, _size, _sha256 in manifest.blob_files()}
+    referenced = {file.blob for file in manifest.blob_files()}
     for blob in referenced:
         assert (repo / blob).is_file(), blob
     assert all(f.blob in referenced for f in manifest.file_patches)
