@@ -214,3 +214,17 @@ def test_diff_rans_decoding_maps_symbols_and_escapes_to_the_same_ulps() -> None:
         Codec.DIFF_RANS, 2, Transform.NONE, len(target), 0, len(target), len(payload), zlib.crc32(payload)
     )
     assert codecs.decode(segment, payload, reference.tobytes()) == target
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 7, 31, 32, 100])
+def test_both_rans_code_paths_write_and_read_the_same_stream(lanes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(lanes)
+    symbols = np.minimum(rng.geometric(0.2, 20_011) - 1, 255).astype(np.uint8)
+    freqs = rans.frequencies(symbols)
+    native = rans.encode(symbols, freqs, lanes)
+    monkeypatch.setattr(rans, "VECTOR_FROM_LANES", 0)  # every stream row by row
+    rows = rans.encode(symbols, freqs, lanes)
+    assert np.array_equal(native[0], rows[0]) and np.array_equal(native[1], rows[1])
+    assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)
+    monkeypatch.setattr(rans, "VECTOR_FROM_LANES", 1 << 30)  # every stream symbol by symbol
+    assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)

@@ -73,6 +73,8 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> tuple[np.ndarr
     grid = np.full(rows * lanes, int(np.argmax(freqs)), dtype=np.uint8)  # padding: the likeliest symbol
     grid[: len(symbols)] = symbols
     grid = grid.reshape(rows, lanes)
+    if lanes < VECTOR_FROM_LANES:
+        return _encode_scalar(grid, freq.tolist(), start.tolist(), limit.tolist())
     state = np.full(lanes, LOW, dtype=np.uint64)
     emitted: list[np.ndarray] = [np.empty(0, np.uint16)] * rows
     sixteen, precision = np.uint64(16), np.uint64(PRECISION)
@@ -84,6 +86,27 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> tuple[np.ndarr
         quotient, remainder = np.divmod(state, freq[symbol])
         state = (quotient << precision) + remainder + start[symbol]
     return state.astype(np.uint32), np.concatenate([np.empty(0, np.uint16), *emitted])
+
+
+def _encode_scalar(
+    grid: np.ndarray, freq: list[int], start: list[int], limit: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same steps symbol by symbol with Python integers, for streams of few lanes (same output)."""
+    lanes = grid.shape[1]
+    states = [LOW] * lanes
+    emitted: list[list[int]] = []
+    for row in reversed(grid.tolist()):
+        words = []
+        for lane, symbol in enumerate(row):
+            x = states[lane]
+            if x >= limit[symbol]:
+                words.append(x & 0xFFFF)
+                x >>= 16
+            quotient, remainder = divmod(x, freq[symbol])
+            states[lane] = (quotient << PRECISION) + remainder + start[symbol]
+        emitted.append(words)
+    flat = [word for words in reversed(emitted) for word in words]
+    return np.array(states, dtype=np.uint32), np.array(flat, dtype=np.uint16)
 
 
 def decode(states: np.ndarray, words: np.ndarray, freqs: np.ndarray, count: int) -> np.ndarray:
