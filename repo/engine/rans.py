@@ -1,4 +1,5 @@
-"""Static-model rANS for byte symbols, vectorised with numpy over interleaved lanes (both sides).
+"""Static-model rANS for byte symbols, vectorised with numpy over interleaved lanes (both sides; a stream of
+fewer than ``VECTOR_FROM_LANES`` lanes runs symbol by symbol in Python instead, which is faster there).
 
 zstd's Huffman literals cost a whole number of bits per symbol and at least one; the residuals of a dense
 float16/bfloat16 fine-tune (a few ulps per weight) carry 0.7–4 bits per element, where that rounding loses
@@ -16,6 +17,9 @@ Decode (apply side): the same steps forwards, first row first; every lane's stat
 ``[2^16, 2^32)`` whatever the input, each step reads at most one word per lane, the stream must be used up
 exactly and every lane must end at the initial state — so a hostile payload yields wrong symbols (caught
 by the segment's checks) or a :class:`~repo.errors.PatchError`, never unbounded work or memory.
+
+How many lanes (:func:`lanes_for`) trades the lanes' final states (4 bytes each) against decoding speed (one
+numpy step per row): few for small streams, more for large and for long ones.
 """
 
 from __future__ import annotations
