@@ -20,7 +20,7 @@ Apply (needs numpy and zstandard only — the table says where every segment goe
     thread meanwhile
       → for each segment: read payload (CRC-32 checked), read its reference from the source with pread,
         decode; a third thread hashes and writes the decoded bytes in order to a temporary file beside the
-        output (at most two segments behind)
+        output (at most one segment behind)
       → target size and SHA-256 and the source's SHA-256 checked (a wrong source is reported as such, also
         when it made decoding fail) → atomic rename (temporary file removed on any error)
 
@@ -438,9 +438,10 @@ def _wrong_source(patch: Path, model: Path, header: Header, source_size: int) ->
 
 class _Sink:
     """Hashes and writes decoded chunks in order on one background thread (hashlib and file writes release the
-    GIL), at most ``AHEAD`` chunks behind the decoder; the first error is raised in the decoding thread."""
+    GIL), at most ``AHEAD`` chunk behind the decoder (each chunk held costs up to a segment of memory); the
+    first error is raised in the decoding thread."""
 
-    AHEAD = 2
+    AHEAD = 1
 
     def __init__(self, sha: hashlib._Hash, sink: BinaryIO | None) -> None:
         self._sha, self._sink = sha, sink
