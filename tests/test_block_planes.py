@@ -289,3 +289,22 @@ def test_a_version_3_header_may_not_carry_block_planes(tmp_path: Path) -> None:
     with pytest.raises(PatchError, match="uses codecs of version 4"):
         LorienEngine().apply(old, patch, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_large_block_piece_is_ranked_on_a_block_aligned_sample_and_keeps_block_planes(tmp_path: Path) -> None:
+    from lorien.repo.engine.lorien_engine import SAMPLED_FROM
+    from lorien.repo.engine.planning import plan
+    from lorien.repo.limits import DEFAULT_LIMITS
+
+    weights = _weights(11, (2048, 1024))  # 2.2 MB of Q8_0 blocks: ranked on a sample first
+    old, new = tmp_path / "old.gguf", tmp_path / "new.gguf"
+    _write_gguf(old, {"w": weights}, ggml_quants.Q8_0)
+    _write_gguf(new, {"w": _nudged(weights, 12)}, ggml_quants.Q8_0)
+    old_view, new_view = memoryview(old.read_bytes()), memoryview(new.read_bytes())
+    (piece,) = [p for p in plan(old_view, new_view, DEFAULT_LIMITS) if p.block is not None]
+    assert piece.length >= SAMPLED_FROM and piece.length % Q8_0.block_bytes == 0
+    encoded = LorienEngine().encode(piece, old_view, new_view)
+    assert encoded.segment.codec == Codec.BLOCK_PLANES
+    reference = old_view[encoded.segment.ref_offset : encoded.segment.ref_offset + encoded.segment.ref_length]
+    target = bytes(new_view[piece.offset : piece.offset + piece.length])
+    assert codecs.decode(encoded.segment, encoded.payload, bytes(reference)) == target
