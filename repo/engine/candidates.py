@@ -6,6 +6,8 @@
         and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
+      → block-quantized tensor chunks (GGUF Q8_0, Q4_K, …): their blocks split into field planes
+        (:mod:`repo.engine.block_planes`), against the aligned old blocks when there are any, and on their own
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lorien.repo.engine import codecs
+from lorien.repo.engine import block_planes, codecs
 from lorien.repo.engine.container import Codec, Transform
+from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Piece
 
 CandidateKey = tuple[Codec, int, Transform, bool]
@@ -32,6 +35,7 @@ class Candidate:
     transform: Transform
     raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
     dictionary: memoryview | None = None
+    encode: Callable[[int], bytes] | None = None  # self-coded payload at a zstd level (raw is None then)
 
     @property
     def key(self) -> CandidateKey:
@@ -39,6 +43,8 @@ class Candidate:
         return self.codec, self.width, self.transform, self.ref is not None
 
     def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
+        if self.encode is not None:
+            return self.encode(level)
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
@@ -74,6 +80,8 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
                 lambda: codecs.float_planes_payload(target, piece.width),
             )
         )
+    if piece.block is not None:
+        found.extend(_block_planes(piece, target, old))
     if piece.same is not None:
         found.extend(_against_same(piece, target, old, piece.same))
     if piece.cast is not None:
@@ -120,6 +128,27 @@ def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int,
         )
     )
     return found
+
+
+def _block_planes(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
+    """BLOCK_PLANES against the aligned old blocks (when the old tensor has the same length) and on its own."""
+    layout = LAYOUTS.get(piece.block) if piece.block is not None else None
+    if layout is None or piece.length % layout.block_bytes:
+        return []
+    references: list[tuple[tuple[int, int] | None, memoryview | None]] = [(None, None)]
+    if piece.same is not None:
+        references.append((piece.same, _span(old, piece.same)))
+    return [
+        Candidate(
+            Codec.BLOCK_PLANES,
+            span,
+            1,
+            Transform.NONE,
+            None,
+            encode=lambda level, r=reference: block_planes.payload(target, r, layout, level),
+        )
+        for span, reference in references
+    ]
 
 
 def _against_cast(target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:

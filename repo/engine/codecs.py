@@ -305,6 +305,10 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         return _decode_diff_rans(payload, reference, length)
     if segment.codec == Codec.FLOAT_PLANES:
         return _decode_float_planes(payload, length, width)
+    if segment.codec == Codec.BLOCK_PLANES:
+        from lorien.repo.engine import block_planes  # it builds on this module's planes and frames
+
+        return block_planes.decode(payload, reference, length)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
 
 

@@ -59,6 +59,7 @@ from lorien.repo.engine.container import (
     read_header_and_table,
     version_for,
 )
+from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Hints, Piece, plan
 from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
 from lorien.repo.engine.spool import PayloadSpool
@@ -397,25 +398,20 @@ def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes,
     slices of its aligned old bytes (and of the old float32 bytes it may be cast from), and as its window the
     old bytes near each aligned slice (the whole window when nothing is aligned) — laid out in one buffer that
     plays the old file for the sample."""
-    step = (piece.length // SAMPLE_SLICES) & ~7  # slice starts stay element-aligned for every width
+    unit = LAYOUTS[piece.block].block_bytes if piece.block is not None else 8  # element (or ggml block) aligned
+    step = piece.length // SAMPLE_SLICES // unit * unit
     starts = [index * step for index in range(SAMPLE_SLICES)]
-    sample_target = b"".join(target[start : start + SAMPLE_SLICE] for start in starts)
+    size = SAMPLE_SLICE // unit * unit
+    sample_target = b"".join(target[start : start + size] for start in starts)
     length, parts, spans = len(sample_target), [], {}
     for name, span, scale in (("same", piece.same, 1), ("cast", piece.cast, 2)):
         if span is not None:
             spans[name] = (sum(map(len, parts)), scale * length)
-            parts.extend(
-                old[span[0] + scale * start : span[0] + scale * (start + SAMPLE_SLICE)] for start in starts
-            )
+            parts.extend(old[span[0] + scale * start : span[0] + scale * (start + size)] for start in starts)
     if piece.window is not None:
         if piece.same is not None:  # the old bytes around each slice: indexing a 16 MiB window costs ~0.4 s
             window = [
-                old[
-                    max(0, piece.same[0] + start - SAMPLE_NEAR) : piece.same[0]
-                    + start
-                    + SAMPLE_SLICE
-                    + SAMPLE_NEAR
-                ]
+                old[max(0, piece.same[0] + start - SAMPLE_NEAR) : piece.same[0] + start + size + SAMPLE_NEAR]
                 for start in starts
             ]
         else:
@@ -423,7 +419,14 @@ def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes,
         spans["window"] = (sum(map(len, parts)), sum(map(len, window)))
         parts.extend(window)
     sample = Piece(
-        0, length, piece.width, piece.is_tensor, spans.get("same"), spans.get("window"), spans.get("cast")
+        0,
+        length,
+        piece.width,
+        piece.is_tensor,
+        spans.get("same"),
+        spans.get("window"),
+        spans.get("cast"),
+        piece.block,
     )
     return sample, sample_target, memoryview(b"".join(parts))
 

@@ -2,7 +2,8 @@
 
     old, new (mmap) → tensor regions of both (:func:`~repo.engine.formats.find_tensors`; small ones dropped)
       → new tensors aligned to old ones by name, then by dtype+shape, then by size (:func:`align`)
-      → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element-aligned) with the aligned old
+      → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element- or block-aligned; a
+        block-quantized chunk carries its ggml type id for codec BLOCK_PLANES) with the aligned old
         bytes they may be predicted from, and the generic bytes between/around them, referenced at the position
         implied by the previous aligned tensor (so insertions shift correctly)
       → runs of small 2-byte-element pieces (float16/bfloat16 tensors and the even-length generic bytes between
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from lorien.repo.engine.formats import TensorRegion, find_tensors
 from lorien.repo.engine.formats import _non_overlapping as non_overlapping
+from lorien.repo.engine.ggml_blocks import BY_NAME, LAYOUTS
 from lorien.repo.limits import Limits
 
 MiB = 1 << 20
@@ -40,6 +42,7 @@ class Piece:
     same: tuple[int, int] | None = None  # old bytes of equal length at the aligned position
     window: tuple[int, int] | None = None  # old bytes to use as a zstd dictionary
     cast: tuple[int, int] | None = None  # old float32 bytes predicting float16 target bytes
+    block: int | None = None  # ggml type id of a block-quantized tensor chunk (whole blocks, see ggml_blocks)
 
 
 Hints = tuple[list[TensorRegion] | None, list[TensorRegion] | None]  # (old, new) regions known from elsewhere
@@ -205,6 +208,11 @@ def _generic(offset: int, length: int, shift: int, old_size: int, limits: Limits
 def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, limits: Limits) -> Iterator[Piece]:
     width = region.width if region.width in (1, 2, 4, 8) else 1
     step = max(width, PIECE // width * width)
+    block = BY_NAME.get(region.dtype)
+    if block is not None and region.length % LAYOUTS[block].block_bytes == 0:
+        step = PIECE // LAYOUTS[block].block_bytes * LAYOUTS[block].block_bytes  # chunks of whole blocks
+    else:
+        block = None
     for relative in range(0, region.length, step):
         size = min(step, region.length - relative)
         if size % width:
@@ -224,7 +232,7 @@ def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, lim
             window = _window(center, size, old_size, limits.max_reference)
             if window and match.length <= limits.max_reference:
                 window = (match.offset, match.length)
-        yield Piece(region.offset + relative, size, width, True, same, window, cast)
+        yield Piece(region.offset + relative, size, width, True, same, window, cast, block)
 
 
 def _window(center: int, length: int, old_size: int, limit: int) -> tuple[int, int] | None:
