@@ -6,6 +6,8 @@
         and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
+      → a run of typed ranges at odd offsets (``piece.ranges``): the ranges' elements gathered per width and
+        coded as one stream each (:mod:`repo.engine.ranges`)
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lorien.repo.engine import codecs
+from lorien.repo.engine import codecs, ranges
 from lorien.repo.engine.container import Codec, Transform
 from lorien.repo.engine.planning import Piece
 
@@ -35,7 +37,7 @@ class Candidate:
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
-        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES):
+        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES):
             return raw  # its own entropy coding: the raw stream is the payload
         return codecs.zstd_compress(raw, level)
 
@@ -69,6 +71,13 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
         )
     if piece.same is not None:
         found.extend(_against_same(piece, target, old, piece.same))
+    if piece.ranges and piece.same is not None:
+        same = _span(old, piece.same)
+        found.append(
+            Candidate(
+                Codec.RANGES, piece.same, 0, Transform.NONE, lambda: ranges.payload(target, same, piece.ranges)
+            )
+        )
     if piece.cast is not None:
         found.extend(_against_cast(target, old, piece.cast))
     return found

@@ -71,7 +71,8 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
-SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
+# their raw stream is the payload: no other backend
+SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES)
 
 Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
 
@@ -132,6 +133,20 @@ class LorienEngine:
             backend,
         )
         return Encoded(segment, payload)
+
+    def encode_run(self, piece: Piece, old: memoryview, new: memoryview) -> list[Encoded]:
+        """A piece's segments: for a run of typed ranges (``piece.parts``), its best single segment or its parts'
+        own segments, whichever is smaller (ties keep the parts: they need no newer container version)."""
+        whole = self.encode(piece, old, new)
+        if not piece.parts:
+            return [whole]
+        parts = _merge_copies(self.encode(part, old, new) for part in piece.parts)
+        if (
+            sum(item.segment.payload_length + ENTRY_SIZE for item in parts)
+            <= whole.segment.payload_length + ENTRY_SIZE
+        ):
+            return parts
+        return [whole]
 
     def _ranked(self, piece: Piece, target: bytes, old: memoryview) -> list[Ranked]:
         """Every candidate's payload at the ranking level (the final one for small pieces), smallest first."""
@@ -199,8 +214,8 @@ class LorienEngine:
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
-            made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            reported = _reporting(made, progress, len(new_view))
+            runs = encode_all(self.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes)
+            reported = _reporting((item for run in runs for item in run), progress, len(new_view))
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
