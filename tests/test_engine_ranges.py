@@ -107,10 +107,12 @@ def test_small_npz_float16_model_is_one_ranges_segment_near_its_entropy(tmp_path
     assert patch.stat().st_size <= 1.03 * _order0_bytes(old.read_bytes(), new.read_bytes(), regions)
 
 
-def test_a_run_whose_own_pieces_are_smaller_keeps_them(tmp_path: Path) -> None:
-    """Unchanged tensors: the run's pieces are copies (no payload), so the ranges piece must lose to them."""
-    data = bytes(range(256)) * 64
-    old, new = memoryview(data), memoryview(data[:-1] + b"\0")
+def test_a_run_whose_own_pieces_are_smaller_keeps_them() -> None:
+    """Unchanged tensors around random bytes that moved by one: a zstd reference window (one of the parts'
+    codecs) finds them, the gap stream's XOR cannot — the run's own pieces must win."""
+    data = np.random.default_rng(6).integers(0, 256, 16384, dtype=np.uint8).tobytes()
+    moved = data[:2001] + data[2002:3001] + data[2001:2002] + data[3001:]
+    old, new = memoryview(data), memoryview(moved)
     regions = [
         TensorRegion("a", 1, 2000, 2, "float16", (1000,)),
         TensorRegion("b", 3001, 4000, 2, "float16", (2000,)),
@@ -118,15 +120,18 @@ def test_a_run_whose_own_pieces_are_smaller_keeps_them(tmp_path: Path) -> None:
     pieces = [
         Piece(0, 1, same=(0, 1)),
         Piece(1, 2000, 2, True, (1, 2000)),
-        Piece(2001, 1000, same=(2001, 1000)),
+        Piece(2001, 1000, same=(2001, 1000), window=(0, len(data))),
         Piece(3001, 4000, 2, True, (3001, 4000)),
         Piece(7001, len(data) - 7001, same=(7001, len(data) - 7001)),
     ]
     planned = with_ranges(pieces, regions, {f"{r.name}@{r.offset}": r for r in regions}, DEFAULT_LIMITS)
     assert len(planned) == 1 and planned[0].ranges == ((1, 2000, 2), (3001, 4000, 2))
     assert planned[0].parts == tuple(pieces)
+    whole = LorienEngine().encode(planned[0], old, new)
     encoded = LorienEngine().encode_run(planned[0], old, new)
+    assert whole.segment.codec == Codec.RANGES
     assert Codec.RANGES not in {e.segment.codec for e in encoded}
+    assert sum(e.segment.payload_length + 40 for e in encoded) < whole.segment.payload_length + 40
     assert sum(e.segment.target_length for e in encoded) == len(data)
 
 
