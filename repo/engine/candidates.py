@@ -6,9 +6,9 @@
         and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
-      → a run of typed ranges at odd offsets (``piece.ranges``; its only candidate — its parts are encoded
-        on their own too, see ``LorienEngine.encode_run``): the ranges' elements gathered per width and
-        coded as one stream each (:mod:`repo.engine.ranges`)
+      → a run of typed ranges at odd offsets (``piece.ranges``; its parts are encoded on their own too, see
+        ``LorienEngine.encode_run``): the ranges' elements gathered per width and coded as one stream each
+        (:mod:`repo.engine.ranges`)
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -45,14 +45,6 @@ class Candidate:
 
 def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
     """Every codec that can express this piece, cheapest to build first."""
-    if piece.ranges and piece.same is not None:
-        # a ranges run: its own pieces (``piece.parts``) already try every other codec on every part
-        same = _span(old, piece.same)
-        return [
-            Candidate(
-                Codec.RANGES, piece.same, 0, Transform.NONE, lambda: ranges.payload(target, same, piece.ranges)
-            )
-        ]
     found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
     if piece.window is not None:
         found.append(Candidate(Codec.ZSTD_REF, piece.window, 0, Transform.NONE, None, _span(old, piece.window)))
@@ -80,6 +72,15 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
         )
     if piece.same is not None:
         found.extend(_against_same(piece, target, old, piece.same))
+    if piece.ranges and piece.same is not None:
+        # the whole run's other candidates stay: one segment of XOR planes or bzip2 over the run can beat both
+        # RANGES and the run's own pieces (measured: int8 re-quantization, last-layers pairs)
+        same = _span(old, piece.same)
+        found.append(
+            Candidate(
+                Codec.RANGES, piece.same, 0, Transform.NONE, lambda: ranges.payload(target, same, piece.ranges)
+            )
+        )
     if piece.cast is not None:
         found.extend(_against_cast(target, old, piece.cast))
     return found

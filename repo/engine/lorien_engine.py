@@ -63,7 +63,7 @@ RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-e
 XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
 XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
 GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
-TINY_PLAN = 512
+TINY_PLAN = ENTRY_SIZE  # one copy (identical files): a whole-file frame cannot be smaller
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
@@ -232,7 +232,7 @@ class LorienEngine:
         if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
         if plan_size <= TINY_PLAN:
-            return None  # (nearly) all copies: nothing to win
+            return None  # nothing to win (a plan of a few hundred bytes can still lose to it: a layer removed)
         target = bytes(new)
         if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
             payload = codecs.zstd_compress(target, self.level, old)
