@@ -280,3 +280,14 @@ def test_container_refuses_malformed_ranges_segments(
     with pytest.raises(PatchError, match=message):
         apply_patch(tmp_path / "src", tmp_path / "p", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_regions_in_any_order_give_sorted_disjoint_ranges() -> None:
+    regions = [
+        TensorRegion("b", 80, 64, 2, "float16", (32,)),
+        TensorRegion("a", 10, 64, 4, "float32", (16,)),
+        TensorRegion("c", 100, 8, 2, "float16", (4,)),  # overlaps b: left out
+    ]
+    pieces = [Piece(0, 150, same=(0, 150)), Piece(150, 10, same=(150, 10))]
+    planned = with_ranges(pieces, regions, {f"{r.name}@{r.offset}": r for r in regions}, DEFAULT_LIMITS)
+    assert planned[0].ranges == ((10, 64, 4), (80, 64, 2))

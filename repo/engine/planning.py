@@ -17,6 +17,7 @@ The pieces go to :mod:`repo.engine.candidates`, which lists every codec able to 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -168,13 +169,21 @@ def with_ranges(
     2- or 4-byte tensors aligned to old ones of equal length, replaced by one piece listing those tensors as
     typed ranges (codec ``RANGES``: each width's elements coded as one stream, whatever their offsets). The
     run's pieces stay in ``parts``: the engine keeps them when they encode smaller."""
+    ordered = sorted(regions, key=lambda region: region.offset)
+    offsets = [region.offset for region in ordered]
     planned: list[Piece] = []
     run: list[Piece] = []
     for piece in [*pieces, None]:
         if piece is not None and run and _continues(run, piece):
             run.append(piece)
             continue
-        planned.extend(_ranged(run, regions, matches, limits))
+        if len(run) > 1:  # the regions that may lie inside the run, in file order
+            inside = ordered[
+                bisect_left(offsets, run[0].offset) : bisect_left(offsets, run[-1].offset + run[-1].length)
+            ]
+            planned.extend(_ranged(run, inside, matches, limits))
+        else:
+            planned.extend(run)
         run = [piece] if piece is not None and _runs(piece) else []
         if piece is not None and not run:
             planned.append(piece)
@@ -193,15 +202,13 @@ def _continues(run: list[Piece], piece: Piece) -> bool:
         and piece.same is not None
         and last.same[0] + last.same[1] == piece.same[0]
         and last.offset + last.length == piece.offset
-        and run[-1].offset + last.length - run[0].offset + piece.length <= GROUP
+        and last.offset + last.length - run[0].offset + piece.length <= GROUP
     )
 
 
 def _ranged(
     run: list[Piece], regions: list[TensorRegion], matches: dict[str, TensorRegion], limits: Limits
 ) -> list[Piece]:
-    if len(run) < 2:
-        return run
     first = run[0]
     assert first.same is not None
     start, end, shift = first.offset, run[-1].offset + run[-1].length, first.same[0] - first.offset

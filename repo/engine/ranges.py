@@ -42,6 +42,8 @@ Range = tuple[int, int, int]  # offset inside the segment, length in bytes, elem
 
 
 def _varint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError(f"ranges must be sorted and disjoint (a varint of {value})")  # a planner bug, not input
     out = bytearray()
     while True:
         byte = value & 0x7F
