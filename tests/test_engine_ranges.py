@@ -291,3 +291,14 @@ def test_regions_in_any_order_give_sorted_disjoint_ranges() -> None:
     pieces = [Piece(0, 150, same=(0, 150)), Piece(150, 10, same=(150, 10))]
     planned = with_ranges(pieces, regions, {f"{r.name}@{r.offset}": r for r in regions}, DEFAULT_LIMITS)
     assert planned[0].ranges == ((10, 64, 4), (80, 64, 2))
+
+
+def test_rare_large_differences_are_escaped_not_given_table_entries() -> None:
+    rng = np.random.default_rng(8)
+    values = rng.integers(0, 4, 20_000).astype(np.uint16)
+    values[rng.choice(20_000, 30, replace=False)] = rng.integers(20, 3000, 30).astype(np.uint16)
+    assert ranges._escape_symbol(values) == 4  # symbols 0-3 and one escape: rarer ones cost less as varints
+    old = rng.integers(0, 1 << 16, 20_000).astype(np.uint16)
+    new = old + codecs.unzigzag(values, 2)
+    payload = ranges.payload(new.tobytes(), old.tobytes(), [(0, 40_000, 2)])
+    assert ranges.decode(payload, old.tobytes(), 40_000) == new.tobytes()

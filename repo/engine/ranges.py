@@ -202,8 +202,9 @@ def _rans_stream(values: np.ndarray) -> bytes:
 
 def _escape_symbol(values: np.ndarray) -> int:
     """The escape symbol (1…255) with the smallest estimate of table + coded symbols + escaped values."""
-    counts = np.bincount(np.minimum(values, 256), minlength=257).astype(np.float64)
-    tail = np.cumsum(counts[::-1])[::-1]  # tail[k]: values ≥ k
+    full = np.bincount(values, minlength=1 << 16).astype(np.float64)
+    tail = np.append(np.cumsum(full[::-1])[::-1], 0.0)  # tail[v]: values ≥ v
+    counts = full[:256]
     total = max(len(values), 1)
     best, best_bits = 255, np.inf
     for k in range(1, 256):
@@ -211,8 +212,7 @@ def _escape_symbol(values: np.ndarray) -> int:
         present = used[used > 0]
         bits = float(-(present * np.log2(present / total)).sum())
         bits += 8 * (k + 1) * (1 if k < 16 else 1.5)  # frequencies: one or two varint bytes each
-        escapes = values[values >= k] - k if tail[k] else values[:0]
-        bits += 8 * float(np.sum(1 + (escapes >= 128) + (escapes >= 16384)))
+        bits += 8 * float(tail[k] + tail[k + 128] + tail[k + 16384])  # varint bytes of the escaped values - k
         if bits < best_bits:
             best, best_bits = k, bits
     return best
