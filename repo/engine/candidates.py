@@ -8,6 +8,9 @@
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
       → block-quantized tensor chunks (GGUF Q8_0, Q4_K, …): their blocks split into field planes
         (:mod:`repo.engine.block_planes`), against the aligned old blocks when there are any, and on their own
+      → a run of typed ranges at odd offsets (``piece.ranges``; its parts are encoded on their own too, see
+        ``LorienEngine.encode_run``): the ranges' elements gathered per width and coded as one stream each
+        (:mod:`repo.engine.ranges`)
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lorien.repo.engine import block_planes, codecs
+from lorien.repo.engine import block_planes, codecs, ranges
 from lorien.repo.engine.container import Codec, Transform
 from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Piece
@@ -48,7 +51,7 @@ class Candidate:
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
-        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES):
+        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES):
             return raw  # its own entropy coding: the raw stream is the payload
         return codecs.zstd_compress(raw, level)
 
@@ -84,6 +87,15 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
         found.extend(_block_planes(piece, target, old))
     if piece.same is not None:
         found.extend(_against_same(piece, target, old, piece.same))
+    if piece.ranges and piece.same is not None:
+        # the whole run's other candidates stay: one segment of XOR planes or bzip2 over the run can beat both
+        # RANGES and the run's own pieces (measured: int8 re-quantization, last-layers pairs)
+        same = _span(old, piece.same)
+        found.append(
+            Candidate(
+                Codec.RANGES, piece.same, 0, Transform.NONE, lambda: ranges.payload(target, same, piece.ranges)
+            )
+        )
     if piece.cast is not None:
         found.extend(_against_cast(target, old, piece.cast))
     return found

@@ -26,8 +26,8 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codec 8 (BLOCK_PLANES); a patch
-# is written at the lowest version it needs
+FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES) and 9
+# (RANGES); a patch is written at the lowest version it needs
 READABLE_VERSIONS = (1, 2, 3, 4)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
@@ -48,6 +48,7 @@ class Codec(IntEnum):
         7  # no reference: sign bit rotated to the bottom, each byte plane its own zstd frame (version 3)
     )
     BLOCK_PLANES = 8  # quantized blocks split into fields, each against the old field (version 4, block_planes.py)
+    RANGES = 9  # typed byte ranges of one segment, each width's elements coded as one stream (version 4)
 
 
 class Backend(IntEnum):
@@ -68,6 +69,7 @@ SINCE_VERSION = {
     Codec.DIFF_RANS: 2,
     Codec.FLOAT_PLANES: 3,
     Codec.BLOCK_PLANES: 4,
+    Codec.RANGES: 4,
 }  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
 
@@ -219,4 +221,8 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
         raise bad(
             "BLOCK_PLANES takes element width 1, a reference of its own length or none, and no other backend"
         )
+    if codec == Codec.RANGES and (
+        width or ref_length != target_length or transform != Transform.NONE or backend != Backend.ZSTD
+    ):
+        raise bad("RANGES needs width 0, a reference of its target length, no transform and no other backend")
     return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc, backend)

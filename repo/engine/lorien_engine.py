@@ -71,7 +71,7 @@ RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-e
 XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
 XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
 GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
-TINY_PLAN = 512
+TINY_PLAN = ENTRY_SIZE  # one copy (identical files): a whole-file frame cannot be smaller
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
@@ -79,7 +79,8 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
-SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
+# their raw stream is the payload: no other backend
+SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES)
 
 SAMPLED_FROM = 2 * MiB  # tensor pieces from this size rank their candidates on a sample first
 SAMPLE_SLICES = 4
@@ -154,6 +155,20 @@ class LorienEngine:
             backend,
         )
         return Encoded(segment, payload)
+
+    def encode_run(self, piece: Piece, old: memoryview, new: memoryview) -> list[Encoded]:
+        """A piece's segments: for a run of typed ranges (``piece.parts``), its best single segment or its parts'
+        own segments, whichever is smaller (ties keep the parts: they need no newer container version)."""
+        whole = self.encode(piece, old, new)
+        if not piece.parts:
+            return [whole]
+        parts = _merge_copies(self.encode(part, old, new) for part in piece.parts)
+        if (
+            sum(item.segment.payload_length + ENTRY_SIZE for item in parts)
+            <= whole.segment.payload_length + ENTRY_SIZE
+        ):
+            return parts
+        return [whole]
 
     def _ranked(
         self, piece: Piece, target: bytes, old: memoryview, only: frozenset[CandidateKey] | None = None
@@ -246,8 +261,8 @@ class LorienEngine:
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
-            made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            reported = _reporting(made, progress, len(new_view))
+            runs = encode_all(self.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes)
+            reported = _reporting((item for run in runs for item in run), progress, len(new_view))
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
@@ -264,7 +279,7 @@ class LorienEngine:
         if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
         if plan_size <= TINY_PLAN:
-            return None  # (nearly) all copies: nothing to win
+            return None  # nothing to win (a plan of a few hundred bytes can still lose to it: a layer removed)
         target = bytes(new)
         if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
             payload = codecs.zstd_compress(target, self.level, old)
