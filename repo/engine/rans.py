@@ -156,18 +156,26 @@ def _decode_rows(
         np.uint32(LOW),
         np.uint32(16),
     )
-    slot = np.empty(len(state), dtype=np.uint32)
-    position = 0
+    lanes = len(state)
+    slot, freq, bias = (np.empty(lanes, dtype=np.uint32) for _ in range(3))
+    below = np.empty(lanes, dtype=bool)
+    # ndarray methods and ufuncs with out=: numpy's Python-level wrappers (np.take, np.flatnonzero) cost as
+    # much as the work itself on a row of a few thousand lanes
+    take_symbol, take_freq, take_bias = slot_symbol.take, slot_freq.take, slot_bias.take
+    bitwise_and, right_shift, multiply, add, less = np.bitwise_and, np.right_shift, np.multiply, np.add, np.less
+    position, available = 0, len(refill)
     for row in range(rows):
-        np.bitwise_and(state, mask, out=slot)
-        np.take(slot_symbol, slot, out=output[row])
-        np.right_shift(state, shift, out=state)
-        np.multiply(state, slot_freq[slot], out=state)
-        np.add(state, slot_bias[slot], out=state)
-        short = np.flatnonzero(state < low)
+        bitwise_and(state, mask, out=slot)
+        take_symbol(slot, out=output[row])
+        take_freq(slot, out=freq)
+        take_bias(slot, out=bias)
+        right_shift(state, shift, out=state)
+        multiply(state, freq, out=state)
+        add(state, bias, out=state)
+        short = less(state, low, out=below).nonzero()[0]
         needed = len(short)
         if needed:
-            if position + needed > len(refill):
+            if position + needed > available:
                 raise PatchError("rANS stream ends early")
             state[short] = (state[short] << sixteen) | refill[position : position + needed]
             position += needed
