@@ -360,12 +360,13 @@ def _decode_diff_rans(payload: bytes, reference: bytes | memoryview, length: int
     states = np.frombuffer(payload, np.uint32, lanes, states_at)
     words = np.frombuffer(payload, np.uint16, word_count, states_at + 4 * lanes)
     symbols = rans.decode(states, words, freqs, length // 2)
-    deltas = _SYMBOL_DELTA[symbols]  # the change in ulps of every element whose symbol is not the escape
-    escaped = np.flatnonzero(symbols == ESCAPE)
+    deltas = _SYMBOL_DELTA.take(symbols)  # the change in ulps of every element whose symbol is not the escape
+    escaped = (symbols == ESCAPE).nonzero()[0]
     if 2 * len(escaped) != len(escapes):
         raise PatchError("rANS escapes do not match their symbols")
     deltas[escaped] = _unzigzag(from_planes(escapes, 2).view(np.uint16), 2)
-    return (np.frombuffer(reference, dtype=np.uint16) + deltas).tobytes()
+    deltas += np.frombuffer(reference, dtype=np.uint16)
+    return deltas.tobytes()
 
 
 def _decode_float_planes(payload: bytes, length: int, width: int) -> bytes:
