@@ -26,10 +26,8 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = (
-    3  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES); a patch is written at the lowest it needs
-)
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codec 10; a patch is written at the lowest it needs
+READABLE_VERSIONS = (1, 2, 3, 4)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
 HEADER_SIZE = HEADER.size
@@ -48,6 +46,7 @@ class Codec(IntEnum):
     FLOAT_PLANES = (
         7  # no reference: sign bit rotated to the bottom, each byte plane its own zstd frame (version 3)
     )
+    SPARSE_DIFF = 10  # changed elements: varint gaps + zigzag(target - reference) planes (version 4)
 
 
 class Backend(IntEnum):
@@ -63,10 +62,11 @@ class Transform(IntEnum):
     F32_TO_F16 = 1  # the reference is float32 and is rounded to float16 before use
 
 
-BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS}
+BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS, Codec.SPARSE_DIFF}
 SINCE_VERSION = {
     Codec.DIFF_RANS: 2,
     Codec.FLOAT_PLANES: 3,
+    Codec.SPARSE_DIFF: 4,
 }  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
 

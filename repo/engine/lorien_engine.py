@@ -9,6 +9,7 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
         at the final level) — pieces in threads, or for large files in a process pool (:mod:`repo.engine.pool`)
       → for large files each payload goes to a temporary file beside the output as it arrives
         (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
+      → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
         reference limit → container (see :mod:`repo.engine.container`) written atomically
 
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lorien.repo.atomic import atomic_writer
-from lorien.repo.engine import codecs
+from lorien.repo.engine import codecs, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, candidates
 from lorien.repo.engine.container import (
@@ -158,7 +159,7 @@ class LorienEngine:
         if self._first_level(piece) == self.level or len(payload) <= piece.length // GOOD_ENOUGH:
             return payload, best, raw
         for first, candidate, candidate_raw in finalists:
-            planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
+            planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.SPARSE_DIFF)
             level = min(self.level, PLANE_LEVEL) if planes else self.level
             final = min(first, candidate.payload(target, candidate_raw, level), key=len)
             if len(final) < len(payload):
@@ -200,7 +201,11 @@ class LorienEngine:
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
             made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            reported = _reporting(made, progress, len(new_view))
+            reported: Iterable[Encoded] = _reporting(made, progress, len(new_view))
+            if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
+                reported = runs.improve(
+                    pieces, list(reported), old_view, new_view, self.level, self.limits, Encoded
+                )
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
