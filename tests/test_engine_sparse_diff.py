@@ -10,7 +10,6 @@ pieces on their own.
 from __future__ import annotations
 
 import bz2
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,15 @@ from lorien.repo.engine.container import (
 )
 from lorien.repo.engine.lorien_engine import Encoded, LorienEngine
 from lorien.repo.engine.planning import plan
-from lorien.repo.engine.sparse_diff import decode_sparse_diff, read_varints, sparse_diff_residual, varints
+from lorien.repo.engine.sparse_diff import (
+    BYTES,
+    ELEMENTS,
+    HEAD,
+    decode_sparse_diff,
+    read_varints,
+    sparse_diff_residual,
+    varints,
+)
 from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS
 from tests.support.model_files import write_safetensors
@@ -46,9 +53,10 @@ def _changed(width: int, elements: int = 1 << 16) -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("width", [1, 2, 4])
 @pytest.mark.parametrize("backend", list(Backend))
-def test_sparse_diff_round_trips(width: int, backend: Backend) -> None:
+@pytest.mark.parametrize("mode", [ELEMENTS, BYTES])
+def test_sparse_diff_round_trips(width: int, backend: Backend, mode: int) -> None:
     target, reference = _changed(width)
-    raw = sparse_diff_residual(target, reference, width)
+    raw = sparse_diff_residual(target, reference, width, mode)
     assert raw is not None
     payload = codecs.pack(raw, 19, backend)
     assert decode_sparse_diff(payload, backend, reference, len(target), width) == target
@@ -58,10 +66,32 @@ def test_sparse_diff_round_trips(width: int, backend: Backend) -> None:
     assert codecs.decode(segment, payload, reference) == target
 
 
+def test_bytes_mode_follows_changes_at_odd_offsets() -> None:
+    """float32 values at offset 2 of an odd-length run: BYTES entries cover each changed value with one 4-byte
+    difference (ELEMENTS would split it across two elements and needs whole ones), the very last bytes too."""
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal(4096).astype(np.float32)
+    changed = values.copy()
+    changed[rng.choice(4095, 40, replace=False)] *= np.float32(1.01)
+    changed[-1] *= np.float32(1.01)
+    reference, target = b"\x07\x07" + values.tobytes() + b"\x00", b"\x07\x07" + changed.tobytes() + b"\x00"
+    by_bytes = sparse_diff_residual(target, reference, 4, BYTES)
+    by_elements = sparse_diff_residual(target[:-3], reference[:-3], 4, ELEMENTS)  # whole elements only
+    assert by_bytes is not None and by_elements is not None
+    assert HEAD.unpack_from(by_bytes) == (BYTES, 41)
+    assert len(codecs.zstd_compress(by_bytes, 19)) < len(codecs.zstd_compress(by_elements, 19))
+    payload = codecs.pack(by_bytes, 19, Backend.ZSTD)
+    assert decode_sparse_diff(payload, Backend.ZSTD, reference, len(target), 4) == target
+    payload = codecs.pack(by_elements, 19, Backend.ZSTD)
+    assert decode_sparse_diff(payload, Backend.ZSTD, reference[:-3], len(target) - 3, 4) == target[:-3]
+    with pytest.raises(PatchError, match="do not fill"):
+        decode_sparse_diff(payload, Backend.ZSTD, reference, len(target), 4)
+
+
 def test_sparse_diff_of_identical_bytes_and_of_a_dense_change() -> None:
     data = bytes(range(256)) * 16
     raw = sparse_diff_residual(data, data, 4)
-    assert raw == struct.pack("<I", 0)
+    assert raw == HEAD.pack(ELEMENTS, 0)
     assert decode_sparse_diff(codecs.pack(raw, 19, Backend.ZSTD), Backend.ZSTD, data, len(data), 4) == data
     assert sparse_diff_residual(bytes(len(data)), data, 1) is None  # nearly every byte changed
 
@@ -74,28 +104,33 @@ def test_varints_round_trip_at_every_length() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "why"),
+    ("raw", "width", "why"),
     [
-        (b"\x01\x00", "shorter than its count"),
-        (struct.pack("<I", 5) + b"\x00" * 3, "lists 5 changes"),  # no room for 5 values
-        (struct.pack("<I", 2000) + b"\x00", "lists 2000 changes"),  # more changes than elements
-        (struct.pack("<I", 1) + b"\x00\x00" + b"\x07", "hold 2 values"),  # two gaps for one change
-        (struct.pack("<I", 1) + b"\x80" + b"\x07", "hold 0 values"),  # unterminated varint
-        (struct.pack("<I", 1) + b"\x80" * 5 + b"\x00" + b"\x07", "longer than 5 bytes"),
-        (struct.pack("<I", 1) + varints(np.array([1024])) + b"\x07", "outside its segment"),
-        (struct.pack("<I", 2) + varints(np.array([10, 1013])) + b"\x07\x07", "outside its segment"),
+        (b"\x00\x01\x00", 1, "shorter than its mode and count"),
+        (HEAD.pack(2, 0), 1, "mode 2 is unknown"),
+        (HEAD.pack(ELEMENTS, 5) + b"\x00" * 3, 1, "lists 5 changes"),  # no room for 5 values
+        (HEAD.pack(ELEMENTS, 2000) + b"\x00", 1, "lists 2000 changes"),  # more changes than elements
+        (HEAD.pack(BYTES, 300) + b"\x00" * 1500, 4, "lists 300 changes"),  # 4-byte entries: at most 256 fit
+        (HEAD.pack(ELEMENTS, 1) + b"\x00\x00" + b"\x07", 1, "hold 2 values"),  # two gaps for one change
+        (HEAD.pack(ELEMENTS, 1) + b"\x80" + b"\x07", 1, "hold 0 values"),  # unterminated varint
+        (HEAD.pack(ELEMENTS, 1) + b"\x80" * 5 + b"\x00" + b"\x07", 1, "longer than 5 bytes"),
+        (HEAD.pack(ELEMENTS, 1) + varints(np.array([1024])) + b"\x07", 1, "outside its segment"),
+        (HEAD.pack(ELEMENTS, 2) + varints(np.array([10, 1013])) + b"\x07\x07", 1, "outside its segment"),
+        (HEAD.pack(BYTES, 1) + varints(np.array([255])) + b"\x01" + b"\x07" * 4, 4, "outside"),  # 1021 + 4
+        (HEAD.pack(BYTES, 2) + varints(np.array([0, 254])) + b"\x00\x01" + b"\x07" * 8, 4, "outside"),
+        (HEAD.pack(BYTES, 1) + varints(np.array([0])) + b"\x04" + b"\x07" * 4, 4, "remainder is not below 4"),
     ],
 )
-def test_hostile_sparse_diff_payloads_are_refused(raw: bytes, why: str) -> None:
+def test_hostile_sparse_diff_payloads_are_refused(raw: bytes, width: int, why: str) -> None:
     reference = bytes(1024)
     for backend in (Backend.ZSTD, Backend.BZ2):
         with pytest.raises(PatchError, match=why):
-            decode_sparse_diff(codecs.pack(raw, 3, backend), backend, reference, len(reference), 1)
+            decode_sparse_diff(codecs.pack(raw, 3, backend), backend, reference, len(reference), width)
 
 
 def test_sparse_diff_frames_larger_than_the_segment_allows_are_refused() -> None:
     reference = bytes(64)
-    huge = codecs.zstd_compress(bytes(10_000), 3)  # declares 10,000 bytes where at most 4 + 64 * 6 fit
+    huge = codecs.zstd_compress(bytes(10_000), 3)  # declares 10,000 bytes where about 64 * 2 fit
     with pytest.raises(PatchError, match="more than the segment allows"):
         decode_sparse_diff(huge, Backend.ZSTD, reference, 64, 1)
     bomb = bz2.compress(bytes(1 << 20))

@@ -197,7 +197,8 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
     if codec == Codec.ZSTD and ref_length:
         raise bad("plain zstd takes no reference")
     if codec in BUFFERED_CODECS:
-        if width not in WIDTHS or target_length % width:
+        # SPARSE_DIFF's entries may sit at any byte offset (its payload says whether they are aligned elements)
+        if width not in WIDTHS or (target_length % width and codec != Codec.SPARSE_DIFF):
             raise bad(f"element width {width} does not divide {target_length} bytes")
         if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
             raise bad("DIFF_RANS codes 2-byte elements and has no other backend")

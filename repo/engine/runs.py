@@ -6,7 +6,7 @@ both files, when that is smaller than the run's own segments.
         bytes have old bytes of equal length in one span (a re-quantized or sparsely changed model whose
         layout did not move: the whole file is one run)
       → per run, residuals of the whole run: the changed elements' gaps and differences (codec 10, for element
-        widths 1, 2 and 4) and, for runs up to ``DENSE_RUN`` bytes, XOR and difference byte planes (width 1)
+        widths 1, 2 and 4, and 2- and 4-byte entries at any offset for tensors at odd offsets) and, for runs up to ``DENSE_RUN`` bytes, XOR and difference byte planes (width 1)
       → each through zstd, and for very compressible residuals bzip2 and (runs up to ``DENSE_RUN``) LZMA2
       → the run becomes that one segment when it costs less (payload + one table entry) than its segments
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from lorien.repo.engine import codecs
 from lorien.repo.engine.container import ENTRY_SIZE, Backend, Codec, Segment, Transform
 from lorien.repo.engine.planning import Piece
-from lorien.repo.engine.sparse_diff import sparse_diff_residual
+from lorien.repo.engine.sparse_diff import BYTES, ELEMENTS, sparse_diff_residual
 from lorien.repo.limits import Limits
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ MiB = 1 << 20
 RUN = 8 * MiB  # a run is cut into spans of at most this many bytes (the planner's piece size)
 DENSE_RUN = 1 * MiB  # longer runs try only the sparse residual: full-size planes cost seconds per MiB there
 RANK_LEVEL = 3  # residuals are ranked at this zstd level, the winner re-encoded at the final one
+FINALISTS = 3  # the best ranked residuals re-encoded at the final level (their order can change there)
 OTHER_BELOW = 4  # a winner under 1/4 of the run also tries bzip2 (and LZMA2 for dense-sized runs)
 
 
@@ -52,23 +53,27 @@ def improve(
     result: list[Encoded] = []
     for first, last in _runs(pieces, limits):
         start, end = _trimmed(encoded, first, last)
-        result.extend(encoded[first:start])
         if end - start < 2:
-            result.extend(encoded[start:last])
+            result.extend(encoded[first:last])
             continue
-        own = _cost(encoded[start:end])
-        span = (pieces[start].offset, sum(piece.length for piece in pieces[start:end]))
-        same = (_same(pieces[start])[0], span[1])
-        best = _best(new[span[0] : span[0] + span[1]], old[same[0] : same[0] + same[1]], level)
-        if best is not None and len(best[3]) + ENTRY_SIZE < own:
+        # the run as one segment, with and without the copies at its ends (kept, they cost an entry each)
+        options = [(start, end)] + ([(first, last)] if (start, end) != (first, last) else [])
+        chosen = encoded[first:last]
+        cheapest = _cost(chosen)
+        for low, high in options:
+            span = (pieces[low].offset, sum(piece.length for piece in pieces[low:high]))
+            same = (_same(pieces[low])[0], span[1])
+            best = _best(new[span[0] : span[0] + span[1]], old[same[0] : same[0] + same[1]], level)
+            if best is None:
+                continue
             codec, width, backend, payload = best
             segment = Segment(
                 codec, width, Transform.NONE, span[1], *same, len(payload), zlib.crc32(payload), backend
             )
-            result.append(make(segment, payload))
-        else:
-            result.extend(encoded[start:end])
-        result.extend(encoded[end:last])
+            option = [*encoded[first:low], make(segment, payload), *encoded[high:last]]
+            if _cost(option) < cheapest:
+                chosen, cheapest = option, _cost(option)
+        result.extend(chosen)
     return result
 
 
@@ -123,9 +128,9 @@ def _best(target_view: memoryview, reference: memoryview, level: int) -> tuple[C
     target = bytes(target_view)
     dense = len(target) <= DENSE_RUN
     raws: list[tuple[Codec, int, bytes]] = []
-    for width in (1, 2, 4):
-        if len(target) % width == 0:
-            raw = sparse_diff_residual(target, reference, width)
+    for width, mode in ((1, ELEMENTS), (2, ELEMENTS), (4, ELEMENTS), (2, BYTES), (4, BYTES)):
+        if mode == BYTES or len(target) % width == 0:
+            raw = sparse_diff_residual(target, reference, width, mode)
             if raw is not None:
                 raws.append((Codec.SPARSE_DIFF, width, raw))
     if dense:
@@ -137,11 +142,14 @@ def _best(target_view: memoryview, reference: memoryview, level: int) -> tuple[C
         ((codecs.zstd_compress(raw, RANK_LEVEL), codec, width, raw) for codec, width, raw in raws),
         key=lambda item: len(item[0]),
     )
-    first, codec, width, raw = ranked[0]
-    best = (codec, width, Backend.ZSTD, min(first, codecs.zstd_compress(raw, level), key=len))
+    best = (Codec.ZSTD, 0, Backend.ZSTD, b"")
+    for first, codec, width, raw in ranked[:FINALISTS]:
+        final = min(first, codecs.zstd_compress(raw, level), key=len)
+        if not best[3] or len(final) < len(best[3]):
+            best = (codec, width, Backend.ZSTD, final)
     if len(best[3]) * OTHER_BELOW > len(target):
         return best
-    for _, codec, width, raw in ranked[:2]:
+    for _, codec, width, raw in ranked[:FINALISTS]:
         others = [(Backend.BZ2, bz2.compress(raw, 9))]
         if dense:
             others.append((Backend.XZ, codecs.xz_compress(raw)))
