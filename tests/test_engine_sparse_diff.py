@@ -10,6 +10,8 @@ pieces on their own.
 from __future__ import annotations
 
 import bz2
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,10 @@ from lorien.repo.engine.container import (
     HEADER_SIZE,
     Backend,
     Codec,
+    Header,
     Segment,
     Transform,
+    pack_header,
     version_for,
 )
 from lorien.repo.engine.lorien_engine import Encoded, LorienEngine
@@ -37,6 +41,7 @@ from lorien.repo.engine.sparse_diff import (
     varints,
 )
 from lorien.repo.errors import PatchError
+from lorien.repo.hashing import sha256_file
 from lorien.repo.limits import DEFAULT_LIMITS
 from tests.support.model_files import write_safetensors
 
@@ -192,3 +197,34 @@ def test_a_run_that_codes_no_smaller_keeps_its_segments() -> None:
     kept = [Encoded(Segment(Codec.ZSTD, 0, Transform.NONE, 2048, 0, 0, 10, 0), b"x" * 10) for _ in pieces]
     result = runs.improve(pieces, kept, memoryview(old), memoryview(new), 19, DEFAULT_LIMITS, Encoded)
     assert result == kept
+
+
+def test_a_patch_using_codec_10_is_version_4_and_refused_as_version_3(tmp_path: Path) -> None:
+    old, new = _requantized(tmp_path)
+    patch = tmp_path / "p"
+    create_patch(old, new, patch)
+    data = bytearray(patch.read_bytes())
+    assert struct.unpack_from("<H", data, 8)[0] == 4
+    count = struct.unpack_from("<I", data, 12)[0]
+    header = Header(count, *struct.unpack_from("<QQ32s32s", data, 16))
+    table = bytes(data[HEADER_SIZE : HEADER_SIZE + count * ENTRY_SIZE])
+    data[:HEADER_SIZE] = pack_header(header, table, 3)  # valid checksum, version too low for its codecs
+    patch.write_bytes(bytes(data))
+    with pytest.raises(PatchError, match="version 3 uses codecs of version 4"):
+        apply_patch(old, patch, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_hostile_codec_10_segment_with_valid_checksums_is_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old.bin"
+    old.write_bytes(bytes(range(256)) * 16)
+    raw = HEAD.pack(BYTES, 1) + varints(np.array([1023])) + b"\x03" + b"\x07" * 4  # entry at 4095: past the end
+    payload = codecs.pack(raw, 3, Backend.ZSTD)
+    segment = Segment(Codec.SPARSE_DIFF, 4, Transform.NONE, 4096, 0, 4096, len(payload), zlib.crc32(payload))
+    table = segment.pack()
+    header = Header(1, 4096, 4096, bytes.fromhex(sha256_file(old)), b"\0" * 32)
+    patch = tmp_path / "p"
+    patch.write_bytes(pack_header(header, table, 4) + table + payload)
+    with pytest.raises(PatchError, match="outside its segment"):
+        apply_patch(old, patch, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
