@@ -21,6 +21,8 @@ from lorien.repo.engine.container import Codec, Transform
 from lorien.repo.engine.planning import Piece
 from lorien.repo.engine.sparse_diff import sparse_diff_residual
 
+CandidateKey = tuple[Codec, int, Transform, bool]
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -32,6 +34,11 @@ class Candidate:
     transform: Transform
     raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
     dictionary: memoryview | None = None
+
+    @property
+    def key(self) -> CandidateKey:
+        """What tells this candidate from the others of the same piece."""
+        return self.codec, self.width, self.transform, self.ref is not None
 
     def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
         if self.codec == Codec.ZSTD_REF:

@@ -70,7 +70,10 @@ def _zigzag(values: np.ndarray, width: int) -> np.ndarray:
 
 def _unzigzag(values: np.ndarray, width: int) -> np.ndarray:
     one = _UINT[width](1)
-    return (values >> one) ^ (np.zeros_like(values) - (values & one))
+    return ((values >> one).view(_INT[width]) ^ -(values & one).view(_INT[width])).view(_UINT[width])
+
+
+_SYMBOL_DELTA = _unzigzag(np.arange(256, dtype=np.uint16), 2)  # DIFF_RANS: symbol → uint16 change in ulps
 
 
 # --------------------------------------------------------------------------- zstd frames
@@ -340,12 +343,13 @@ def _decode_diff_rans(payload: bytes, reference: bytes | memoryview, length: int
     escapes = unpack(payload[escapes_at:states_at], Backend.ZSTD, None, length) if escapes_length else b""
     states = np.frombuffer(payload, np.uint32, lanes, states_at)
     words = np.frombuffer(payload, np.uint16, word_count, states_at + 4 * lanes)
-    values = rans.decode(states, words, freqs, length // 2).astype(np.uint16)
-    escaped = values == ESCAPE
-    if 2 * int(np.count_nonzero(escaped)) != len(escapes):
+    symbols = rans.decode(states, words, freqs, length // 2)
+    deltas = _SYMBOL_DELTA[symbols]  # the change in ulps of every element whose symbol is not the escape
+    escaped = np.flatnonzero(symbols == ESCAPE)
+    if 2 * len(escaped) != len(escapes):
         raise PatchError("rANS escapes do not match their symbols")
-    values[escaped] = from_planes(escapes, 2).view(np.uint16)
-    return (np.frombuffer(reference, dtype=np.uint16) + _unzigzag(values, 2)).tobytes()
+    deltas[escaped] = _unzigzag(from_planes(escapes, 2).view(np.uint16), 2)
+    return (np.frombuffer(reference, dtype=np.uint16) + deltas).tobytes()
 
 
 def _decode_float_planes(payload: bytes, length: int, width: int) -> bytes:

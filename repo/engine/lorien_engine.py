@@ -6,7 +6,9 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
         aligned, tensor chunks and the generic bytes around them, each with the old bytes that may predict it)
       → per piece, every applicable codec (:mod:`repo.engine.candidates`) is tried and the smallest payload
         wins (ranked at a fast zstd level, the winner re-encoded at the final level; small pieces are compared
-        at the final level) — pieces in threads, or for large files in a process pool (:mod:`repo.engine.pool`)
+        at the final level; tensor pieces from 2 MiB rank every codec on a 512 KiB sample and build only the
+        best one or two for the whole piece) — pieces in threads, or for large files in a process pool
+        (:mod:`repo.engine.pool`)
       → for large files each payload goes to a temporary file beside the output as it arrives
         (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
       → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
@@ -15,10 +17,13 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
 
 Apply (needs numpy and zstandard only — the table says where every segment goes)::
 
-    header + table checked against limits and the source's size and SHA-256
+    header + table checked against limits and the source's size; the source's SHA-256 computed on a second
+    thread meanwhile
       → for each segment: read payload (CRC-32 checked), read its reference from the source with pread,
-        decode, write sequentially to a temporary file beside the output while hashing
-      → target size and SHA-256 checked → atomic rename (temporary file removed on any error)
+        decode; a third thread hashes and writes the decoded bytes in order to a temporary file beside the
+        output (at most two segments behind)
+      → target size and SHA-256 and the source's SHA-256 checked (a wrong source is reported as such, also
+        when it made decoding fail) → atomic rename (temporary file removed on any error)
 
 Memory while applying is bounded by :class:`~repo.engine.container.Limits` (one segment's reference, payload
 and output at a time), not by model size.
@@ -29,8 +34,10 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -38,7 +45,7 @@ from typing import BinaryIO
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.engine import codecs, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
-from lorien.repo.engine.candidates import Candidate, candidates
+from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
@@ -74,7 +81,20 @@ COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
 SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
 
+SAMPLED_FROM = 2 * MiB  # tensor pieces from this size rank their candidates on a sample first
+SAMPLE_SLICES = 4
+SAMPLE_SLICE = 128 * 1024  # bytes of the new piece per slice
+SAMPLE_NEAR = 256 * 1024  # a sampled slice with aligned old bytes uses those ± this much as its dictionary
+SHORTLIST = 2  # candidates the sample sends on to be built for the whole piece, at most
+SHORTLIST_MARGIN = 1.05  # ... and only those within 5 % of the smallest on the sample
+
 Ranked = tuple[bytes, Candidate, bytes | None]  # payload, candidate, raw stream
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    keys: frozenset[CandidateKey]
+    other_backend: bool  # bzip2 or LZMA2 beat zstd on the sample
 
 
 @dataclass(frozen=True)
@@ -115,10 +135,11 @@ class LorienEngine:
             return Encoded(
                 Segment(Codec.COPY, 0, Transform.NONE, piece.length, *piece.same, 0, zlib.crc32(b"")), b""
             )
-        ranked = self._ranked(piece, target, old)
+        shortlist = self._shortlist(piece, target, old) if _sampled(piece) else None
+        ranked = self._ranked(piece, target, old, None if shortlist is None else shortlist.keys)
         payload, best, raw = self._final(piece, target, ranked)
         backend = Backend.ZSTD
-        if len(payload) <= piece.length // XZ_BELOW:
+        if len(payload) <= piece.length // XZ_BELOW and (shortlist is None or shortlist.other_backend):
             payload, backend, best = self._other_backends(piece, ranked, (payload, best, raw))
         ref_offset, ref_length = best.ref or (0, 0)
         segment = Segment(
@@ -134,17 +155,42 @@ class LorienEngine:
         )
         return Encoded(segment, payload)
 
-    def _ranked(self, piece: Piece, target: bytes, old: memoryview) -> list[Ranked]:
-        """Every candidate's payload at the ranking level (the final one for small pieces), smallest first."""
+    def _ranked(
+        self, piece: Piece, target: bytes, old: memoryview, only: frozenset[CandidateKey] | None = None
+    ) -> list[Ranked]:
+        """Every candidate's payload (those in ``only``, when given) at the ranking level (the final one for
+        small pieces), smallest first."""
         first_level = self._first_level(piece)
         ranked = []
         for candidate in candidates(piece, target, old):
+            if only is not None and candidate.key not in only:
+                continue
             raw = candidate.raw() if candidate.raw is not None else None
             if candidate.raw is not None and raw is None:
                 continue  # e.g. sparse with too many changes
             ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
         ranked.sort(key=lambda item: len(item[0]))
         return ranked
+
+    def _shortlist(self, piece: Piece, target: bytes, old: memoryview) -> Shortlist:
+        """For a large tensor piece, the candidates worth building in full: every candidate is ranked on an
+        evenly spread sample of the piece (``SAMPLE_SLICES`` slices), the ``SHORTLIST`` smallest within
+        ``SHORTLIST_MARGIN`` of the smallest go on, and the other entropy backends are tried on the full piece
+        only if one of them won on the sample."""
+        sample_piece, sample_target, sample_old = _sample(piece, target, old)
+        ranked = self._ranked(sample_piece, sample_target, sample_old)
+        near = [
+            candidate.key
+            for payload, candidate, _ in ranked
+            if len(payload) <= SHORTLIST_MARGIN * len(ranked[0][0])
+        ]
+        keys = frozenset(near[:SHORTLIST])
+        other_backend = False
+        if ranked and len(ranked[0][0]) <= sample_piece.length // XZ_BELOW:
+            _, backend, best = self._other_backends(sample_piece, ranked, ranked[0])
+            if backend != Backend.ZSTD:
+                keys, other_backend = keys | {best.key}, True
+        return Shortlist(keys, other_backend)
 
     def _first_level(self, piece: Piece) -> int:
         return self.level if piece.length < ALL_AT_FINAL_BELOW else RANK_LEVEL
@@ -281,20 +327,27 @@ class LorienEngine:
     def apply(
         self, model: Path, patch: Path, output: Path | None, progress: Callable[[int, int], None] | None = None
     ) -> ApplyResult:
-        with open(patch, "rb") as patch_handle, open(model, "rb") as source:
+        with (
+            open(patch, "rb") as patch_handle,
+            open(model, "rb") as source,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorien-apply-source") as hasher,
+        ):
             header, segments, _ = self._open(patch_handle, patch)
             source_size = os.fstat(source.fileno()).st_size
-            if source_size != header.source_size or sha256_file(model) != header.source_sha256.hex():
-                raise PatchError(
-                    f"{patch}: made for another source model (expects {header.source_size} bytes, sha256 "
-                    f"{header.source_sha256.hex()[:16]}…); {model} is {source_size} bytes — apply it to the "
-                    "version it was made from"
-                )
-            if output is None:
-                digest = self._decode_all(header, segments, patch_handle, source, None, patch, progress)
-            else:
-                with atomic_writer(output) as sink:
+            if source_size != header.source_size:
+                raise _wrong_source(patch, model, header, source_size)
+            # the source is hashed beside the decoding (a segment's reference is read where it is needed); a
+            # wrong source is reported as such before any decoding error it caused, and no output is kept
+            source_sha256 = hasher.submit(sha256_file, model)
+            try:
+                with atomic_writer(output) if output is not None else nullcontext(None) as sink:
                     digest = self._decode_all(header, segments, patch_handle, source, sink, patch, progress)
+                    if source_sha256.result() != header.source_sha256.hex():
+                        raise _wrong_source(patch, model, header, source_size)
+            except PatchError:
+                if source_sha256.result() != header.source_sha256.hex():
+                    raise _wrong_source(patch, model, header, source_size) from None
+                raise
         return ApplyResult(self.name, header.target_size, digest, True, None if output is None else str(output))
 
     def _decode_all(
@@ -310,14 +363,13 @@ class LorienEngine:
         sha = hashlib.sha256()
         fd = source.fileno()
         done = 0
-        for index, segment in enumerate(segments):
-            for chunk in self._decode_one(segment, patch_handle, fd, patch, index):
-                sha.update(chunk)
-                if sink is not None:
-                    sink.write(chunk)
-            done += segment.target_length
-            if progress is not None:
-                progress(done, header.target_size)
+        with _Sink(sha, sink) as output:  # hashing and writing overlap the next segment's decoding
+            for index, segment in enumerate(segments):
+                for chunk in self._decode_one(segment, patch_handle, fd, patch, index):
+                    output.put(chunk)
+                done += segment.target_length
+                if progress is not None:
+                    progress(done, header.target_size)
         digest = sha.hexdigest()
         if digest != header.target_sha256.hex():
             raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
@@ -339,6 +391,86 @@ class LorienEngine:
             yield codecs.decode(segment, payload, reference)
         except PatchError as error:
             raise PatchError(f"{patch}: corrupt patch: segment {index}: {error}") from None
+
+
+def _sampled(piece: Piece) -> bool:
+    return piece.is_tensor and piece.length >= SAMPLED_FROM
+
+
+def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes, memoryview]:
+    """A small piece standing for ``piece``: ``SAMPLE_SLICES`` evenly spread slices of the target, the same
+    slices of its aligned old bytes (and of the old float32 bytes it may be cast from), and as its window the
+    old bytes near each aligned slice (the whole window when nothing is aligned) — laid out in one buffer that
+    plays the old file for the sample."""
+    step = (piece.length // SAMPLE_SLICES) & ~7  # slice starts stay element-aligned for every width
+    starts = [index * step for index in range(SAMPLE_SLICES)]
+    sample_target = b"".join(target[start : start + SAMPLE_SLICE] for start in starts)
+    length, parts, spans = len(sample_target), [], {}
+    for name, span, scale in (("same", piece.same, 1), ("cast", piece.cast, 2)):
+        if span is not None:
+            spans[name] = (sum(map(len, parts)), scale * length)
+            parts.extend(
+                old[span[0] + scale * start : span[0] + scale * (start + SAMPLE_SLICE)] for start in starts
+            )
+    if piece.window is not None:
+        if piece.same is not None:  # the old bytes around each slice: indexing a 16 MiB window costs ~0.4 s
+            window = [
+                old[
+                    max(0, piece.same[0] + start - SAMPLE_NEAR) : piece.same[0]
+                    + start
+                    + SAMPLE_SLICE
+                    + SAMPLE_NEAR
+                ]
+                for start in starts
+            ]
+        else:
+            window = [old[piece.window[0] : piece.window[0] + piece.window[1]]]
+        spans["window"] = (sum(map(len, parts)), sum(map(len, window)))
+        parts.extend(window)
+    sample = Piece(
+        0, length, piece.width, piece.is_tensor, spans.get("same"), spans.get("window"), spans.get("cast")
+    )
+    return sample, sample_target, memoryview(b"".join(parts))
+
+
+def _wrong_source(patch: Path, model: Path, header: Header, source_size: int) -> PatchError:
+    return PatchError(
+        f"{patch}: made for another source model (expects {header.source_size} bytes, sha256 "
+        f"{header.source_sha256.hex()[:16]}…); {model} is {source_size} bytes — apply it to the "
+        "version it was made from"
+    )
+
+
+class _Sink:
+    """Hashes and writes decoded chunks in order on one background thread (hashlib and file writes release the
+    GIL), at most ``AHEAD`` chunks behind the decoder; the first error is raised in the decoding thread."""
+
+    AHEAD = 2
+
+    def __init__(self, sha: hashlib._Hash, sink: BinaryIO | None) -> None:
+        self._sha, self._sink = sha, sink
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorien-apply-sink")
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def put(self, chunk: bytes) -> None:
+        self._pending.append(self._pool.submit(self._consume, chunk))
+        while len(self._pending) > self.AHEAD:
+            self._pending.popleft().result()
+
+    def _consume(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        if self._sink is not None:
+            self._sink.write(chunk)
+
+    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            while self._pending and error_type is None:  # after an error the output is thrown away anyway
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
