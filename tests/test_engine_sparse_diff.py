@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lorien.repo.engine import apply_patch, codecs, create_patch, runs
 from lorien.repo.engine.container import (
@@ -99,6 +101,43 @@ def test_sparse_diff_of_identical_bytes_and_of_a_dense_change() -> None:
     assert raw == HEAD.pack(ELEMENTS, 0)
     assert decode_sparse_diff(codecs.pack(raw, 19, Backend.ZSTD), Backend.ZSTD, data, len(data), 4) == data
     assert sparse_diff_residual(bytes(len(data)), data, 1) is None  # nearly every byte changed
+
+
+def test_bytes_mode_near_the_end() -> None:
+    """A change in the last bytes is covered by an entry that ends with the data; when that entry would overlap
+    the one before (changes 3 and 1 bytes before the end, width 4), the mode does not apply."""
+    reference = bytes(64)
+    target = bytearray(reference)
+    target[62] = 9
+    raw = sparse_diff_residual(bytes(target), reference, 4, BYTES)
+    assert raw is not None and HEAD.unpack_from(raw) == (BYTES, 1)
+    assert decode_sparse_diff(codecs.pack(raw, 3, Backend.ZSTD), Backend.ZSTD, reference, 64, 4) == target
+    target[59] = target[63] = 7  # entry 59..62, then byte 63: an entry there would start at 60 and overlap
+    assert sparse_diff_residual(bytes(target), reference, 4, BYTES) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    length=st.integers(0, 80),
+    changes=st.lists(st.tuples(st.integers(0, 79), st.integers(1, 255)), max_size=12),
+    width=st.sampled_from([1, 2, 4, 8]),
+    mode=st.sampled_from([ELEMENTS, BYTES]),
+)
+def test_sparse_diff_round_trips_any_changes(
+    length: int, changes: list[tuple[int, int]], width: int, mode: int
+) -> None:
+    """Any changes at any offsets: the stream decodes to the target, or the mode declines (None)."""
+    if mode == ELEMENTS:
+        length -= length % width
+    reference = bytes(range(length))
+    target = bytearray(reference)
+    for position, delta in changes:
+        if position < length:
+            target[position] = (target[position] + delta) % 256
+    raw = sparse_diff_residual(bytes(target), reference, width, mode)
+    if raw is not None:
+        payload = codecs.pack(raw, 3, Backend.ZSTD)
+        assert decode_sparse_diff(payload, Backend.ZSTD, reference, length, width) == target
 
 
 def test_varints_round_trip_at_every_length() -> None:

@@ -65,7 +65,9 @@ def _bytes_residual(target: bytes, reference: bytes | memoryview, width: int) ->
     end = 0
     for index in changed.tolist():  # greedy: an entry starts at the first changed byte it does not cover
         if index >= end:
-            start = max(end, min(index, len(new) - width))
+            start = min(index, len(new) - width)  # the last entry may start earlier to end with the data ...
+            if start < end:
+                return None  # ... unless that overlaps the one before: this mode cannot say it
             starts.append(start)
             end = start + width
     positions = np.array(starts, dtype=np.int64)
