@@ -106,20 +106,20 @@ def _runs(pieces: list[Piece], limits: Limits) -> Iterator[tuple[int, int]]:
     cap = min(RUN, limits.max_segment, limits.max_reference)
     start = 0
     for index in range(1, len(pieces) + 1):
-        if index < len(pieces) and _continues(pieces[start:index], pieces[index], cap):
+        if index < len(pieces) and _continues(pieces[start], pieces[index - 1], pieces[index], cap):
             continue
         yield start, index
         start = index
 
 
-def _continues(run: list[Piece], piece: Piece, cap: int) -> bool:
-    last = run[-1]
+def _continues(first: Piece, last: Piece, piece: Piece, cap: int) -> bool:
+    """Whether ``piece`` extends the run ``first`` … ``last``: its old bytes follow theirs, within ``cap``."""
     return (
-        last.same is not None
+        first.same is not None
+        and last.same is not None
         and piece.same is not None
-        and run[0].same is not None
         and last.same[0] + last.same[1] == piece.same[0]
-        and piece.offset - run[0].offset + piece.length <= cap
+        and piece.offset - first.offset + piece.length <= cap
     )
 
 
