@@ -97,6 +97,18 @@ def test_large_rans_streams_get_more_lanes_and_small_ones_keep_theirs() -> None:
     assert rans.lanes_for(rans.frequencies(small), len(small)) <= rans.MAX_LANES
 
 
+def test_long_streams_that_compress_well_still_decode_in_few_rows() -> None:
+    rng = np.random.default_rng(4)
+    sparse = (rng.random(1_000_000) < 0.02).astype(np.uint8)  # ~0.14 bits a symbol: ~18 KB coded
+    freqs = rans.frequencies(sparse)
+    lanes = rans.lanes_for(freqs, len(sparse))
+    assert -(-len(sparse) // lanes) <= rans.LONG_MAX_ROWS  # the share rule alone would give 8 lanes
+    states, words = rans.encode(sparse, freqs, lanes)
+    assert np.array_equal(rans.decode(states, words, freqs, len(sparse)), sparse)
+    short = sparse[: rans.LONG_STREAM - 1]
+    assert rans.lanes_for(rans.frequencies(short), len(short)) < rans.VECTOR_FROM_LANES  # symbol by symbol
+
+
 def _reference_decode(states: list[int], words: list[int], freqs: list[int], count: int) -> list[int] | None:
     """rANS decoding with Python integers (no overflow possible), row by row over the lanes; None where the
     vectorised decoder must raise."""
@@ -127,7 +139,7 @@ def test_rans_decoder_agrees_with_exact_integer_arithmetic_or_refuses_any_states
     freqs[rng.choice(256, used, replace=False)] = 1
     freqs += np.where(freqs > 0, rng.multinomial((1 << rans.PRECISION) - used, np.ones(256) / 256), 0)
     freqs[np.argmax(freqs)] += (1 << rans.PRECISION) - freqs.sum()
-    lanes, count = int(rng.integers(1, 9)), int(rng.integers(8, 64))
+    lanes, count = int(rng.integers(1, 40)), int(rng.integers(40, 200))
     extremes = np.array([rans.LOW, 0xFFFFFFFF, 0xFFFF8000, rans.LOW + 1], dtype=np.uint32)
     states = np.where(rng.random(lanes) < 0.5, rng.choice(extremes, lanes), rng.integers(rans.LOW, 1 << 32, lanes))
     states = states.astype(np.uint32)
@@ -202,3 +214,17 @@ def test_diff_rans_decoding_maps_symbols_and_escapes_to_the_same_ulps() -> None:
         Codec.DIFF_RANS, 2, Transform.NONE, len(target), 0, len(target), len(payload), zlib.crc32(payload)
     )
     assert codecs.decode(segment, payload, reference.tobytes()) == target
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 7, 31, 32, 100])
+def test_both_rans_code_paths_write_and_read_the_same_stream(lanes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(lanes)
+    symbols = np.minimum(rng.geometric(0.2, 20_011) - 1, 255).astype(np.uint8)
+    freqs = rans.frequencies(symbols)
+    native = rans.encode(symbols, freqs, lanes)
+    monkeypatch.setattr(rans, "VECTOR_FROM_LANES", 0)  # every stream row by row
+    rows = rans.encode(symbols, freqs, lanes)
+    assert np.array_equal(native[0], rows[0]) and np.array_equal(native[1], rows[1])
+    assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)
+    monkeypatch.setattr(rans, "VECTOR_FROM_LANES", 1 << 30)  # every stream symbol by symbol
+    assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)

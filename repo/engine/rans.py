@@ -1,4 +1,5 @@
-"""Static-model rANS for byte symbols, vectorised with numpy over interleaved lanes (both sides).
+"""Static-model rANS for byte symbols, vectorised with numpy over interleaved lanes (both sides; a stream of
+fewer than ``VECTOR_FROM_LANES`` lanes runs symbol by symbol in Python instead, which is faster there).
 
 zstd's Huffman literals cost a whole number of bits per symbol and at least one; the residuals of a dense
 float16/bfloat16 fine-tune (a few ulps per weight) carry 0.7–4 bits per element, where that rounding loses
@@ -16,6 +17,9 @@ Decode (apply side): the same steps forwards, first row first; every lane's stat
 ``[2^16, 2^32)`` whatever the input, each step reads at most one word per lane, the stream must be used up
 exactly and every lane must end at the initial state — so a hostile payload yields wrong symbols (caught
 by the segment's checks) or a :class:`~repo.errors.PatchError`, never unbounded work or memory.
+
+How many lanes (:func:`lanes_for`) trades the lanes' final states (4 bytes each) against decoding speed (one
+numpy step per row): few for small streams, more for large and for long ones.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ STATE_SHARE = 500  # the lanes' final states cost at most ~1/500 of the coded sy
 # up to twice the lanes, their states up to 1/200 of the stream (~0.3 % more bytes, decoding ~1.7x faster)
 LARGE_STREAM = 512 * 1024
 LARGE_ELEMENTS_PER_LANE, LARGE_MAX_LANES, LARGE_STATE_SHARE = 2048, 2048, 200
+# A numpy row costs the decoder ~7-10 µs whatever its width, so a long stream gets enough lanes to decode in at
+# most LONG_MAX_ROWS rows however well it compresses (a re-quantized int8 tensor of 2 MB codes to ~40 KB: 21
+# lanes by the share rule, 50 K rows; with 256 lanes its states cost 1 KB more and it decodes ~12x faster).
+# Shorter streams with few lanes decode symbol by symbol (~0.2 µs each) instead of row by row.
+LONG_STREAM, LONG_MAX_ROWS = 128 * 1024, 4096
+VECTOR_FROM_LANES = 32
 
 
 def lanes_for(freqs: np.ndarray, count: int) -> int:
@@ -42,8 +52,12 @@ def lanes_for(freqs: np.ndarray, count: int) -> int:
     p = freqs[freqs > 0].astype(np.float64) / (1 << PRECISION)
     coded_bytes = count * float(-(p * np.log2(p)).sum()) / 8
     if coded_bytes >= LARGE_STREAM:
-        return min(LARGE_MAX_LANES, count // LARGE_ELEMENTS_PER_LANE, int(coded_bytes / LARGE_STATE_SHARE / 4))
-    return max(1, min(MAX_LANES, count // ELEMENTS_PER_LANE, int(coded_bytes / STATE_SHARE / 4)))
+        lanes = min(LARGE_MAX_LANES, count // LARGE_ELEMENTS_PER_LANE, int(coded_bytes / LARGE_STATE_SHARE / 4))
+    else:
+        lanes = min(MAX_LANES, count // ELEMENTS_PER_LANE, int(coded_bytes / STATE_SHARE / 4))
+    if count >= LONG_STREAM:
+        lanes = max(lanes, -(-count // LONG_MAX_ROWS))
+    return max(1, lanes)
 
 
 def frequencies(symbols: np.ndarray) -> np.ndarray:
@@ -63,6 +77,8 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> tuple[np.ndarr
     grid = np.full(rows * lanes, int(np.argmax(freqs)), dtype=np.uint8)  # padding: the likeliest symbol
     grid[: len(symbols)] = symbols
     grid = grid.reshape(rows, lanes)
+    if lanes < VECTOR_FROM_LANES:
+        return _encode_scalar(grid, freq.tolist(), start.tolist(), limit.tolist())
     state = np.full(lanes, LOW, dtype=np.uint64)
     emitted: list[np.ndarray] = [np.empty(0, np.uint16)] * rows
     sixteen, precision = np.uint64(16), np.uint64(PRECISION)
@@ -76,35 +92,71 @@ def encode(symbols: np.ndarray, freqs: np.ndarray, lanes: int) -> tuple[np.ndarr
     return state.astype(np.uint32), np.concatenate([np.empty(0, np.uint16), *emitted])
 
 
+def _encode_scalar(
+    grid: np.ndarray, freq: list[int], start: list[int], limit: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same steps symbol by symbol with Python integers, for streams of few lanes (same output)."""
+    lanes = grid.shape[1]
+    states = [LOW] * lanes
+    emitted: list[list[int]] = []
+    for row in reversed(grid.tolist()):
+        words = []
+        for lane, symbol in enumerate(row):
+            x = states[lane]
+            if x >= limit[symbol]:
+                words.append(x & 0xFFFF)
+                x >>= 16
+            quotient, remainder = divmod(x, freq[symbol])
+            states[lane] = (quotient << PRECISION) + remainder + start[symbol]
+        emitted.append(words)
+    flat = [word for words in reversed(emitted) for word in words]
+    return np.array(states, dtype=np.uint32), np.array(flat, dtype=np.uint16)
+
+
 def decode(states: np.ndarray, words: np.ndarray, freqs: np.ndarray, count: int) -> np.ndarray:
     """``count`` symbols (uint8) from lane states and words; PatchError when they do not fit together.
 
     Per row of lanes: one gather each for the symbol, its frequency and its offset inside the symbol's slots
     (tables indexed by slot), state arithmetic in uint32 (``freq * (state >> 15) + bias < 2^32`` for every
-    state in range), refills where a state fell under ``LOW``."""
+    state in range), refills where a state fell under ``LOW``. A stream of few lanes decodes symbol by symbol
+    in Python instead: a numpy row costs ~10 µs whatever its width, a Python symbol well under 1 µs."""
     lanes = len(states)
     if freqs.shape != (SYMBOLS,) or int(freqs.astype(np.int64).sum()) != 1 << PRECISION or lanes == 0:
         raise PatchError("rANS frequency table does not sum to its precision")
     if count and lanes > count:
         raise PatchError(f"rANS stream has {lanes} lanes for {count} symbols")
-    state = states.astype(np.uint32)
-    if state.min() < LOW:
+    if int(states.min()) < LOW:
         raise PatchError("rANS lane state out of range")
     counts = freqs.astype(np.int64)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     slot_symbol = np.repeat(np.arange(SYMBOLS, dtype=np.uint8), counts)
     slot_freq = np.repeat(counts, counts).astype(np.uint32)
     slot_bias = (np.arange(1 << PRECISION) - np.repeat(starts, counts)).astype(np.uint32)
-    refill = words.astype(np.uint32)
     rows = -(-count // lanes)
     output = np.empty((rows, lanes), dtype=np.uint8)
+    decoder = _decode_scalar if lanes < VECTOR_FROM_LANES else _decode_rows
+    final, used = decoder(states.astype(np.uint32), words, (slot_symbol, slot_freq, slot_bias), rows, output)
+    if used != len(words) or np.any(final != LOW):
+        raise PatchError("rANS stream does not end where its symbols do")
+    return output.reshape(-1)[:count]
+
+
+Tables = tuple[np.ndarray, np.ndarray, np.ndarray]  # per slot: symbol, its frequency, slot - its start
+
+
+def _decode_rows(
+    state: np.ndarray, words: np.ndarray, tables: Tables, rows: int, output: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Vectorised over the lanes, one numpy step per row; the final states and the words used."""
+    slot_symbol, slot_freq, slot_bias = tables
+    refill = words.astype(np.uint32)
     mask, shift, low, sixteen = (
         np.uint32((1 << PRECISION) - 1),
         np.uint32(PRECISION),
         np.uint32(LOW),
         np.uint32(16),
     )
-    slot = np.empty(lanes, dtype=np.uint32)
+    slot = np.empty(len(state), dtype=np.uint32)
     position = 0
     for row in range(rows):
         np.bitwise_and(state, mask, out=slot)
@@ -119,6 +171,29 @@ def decode(states: np.ndarray, words: np.ndarray, freqs: np.ndarray, count: int)
                 raise PatchError("rANS stream ends early")
             state[short] = (state[short] << sixteen) | refill[position : position + needed]
             position += needed
-    if position != len(refill) or np.any(state != low):
-        raise PatchError("rANS stream does not end where its symbols do")
-    return output.reshape(-1)[:count]
+    return state, position
+
+
+def _decode_scalar(
+    state: np.ndarray, words: np.ndarray, tables: Tables, rows: int, output: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """The same steps symbol by symbol with Python integers, for streams of few lanes."""
+    symbol_of, freq_of, bias_of = (table.tolist() for table in tables)
+    refill, states, lanes = words.tolist(), state.tolist(), len(state)
+    out = bytearray(rows * lanes)
+    mask, position, index = (1 << PRECISION) - 1, 0, 0
+    for _ in range(rows):
+        for lane in range(lanes):
+            x = states[lane]
+            slot = x & mask
+            out[index] = symbol_of[slot]
+            index += 1
+            x = freq_of[slot] * (x >> PRECISION) + bias_of[slot]
+            if x < LOW:
+                if position == len(refill):
+                    raise PatchError("rANS stream ends early")
+                x = (x << 16) | refill[position]
+                position += 1
+            states[lane] = x
+    output.reshape(-1)[:] = np.frombuffer(out, np.uint8)
+    return np.array(states, dtype=np.uint32), position
