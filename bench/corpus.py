@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import flatbuffers
 import ml_dtypes
 import numpy as np
 
+from bench import ggml_quants
 from lorien.modelgen import _aligned_bytes, _int_vector, _offset_vector, finish_model
 from lorien.repo.fingerprint import detect_format
 
@@ -84,6 +85,8 @@ SCENARIOS = (
     "layer-removed",  # the middle layer dropped
     "identical",  # new == old, byte for byte
     "unrelated",  # same architecture and size, independent weights
+    "requant-q8_0",  # GGUF only: weight matrices in ggml Q8_0 blocks; new = dense-nudged weights, re-quantized
+    "requant-q4_k",  # the same in ggml Q4_K super-blocks (1-D norms and biases stay float32, as llama.cpp does)
 )
 LAYER_PARTS = (  # (suffix, kind); kinds: "w" weight matrix, "b" bias, "nw"/"nb" norm scale/shift
     ("attn_norm.weight", "nw"),
@@ -106,6 +109,8 @@ LAYER_PARTS = (  # (suffix, kind); kinds: "w" weight matrix, "b" bias, "nw"/"nb"
 SCALE_SUFFIX = ".scale"  # int8 models: "<weight name>.scale" holds the float32 per-tensor scale
 REDUCED = {"fp16-dense": np.dtype(np.float16), "bf16-dense": np.dtype(ml_dtypes.bfloat16)}
 BF16_FORMATS = ("safetensors", "gguf")
+BLOCK_QUANT = {"requant-q8_0": ggml_quants.Q8_0, "requant-q4_k": ggml_quants.Q4_K}  # scenario → ggml type
+BLOCK_QUANT_FORMATS = ("gguf",)  # the only format here with block-quantized tensor types
 ONNX_LIMIT = 2_000_000_000  # protobuf cannot serialize messages of 2 GiB or more
 
 Log = Callable[[str], None]
@@ -158,6 +163,7 @@ class Model:
     arch: Arch
     layers: list[str]
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    ggml_type: int | None = None  # GGUF writer: weight matrices block-quantized to this ggml type
 
     def nbytes(self) -> int:
         return sum(array.nbytes for array in self.tensors.values())
@@ -279,9 +285,24 @@ def remove_layer(model: Model) -> Model:
     return _rebuild(model, model.layers[:middle] + model.layers[middle + 1 :], {})
 
 
+def block_arch(size: str, elements: int) -> Arch:
+    """:func:`arch_for` at one byte per parameter with width and vocabulary multiples of ``elements`` (a ggml
+    block's element count: every matrix row must be whole blocks)."""
+    arch = arch_for(size, 1)
+    d_model = max(elements, -(-arch.d_model // elements) * elements)
+    probe = Arch(d_model, arch.n_layers, 0)
+    vocab = max(elements, (SIZES[size] - probe.parameters()) // (2 * d_model) // elements * elements)
+    return Arch(d_model, arch.n_layers, vocab)
+
+
 def make_pair(size: str, scenario: str, seed: int) -> tuple[Model, Model]:
     """The (old, new) models of one size and scenario; same arguments, same arrays."""
     rng = np.random.default_rng([seed, stable_hash(f"{size}-{scenario}")])
+    if scenario in BLOCK_QUANT:
+        ggml_type = BLOCK_QUANT[scenario]
+        base = random_model(block_arch(size, ggml_quants.ELEMENTS[ggml_type]), rng)
+        new = dense_fine_tune(base, rng)
+        return replace(base, ggml_type=ggml_type), replace(new, ggml_type=ggml_type)
     arch = arch_for(size, 1 if scenario == "requant-int8" else 2 if scenario in REDUCED else 4)
     base = random_model(arch, rng)
     if scenario == "dense":
@@ -366,6 +387,9 @@ def write_gguf(model: Model, path: Path, meta: Meta) -> None:
             array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
             if array.dtype == REDUCED["bf16-dense"]:
                 writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+            elif model.ggml_type is not None and array.ndim == 2:
+                blocks = ggml_quants.quantize(array, model.ggml_type)
+                writer.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType(model.ggml_type))
             else:
                 writer.add_tensor(name, array)
         writer.write_header_to_file()
@@ -756,6 +780,9 @@ def generate(
                     continue
                 if scenario == "bf16-dense" and fmt not in BF16_FORMATS:
                     log(f"  skipped {pair_name(fmt, size, scenario)}: no bfloat16 in this format's writer")
+                    continue
+                if scenario in BLOCK_QUANT and fmt not in BLOCK_QUANT_FORMATS:
+                    log(f"  skipped {pair_name(fmt, size, scenario)}: no ggml block types in this format")
                     continue
                 existing = _existing(out / pair_name(fmt, size, scenario), _params(fmt, size, scenario, seed))
                 if existing is not None:

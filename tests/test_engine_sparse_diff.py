@@ -234,7 +234,9 @@ def test_a_run_that_codes_no_smaller_keeps_its_segments() -> None:
 
     pieces = [Piece(0, 2048, same=(0, 2048)), Piece(2048, 2048, same=(2048, 2048))]
     kept = [Encoded(Segment(Codec.ZSTD, 0, Transform.NONE, 2048, 0, 0, 10, 0), b"x" * 10) for _ in pieces]
-    result = runs.improve(pieces, kept, memoryview(old), memoryview(new), 19, DEFAULT_LIMITS, Encoded)
+    result = runs.improve(
+        pieces, [[item] for item in kept], memoryview(old), memoryview(new), 19, DEFAULT_LIMITS, Encoded
+    )
     assert result == kept
 
 

@@ -16,7 +16,8 @@ from tests.support.model_files import mlp_tensors, nudged, write_safetensors
 
 
 def _pair(directory: Path) -> tuple[Path, Path]:
-    tensors = mlp_tensors(5, (64, 256, 256, 128))
+    # layer1.weight (1.1 MB) is larger than a RANGES run (planning.GROUP), so the plan keeps several pieces
+    tensors = mlp_tensors(5, (64, 256, 1100, 128))
     changed = nudged(tensors, 6)
     changed["layer1.weight"] = tensors["layer1.weight"].copy()  # a copy among the residual segments
     old, new = directory / "old.safetensors", directory / "new.safetensors"

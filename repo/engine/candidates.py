@@ -7,6 +7,11 @@
         and the changed elements' gaps and differences (:mod:`repo.engine.sparse_diff`) per element width
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
+      → block-quantized tensor chunks (GGUF Q8_0, Q4_K, …): their blocks split into field planes
+        (:mod:`repo.engine.block_planes`), against the aligned old blocks when there are any, and on their own
+      → a run of typed ranges at odd offsets (``piece.ranges``; its parts are encoded on their own too, see
+        ``LorienEngine.encode_run``): the ranges' elements gathered per width and coded as one stream each
+        (:mod:`repo.engine.ranges`)
 
 Each :class:`Candidate` builds its raw (pre-entropy) stream lazily; the engine ranks them by payload size.
 """
@@ -16,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lorien.repo.engine import codecs
+from lorien.repo.engine import block_planes, codecs, ranges
 from lorien.repo.engine.container import Codec, Transform
+from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Piece
 from lorien.repo.engine.sparse_diff import sparse_diff_residual
 
@@ -34,6 +40,7 @@ class Candidate:
     transform: Transform
     raw: Callable[[], bytes | None] | None  # None for ZSTD_REF, whose dictionary does the work
     dictionary: memoryview | None = None
+    encode: Callable[[int], bytes] | None = None  # self-coded payload at a zstd level (raw is None then)
 
     @property
     def key(self) -> CandidateKey:
@@ -41,10 +48,12 @@ class Candidate:
         return self.codec, self.width, self.transform, self.ref is not None
 
     def payload(self, target: bytes, raw: bytes | None, level: int) -> bytes:
+        if self.encode is not None:
+            return self.encode(level)
         if self.codec == Codec.ZSTD_REF:
             return codecs.zstd_compress(target, level, self.dictionary)
         assert raw is not None
-        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES):
+        if self.codec in (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES):
             return raw  # its own entropy coding: the raw stream is the payload
         return codecs.zstd_compress(raw, level)
 
@@ -76,8 +85,19 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
                 lambda: codecs.float_planes_payload(target, piece.width),
             )
         )
+    if piece.block is not None:
+        found.extend(_block_planes(piece, target, old))
     if piece.same is not None:
         found.extend(_against_same(piece, target, old, piece.same))
+    if piece.ranges and piece.same is not None:
+        # the whole run's other candidates stay: one segment of XOR planes or bzip2 over the run can beat both
+        # RANGES and the run's own pieces (measured: int8 re-quantization, last-layers pairs)
+        same = _span(old, piece.same)
+        found.append(
+            Candidate(
+                Codec.RANGES, piece.same, 0, Transform.NONE, lambda: ranges.payload(target, same, piece.ranges)
+            )
+        )
     if piece.cast is not None:
         found.extend(_against_cast(target, old, piece.cast))
     return found
@@ -126,6 +146,27 @@ def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int,
         for w in widths
     )
     return found
+
+
+def _block_planes(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
+    """BLOCK_PLANES against the aligned old blocks (when the old tensor has the same length) and on its own."""
+    layout = LAYOUTS.get(piece.block) if piece.block is not None else None
+    if layout is None or piece.length % layout.block_bytes:
+        return []
+    references: list[tuple[tuple[int, int] | None, memoryview | None]] = [(None, None)]
+    if piece.same is not None:
+        references.append((piece.same, _span(old, piece.same)))
+    return [
+        Candidate(
+            Codec.BLOCK_PLANES,
+            span,
+            1,
+            Transform.NONE,
+            None,
+            encode=lambda level, r=reference: block_planes.payload(target, r, layout, level),
+        )
+        for span, reference in references
+    ]
 
 
 def _against_cast(target: bytes, old: memoryview, span: tuple[int, int]) -> list[Candidate]:

@@ -305,11 +305,31 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         return _decode_diff_rans(payload, reference, length)
     if segment.codec == Codec.FLOAT_PLANES:
         return _decode_float_planes(payload, length, width)
+    if segment.codec == Codec.BLOCK_PLANES:
+        from lorien.repo.engine import block_planes  # it builds on this module's planes and frames
+
+        return block_planes.decode(payload, reference, length)
+    if segment.codec == Codec.RANGES:
+        from lorien.repo.engine import ranges  # it builds on this module's codecs
+
+        return ranges.decode(payload, reference, length)
     if segment.codec == Codec.SPARSE_DIFF:
         from lorien.repo.engine.sparse_diff import decode_sparse_diff  # it builds on this module
 
         return decode_sparse_diff(payload, backend, reference, length, width)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
+
+
+# shared with the RANGES codec (repo/engine/ranges.py), which codes its gathered elements with these
+UINT = _UINT
+
+
+def zigzag(values: np.ndarray, width: int) -> np.ndarray:
+    return _zigzag(values, width)
+
+
+def unzigzag(values: np.ndarray, width: int) -> np.ndarray:
+    return _unzigzag(values, width)
 
 
 def _decode_sparse(

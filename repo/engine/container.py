@@ -26,7 +26,8 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codec 10; a patch is written at the lowest it needs
+FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
+# (RANGES) and 10 (SPARSE_DIFF); a patch is written at the lowest version it needs
 READABLE_VERSIONS = (1, 2, 3, 4)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
@@ -46,6 +47,8 @@ class Codec(IntEnum):
     FLOAT_PLANES = (
         7  # no reference: sign bit rotated to the bottom, each byte plane its own zstd frame (version 3)
     )
+    BLOCK_PLANES = 8  # quantized blocks split into fields, each against the old field (version 4, block_planes.py)
+    RANGES = 9  # typed byte ranges of one segment, each width's elements coded as one stream (version 4)
     SPARSE_DIFF = 10  # changed elements: varint gaps + zigzag(target - reference) planes (version 4)
 
 
@@ -66,6 +69,8 @@ BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF
 SINCE_VERSION = {
     Codec.DIFF_RANS: 2,
     Codec.FLOAT_PLANES: 3,
+    Codec.BLOCK_PLANES: 4,
+    Codec.RANGES: 4,
     Codec.SPARSE_DIFF: 4,
 }  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
@@ -213,4 +218,14 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
         width not in (2, 4) or target_length % width or ref_length or backend != Backend.ZSTD
     ):
         raise bad("FLOAT_PLANES codes 2- or 4-byte elements, whole, with no reference and no other backend")
+    if codec == Codec.BLOCK_PLANES and (
+        width != 1 or ref_length not in (0, target_length) or backend != Backend.ZSTD
+    ):
+        raise bad(
+            "BLOCK_PLANES takes element width 1, a reference of its own length or none, and no other backend"
+        )
+    if codec == Codec.RANGES and (
+        width or ref_length != target_length or transform != Transform.NONE or backend != Backend.ZSTD
+    ):
+        raise bad("RANGES needs width 0, a reference of its target length, no transform and no other backend")
     return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc, backend)

@@ -10,8 +10,9 @@ and returns :class:`TensorRegion` records (name, byte offset, byte length, eleme
 - ONNX: a protobuf wire-format walk of ``ModelProto.graph`` recording the offset of every ``TensorProto.raw_data``
   among ``initializer``s, including graphs nested in node attributes (``If``/``Loop``/``Scan`` subgraphs).
 - safetensors: the JSON header's ``data_offsets``.
-- GGUF (v2/v3): the tensor-info table; each tensor's extent runs to the next tensor's offset (quantized block
-  types need no size table that way).
+- GGUF (v2/v3): the tensor-info table; a plain tensor's extent is its elements × width, a block-quantized one
+  (Q8_0, Q4_K, …: :mod:`repo.engine.ggml_blocks`) is whole blocks, named after its type (``q4_k``); other
+  types run to the next tensor's offset.
 - zip archives (PyTorch ``.pt``/``.pth``, Keras ``.keras``, NumPy ``.npz``): :mod:`repo.engine.zip_tensors`.
 
 Anything the readers do not understand is handled by the caller as generic bytes; a malformed file makes a
@@ -28,6 +29,8 @@ from collections.abc import Callable
 import flatbuffers.table
 from flatbuffers import encode, number_types
 
+from lorien.repo.engine.ggml_blocks import LAYOUTS as GGML_BLOCKS
+from lorien.repo.engine.ggml_blocks import byte_length as ggml_byte_length
 from lorien.repo.engine.regions import WIDTH, Buffer, TensorRegion
 from lorien.repo.engine.regions import region as _region
 from lorien.repo.engine.zip_tensors import read_zip
@@ -173,6 +176,10 @@ def read_gguf(data: Buffer) -> list[TensorRegion] | None:
         dtype = _GGML_NAME.get(ggml_type, f"ggml{ggml_type}")
         if dtype in WIDTH:  # plain types: the exact extent (alignment padding stays generic bytes)
             end = min(end, begin + math.prod(shape) * WIDTH[dtype])
+        elif ggml_type in GGML_BLOCKS:  # block-quantized: whole blocks, named after the type
+            dtype = GGML_BLOCKS[ggml_type].name
+            extent = ggml_byte_length(ggml_type, math.prod(shape))
+            end = min(end, begin + extent) if extent is not None else end
         regions.append(_region(name, begin, end - begin, dtype, tuple(reversed(shape))))
     return regions
 

@@ -21,7 +21,7 @@ Apply (needs numpy and zstandard only — the table says where every segment goe
     thread meanwhile
       → for each segment: read payload (CRC-32 checked), read its reference from the source with pread,
         decode; a third thread hashes and writes the decoded bytes in order to a temporary file beside the
-        output (at most two segments behind)
+        output (at most one segment behind)
       → target size and SHA-256 and the source's SHA-256 checked (a wrong source is reported as such, also
         when it made decoding fail) → atomic rename (temporary file removed on any error)
 
@@ -60,6 +60,7 @@ from lorien.repo.engine.container import (
     read_header_and_table,
     version_for,
 )
+from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Hints, Piece, plan
 from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
 from lorien.repo.engine.spool import PayloadSpool
@@ -71,7 +72,7 @@ RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-e
 XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
 XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
 GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
-TINY_PLAN = 512
+TINY_PLAN = ENTRY_SIZE  # one copy (identical files): a whole-file frame cannot be smaller
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
@@ -79,7 +80,8 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
-SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES)  # their raw stream is the payload: no other backend
+# their raw stream is the payload: no other backend
+SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES)
 
 SAMPLED_FROM = 2 * MiB  # tensor pieces from this size rank their candidates on a sample first
 SAMPLE_SLICES = 4
@@ -154,6 +156,20 @@ class LorienEngine:
             backend,
         )
         return Encoded(segment, payload)
+
+    def encode_run(self, piece: Piece, old: memoryview, new: memoryview) -> list[Encoded]:
+        """A piece's segments: for a run of typed ranges (``piece.parts``), its best single segment or its parts'
+        own segments, whichever is smaller (ties keep the parts: they need no newer container version)."""
+        whole = self.encode(piece, old, new)
+        if not piece.parts:
+            return [whole]
+        parts = _merge_copies(self.encode(part, old, new) for part in piece.parts)
+        if (
+            sum(item.segment.payload_length + ENTRY_SIZE for item in parts)
+            <= whole.segment.payload_length + ENTRY_SIZE
+        ):
+            return parts
+        return [whole]
 
     def _ranked(
         self, piece: Piece, target: bytes, old: memoryview, only: frozenset[CandidateKey] | None = None
@@ -246,12 +262,15 @@ class LorienEngine:
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
-            made = encode_all(self.encode, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            reported: Iterable[Encoded] = _reporting(made, progress, len(new_view))
+            made = encode_all(self.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes)
+            per_piece = _reporting(made, progress, len(new_view))
+            reported: Iterable[Encoded]
             if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
                 reported = runs.improve(
-                    pieces, list(reported), old_view, new_view, self.level, self.limits, Encoded
+                    pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded
                 )
+            else:
+                reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
@@ -268,7 +287,7 @@ class LorienEngine:
         if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
         if plan_size <= TINY_PLAN:
-            return None  # (nearly) all copies: nothing to win
+            return None  # nothing to win (a plan of a few hundred bytes can still lose to it: a layer removed)
         target = bytes(new)
         if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
             payload = codecs.zstd_compress(target, self.level, old)
@@ -402,25 +421,20 @@ def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes,
     slices of its aligned old bytes (and of the old float32 bytes it may be cast from), and as its window the
     old bytes near each aligned slice (the whole window when nothing is aligned) — laid out in one buffer that
     plays the old file for the sample."""
-    step = (piece.length // SAMPLE_SLICES) & ~7  # slice starts stay element-aligned for every width
+    unit = LAYOUTS[piece.block].block_bytes if piece.block is not None else 8  # element (or ggml block) aligned
+    step = piece.length // SAMPLE_SLICES // unit * unit
     starts = [index * step for index in range(SAMPLE_SLICES)]
-    sample_target = b"".join(target[start : start + SAMPLE_SLICE] for start in starts)
+    size = SAMPLE_SLICE // unit * unit
+    sample_target = b"".join(target[start : start + size] for start in starts)
     length, parts, spans = len(sample_target), [], {}
     for name, span, scale in (("same", piece.same, 1), ("cast", piece.cast, 2)):
         if span is not None:
             spans[name] = (sum(map(len, parts)), scale * length)
-            parts.extend(
-                old[span[0] + scale * start : span[0] + scale * (start + SAMPLE_SLICE)] for start in starts
-            )
+            parts.extend(old[span[0] + scale * start : span[0] + scale * (start + size)] for start in starts)
     if piece.window is not None:
         if piece.same is not None:  # the old bytes around each slice: indexing a 16 MiB window costs ~0.4 s
             window = [
-                old[
-                    max(0, piece.same[0] + start - SAMPLE_NEAR) : piece.same[0]
-                    + start
-                    + SAMPLE_SLICE
-                    + SAMPLE_NEAR
-                ]
+                old[max(0, piece.same[0] + start - SAMPLE_NEAR) : piece.same[0] + start + size + SAMPLE_NEAR]
                 for start in starts
             ]
         else:
@@ -428,7 +442,14 @@ def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes,
         spans["window"] = (sum(map(len, parts)), sum(map(len, window)))
         parts.extend(window)
     sample = Piece(
-        0, length, piece.width, piece.is_tensor, spans.get("same"), spans.get("window"), spans.get("cast")
+        0,
+        length,
+        piece.width,
+        piece.is_tensor,
+        spans.get("same"),
+        spans.get("window"),
+        spans.get("cast"),
+        piece.block,
     )
     return sample, sample_target, memoryview(b"".join(parts))
 
@@ -443,9 +464,10 @@ def _wrong_source(patch: Path, model: Path, header: Header, source_size: int) ->
 
 class _Sink:
     """Hashes and writes decoded chunks in order on one background thread (hashlib and file writes release the
-    GIL), at most ``AHEAD`` chunks behind the decoder; the first error is raised in the decoding thread."""
+    GIL), at most ``AHEAD`` chunk behind the decoder (each chunk held costs up to a segment of memory); the
+    first error is raised in the decoding thread."""
 
-    AHEAD = 2
+    AHEAD = 1
 
     def __init__(self, sha: hashlib._Hash, sink: BinaryIO | None) -> None:
         self._sha, self._sink = sha, sink
@@ -481,15 +503,17 @@ def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
 
 
 def _reporting(
-    encoded: Iterable[Encoded], progress: Callable[[int, int], None] | None, total: int
-) -> Iterator[Encoded]:
-    """``encoded`` as the pieces are made, telling ``progress`` how much of the ``total`` target they cover."""
+    made: Iterable[list[Encoded]], progress: Callable[[int, int], None] | None, total: int
+) -> Iterator[list[Encoded]]:
+    """Each piece's segments as the pieces are made, telling ``progress`` after each segment how much of the
+    ``total`` target they cover."""
     done = 0
-    for item in encoded:
-        done += item.segment.target_length
-        if progress is not None:
-            progress(done, total)
-        yield item
+    for items in made:
+        for item in items:
+            done += item.segment.target_length
+            if progress is not None:
+                progress(done, total)
+        yield items
 
 
 def _spooled(encoded: Iterable[Encoded], spool: PayloadSpool) -> Iterator[Encoded]:

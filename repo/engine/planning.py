@@ -2,23 +2,29 @@
 
     old, new (mmap) → tensor regions of both (:func:`~repo.engine.formats.find_tensors`; small ones dropped)
       → new tensors aligned to old ones by name, then by dtype+shape, then by size (:func:`align`)
-      → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element-aligned) with the aligned old
+      → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element- or block-aligned; a
+        block-quantized chunk carries its ggml type id for codec BLOCK_PLANES) with the aligned old
         bytes they may be predicted from, and the generic bytes between/around them, referenced at the position
         implied by the previous aligned tensor (so insertions shift correctly)
       → runs of small 2-byte-element pieces (float16/bfloat16 tensors and the even-length generic bytes between
         them) that sit at the same place in both files grouped into one piece (:func:`group_half_floats`), so
         a small model's many tiny tensors share one entropy model instead of each paying its own table
+      → runs of pieces at the same place in both files that still hold typed tensors (small ones at odd
+        offsets, in zip entries or protobufs) become one piece listing them as typed ranges
+        (:func:`with_ranges`; codec ``RANGES``), which keeps the run's pieces to fall back on
 
 The pieces go to :mod:`repo.engine.candidates`, which lists every codec able to express each one.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lorien.repo.engine.formats import TensorRegion, find_tensors
 from lorien.repo.engine.formats import _non_overlapping as non_overlapping
+from lorien.repo.engine.ggml_blocks import BY_NAME, LAYOUTS
 from lorien.repo.limits import Limits
 
 MiB = 1 << 20
@@ -40,6 +46,9 @@ class Piece:
     same: tuple[int, int] | None = None  # old bytes of equal length at the aligned position
     window: tuple[int, int] | None = None  # old bytes to use as a zstd dictionary
     cast: tuple[int, int] | None = None  # old float32 bytes predicting float16 target bytes
+    block: int | None = None  # ggml type id of a block-quantized tensor chunk (whole blocks, see ggml_blocks)
+    ranges: tuple[tuple[int, int, int], ...] = ()  # typed ranges (offset in piece, length, width) for RANGES
+    parts: tuple[Piece, ...] = ()  # a ranges run: the pieces it replaces, encoded instead when smaller
 
 
 Hints = tuple[list[TensorRegion] | None, list[TensorRegion] | None]  # (old, new) regions known from elsewhere
@@ -56,12 +65,12 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
     matches = align(old_regions, new_regions)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
     grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
-    if all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):
-        return grouped
-    # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
-    # a frame, so small tensors go back into the generic bytes around them
-    large = [r for r in new_regions if r.length >= MIN_TENSOR]
-    return _pieces(large, matches, len(old), len(new), limits)
+    if not all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):
+        # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
+        # a frame, so small tensors go back into the generic bytes around them
+        large = [r for r in new_regions if r.length >= MIN_TENSOR]
+        grouped = _pieces(large, matches, len(old), len(new), limits)
+    return with_ranges(grouped, new_regions, matches, limits)
 
 
 def _hinted(regions: list[TensorRegion], size: int) -> list[TensorRegion]:
@@ -156,6 +165,82 @@ def group_half_floats(pieces: list[Piece], limits: Limits) -> list[Piece]:
     return grouped
 
 
+def with_ranges(
+    pieces: list[Piece], regions: list[TensorRegion], matches: dict[str, TensorRegion], limits: Limits
+) -> list[Piece]:
+    """Runs of pieces that sit at the same place in both files (≤ ``GROUP`` bytes, at least two pieces) and hold
+    2- or 4-byte tensors aligned to old ones of equal length, replaced by one piece listing those tensors as
+    typed ranges (codec ``RANGES``: each width's elements coded as one stream, whatever their offsets). The
+    run's pieces stay in ``parts``: the engine keeps them when they encode smaller."""
+    ordered = sorted(regions, key=lambda region: region.offset)
+    offsets = [region.offset for region in ordered]
+    planned: list[Piece] = []
+    run: list[Piece] = []
+    for piece in [*pieces, None]:
+        if piece is not None and run and _continues(run, piece):
+            run.append(piece)
+            continue
+        if len(run) > 1:  # the regions that may lie inside the run, in file order
+            inside = ordered[
+                bisect_left(offsets, run[0].offset) : bisect_left(offsets, run[-1].offset + run[-1].length)
+            ]
+            planned.extend(_ranged(run, inside, matches, limits))
+        else:
+            planned.extend(run)
+        run = [piece] if piece is not None and _runs(piece) else []
+        if piece is not None and not run:
+            planned.append(piece)
+    return planned
+
+
+def _runs(piece: Piece) -> bool:
+    return piece.same is not None and piece.cast is None and piece.length <= GROUP
+
+
+def _continues(run: list[Piece], piece: Piece) -> bool:
+    last = run[-1]
+    assert last.same is not None
+    return (
+        _runs(piece)
+        and piece.same is not None
+        and last.same[0] + last.same[1] == piece.same[0]
+        and last.offset + last.length == piece.offset
+        and last.offset + last.length - run[0].offset + piece.length <= GROUP
+    )
+
+
+def _ranged(
+    run: list[Piece], regions: list[TensorRegion], matches: dict[str, TensorRegion], limits: Limits
+) -> list[Piece]:
+    first = run[0]
+    assert first.same is not None
+    start, end, shift = first.offset, run[-1].offset + run[-1].length, first.same[0] - first.offset
+    ranges: list[tuple[int, int, int]] = []
+    for region in regions:
+        match = matches.get(f"{region.name}@{region.offset}")
+        if (
+            region.width in (2, 4)
+            and start <= region.offset
+            and region.end <= end
+            and region.length % region.width == 0
+            and region.length > 0
+            and match is not None
+            and match.length == region.length
+            and match.offset - region.offset == shift
+            and (not ranges or ranges[-1][0] + ranges[-1][1] <= region.offset - start)
+        ):
+            ranges.append((region.offset - start, region.length, region.width))
+    if not ranges:
+        return run
+    window = first.window
+    for piece in run[1:]:
+        if window is not None and piece.window is not None:
+            low, high = min(window[0], piece.window[0]), max(sum(window), sum(piece.window))
+            window = (low, high - low) if high - low <= limits.max_reference else window
+    same = (first.same[0], end - start)
+    return [Piece(start, end - start, 1, False, same, window, ranges=tuple(ranges), parts=tuple(run))]
+
+
 def _may_group(region: TensorRegion, matches: dict[str, TensorRegion]) -> bool:
     """A small 2-byte-element tensor with an old one of equal length: worth a piece of its own only because
     :func:`group_half_floats` can add it to its neighbours' run."""
@@ -205,6 +290,11 @@ def _generic(offset: int, length: int, shift: int, old_size: int, limits: Limits
 def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, limits: Limits) -> Iterator[Piece]:
     width = region.width if region.width in (1, 2, 4, 8) else 1
     step = max(width, PIECE // width * width)
+    block = BY_NAME.get(region.dtype)
+    if block is not None and region.length % LAYOUTS[block].block_bytes == 0:
+        step = PIECE // LAYOUTS[block].block_bytes * LAYOUTS[block].block_bytes  # chunks of whole blocks
+    else:
+        block = None
     for relative in range(0, region.length, step):
         size = min(step, region.length - relative)
         if size % width:
@@ -224,7 +314,7 @@ def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, lim
             window = _window(center, size, old_size, limits.max_reference)
             if window and match.length <= limits.max_reference:
                 window = (match.offset, match.length)
-        yield Piece(region.offset + relative, size, width, True, same, window, cast)
+        yield Piece(region.offset + relative, size, width, True, same, window, cast, block)
 
 
 def _window(center: int, length: int, old_size: int, limit: int) -> tuple[int, int] | None:

@@ -42,23 +42,24 @@ OTHER_BELOW = 4  # a winner under 1/4 of the run also tries bzip2 (and LZMA2 for
 
 def improve(
     pieces: list[Piece],
-    encoded: list[Encoded],
+    encoded: list[list[Encoded]],
     old: memoryview,
     new: memoryview,
     level: int,
     limits: Limits,
     make: Callable[[Segment, bytes], Encoded],
 ) -> list[Encoded]:
-    """``encoded`` (one per piece, in order) with every run that codes smaller as one segment replaced by it."""
+    """The segments of ``encoded`` (each piece's, in order) with every run that codes smaller as one segment
+    replaced by it."""
     result: list[Encoded] = []
     for first, last in _runs(pieces, limits):
         start, end = _trimmed(encoded, first, last)
-        if end - start < 2:
-            result.extend(encoded[first:last])
+        if end - start < 2 and not (end > start and pieces[start].parts):  # a ranges run is several pieces
+            result.extend(_flat(encoded[first:last]))
             continue
         # the run as one segment, with and without the copies at its ends (kept, they cost an entry each)
         options = [(start, end)] + ([(first, last)] if (start, end) != (first, last) else [])
-        chosen = encoded[first:last]
+        chosen = _flat(encoded[first:last])
         cheapest = _cost(chosen)
         for low, high in options:
             span = (pieces[low].offset, sum(piece.length for piece in pieces[low:high]))
@@ -70,20 +71,29 @@ def improve(
             segment = Segment(
                 codec, width, Transform.NONE, span[1], *same, len(payload), zlib.crc32(payload), backend
             )
-            option = [*encoded[first:low], make(segment, payload), *encoded[high:last]]
+            option = [*_flat(encoded[first:low]), make(segment, payload), *_flat(encoded[high:last])]
             if _cost(option) < cheapest:
                 chosen, cheapest = option, _cost(option)
         result.extend(chosen)
     return result
 
 
-def _trimmed(encoded: list[Encoded], start: int, end: int) -> tuple[int, int]:
-    """The run without the copies at its ends: they stay copies (free but for their entry, merged later)."""
-    while start < end and encoded[start].segment.codec == Codec.COPY:
+def _flat(encoded: list[list[Encoded]]) -> list[Encoded]:
+    return [item for items in encoded for item in items]
+
+
+def _trimmed(encoded: list[list[Encoded]], start: int, end: int) -> tuple[int, int]:
+    """The run without the pieces at its ends that are copies: they stay copies (free but for their entry,
+    merged later)."""
+    while start < end and _copy(encoded[start]):
         start += 1
-    while end > start and encoded[end - 1].segment.codec == Codec.COPY:
+    while end > start and _copy(encoded[end - 1]):
         end -= 1
     return start, end
+
+
+def _copy(items: list[Encoded]) -> bool:
+    return all(item.segment.codec == Codec.COPY for item in items)
 
 
 def _cost(encoded: list[Encoded]) -> int:
