@@ -3,7 +3,8 @@
     piece (from :mod:`repo.engine.planning`) + its target bytes + the old file
       → plain zstd of the target; zstd with the old window as dictionary; byte planes of the target (tensors)
       → with aligned old bytes of equal length: XOR and zigzag-difference planes per element width, sparse list,
-        and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`)
+        and for 2-byte elements (float16, bfloat16) the difference coded by rANS (:mod:`repo.engine.rans`),
+        and the changed elements' gaps and differences (:mod:`repo.engine.sparse_diff`) per element width
       → with aligned old float32 bytes: XOR and difference planes against their float16 rounding
       → with no old file at all (a whole model compressed on its own): float planes, each its own zstd frame
       → block-quantized tensor chunks (GGUF Q8_0, Q4_K, …): their blocks split into field planes
@@ -24,6 +25,7 @@ from lorien.repo.engine import block_planes, codecs, ranges
 from lorien.repo.engine.container import Codec, Transform
 from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Piece
+from lorien.repo.engine.sparse_diff import sparse_diff_residual
 
 CandidateKey = tuple[Codec, int, Transform, bool]
 
@@ -138,6 +140,10 @@ def _against_same(piece: Piece, target: bytes, old: memoryview, span: tuple[int,
         Candidate(
             Codec.SPARSE, span, widths[0], Transform.NONE, lambda: codecs.sparse_residual(target, same, widths[0])
         )
+    )
+    found.extend(
+        Candidate(Codec.SPARSE_DIFF, span, w, Transform.NONE, lambda w=w: sparse_diff_residual(target, same, w))
+        for w in widths
     )
     return found
 

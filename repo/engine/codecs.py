@@ -313,6 +313,10 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         from lorien.repo.engine import ranges  # it builds on this module's codecs
 
         return ranges.decode(payload, reference, length)
+    if segment.codec == Codec.SPARSE_DIFF:
+        from lorien.repo.engine.sparse_diff import decode_sparse_diff  # it builds on this module
+
+        return decode_sparse_diff(payload, backend, reference, length, width)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
 
 

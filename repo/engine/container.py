@@ -26,8 +26,8 @@ from lorien.repo.errors import PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
-FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES) and 9
-# (RANGES); a patch is written at the lowest version it needs
+FORMAT_VERSION = 4  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
+# (RANGES) and 10 (SPARSE_DIFF); a patch is written at the lowest version it needs
 READABLE_VERSIONS = (1, 2, 3, 4)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
@@ -49,6 +49,7 @@ class Codec(IntEnum):
     )
     BLOCK_PLANES = 8  # quantized blocks split into fields, each against the old field (version 4, block_planes.py)
     RANGES = 9  # typed byte ranges of one segment, each width's elements coded as one stream (version 4)
+    SPARSE_DIFF = 10  # changed elements: varint gaps + zigzag(target - reference) planes (version 4)
 
 
 class Backend(IntEnum):
@@ -64,12 +65,13 @@ class Transform(IntEnum):
     F32_TO_F16 = 1  # the reference is float32 and is rounded to float16 before use
 
 
-BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS}
+BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS, Codec.SPARSE_DIFF}
 SINCE_VERSION = {
     Codec.DIFF_RANS: 2,
     Codec.FLOAT_PLANES: 3,
     Codec.BLOCK_PLANES: 4,
     Codec.RANGES: 4,
+    Codec.SPARSE_DIFF: 4,
 }  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
 
@@ -200,7 +202,8 @@ def _checked_segment(table: bytes, index: int, header: Header, limits: Limits, n
     if codec == Codec.ZSTD and ref_length:
         raise bad("plain zstd takes no reference")
     if codec in BUFFERED_CODECS:
-        if width not in WIDTHS or target_length % width:
+        # SPARSE_DIFF's entries may sit at any byte offset (its payload says whether they are aligned elements)
+        if width not in WIDTHS or (target_length % width and codec != Codec.SPARSE_DIFF):
             raise bad(f"element width {width} does not divide {target_length} bytes")
         if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
             raise bad("DIFF_RANS codes 2-byte elements and has no other backend")

@@ -11,6 +11,7 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
         (:mod:`repo.engine.pool`)
       → for large files each payload goes to a temporary file beside the output as it arrives
         (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
+      → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
         reference limit → container (see :mod:`repo.engine.container`) written atomically
 
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lorien.repo.atomic import atomic_writer
-from lorien.repo.engine import codecs
+from lorien.repo.engine import codecs, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates
 from lorien.repo.engine.container import (
@@ -220,7 +221,7 @@ class LorienEngine:
         if self._first_level(piece) == self.level or len(payload) <= piece.length // GOOD_ENOUGH:
             return payload, best, raw
         for first, candidate, candidate_raw in finalists:
-            planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE)
+            planes = candidate.codec in (Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.SPARSE_DIFF)
             level = min(self.level, PLANE_LEVEL) if planes else self.level
             final = min(first, candidate.payload(target, candidate_raw, level), key=len)
             if len(final) < len(payload):
@@ -261,8 +262,15 @@ class LorienEngine:
             processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             pieces = plan(old_view, new_view, self.limits, hints)
-            runs = encode_all(self.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes)
-            reported = _reporting((item for run in runs for item in run), progress, len(new_view))
+            made = encode_all(self.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes)
+            per_piece = _reporting(made, progress, len(new_view))
+            reported: Iterable[Encoded]
+            if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
+                reported = runs.improve(
+                    pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded
+                )
+            else:
+                reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
             whole = self._whole_file(old_view, new_view, plan_size)
@@ -495,15 +503,17 @@ def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
 
 
 def _reporting(
-    encoded: Iterable[Encoded], progress: Callable[[int, int], None] | None, total: int
-) -> Iterator[Encoded]:
-    """``encoded`` as the pieces are made, telling ``progress`` how much of the ``total`` target they cover."""
+    made: Iterable[list[Encoded]], progress: Callable[[int, int], None] | None, total: int
+) -> Iterator[list[Encoded]]:
+    """Each piece's segments as the pieces are made, telling ``progress`` after each segment how much of the
+    ``total`` target they cover."""
     done = 0
-    for item in encoded:
-        done += item.segment.target_length
-        if progress is not None:
-            progress(done, total)
-        yield item
+    for items in made:
+        for item in items:
+            done += item.segment.target_length
+            if progress is not None:
+                progress(done, total)
+        yield items
 
 
 def _spooled(encoded: Iterable[Encoded], spool: PayloadSpool) -> Iterator[Encoded]:
