@@ -228,3 +228,21 @@ def test_both_rans_code_paths_write_and_read_the_same_stream(lanes: int, monkeyp
     assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)
     monkeypatch.setattr(rans, "VECTOR_FROM_LANES", 1 << 30)  # every stream symbol by symbol
     assert np.array_equal(rans.decode(*rows, freqs, len(symbols)), symbols)
+
+
+def test_apply_reads_ahead_the_next_segments_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tensors_old, tensors_new = {}, {}
+    for index in range(3):
+        tensors_old[f"t{index}"], tensors_new[f"t{index}"] = _fine_tune(20 + index, 300_000, "float32")
+    write_safetensors(tmp_path / "old.safetensors", tensors_old)
+    write_safetensors(tmp_path / "new.safetensors", tensors_new)
+    create_patch(tmp_path / "old.safetensors", tmp_path / "new.safetensors", tmp_path / "p")
+    segments = LorienEngine().segments(tmp_path / "p")
+    advised: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        lorien_engine.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append((offset, length))
+    )
+    apply_patch(tmp_path / "old.safetensors", tmp_path / "p", tmp_path / "out")
+    expected = [(s.ref_offset, s.ref_length) for s in segments[1:] if s.ref_length]
+    assert len(expected) >= 2 and advised == expected
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "new.safetensors").read_bytes()

@@ -35,9 +35,10 @@ ELEMENTS_PER_LANE = 4096  # more lanes: fewer (slow, Python-level) steps, but 4 
 MAX_LANES = 1024
 STATE_SHARE = 500  # the lanes' final states cost at most ~1/500 of the coded symbols
 # From this many coded bytes (≥ ~1.5 MB of float16 weights) the decoder's speed is what a device waits for:
-# up to twice the lanes, their states up to 1/200 of the stream (~0.3 % more bytes, decoding ~1.7x faster)
+# up to four times the lanes, their states up to 1/100 of the stream (an 8 MiB float16 dense piece: 3525
+# lanes, ~0.5 % more bytes than the small-stream rule, decoding ~2x faster)
 LARGE_STREAM = 512 * 1024
-LARGE_ELEMENTS_PER_LANE, LARGE_MAX_LANES, LARGE_STATE_SHARE = 2048, 2048, 200
+LARGE_ELEMENTS_PER_LANE, LARGE_MAX_LANES, LARGE_STATE_SHARE = 1024, 4096, 100
 # A numpy row costs the decoder ~7-10 µs whatever its width, so a long stream gets enough lanes to decode in at
 # most LONG_MAX_ROWS rows however well it compresses (a re-quantized int8 tensor of 2 MB codes to ~40 KB: 21
 # lanes by the share rule, 50 K rows; with 256 lanes its states cost 1 KB more and it decodes ~12x faster).
