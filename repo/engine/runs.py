@@ -18,7 +18,6 @@ what bsdiff gets from coding the whole file's byte differences at once.
 
 from __future__ import annotations
 
-import bz2
 import zlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -160,10 +159,8 @@ def _best(target_view: memoryview, reference: memoryview, level: int) -> tuple[C
     if len(best[3]) * OTHER_BELOW > len(target):
         return best
     for _, codec, width, raw in ranked[:FINALISTS]:
-        others = [(Backend.BZ2, bz2.compress(raw, 9))]
-        if dense:
-            others.append((Backend.XZ, codecs.xz_compress(raw)))
-        for backend, payload in others:
+        for backend in (Backend.BZ2, Backend.XZ) if dense else (Backend.BZ2,):
+            payload = codecs.pack(raw, level, backend)
             if len(payload) < len(best[3]):
                 best = (codec, width, backend, payload)
     return best
