@@ -1,7 +1,8 @@
 """Create-side planning of the ``lorien`` engine: which parts of the new file become which pieces.
 
     old, new (mmap) → tensor regions of both (:func:`~repo.engine.formats.find_tensors`; small ones dropped)
-      → new tensors aligned to old ones by name, then by dtype+shape, then by size (:func:`align`)
+      → new tensors aligned to old ones by name, then by dtype+shape, then by size (:func:`align`), then by
+        content where a same-length old tensor's bytes match far better (:mod:`repo.engine.content_align`)
       → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element- or block-aligned; a
         block-quantized chunk carries its ggml type id for codec BLOCK_PLANES) with the aligned old
         bytes they may be predicted from, and the generic bytes between/around them, referenced at the position
@@ -22,6 +23,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lorien.repo.engine.content_align import by_content
 from lorien.repo.engine.formats import TensorRegion, find_tensors
 from lorien.repo.engine.formats import _non_overlapping as non_overlapping
 from lorien.repo.engine.ggml_blocks import BY_NAME, LAYOUTS
@@ -62,7 +64,7 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
     if not len(old):
         return plan_alone(new_regions, len(new), limits)
     old_regions = _hinted(old_hint, len(old)) if old_hint else find_tensors(old)[1]
-    matches = align(old_regions, new_regions)
+    matches = by_content(old_regions, new_regions, align(old_regions, new_regions), old, new)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
     grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
     if not all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):

@@ -36,6 +36,7 @@ RUN = 8 * MiB  # a run is cut into spans of at most this many bytes (the planner
 DENSE_RUN = 1 * MiB  # longer runs try only the sparse residual: full-size planes cost seconds per MiB there
 RANK_LEVEL = 3  # residuals are ranked at this zstd level, the winner re-encoded at the final one
 FINALISTS = 3  # the best ranked residuals re-encoded at the final level (their order can change there)
+CHEAP = 8  # a segment whose payload is under 1/8 of its bytes may join a stretch of cheap neighbours
 OTHER_BELOW = 4  # a winner under 1/4 of the run also tries bzip2 (and LZMA2 for dense-sized runs)
 
 
@@ -73,8 +74,80 @@ def improve(
             option = [*_flat(encoded[first:low]), make(segment, payload), *_flat(encoded[high:last])]
             if _cost(option) < cheapest:
                 chosen, cheapest = option, _cost(option)
+        if len(chosen) > 2:
+            chosen = _cheap_stretches(chosen, pieces[first:last], encoded[first:last], old, new, level, make)
         result.extend(chosen)
     return result
+
+
+def _cheap_stretches(
+    chosen: list[Encoded],
+    pieces: list[Piece],
+    encoded: list[list[Encoded]],
+    old: memoryview,
+    new: memoryview,
+    level: int,
+    make: Callable[[Segment, bytes], Encoded],
+) -> list[Encoded]:
+    """``chosen`` (a run's segments, each piece's own when the whole run did not code smaller as one) with each
+    stretch of cheap segments (copies, residuals under 1/``CHEAP`` of their bytes) coded as one segment when
+    that costs less: a run whose middle changed wholesale (a layer inserted) keeps that middle's segments and
+    merges the nearly unchanged parts on either side."""
+    if chosen != _flat(encoded):
+        return chosen  # the run became one segment
+    places = list(_places(pieces, encoded))
+    if len(places) != len(chosen):
+        return chosen
+    result: list[Encoded] = []
+    index = 0
+    while index < len(chosen):
+        end = index
+        while end < len(chosen) and places[end] is not None and _cheap(chosen[end]):
+            end += 1
+        if end - index < 2:
+            result.append(chosen[index])
+            index += 1
+            continue
+        stretch = chosen[index:end]
+        low, high = index, end  # copies at the ends stay copies: free but for their entry, merged later
+        while low < high and chosen[low].segment.codec == Codec.COPY:
+            low += 1
+        while high > low and chosen[high - 1].segment.codec == Codec.COPY:
+            high -= 1
+        best_items, best_cost = stretch, _cost(stretch)
+        for start, stop in {(low, high), (index, end)}:
+            if stop - start < 2:
+                continue
+            offset, reference = places[start]  # type: ignore[misc]
+            length = sum(item.segment.target_length for item in chosen[start:stop])
+            best = _best(new[offset : offset + length], old[reference : reference + length], level)
+            if best is None:
+                continue
+            codec, width, backend, payload = best
+            segment = Segment(
+                codec, width, Transform.NONE, length, reference, length, len(payload), zlib.crc32(payload), backend
+            )
+            option = [*chosen[index:start], make(segment, payload), *chosen[stop:end]]
+            if _cost(option) < best_cost:
+                best_items, best_cost = option, _cost(option)
+        result.extend(best_items)
+        index = end
+    return result
+
+
+def _places(pieces: list[Piece], encoded: list[list[Encoded]]) -> Iterator[tuple[int, int] | None]:
+    """Each segment's (offset in the new file, offset of its aligned old bytes), None where the piece has no
+    aligned old bytes of its length (the run's pieces' old bytes follow each other, so a stretch of these is
+    one span in both files)."""
+    for piece, items in zip(pieces, encoded, strict=True):
+        position = piece.offset
+        for item in items:
+            yield None if piece.same is None else (position, piece.same[0] + position - piece.offset)
+            position += item.segment.target_length
+
+
+def _cheap(item: Encoded) -> bool:
+    return item.segment.codec == Codec.COPY or item.segment.payload_length * CHEAP <= item.segment.target_length
 
 
 def _flat(encoded: list[list[Encoded]]) -> list[Encoded]:
