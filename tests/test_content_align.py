@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.torch_checkpoint import write_torch_checkpoint
 from lorien.repo.engine import apply_patch, create_patch, runs
-from lorien.repo.engine.container import ENTRY_SIZE, Codec
+from lorien.repo.engine.container import ENTRY_SIZE, Codec, usable_up_to
 from lorien.repo.engine.content_align import by_content
 from lorien.repo.engine.formats import find_tensors
 from lorien.repo.engine.lorien_engine import Encoded, LorienEngine
@@ -105,28 +105,43 @@ def test_a_tensor_without_a_same_length_match_moves_only_to_identical_bytes() ->
         assert (matches.get("renamed@0") == old[0]) is moved
 
 
-def test_a_run_keeps_its_changed_middle_and_merges_the_nearly_unchanged_parts_around_it() -> None:
+def _run_with_a_new_layer_in_the_middle() -> tuple[list[Piece], memoryview, memoryview]:
+    """Six pieces at the same place in both files: five with a few bytes changed (zip entry times, renamed
+    entries) around a 64 KiB float32 layer replaced wholesale."""
     rng = np.random.default_rng(7)
     size, layer = 4096, 64 * 1024
     lengths = [size, size, size, layer, size, size]
     offsets = [sum(lengths[:i]) for i in range(6)]
     old = bytearray(rng.integers(0, 256, sum(lengths), dtype=np.uint8).tobytes())
     new = bytearray(old)
-    for chunk in (0, 1, 2, 4, 5):  # a few bytes changed (zip entry times, renamed entries)
+    for chunk in (0, 1, 2, 4, 5):
         new[offsets[chunk] + 100 : offsets[chunk] + 104] = b"\x01\x02\x03\x04"
     new[offsets[3] : offsets[3] + layer] = (rng.standard_normal(layer // 4) * 0.05).astype(np.float32).tobytes()
     pieces = [
         Piece(offsets[i], lengths[i], 4 if i == 3 else 1, i == 3, same=(offsets[i], lengths[i])) for i in range(6)
     ]
+    return pieces, memoryview(bytes(old)), memoryview(bytes(new))
+
+
+def test_a_run_keeps_its_changed_middle_and_merges_the_nearly_unchanged_parts_around_it() -> None:
+    pieces, old_view, new_view = _run_with_a_new_layer_in_the_middle()
     engine = LorienEngine()
-    old_view, new_view = memoryview(bytes(old)), memoryview(bytes(new))
     encoded = [engine.encode_run(piece, old_view, new_view) for piece in pieces]
     result = runs.improve(pieces, encoded, old_view, new_view, 19, DEFAULT_LIMITS, Encoded)
     own = sum(item.segment.payload_length + ENTRY_SIZE for items in encoded for item in items)
     assert len(result) == 3
     assert result[1] == encoded[3][0]  # the new layer keeps its own (plane) segment
-    assert result[0].segment.codec != Codec.COPY and result[0].segment.target_length == 3 * size
+    assert result[0].segment.codec != Codec.COPY and result[0].segment.target_length == 3 * 4096
     assert sum(item.segment.payload_length + ENTRY_SIZE for item in result) < own - 2 * ENTRY_SIZE
+
+
+def test_merged_stretches_keep_to_a_container_version_cap() -> None:
+    pieces, old_view, new_view = _run_with_a_new_layer_in_the_middle()
+    engine = LorienEngine(max_version=3)
+    encoded = [engine.encode_run(piece, old_view, new_view) for piece in pieces]
+    result = runs.improve(pieces, encoded, old_view, new_view, 19, DEFAULT_LIMITS, Encoded, 3)
+    assert len(result) < sum(map(len, encoded))  # a stretch was still merged, with an older codec
+    assert all(usable_up_to(item.segment.codec, 3) for item in result)
 
 
 def test_a_checkpoint_with_a_layer_inserted_beats_whole_file_zstd_and_round_trips(tmp_path: Path) -> None:

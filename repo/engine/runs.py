@@ -84,7 +84,9 @@ def improve(
             if _cost(option) < cheapest:
                 chosen, cheapest = option, _cost(option)
         if len(chosen) > 2:
-            chosen = _cheap_stretches(chosen, pieces[first:last], encoded[first:last], old, new, level, make)
+            chosen = _cheap_stretches(
+                chosen, pieces[first:last], encoded[first:last], old, new, level, make, max_version
+            )
         result.extend(chosen)
     return result
 
@@ -97,6 +99,7 @@ def _cheap_stretches(
     new: memoryview,
     level: int,
     make: Callable[[Segment, bytes], Encoded],
+    max_version: int = FORMAT_VERSION,
 ) -> list[Encoded]:
     """``chosen`` (a run's segments, each piece's own when the whole run did not code smaller as one) with each
     stretch of cheap segments (copies, residuals under 1/``CHEAP`` of their bytes) coded as one segment when
@@ -129,7 +132,7 @@ def _cheap_stretches(
                 continue
             offset, reference = places[start]  # type: ignore[misc]
             length = sum(item.segment.target_length for item in chosen[start:stop])
-            best = _best(new[offset : offset + length], old[reference : reference + length], level)
+            best = _best(new[offset : offset + length], old[reference : reference + length], level, max_version)
             if best is None:
                 continue
             codec, width, backend, payload = best
