@@ -15,10 +15,10 @@ from lorien.repo.engine.container import ENTRY_SIZE, Codec, usable_up_to
 from lorien.repo.engine.content_align import by_content
 from lorien.repo.engine.formats import find_tensors
 from lorien.repo.engine.lorien_engine import Encoded, LorienEngine
-from lorien.repo.engine.planning import Piece, align
+from lorien.repo.engine.planning import Piece, align, plan
 from lorien.repo.engine.regions import TensorRegion, region
 from lorien.repo.limits import DEFAULT_LIMITS
-from tests.support.model_files import nudged
+from tests.support.model_files import mlp_tensors, nudged, write_safetensors
 
 
 def _layers(seed: int, count: int, width: int = 64) -> dict[str, np.ndarray]:
@@ -158,3 +158,23 @@ def test_a_checkpoint_with_a_layer_inserted_beats_whole_file_zstd_and_round_trip
     # (15,743 B vs zstd's 15,691 B when measured); aligned by content it is the new layer's planes and small
     # residuals (14,907 B)
     assert patch.stat().st_size <= generic - 512
+
+
+def test_small_tensors_after_a_removed_layer_are_referenced_where_they_sit_in_the_old_file(tmp_path: Path) -> None:
+    tensors = mlp_tensors(11, (128, 256, 256, 256, 10))  # 1 KiB biases (generic bytes) after 256 KiB weights
+    removed = {k: v for k, v in tensors.items() if not k.startswith("layer1.")}
+    write_safetensors(tmp_path / "old.safetensors", tensors)
+    write_safetensors(tmp_path / "new.safetensors", removed)
+    old, new = (tmp_path / "old.safetensors").read_bytes(), (tmp_path / "new.safetensors").read_bytes()
+    pieces = plan(memoryview(old), memoryview(new), DEFAULT_LIMITS)
+    small = [r for r in find_tensors(memoryview(new))[1] if r.length < 4096]
+    assert len(small) >= 3
+    for tensor in small:
+        piece = next(p for p in pieces if p.offset <= tensor.offset and tensor.end <= p.offset + p.length)
+        assert piece.same is not None, tensor.name
+        start = piece.same[0] + tensor.offset - piece.offset
+        assert old[start : start + tensor.length] == new[tensor.offset : tensor.end], tensor.name
+    patch, out = tmp_path / "p", tmp_path / "out"
+    create_patch(tmp_path / "old.safetensors", tmp_path / "new.safetensors", patch)
+    apply_patch(tmp_path / "old.safetensors", patch, out)
+    assert out.read_bytes() == new

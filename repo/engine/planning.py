@@ -6,7 +6,8 @@
       → pieces covering the new file in order: tensor chunks (≤ 8 MiB, element- or block-aligned; a
         block-quantized chunk carries its ggml type id for codec BLOCK_PLANES) with the aligned old
         bytes they may be predicted from, and the generic bytes between/around them, referenced at the position
-        implied by the previous aligned tensor (so insertions shift correctly)
+        implied by the previous aligned tensor (so insertions shift correctly), or by a small tensor inside them
+        whose aligned old bytes are exactly its own (:func:`_anchors`)
       → runs of small 2-byte-element pieces (float16/bfloat16 tensors and the even-length generic bytes between
         them) that sit at the same place in both files grouped into one piece (:func:`group_half_floats`), so
         a small model's many tiny tensors share one entropy model instead of each paying its own table
@@ -66,12 +67,13 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
     old_regions = _hinted(old_hint, len(old)) if old_hint else find_tensors(old)[1]
     matches = by_content(old_regions, new_regions, align(old_regions, new_regions), old, new)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
-    grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits), limits)
+    anchors = _anchors(new_regions, matches, old, new)
+    grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits, anchors), limits)
     if not all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):
         # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
         # a frame, so small tensors go back into the generic bytes around them
         large = [r for r in new_regions if r.length >= MIN_TENSOR]
-        grouped = _pieces(large, matches, len(old), len(new), limits)
+        grouped = _pieces(large, matches, len(old), len(new), limits, anchors)
     return with_ranges(grouped, new_regions, matches, limits)
 
 
@@ -135,19 +137,51 @@ def _fold_padding(pieces: list[Piece]) -> list[Piece]:
 
 
 def _pieces(
-    regions: list[TensorRegion], matches: dict[str, TensorRegion], old_size: int, new_size: int, limits: Limits
+    regions: list[TensorRegion],
+    matches: dict[str, TensorRegion],
+    old_size: int,
+    new_size: int,
+    limits: Limits,
+    anchors: list[tuple[int, int]] = (),  # type: ignore[assignment]
 ) -> list[Piece]:
+    """Tensor pieces for ``regions`` and generic pieces between them, referenced at the shift of the previous
+    aligned tensor — or of the previous ``anchor`` (offset, shift) inside the generic bytes, where they are cut."""
     pieces: list[Piece] = []
     position = shift = 0
-    for region in regions:
-        pieces.extend(_generic(position, region.offset - position, shift, old_size, limits))
+    following = iter(anchors)
+    anchor = next(following, None)
+    for end, region in [*((r.offset, r) for r in regions), (new_size, None)]:
+        while anchor is not None and anchor[0] < end:
+            if anchor[0] >= position and anchor[1] != shift:
+                pieces.extend(_generic(position, anchor[0] - position, shift, old_size, limits))
+                position, shift = anchor
+            anchor = next(following, None)
+        pieces.extend(_generic(position, end - position, shift, old_size, limits))
+        if region is None:
+            break
         match = matches.get(region.name + f"@{region.offset}")
         pieces.extend(_tensor(region, match, old_size, limits))
         if match is not None:
             shift = match.end - region.end
         position = region.end
-    pieces.extend(_generic(position, new_size - position, shift, old_size, limits))
     return pieces
+
+
+def _anchors(
+    regions: list[TensorRegion], matches: dict[str, TensorRegion], old: memoryview, new: memoryview
+) -> list[tuple[int, int]]:
+    """(offset, shift) of the small tensors whose aligned old bytes are theirs exactly and not all one value:
+    places inside generic bytes where the old file's layout is known to resume (after a layer removed, the small
+    tensors before the next large one sit at the new shift, not the previous tensor's)."""
+    found = []
+    for region in regions:
+        match = matches.get(f"{region.name}@{region.offset}")
+        if region.length >= MIN_TENSOR or match is None or match.length != region.length or region.length < 16:
+            continue
+        data = bytes(new[region.offset : region.end])
+        if data == old[match.offset : match.end] and data.count(data[:1]) != len(data):
+            found.append((region.offset, match.offset - region.offset))
+    return sorted(found)
 
 
 def group_half_floats(pieces: list[Piece], limits: Limits) -> list[Piece]:
