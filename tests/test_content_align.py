@@ -15,7 +15,7 @@ from lorien.repo.engine.container import ENTRY_SIZE, Codec, usable_up_to
 from lorien.repo.engine.content_align import by_content
 from lorien.repo.engine.formats import find_tensors
 from lorien.repo.engine.lorien_engine import Encoded, LorienEngine
-from lorien.repo.engine.planning import Piece, align, plan
+from lorien.repo.engine.planning import Piece, _anchors, align, plan
 from lorien.repo.engine.regions import TensorRegion, region
 from lorien.repo.limits import DEFAULT_LIMITS
 from tests.support.model_files import mlp_tensors, nudged, write_safetensors
@@ -178,3 +178,16 @@ def test_small_tensors_after_a_removed_layer_are_referenced_where_they_sit_in_th
     create_patch(tmp_path / "old.safetensors", tmp_path / "new.safetensors", patch)
     apply_patch(tmp_path / "old.safetensors", patch, out)
     assert out.read_bytes() == new
+
+
+def test_untyped_stored_files_with_equal_bytes_do_not_move_the_generic_bytes() -> None:
+    """TorchScript archives hold many equal small debug pickles; one aligned to its twin elsewhere (by size) must
+    not send the bytes after it to that twin's place."""
+    blob = bytes(range(100)) + b"\x00" * 6
+    old = memoryview(b"a" * 300 + blob + b"b" * 300 + blob)
+    new = memoryview(b"a" * 300 + blob + b"b" * 300)
+    regions = [region("debug_pkl", 300, len(blob), "unknown", ()), region("bias", 300, len(blob), "float32", ())]
+    far = region("debug_pkl", 706, len(blob), "unknown", ())
+    matches = {"debug_pkl@300": far, "bias@300": far}
+    assert _anchors(regions[:1], matches, old, new) == []
+    assert _anchors(regions[1:], matches, old, new) == [(300, 406)]

@@ -170,13 +170,15 @@ def _pieces(
 def _anchors(
     regions: list[TensorRegion], matches: dict[str, TensorRegion], old: memoryview, new: memoryview
 ) -> list[tuple[int, int]]:
-    """(offset, shift) of the small tensors whose aligned old bytes are theirs exactly and not all one value:
+    """(offset, shift) of the small typed tensors whose aligned old bytes are theirs exactly and not all one value:
     places inside generic bytes where the old file's layout is known to resume (after a layer removed, the small
     tensors before the next large one sit at the new shift, not the previous tensor's)."""
     found = []
     for region in regions:
         match = matches.get(f"{region.name}@{region.offset}")
         if region.length >= MIN_TENSOR or match is None or match.length != region.length or region.length < 16:
+            continue
+        if region.dtype == "unknown":  # other stored files (TorchScript's many equal debug pickles): not layout
             continue
         data = bytes(new[region.offset : region.end])
         if data == old[match.offset : match.end] and data.count(data[:1]) != len(data):
