@@ -437,6 +437,8 @@ def environment() -> dict[str, Any]:
             "zstd": _version_number(_first_line(["zstd", "--version"])),
             "numpy": _package_version("numpy"),
             "zstandard": _package_version("zstandard"),
+            # the peers of bench/peers.py ("not installed" when the bench extra is missing)
+            **{name: _package_version(name) for name in ("hdiffpatch", "z4ai", "zipnn", "detools", "torch")},
         },
     }
 
