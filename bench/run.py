@@ -662,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     run_file = args.out / f"{stamp}.json"
-    work = args.corpus.resolve() / ".work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    # a directory of this run's own: two runs on one corpus (e.g. small and medium at once) must not delete
+    # each other's patches
+    work = Path(tempfile.mkdtemp(prefix=f".work-{stamp}-", dir=args.corpus.resolve()))
     log(f"{len(pairs)} pairs × {len(args.tools)} tools; raw results → {run_file}")
     try:
         for pair in pairs:
