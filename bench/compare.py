@@ -85,19 +85,23 @@ def status_of(pair: Merged, tool: str) -> str:
 
 def compare_pair(pair: Merged, subject: str, peers: Sequence[str], must_beat: Sequence[str]) -> dict[str, Any]:
     """Sizes, subject ÷ each peer, the best of all peers, and which ``must_beat`` tools the subject does not beat
-    (``not_beaten``: its patch is as large or larger) or cannot be compared with (``unknown``)."""
+    (``not_beaten``: its patch is as large or larger), which failed on the pair while the subject did not
+    (``failed``: no patch to pick, so the subject counts as ahead) and which were not run or the subject itself
+    failed (``unknown``)."""
     mine = size_of(pair, subject)
     sizes = {tool: size_of(pair, tool) for tool in dict.fromkeys([*peers, *must_beat])}
     everyone = [
         (size, tool) for tool in ALL_PEERS if tool != subject and (size := size_of(pair, tool)) is not None
     ]
     best = min(everyone) if everyone else None
-    not_beaten, unknown = [], []
+    not_beaten, failed, unknown = [], [], []
     for tool in must_beat:
         if mine is None:
             unknown.append(f"{subject} {status_of(pair, subject)}")
+        elif tool not in pair.results:
+            unknown.append(f"{tool} not run")
         elif sizes[tool] is None:
-            unknown.append(f"{tool} {status_of(pair, tool)}")
+            failed.append(f"{tool} {status_of(pair, tool)}")
         elif mine >= sizes[tool]:
             not_beaten.append({"tool": tool, "bytes": sizes[tool], "excess": mine - sizes[tool]})
     return {
@@ -110,6 +114,7 @@ def compare_pair(pair: Merged, subject: str, peers: Sequence[str], must_beat: Se
         "best_peer": None if best is None else {"tool": best[1], "bytes": best[0]},
         "best_peer_ratio": None if best is None else _ratio(mine, best[0]),
         "not_beaten": not_beaten,
+        "failed": failed,
         "unknown": unknown,
         "new_sha256_differs": len(pair.new_sha256) > 1,
     }
@@ -169,6 +174,13 @@ def render(
         lines.append(f"  - {row['pair']}: {subject} {row['subject_bytes']:,} B vs {parts}")
     for row in unknown:
         lines.append(f"  - not compared: {row['pair']} ({'; '.join(row['unknown'])})")
+    failed = [
+        f"{row['pair']} ({'; '.join(row['failed'])})" for row in rows if row["failed"] and not row["unknown"]
+    ]
+    if failed:
+        lines.append(
+            f"- Counted as ahead because the peer made no patch ({len(failed)}): " + ", ".join(failed) + "."
+        )
     if any(row["new_sha256_differs"] for row in rows):
         lines.append(
             "- †: the new model's SHA-256 differs between the result files (same pair name, other bytes)."

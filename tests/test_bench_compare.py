@@ -34,12 +34,14 @@ def test_merges_runs_and_lists_every_pair_not_beaten(tmp_path: Path, capsys: pyt
         pair("a-dense", lorien=100),
         pair("b-identical", lorien=140),
         pair("c-fp16", lorien=50),
+        pair("d-new", lorien=5),
     )
     peers = write(
         tmp_path / "peers.json",
         pair("a-dense", z4ai=120, hdiffpatch=150, zipnn=900, zstd_patch_from=90),
         pair("b-identical", z4ai=200, hdiffpatch=37),
         pair("c-fp16", z4ai=None, hdiffpatch=70),
+        pair("d-new", z4ai=10),
     )
     rows_file = tmp_path / "rows.json"
     assert compare.main([str(lorien), str(peers), "--json", str(rows_file)]) == 0
@@ -50,10 +52,12 @@ def test_merges_runs_and_lists_every_pair_not_beaten(tmp_path: Path, capsys: pyt
     assert rows["a-dense"]["best_peer"] == {"tool": "zstd-patch-from", "bytes": 90}
     assert rows["a-dense"]["not_beaten"] == [] and rows["a-dense"]["unknown"] == []
     assert rows["b-identical"]["not_beaten"] == [{"tool": "hdiffpatch", "bytes": 37, "excess": 103}]
-    assert rows["c-fp16"]["unknown"] == ["z4ai create-error"]
-    assert "strictly smaller than z4ai and hdiffpatch: 1 of 2 compared pairs (1 not comparable)" in out
+    assert rows["c-fp16"]["failed"] == ["z4ai create-error"] and rows["c-fp16"]["unknown"] == []
+    assert rows["d-new"]["unknown"] == ["hdiffpatch not run"]
+    assert "strictly smaller than z4ai and hdiffpatch: 2 of 3 compared pairs (1 not comparable)" in out
     assert "b-identical: lorien 140 B vs hdiffpatch 37 B (+103 B)" in out
-    assert "not compared: c-fp16 (z4ai create-error)" in out
+    assert "not compared: d-new (hdiffpatch not run)" in out
+    assert "peer made no patch (1): c-fp16 (z4ai create-error)" in out
 
 
 def test_a_failed_record_never_hides_an_ok_one_and_equal_size_is_not_ahead(tmp_path: Path) -> None:
