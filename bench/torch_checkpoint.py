@@ -18,6 +18,9 @@ import numpy as np
 Tensors = dict[str, np.ndarray]
 
 
+ENTRY_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip entry can say (torch.save writes its own fixed one)
+
+
 def _torch_storages() -> types.ModuleType:
     """A stand-in ``torch`` with the storage classes pickles refer to (``GLOBAL 'torch FloatStorage'``)."""
     module = types.ModuleType("torch")
@@ -49,13 +52,18 @@ def write_torch_checkpoint(path: Path, tensors: Tensors) -> None:
     sys.modules["torch"] = torch  # pickle checks that the classes it names can be found there
     try:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-            with archive.open(f"{path.stem}/data.pkl", "w") as handle:
+            with archive.open(_entry(f"{path.stem}/data.pkl"), "w") as handle:
                 Pickler(handle, protocol=2).dump({name: ("tensor", name) for name in tensors})
             for name, array in tensors.items():
-                archive.writestr(f"{path.stem}/data/{keys[name]}", np.ascontiguousarray(array).tobytes())
-            archive.writestr(f"{path.stem}/version", "3\n")
+                archive.writestr(_entry(f"{path.stem}/data/{keys[name]}"), np.ascontiguousarray(array).tobytes())
+            archive.writestr(_entry(f"{path.stem}/version"), "3\n")
     finally:
         if real is None:
             del sys.modules["torch"]
         else:
             sys.modules["torch"] = real
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A stored entry with a fixed time stamp, so the same tensors always make the same bytes."""
+    return zipfile.ZipInfo(name, date_time=ENTRY_TIME)

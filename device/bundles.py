@@ -34,12 +34,12 @@ from typing import Any
 from lorien.device import service
 from lorien.device.deploy import SPACE_MARGIN, Deployer
 from lorien.device.installed import InstalledModel
-from lorien.device.plan import Installed, Plan, Step
+from lorien.device.plan import Installed, Plan, Step, applicable
 from lorien.device.report import Reporter
 from lorien.device.state import Kind, OnDisk, Operation, Phase, Stage
 from lorien.repo.atomic import fsync_dir
 from lorien.repo.bundle import BundleFile, bundle_digest, describe_directory
-from lorien.repo.engine import apply_patch, available_engines
+from lorien.repo.engine import apply_patch
 from lorien.repo.errors import BadInputError, IntegrityError, UpdateFailed
 from lorien.repo.hashing import digest_file
 from lorien.repo.limits import Limits
@@ -148,7 +148,7 @@ def bundle_plan(
     manifest: Manifest, installed: Installed, files: list[BundleFile], target: str | None = None
 ) -> Plan:
     """One step per file of the bundle ``target`` (default: latest; a rollout decides it): keep, patch (from
-    the installed version, an engine this device has) or full, whichever downloads fewest bytes."""
+    the installed version, an engine and container version this device has) or full, whichever downloads fewest bytes."""
     goal = manifest.version(target or manifest.latest)
     if goal.bundle is None:
         raise UpdateFailed(
@@ -158,11 +158,10 @@ def bundle_plan(
     if installed.sha256 == goal.bundle.digest:
         return Plan(installed, goal.version, (), goal.bundle.total_size)
     have = {f.sha256: f.path for f in files}
-    engines = set(available_engines())
     patches = {
         p.path: p
         for p in manifest.file_patches
-        if p.source == installed.version and p.target == goal.version and p.engine in engines
+        if p.source == installed.version and p.target == goal.version and applicable(p)
     }
     steps = []
     for entry in goal.bundle.files:

@@ -2,7 +2,8 @@
 
 ``identify(model_path, manifest)`` fingerprints the installed file (Mallorn algorithm), matches it against the
 manifest by (size, header_hash, tail_hash) and confirms the match with SHA-256. ``cheapest_plan`` runs Dijkstra
-over the manifest's patch graph, weighted by download bytes, using only patches whose engine this device has,
+over the manifest's patch graph, weighted by download bytes, using only patches whose engine this device has
+and whose container version (``format_version``, when the manifest gives it) it reads,
 and compares the best chain with downloading the full model — the cheaper of the raw blob and, when the
 manifest lists one whose engine this device has, the model compressed on its own (``compressed``: costed by
 its compressed size, decoded on the device).
@@ -15,12 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lorien.repo.engine import available_engines
+from lorien.repo.engine import available_engines, reads_format
 from lorien.repo.errors import FingerprintError
 from lorien.repo.fingerprint import fingerprint
 from lorien.repo.hashing import sha256_file
 from lorien.repo.limits import DEFAULT_LIMITS
-from lorien.repo.manifest import Manifest, VersionEntry
+from lorien.repo.manifest import CompressedEntry, Manifest, PatchEntry, VersionEntry
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,16 @@ def full_step(entry: VersionEntry) -> Step:
     return Step("full", entry.blob, entry.size, entry.md5, entry.sha256, entry.version, entry.sha256)
 
 
+def applicable(entry: PatchEntry | CompressedEntry) -> bool:
+    """Whether this device can apply a listed patch or compressed model: it has the engine and reads the
+    container version the manifest gives (a newer one is planned around: another chain or the raw model)."""
+    return entry.engine in available_engines() and reads_format(entry.engine, entry.format_version)
+
+
 def cheapest_full(entry: VersionEntry) -> Step:
     """The smaller of the raw model and its compressed blob (when listed and this device has its engine)."""
     compressed = entry.compressed
-    if compressed is None or compressed.size >= entry.size or compressed.engine not in available_engines():
+    if compressed is None or compressed.size >= entry.size or not applicable(compressed):
         return full_step(entry)
     return Step(
         "compressed",
@@ -142,10 +149,9 @@ def cheapest_plan(
     full = (cheapest_full(goal),)
     if installed.version is None:
         return Plan(installed, goal.version, full, goal.size)
-    engines = set(available_engines())
     edges: dict[str, list[Any]] = {}
     for patch in manifest.patches:
-        if patch.engine in engines:
+        if applicable(patch):
             edges.setdefault(patch.source, []).append(patch)
     best: dict[str, int] = {installed.version: 0}
     previous: dict[str, Any] = {}

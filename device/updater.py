@@ -53,7 +53,7 @@ from lorien.device.trusted import AcceptedManifest, verify_manifest
 from lorien.device.windows import Window
 from lorien.repo.bundle import bundle_digest, describe_directory
 from lorien.repo.download import Downloader, DownloadPolicy, Progress
-from lorien.repo.engine import require_engine
+from lorien.repo.engine import container, require_engine
 from lorien.repo.errors import (
     FreshnessError,
     IntegrityError,
@@ -626,6 +626,9 @@ class Updater(TopePackages):
             "last_result": snapshot["last_result"],
             "history": snapshot["history"],
             "backups": [p.name for p in self._deployer.backups()],
+            "patch_formats": {
+                "lorien": list(container.READABLE_VERSIONS)
+            },  # what a publisher may send (--max-patch-format)
             **({"bundle": self._bundle_status()} if self.config.bundle else {}),
             "rollout": {**self.identity(), **self._control(), "decision": snapshot.get("rollout")},
             "trust": {

@@ -199,7 +199,8 @@ def _as_version(version: VersionEntry, file: BundleFileEntry) -> VersionEntry:
 def still_valid_file_patches(
     writer: RepositoryWriter, previous: Manifest | None, by_name: dict[str, VersionEntry]
 ) -> dict[tuple[str, str, str], FilePatchEntry]:
-    """The previous manifest's file patches whose two versions still hold those files and whose blob exists."""
+    """The previous manifest's file patches whose two versions still hold those files and whose blob exists,
+    within ``--max-patch-format`` (``RepositoryWriter.reusable``)."""
     kept: dict[tuple[str, str, str], FilePatchEntry] = {}
     for patch in previous.file_patches if previous is not None else ():
         source, target = by_name.get(patch.source), by_name.get(patch.target)
@@ -208,6 +209,7 @@ def still_valid_file_patches(
         old, new = source.bundle.file(patch.path), target.bundle.file(patch.path)
         if old is None or new is None or (old.sha256, new.sha256) != (patch.source_sha256, patch.target_sha256):
             continue
-        if writer.blob_file(patch.blob).exists():
-            kept[(patch.source, patch.target, patch.path)] = patch
+        reusable = writer.reusable(patch)
+        if reusable is not None:
+            kept[(patch.source, patch.target, patch.path)] = reusable
     return kept

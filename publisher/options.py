@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from lorien.publisher.tuf_writer import Expiry
+from lorien.repo.engine.container import checked_max_version
 from lorien.repo.errors import BadInputError
 from lorien.repo.manifest import MAX_SEQUENCE
 from lorien.repo.signing import SigningKey
@@ -39,6 +40,9 @@ class PublishOptions:
     progress: PublishProgress | None = None  # told about long work: hashing a family, making each patch
     compress: bool = True  # also store the newest version compressed on its own (when that saves enough)
     incompressible: set[str] = field(default_factory=set)  # sha256 of models whose compression saved too little
+    # newest lorien patch container version a patch or compressed model may need (devices of an older release
+    # read fewer; docs/patch-format.md); None: this release's newest
+    max_patch_format: int | None = None
 
     @property
     def validity(self) -> timedelta | None:
@@ -49,6 +53,8 @@ class PublishOptions:
             raise BadInputError(f"--keep must be 0 or more, got {self.keep}")
         if self.max_patch_ratio is not None and not 0 < self.max_patch_ratio <= 10:
             raise BadInputError(f"--max-patch-ratio must be in (0, 10], got {self.max_patch_ratio}")
+        if self.max_patch_format is not None:
+            checked_max_version(self.max_patch_format, "--max-patch-format")
         if not 0 <= self.expires_days <= 3660:
             raise BadInputError(f"--expires-days must be from 0 (never) to 3660, got {self.expires_days}")
         if not 0 <= self.min_sequence <= MAX_SEQUENCE // 2:

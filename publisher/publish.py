@@ -286,9 +286,8 @@ def _with_compressed(writer: RepositoryWriter, previous: Manifest | None, entry:
     """``entry`` with the compressed blob the previous manifest listed for it, if that blob is still there."""
     old = _published(previous, entry.version)
     kept = old.compressed if old is not None and old.sha256 == entry.sha256 else None
-    if kept is None or not writer.blob_file(kept.blob).exists():
-        return entry
-    return replace(entry, compressed=kept)
+    kept = writer.reusable(kept) if kept is not None else None
+    return entry if kept is None else replace(entry, compressed=kept)
 
 
 def _compressed_target(
@@ -399,13 +398,14 @@ def _still_valid_patches(
     writer: RepositoryWriter, previous: Manifest | None, by_name: dict[str, VersionEntry]
 ) -> dict[tuple[str, str], PatchEntry]:
     """The previous manifest's patches whose versions are still published with the same content and whose blob
-    is still there, by (source, target) version."""
+    is still there, within ``--max-patch-format`` (``RepositoryWriter.reusable``), by (source, target) version."""
     patches: dict[tuple[str, str], PatchEntry] = {}
     for patch in previous.patches if previous is not None else ():
         source, target = by_name.get(patch.source), by_name.get(patch.target)
         still_valid = source is not None and target is not None and source.sha256 == patch.source_sha256
-        if still_valid and writer.blob_file(patch.blob).exists():
-            patches[(patch.source, patch.target)] = patch
+        kept = writer.reusable(patch) if still_valid else None
+        if kept is not None:
+            patches[(patch.source, patch.target)] = kept
     return patches
 
 

@@ -10,6 +10,7 @@ signatures, pages), so one object writes a whole repository; callers hold the wr
   renamed to ``blobs/<sha256>.lpatch``; ``.staging/`` is removed whatever happens;
 - ``create_compressed``: a verified model blob → compressed on its own (``repo.engine.full``) in ``.staging/``
   → kept as ``blobs/<sha256>.compressed`` only when at most ``COMPRESSED_MAX_RATIO`` of the model;
+- ``reusable``: a patch or compressed model of an earlier publish, checked against ``--max-patch-format``;
 - ``remove_leftovers``: hidden temporary files and ``.staging/`` of a writer that was killed.
 
 Crash points (``repo/testhooks.py``): ``blob`` after a blob is in place, ``patch`` after a patch is,
@@ -21,14 +22,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from lorien.publisher.options import PublishOptions
 from lorien.publisher.signed import SignedMetadataWriter
 from lorien.repo.atomic import atomic_writer, fsync_dir, is_temp_name, require_space, write_failure
-from lorien.repo.engine import DEFAULT_ENGINE, ByteProgress, Hints, PatchStats, create_patch, get_engine
+from lorien.repo.engine import (
+    DEFAULT_ENGINE,
+    ByteProgress,
+    Hints,
+    PatchStats,
+    create_patch,
+    get_engine,
+    patch_info,
+)
 from lorien.repo.engine.full import compress_model
-from lorien.repo.errors import IntegrityError
+from lorien.repo.errors import IntegrityError, LorienError
 from lorien.repo.hashing import DigestAccumulator, Digests, digest_file, iter_file
 from lorien.repo.layout import COMPRESSED_EXTENSION, PATCH_EXTENSION, blob_path
 from lorien.repo.manifest import CompressedEntry, PatchEntry, VersionEntry
@@ -36,6 +47,7 @@ from lorien.repo.testhooks import crash_point
 
 STAGING_DIR = ".staging"
 COMPRESSED_MAX_RATIO = 0.95  # a compressed model saving less than 5 % is not worth a second blob
+Reused = TypeVar("Reused", PatchEntry, CompressedEntry)
 
 
 class RepositoryWriter(SignedMetadataWriter):
@@ -111,14 +123,19 @@ class RepositoryWriter(SignedMetadataWriter):
         model (else None: devices take the raw blob)."""
         temp = self._staged(COMPRESSED_EXTENSION)
         try:
-            stats = compress_model(self.blob_file(version.blob), temp, progress=progress)
+            stats = compress_model(
+                self.blob_file(version.blob), temp, progress=progress, max_format=self.options.max_patch_format
+            )
             if stats.patch_size > COMPRESSED_MAX_RATIO * version.size:
                 return None, stats
             relative, digests = self._store_staged(temp, COMPRESSED_EXTENSION)
         finally:
             self.remove_staging()
         crash_point("compressed")
-        return CompressedEntry(relative, digests.size, digests.sha256, digests.md5, stats.engine), stats
+        entry = CompressedEntry(
+            relative, digests.size, digests.sha256, digests.md5, stats.engine, stats.format_version
+        )
+        return entry, stats
 
     def create_patch(
         self,
@@ -137,6 +154,7 @@ class RepositoryWriter(SignedMetadataWriter):
                 self.engine,
                 progress=progress,
                 hints=hints,
+                max_format=self.options.max_patch_format,
             )
             relative, digests = self._store_staged(temp, PATCH_EXTENSION)
         finally:
@@ -153,5 +171,25 @@ class RepositoryWriter(SignedMetadataWriter):
             blob=relative,
             source_sha256=source.sha256,
             target_sha256=target.sha256,
+            format_version=stats.format_version,
         )
         return entry, stats
+
+    def reusable(self, entry: Reused) -> Reused | None:
+        """A patch or compressed model of an earlier publish as it goes on: with its container version filled
+        in (read from the blob's header when the manifest predates the field), or None — made again — when its
+        blob is gone or unreadable, or it needs a newer container version than ``--max-patch-format``."""
+        path = self.blob_file(entry.blob)
+        if not path.is_file():
+            return None
+        version = entry.format_version
+        if version is None and entry.engine == DEFAULT_ENGINE:
+            try:
+                version = patch_info(path).format_version
+            except LorienError:
+                return None
+            entry = replace(entry, format_version=version)
+        cap = self.options.max_patch_format
+        if cap is not None and version is not None and version > cap:
+            return None
+        return entry

@@ -36,6 +36,7 @@ from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.versions import version_name_problem
 
 SCHEMA_VERSION = 1
+MAX_FORMAT_VERSION = 65535  # a patch container's version field is 16 bits
 MAX_SEQUENCE = 1 << 62
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _ENGINE = re.compile(r"[a-z0-9_-]{1,32}")
@@ -118,15 +119,17 @@ class CompressedEntry:
     sha256: str  # of the compressed blob (the decoded model's is the version's sha256)
     md5: str
     engine: str
+    format_version: int | None = None  # the lorien container version of the blob; optional field
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "blob": self.blob,
             "size": self.size,
             "sha256": self.sha256,
             "md5": self.md5,
             "engine": self.engine,
         }
+        return _with_format_version(data, self.format_version)
 
 
 @dataclass(frozen=True)
@@ -179,9 +182,12 @@ class PatchEntry:
     blob: str
     source_sha256: str
     target_sha256: str
+    # the lorien container version of the blob (optional field: absent in manifests written before it existed
+    # and for engines with one format); a device skips a patch whose version it cannot read
+    format_version: int | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "from": self.source,
             "to": self.target,
@@ -193,6 +199,13 @@ class PatchEntry:
             "source_sha256": self.source_sha256,
             "target_sha256": self.target_sha256,
         }
+        return _with_format_version(data, self.format_version)
+
+
+def _with_format_version(data: dict[str, Any], format_version: int | None) -> dict[str, Any]:
+    if format_version is not None:
+        data["format_version"] = format_version
+    return data
 
 
 @dataclass(frozen=True)
@@ -528,7 +541,12 @@ def _parse_compressed(reader: _Reader) -> CompressedEntry:
         sha256=sha256,
         md5=reader.str("md5", _HEX32),
         engine=reader.str("engine", _ENGINE),
+        format_version=_format_version(reader),
     )
+
+
+def _format_version(reader: _Reader) -> int | None:
+    return reader.int("format_version", 1, MAX_FORMAT_VERSION) if "format_version" in reader.data else None
 
 
 def _parse_patch(reader: _Reader, id_pattern: re.Pattern[str] = _PATCH_ID) -> PatchEntry:
@@ -544,6 +562,7 @@ def _parse_patch(reader: _Reader, id_pattern: re.Pattern[str] = _PATCH_ID) -> Pa
         blob=checked_blob_path(reader.str("blob"), sha256, f"{reader.where}.blob"),
         source_sha256=reader.str("source_sha256", _HEX64),
         target_sha256=reader.str("target_sha256", _HEX64),
+        format_version=_format_version(reader),
     )
 
 

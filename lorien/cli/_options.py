@@ -13,6 +13,7 @@ import argparse
 import errno
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -59,6 +60,45 @@ def add_max_patch_ratio_option(command: argparse.ArgumentParser, default: float 
         default=default,
         help=f"do not publish a patch larger than this share of the full model, in (0, 10] (default: {what})",
     )
+
+
+MAX_PATCH_FORMAT_ENV = "LORIEN_MAX_PATCH_FORMAT"
+
+
+def add_max_patch_format_option(command: argparse.ArgumentParser) -> None:
+    """``--max-patch-format N``, by default ``$LORIEN_MAX_PATCH_FORMAT`` (so a systemd unit or a shell profile
+    sets it once for publish, watch and rollout alike), else no cap."""
+    from lorien.repo.engine.container import FORMAT_VERSION
+
+    command.add_argument(
+        "--max-patch-format",
+        dest="max_patch_format",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"make patches and compressed models that devices reading lorien patch format versions 1..N can "
+        f"apply (1 to {FORMAT_VERSION}; a device of an older release reads fewer, docs/patch-format.md); default "
+        f"${MAX_PATCH_FORMAT_ENV}, else {FORMAT_VERSION} (this release's newest)",
+    )
+
+
+def max_patch_format(args: argparse.Namespace) -> int | None:
+    """``--max-patch-format``, else ``$LORIEN_MAX_PATCH_FORMAT``, checked; None: no cap."""
+    from lorien.repo.engine.container import checked_max_version
+
+    if args.max_patch_format is not None:
+        return checked_max_version(args.max_patch_format, "--max-patch-format")
+    text = os.environ.get(MAX_PATCH_FORMAT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadInputError(
+            f"${MAX_PATCH_FORMAT_ENV}={text[:40]!r} is not a patch format version (a whole number); "
+            "fix or unset it"
+        ) from None
+    return checked_max_version(value, f"${MAX_PATCH_FORMAT_ENV}")
 
 
 def listen_failure(error: OSError, host: str, port: int) -> BadInputError | None:

@@ -15,7 +15,9 @@ from lorien.cli._options import (
     add_command,
     add_engine_option,
     add_json_option,
+    add_max_patch_format_option,
     add_quiet_option,
+    max_patch_format,
     print_fields,
 )
 from lorien.cli._progress import Progress
@@ -32,10 +34,12 @@ def _diff(args: argparse.Namespace) -> int:
             args.output,
             engine=args.engine,
             progress=progress.bytes(f"{args.new.name} encoded"),
+            max_format=max_patch_format(args),
         )
+    version = "" if stats.format_version is None else f" format {stats.format_version},"
     print(
         f"{args.output}: {stats.patch_size} bytes, {100 * stats.ratio:.2f}% of the {stats.target_size}-byte new "
-        f"model (engine {stats.engine}, {stats.seconds:.2f}s)"
+        f"model (engine {stats.engine},{version} {stats.seconds:.2f}s)"
     )
     return 0
 
@@ -46,6 +50,7 @@ def _add_diff(commands: Commands) -> None:
     command.add_argument("new", type=Path, help="model file the device should get")
     command.add_argument("-o", "--output", type=Path, required=True, help="patch file to write")
     add_engine_option(command)
+    add_max_patch_format_option(command)
     add_quiet_option(command)
 
 

@@ -20,10 +20,12 @@ from lorien.cli._options import (
     add_command,
     add_engine_option,
     add_json_option,
+    add_max_patch_format_option,
     add_max_patch_ratio_option,
     add_quiet_option,
     add_sign_key_option,
     load_sign_keys,
+    max_patch_format,
     print_problems,
 )
 from lorien.cli._progress import Progress
@@ -98,6 +100,7 @@ def _add_manifest_options(command: argparse.ArgumentParser) -> None:
         help="start manifest sequences at least here (after rebuilding a repository devices already follow)",
     )
     add_engine_option(command)
+    add_max_patch_format_option(command)
     command.add_argument(
         "--no-compressed",
         dest="compress",
@@ -129,6 +132,7 @@ def _publish_options(args: argparse.Namespace, progress: Progress, **extra: obje
         min_sequence=args.min_sequence,
         progress=None if args.quiet else progress.update,
         compress=args.compress,
+        max_patch_format=max_patch_format(args),
         **extra,
     )
 

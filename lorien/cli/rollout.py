@@ -13,7 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorien.cli._options import Commands, add_command, add_json_option, add_sign_key_option, load_sign_keys
+from lorien.cli._options import (
+    Commands,
+    add_command,
+    add_json_option,
+    add_max_patch_format_option,
+    add_sign_key_option,
+    load_sign_keys,
+    max_patch_format,
+)
 from lorien.repo.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -81,7 +89,11 @@ def _change(args: argparse.Namespace) -> int:
             print(f"  {json.dumps(result['channel'])}")
         return 0
     days = args.expires_days
-    options = PublishOptions(sign_keys=load_sign_keys(args), expires_days=7.0 if days is None else days)
+    options = PublishOptions(
+        sign_keys=load_sign_keys(args),
+        expires_days=7.0 if days is None else days,
+        max_patch_format=max_patch_format(args),
+    )
     manifest = change_channel(
         args.repo, args.family, args.channel, request.edit(), options, keep_validity=days is None
     )
@@ -173,6 +185,7 @@ def register(commands: Commands) -> None:
             help="the rewritten manifest expires this many days from now (0 = never; default: as long as the "
             "manifest it replaces was valid, i.e. what publish used)",
         )
+        add_max_patch_format_option(action)
         if name in ("halt", "set"):
             action.add_argument(
                 "--roll-back",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from lorien.repo.atomic import require_space, write_failure
 from lorien.repo.engine.base import ApplyResult, Engine, PatchInfo, PatchStats
+from lorien.repo.engine.container import READABLE_VERSIONS
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.engine.mallorn_adapter import MallornEngine
 from lorien.repo.engine.planning import Hints
@@ -89,14 +90,19 @@ def create_patch(
     *,
     progress: ByteProgress | None = None,
     hints: Hints | None = None,
+    max_format: int | None = None,
 ) -> PatchStats:
     """Write a patch that turns ``old`` into ``new``; ``progress`` is told how much of ``new`` is encoded.
     ``hints`` = (old regions, new regions) of a data file whose tensors a companion file describes
-    (:func:`repo.engine.companions.companion_regions`); only the ``lorien`` engine uses them."""
+    (:func:`repo.engine.companions.companion_regions`); only the ``lorien`` engine uses them.
+    ``max_format``: the newest ``lorien`` container version the patch may need (devices of an older release
+    read only the versions they know; docs/patch-format.md); the other engines have a single format."""
     old, new, output = Path(old), Path(new), Path(output)
     _require_file(old, "old model")
     _require_file(new, "new model")
     chosen = get_engine(engine)
+    if max_format is not None and isinstance(chosen, LorienEngine):
+        chosen = LorienEngine(level=chosen.level, limits=chosen.limits, max_version=max_format)
     started = time.perf_counter()
     total = new.stat().st_size
     _report(progress, 0, total)
@@ -115,6 +121,7 @@ def create_patch(
         target_size=info.target_size,
         patch_size=info.patch_size,
         seconds=time.perf_counter() - started,
+        format_version=info.format_version,
     )
 
 
@@ -199,6 +206,15 @@ def require_engine(name: str, what: str = "patch") -> Engine:
     return engine
 
 
+def reads_format(engine: str, format_version: int | None) -> bool:
+    """Whether this lorien applies a patch of ``engine`` whose container version a manifest gives as
+    ``format_version`` (None: not listed — a repository written before the field existed; tried, and a patch
+    of a version this lorien cannot read is refused by its header)."""
+    if format_version is None or engine != LorienEngine.name:
+        return True
+    return format_version in READABLE_VERSIONS
+
+
 def segment_summary(patch: Path | str) -> dict[str, dict[str, int]]:
     """Per codec: segment count, target bytes produced and payload bytes (lorien patches; {} for others)."""
     patch = Path(patch)
@@ -232,6 +248,7 @@ __all__ = [
     "create_patch",
     "get_engine",
     "patch_info",
+    "reads_format",
     "require_engine",
     "segment_summary",
     "verify_patch",

@@ -15,6 +15,7 @@ class PatchInfo:
     target_size: int
     source_sha256: str
     target_sha256: str
+    format_version: int | None = None  # the lorien container's version (None: an engine with one format)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -27,6 +28,7 @@ class PatchStats:
     target_size: int
     patch_size: int
     seconds: float
+    format_version: int | None = None  # as in PatchInfo
 
     @property
     def ratio(self) -> float:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import BinaryIO
 
-from lorien.repo.errors import PatchError
+from lorien.repo.errors import BadInputError, PatchError
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"
@@ -83,6 +83,7 @@ class Header:
     target_size: int
     source_sha256: bytes
     target_sha256: bytes
+    version: int | None = None  # the format version a parsed patch declares (None: not read from a patch)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,21 @@ class Segment:
             self.payload_length,
             self.payload_crc32,
         )
+
+
+def usable_up_to(codec: Codec, max_version: int) -> bool:
+    """Whether a patch capped at container version ``max_version`` may use ``codec``."""
+    return SINCE_VERSION.get(codec, 1) <= max_version
+
+
+def checked_max_version(value: int, where: str = "the patch format cap") -> int:
+    """``value`` as a container-version cap, or a clear refusal (BadInputError) naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= FORMAT_VERSION:
+        raise BadInputError(
+            f"{where}: {value!r} is not a patch format version this lorien writes (1 to {FORMAT_VERSION}); "
+            f"devices read the versions of their lorien release, see docs/patch-format.md"
+        )
+    return value
 
 
 def version_for(segments: list[Segment]) -> int:
@@ -153,7 +169,7 @@ def read_header_and_table(
     table = handle.read(count * ENTRY_SIZE)
     if len(table) != count * ENTRY_SIZE or zlib.crc32(table, zlib.crc32(raw[:-4])) != crc:
         raise PatchError(f"{name}: corrupt patch: header/segment table checksum mismatch")
-    header = Header(count, source_size, target_size, source_sha, target_sha)
+    header = Header(count, source_size, target_size, source_sha, target_sha, version)
     segments = [_checked_segment(table, i, header, limits, name) for i in range(count)]
     if version_for(segments) > version:
         raise PatchError(

@@ -37,10 +37,17 @@ def _empty_source() -> Iterator[Path]:
         yield empty
 
 
-def compress_model(model: Path | str, output: Path | str, *, progress: ByteProgress | None = None) -> PatchStats:
-    """Write ``model`` compressed on its own to ``output`` (atomically); ``progress`` as in ``create_patch``."""
+def compress_model(
+    model: Path | str,
+    output: Path | str,
+    *,
+    progress: ByteProgress | None = None,
+    max_format: int | None = None,
+) -> PatchStats:
+    """Write ``model`` compressed on its own to ``output`` (atomically); ``progress`` and ``max_format`` as in
+    ``create_patch`` (below version 3, float tensors are plain byte planes instead of FLOAT_PLANES)."""
     with _empty_source() as empty:
-        return create_patch(empty, model, output, ENGINE, progress=progress)
+        return create_patch(empty, model, output, ENGINE, progress=progress, max_format=max_format)
 
 
 def decompress_model(

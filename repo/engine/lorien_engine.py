@@ -49,6 +49,7 @@ from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
+    FORMAT_VERSION,
     MAGIC,
     Backend,
     Codec,
@@ -56,8 +57,10 @@ from lorien.repo.engine.container import (
     Limits,
     Segment,
     Transform,
+    checked_max_version,
     pack_header,
     read_header_and_table,
+    usable_up_to,
     version_for,
 )
 from lorien.repo.engine.ggml_blocks import LAYOUTS
@@ -115,10 +118,14 @@ class LorienEngine:
         workers: int | None = None,
         processes: bool | None = None,
         spool: bool | None = None,
+        max_version: int = FORMAT_VERSION,
     ) -> None:
         """``processes``: encode pieces in a process pool (None: for new files from 64 MiB, see :mod:`pool`);
         ``spool``: keep payloads in a temporary file beside the output until the container is written (None:
-        for new files from ``SPOOL_FROM``). Neither changes the patch's bytes."""
+        for new files from ``SPOOL_FROM``). Neither changes the patch's bytes. ``max_version``: use only the
+        codecs of container versions up to this one (a fleet whose devices read no newer version; the patch
+        is still written at the lowest version it needs)."""
+        self.max_version = checked_max_version(max_version)
         self.level = level
         self.limits = limits
         self.workers = workers or max(1, os.cpu_count() or 1)
@@ -180,6 +187,8 @@ class LorienEngine:
         ranked = []
         for candidate in candidates(piece, target, old):
             if only is not None and candidate.key not in only:
+                continue
+            if not usable_up_to(candidate.codec, self.max_version):
                 continue
             raw = candidate.raw() if candidate.raw is not None else None
             if candidate.raw is not None and raw is None:
@@ -267,7 +276,7 @@ class LorienEngine:
             reported: Iterable[Encoded]
             if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
                 reported = runs.improve(
-                    pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded
+                    pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded, self.max_version
                 )
             else:
                 reported = (item for items in per_piece for item in items)
@@ -337,6 +346,7 @@ class LorienEngine:
             header.target_size,
             header.source_sha256.hex(),
             header.target_sha256.hex(),
+            header.version,
         )
 
     def segments(self, patch: Path) -> list[Segment]:

@@ -23,7 +23,15 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from lorien.repo.engine import codecs
-from lorien.repo.engine.container import ENTRY_SIZE, Backend, Codec, Segment, Transform
+from lorien.repo.engine.container import (
+    ENTRY_SIZE,
+    FORMAT_VERSION,
+    Backend,
+    Codec,
+    Segment,
+    Transform,
+    usable_up_to,
+)
 from lorien.repo.engine.planning import Piece
 from lorien.repo.engine.sparse_diff import BYTES, ELEMENTS, sparse_diff_residual
 from lorien.repo.limits import Limits
@@ -47,9 +55,10 @@ def improve(
     level: int,
     limits: Limits,
     make: Callable[[Segment, bytes], Encoded],
+    max_version: int = FORMAT_VERSION,
 ) -> list[Encoded]:
     """The segments of ``encoded`` (each piece's, in order) with every run that codes smaller as one segment
-    replaced by it."""
+    replaced by it (only by codecs of container versions up to ``max_version``)."""
     result: list[Encoded] = []
     for first, last in _runs(pieces, limits):
         start, end = _trimmed(encoded, first, last)
@@ -63,7 +72,7 @@ def improve(
         for low, high in options:
             span = (pieces[low].offset, sum(piece.length for piece in pieces[low:high]))
             same = (_same(pieces[low])[0], span[1])
-            best = _best(new[span[0] : span[0] + span[1]], old[same[0] : same[0] + same[1]], level)
+            best = _best(new[span[0] : span[0] + span[1]], old[same[0] : same[0] + same[1]], level, max_version)
             if best is None:
                 continue
             codec, width, backend, payload = best
@@ -132,13 +141,16 @@ def _continues(first: Piece, last: Piece, piece: Piece, cap: int) -> bool:
     )
 
 
-def _best(target_view: memoryview, reference: memoryview, level: int) -> tuple[Codec, int, Backend, bytes] | None:
+def _best(
+    target_view: memoryview, reference: memoryview, level: int, max_version: int = FORMAT_VERSION
+) -> tuple[Codec, int, Backend, bytes] | None:
     """The smallest run-level encoding: (codec, width, backend, payload), or None when none applies."""
     target = bytes(target_view)
     dense = len(target) <= DENSE_RUN
     raws: list[tuple[Codec, int, bytes]] = []
+    sparse = usable_up_to(Codec.SPARSE_DIFF, max_version)
     for width, mode in ((1, ELEMENTS), (2, ELEMENTS), (4, ELEMENTS), (2, BYTES), (4, BYTES)):
-        if mode == BYTES or len(target) % width == 0:
+        if sparse and (mode == BYTES or len(target) % width == 0):
             raw = sparse_diff_residual(target, reference, width, mode)
             if raw is not None:
                 raws.append((Codec.SPARSE_DIFF, width, raw))
