@@ -5,7 +5,8 @@ the same deterministic corpus). This reads those JSON files, merges them by pair
 table: per pair the subject tool's patch size (default ``lorien``), each requested peer's size with
 ``subject ÷ peer``, the best of every peer (:data:`bench.run.ALL_PEERS`) and whether the subject is strictly
 smaller than each tool named by ``--must-beat`` (issue 15 item 5: z4ai and HDiffPatch). Below it: the pairs
-where it is not, and the pairs that could not be compared (a tool missing or failed there).
+where it is not, the pairs that could not be compared (a tool not run there, or the subject failed) and those
+counted as ahead because a must-beat tool ran but made no patch (z4ai when old and new differ in size).
 
 Data flow::
 
