@@ -18,6 +18,10 @@ Target: lorien ≤ zipnn on every model. Writes ``results/full-download-<UTC tim
 markdown table::
 
     .venv/bin/python -m bench.full_download --sizes small,medium
+    .venv/bin/python -m bench.full_download --sizes huge --formats tflite,safetensors,gguf --tools lorien,zipnn
+
+``--tools`` picks the comparisons (lorien always runs): zstd -19 runs at a few MB/s on one core, so on the
+1 GiB models the two zstd columns alone take most of an hour; a tool not run is "–" in the table.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ from bench.run import BENCH_DIR, environment, main_dtype
 from lorien.repo.engine.full import compress_model, decompress_model
 
 FLOAT_SCENARIOS = ("dense", "fp16-dense", "bf16-dense")
+TOOLS = ("lorien", "zipnn", "zstd-19", "bytegroup-zstd")
 WIDTH = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -70,7 +76,7 @@ def zipnn_size(model: Path, dtype: str, work: Path, timeout: float) -> tuple[int
     return packed.stat().st_size, ""
 
 
-def bench_model(pair: corpus.Pair, work: Path, timeout: float) -> dict[str, Any]:
+def bench_model(pair: corpus.Pair, work: Path, timeout: float, tools: Sequence[str] = TOOLS) -> dict[str, Any]:
     model = pair.new
     data = model.read_bytes()
     dtype = main_dtype(model)
@@ -83,9 +89,9 @@ def bench_model(pair: corpus.Pair, work: Path, timeout: float) -> dict[str, Any]
     decode_s = time.perf_counter() - started
     if result.target_sha256 != pair.new_sha256 or sha256_file(out) != pair.new_sha256:
         raise SystemExit(f"{pair.name}: lorien's round trip differs")
-    zipnn, zipnn_error = zipnn_size(model, dtype, work, timeout)
+    zipnn, zipnn_error = zipnn_size(model, dtype, work, timeout) if "zipnn" in tools else (None, "not run")
     padded = False
-    if zipnn is None and len(data) % WIDTH.get(dtype, 1):
+    if zipnn is None and "zipnn" in tools and len(data) % WIDTH.get(dtype, 1):
         # zipnn 0.5.4 crashes (double free) on a file that is not whole elements (an ONNX protobuf can be odd):
         # measured on the file padded with zero bytes instead, which can only favour it
         even = work / f"padded{model.suffix}"
@@ -95,8 +101,8 @@ def bench_model(pair: corpus.Pair, work: Path, timeout: float) -> dict[str, Any]
     sizes = {
         "lorien": stats.patch_size,
         "zipnn": zipnn,
-        "zstd-19": len(zstandard.ZstdCompressor(level=19).compress(data)),
-        "bytegroup-zstd": bytegroup_zstd(data, WIDTH.get(dtype, 1)),
+        "zstd-19": len(zstandard.ZstdCompressor(level=19).compress(data)) if "zstd-19" in tools else None,
+        "bytegroup-zstd": bytegroup_zstd(data, WIDTH.get(dtype, 1)) if "bytegroup-zstd" in tools else None,
     }
     return {
         "model": pair.name,
@@ -117,7 +123,7 @@ def bench_model(pair: corpus.Pair, work: Path, timeout: float) -> dict[str, Any]
 def verdict(entry: dict[str, Any]) -> str:
     zipnn, lorien = entry["sizes"]["zipnn"], entry["sizes"]["lorien"]
     if zipnn is None:
-        return "zipnn failed"
+        return "zipnn not run" if entry["zipnn_error"] == "not run" else "zipnn failed"
     if lorien <= zipnn:
         return f"met ({100 * (lorien / zipnn - 1):+.2f} %)"
     return f"**missed** by {lorien - zipnn:,} B ({100 * (lorien / zipnn - 1):+.2f} %)"
@@ -129,13 +135,12 @@ def render(entries: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for e in entries:
-        r = e["ratios"]
-        zipnn = f"{r['zipnn']:.4f}" if r["zipnn"] is not None else "–"
-        zipnn += " (padded)" if e["zipnn_padded"] else ""
+        r = {tool: ("–" if value is None else f"{value:.4f}") for tool, value in e["ratios"].items()}
+        zipnn = r["zipnn"] + (" (padded)" if e["zipnn_padded"] else "")
         relative = f"{e['sizes']['lorien'] / e['sizes']['zipnn']:.4f}" if e["sizes"]["zipnn"] else "–"
         lines.append(
-            f"| {e['model']} | {e['dtype']} | {e['raw']:,} | {r['lorien']:.4f} | {zipnn} | {r['zstd-19']:.4f} | "
-            f"{r['bytegroup-zstd']:.4f} | {relative} | {verdict(e)} |"
+            f"| {e['model']} | {e['dtype']} | {e['raw']:,} | {r['lorien']} | {zipnn} | {r['zstd-19']} | "
+            f"{r['bytegroup-zstd']} | {relative} | {verdict(e)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -153,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: parse_list(s, FLOAT_SCENARIOS, "float scenario"),
         default=list(FLOAT_SCENARIOS),
     )
+    parser.add_argument(
+        "--tools",
+        type=lambda s: parse_list(s, TOOLS, "tool"),
+        default=list(TOOLS),
+        help=f"comma-separated, from {','.join(TOOLS)} (default all; lorien always runs)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per zipnn step")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
@@ -161,12 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     entries = []
     with tempfile.TemporaryDirectory(prefix="lorien-full-") as directory:
         for pair in pairs:
-            entries.append(bench_model(pair, Path(directory), args.timeout))
+            entries.append(bench_model(pair, Path(directory), args.timeout, args.tools))
             print(f"{pair.name}: {entries[-1]['ratios']} {verdict(entries[-1])}", flush=True)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "settings": {"sizes": args.sizes, "formats": args.formats, "scenarios": args.scenarios, "seed": args.seed},
+        "settings": {
+            "sizes": args.sizes,
+            "formats": args.formats,
+            "scenarios": args.scenarios,
+            "tools": args.tools,
+            "seed": args.seed,
+        },
         "environment": environment(),
         "models": entries,
     }

@@ -437,6 +437,8 @@ def environment() -> dict[str, Any]:
             "zstd": _version_number(_first_line(["zstd", "--version"])),
             "numpy": _package_version("numpy"),
             "zstandard": _package_version("zstandard"),
+            # the peers of bench/peers.py ("not installed" when the bench extra is missing)
+            **{name: _package_version(name) for name in ("hdiffpatch", "z4ai", "zipnn", "detools", "torch")},
         },
     }
 
@@ -660,9 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     run_file = args.out / f"{stamp}.json"
-    work = args.corpus.resolve() / ".work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    # a directory of this run's own: two runs on one corpus (e.g. small and medium at once) must not delete
+    # each other's patches
+    work = Path(tempfile.mkdtemp(prefix=f".work-{stamp}-", dir=args.corpus.resolve()))
     log(f"{len(pairs)} pairs × {len(args.tools)} tools; raw results → {run_file}")
     try:
         for pair in pairs:
