@@ -106,15 +106,41 @@ def test_planner_with_no_old_file_groups_small_tensors_and_keeps_large_ones_alon
     assert small_bytes and len(pieces) < len(regions)  # the small ones were joined
 
 
-def test_float_planes_makes_version_3_and_a_patch_between_versions_does_not_use_it(tmp_path: Path) -> None:
+def test_float_planes_makes_version_3_and_a_patch_between_unrelated_versions_is_no_larger(tmp_path: Path) -> None:
+    """Unrelated versions (a retrain from scratch): the patch is the new model compressed on its own, not
+    larger than the compressed model (it was 3 % larger while patches could not use FLOAT_PLANES); devices
+    capped below version 3 get one without it."""
     old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
     write_safetensors(old, mlp_tensors(3))
     write_safetensors(new, mlp_tensors(4))
-    LorienEngine().create(old, new, tmp_path / "p")
-    assert Codec.FLOAT_PLANES not in {s.codec for s in LorienEngine().segments(tmp_path / "p")}
     compress_model(new, tmp_path / "c")
     assert version_for(LorienEngine().segments(tmp_path / "c")) == 3
     assert struct.unpack_from("<H", (tmp_path / "c").read_bytes(), 8)[0] == 3
+    LorienEngine().create(old, new, tmp_path / "p")
+    assert Codec.FLOAT_PLANES in {s.codec for s in LorienEngine().segments(tmp_path / "p")}
+    assert (tmp_path / "p").stat().st_size <= (tmp_path / "c").stat().st_size
+    LorienEngine(max_version=2).create(old, new, tmp_path / "p2")
+    assert Codec.FLOAT_PLANES not in {s.codec for s in LorienEngine().segments(tmp_path / "p2")}
+    assert (tmp_path / "p2").stat().st_size > (tmp_path / "p").stat().st_size
+    for patch in ("p", "p2"):
+        LorienEngine().apply(old, tmp_path / patch, tmp_path / "out")
+        assert (tmp_path / "out").read_bytes() == new.read_bytes()
+
+
+def test_a_replaced_tensor_in_a_patch_is_coded_on_its_own(tmp_path: Path) -> None:
+    """One layer re-initialised (last-layers retrain): its tensor shares nothing with the old one, and
+    FLOAT_PLANES codes it smaller than any residual against the old bytes."""
+    old_tensors = mlp_tensors(5, (64, 512, 256, 10))
+    new_tensors = dict(old_tensors)
+    new_tensors["layer1.weight"] = mlp_tensors(6, (64, 512, 256, 10))["layer1.weight"]
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    write_safetensors(old, old_tensors)
+    write_safetensors(new, new_tensors)
+    LorienEngine().create(old, new, tmp_path / "p")
+    codecs_used = [s.codec for s in LorienEngine().segments(tmp_path / "p")]
+    assert Codec.FLOAT_PLANES in codecs_used and Codec.COPY in codecs_used
+    LorienEngine().apply(old, tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new.read_bytes()
 
 
 def test_a_patch_between_versions_is_not_a_compressed_model(tmp_path: Path) -> None:

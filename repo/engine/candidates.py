@@ -58,6 +58,19 @@ class Candidate:
         return codecs.zstd_compress(raw, level)
 
 
+def float_alone(piece: Piece, target: bytes) -> Candidate | None:
+    """FLOAT_PLANES — the piece's floats coded on their own, no reference — for 2- and 4-byte tensors."""
+    if not (piece.is_tensor and piece.width in (2, 4)):
+        return None
+    return Candidate(
+        Codec.FLOAT_PLANES,
+        None,
+        piece.width,
+        Transform.NONE,
+        lambda: codecs.float_planes_payload(target, piece.width),
+    )
+
+
 def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
     """Every codec that can express this piece, cheapest to build first."""
     found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
@@ -73,18 +86,8 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
                 lambda: codecs.xor_residual(target, None, piece.width),
             )
         )
-    if piece.is_tensor and piece.width in (2, 4) and not len(old):
-        # only for a model compressed on its own ("a patch from nothing"): FLOAT_PLANES needs container
-        # version 3, which a patch between two versions should not demand of devices for a small gain
-        found.append(
-            Candidate(
-                Codec.FLOAT_PLANES,
-                None,
-                piece.width,
-                Transform.NONE,
-                lambda: codecs.float_planes_payload(target, piece.width),
-            )
-        )
+    if not len(old) and (alone := float_alone(piece, target)) is not None:
+        found.append(alone)  # a patch between versions tries it only for a badly predicted piece (the engine)
     if piece.block is not None:
         found.extend(_block_planes(piece, target, old))
     if piece.same is not None:

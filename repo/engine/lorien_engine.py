@@ -45,7 +45,7 @@ from typing import BinaryIO
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.engine import codecs, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
-from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates
+from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
@@ -78,6 +78,8 @@ GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
 TINY_PLAN = ENTRY_SIZE  # one copy (identical files): a whole-file frame cannot be smaller
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
+ALONE_FROM = 0.75  # a plan over this share of the new file also tries the new file compressed on its own
+ALONE_PIECE_FROM = 0.5  # a float piece whose best candidate is over this share of it also tries FLOAT_PLANES
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
@@ -194,6 +196,12 @@ class LorienEngine:
             if candidate.raw is not None and raw is None:
                 continue  # e.g. sparse with too many changes
             ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
+        alone = float_alone(piece, target) if len(old) else None  # (a model on its own has it in the list)
+        if alone is not None and usable_up_to(alone.codec, self.max_version):
+            poor = not ranked or min(len(item[0]) for item in ranked) > ALONE_PIECE_FROM * piece.length
+            if (only is None and poor) or (only is not None and alone.key in only):
+                raw = alone.raw() if alone.raw is not None else None
+                ranked.append((alone.payload(target, raw, first_level), alone, raw))
         ranked.sort(key=lambda item: len(item[0]))
         return ranked
 
@@ -282,10 +290,22 @@ class LorienEngine:
                 reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
+            if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
+                alone = self._alone(new_view, hints)
+                alone_size = sum(e.segment.payload_length + ENTRY_SIZE for e in alone)
+                if alone_size < plan_size:
+                    encoded, plan_size = alone, alone_size
             whole = self._whole_file(old_view, new_view, plan_size)
             if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
                 encoded, spool = [whole], None
             self._write(output, header, encoded, spool)
+
+    def _alone(self, new: memoryview, hints: Hints | None) -> list[Encoded]:
+        """The new file compressed on its own, as ``repo.engine.full`` does (no references): what a patch
+        between barely related versions should not be larger than (a retrain from scratch, a new architecture)."""
+        nothing = memoryview(b"")
+        pieces = plan(nothing, new, self.limits, None if hints is None else (None, hints[1]))
+        return [item for piece in pieces for item in self.encode_run(piece, nothing, new)]
 
     def _spools(self, new_size: int) -> bool:
         return self.spool if self.spool is not None else new_size >= SPOOL_FROM
