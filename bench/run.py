@@ -400,6 +400,21 @@ def _first_line(argv: Sequence[str]) -> str:
     return lines[0] if lines else f"unknown (exit {done.returncode})"
 
 
+def _git_changes() -> str:
+    """``git status --porcelain`` of the checkout (tracked files only): empty when clean or unknown."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout if done.returncode == 0 else ""
+
+
 def _version_number(line: str) -> str:
     match = re.search(r"\d+\.\d+(\.\d+)?", line)
     return match.group(0) if match else line
@@ -420,7 +435,7 @@ def environment() -> dict[str, Any]:
                 cpu_model = line.split(":", 1)[1].strip()
                 break
     commit = _first_line(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _first_line(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
+    dirty = _git_changes()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "machine": {
