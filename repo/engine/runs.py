@@ -19,8 +19,8 @@ what bsdiff gets from coding the whole file's byte differences at once.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from lorien.repo.engine import codecs
 from lorien.repo.engine.container import (
@@ -39,6 +39,7 @@ from lorien.repo.limits import Limits
 if TYPE_CHECKING:
     from lorien.repo.engine.lorien_engine import Encoded
 
+Item = TypeVar("Item")
 MiB = 1 << 20
 RUN = 8 * MiB  # a run is cut into spans of at most this many bytes (the planner's piece size)
 DENSE_RUN = 1 * MiB  # longer runs try only the sparse residual: full-size planes cost seconds per MiB there
@@ -62,7 +63,7 @@ def improve(
     replaced by it (only by codecs of container versions up to ``max_version``)."""
     result: list[Encoded] = []
     for first, last in _runs(pieces, limits):
-        start, end = _trimmed(encoded, first, last)
+        start, end = _trimmed(encoded, first, last, _copy)
         if end - start < 2 and not (end > start and pieces[start].parts):  # a ranges run is several pieces
             result.extend(_flat(encoded[first:last]))
             continue
@@ -71,16 +72,13 @@ def improve(
         chosen = _flat(encoded[first:last])
         cheapest = _cost(chosen)
         for low, high in options:
-            span = (pieces[low].offset, sum(piece.length for piece in pieces[low:high]))
-            same = (_same(pieces[low])[0], span[1])
-            best = _best(new[span[0] : span[0] + span[1]], old[same[0] : same[0] + same[1]], level, max_version)
-            if best is None:
-                continue
-            codec, width, backend, payload = best
-            segment = Segment(
-                codec, width, Transform.NONE, span[1], *same, len(payload), zlib.crc32(payload), backend
+            length = sum(piece.length for piece in pieces[low:high])
+            one = _one_segment(
+                new, old, (pieces[low].offset, _same(pieces[low])[0], length), level, max_version, make
             )
-            option = [*_flat(encoded[first:low]), make(segment, payload), *_flat(encoded[high:last])]
+            if one is None:
+                continue
+            option = [*_flat(encoded[first:low]), one, *_flat(encoded[high:last])]
             if _cost(option) < cheapest:
                 chosen, cheapest = option, _cost(option)
         if len(chosen) > 2:
@@ -121,25 +119,17 @@ def _cheap_stretches(
             index += 1
             continue
         stretch = chosen[index:end]
-        low, high = index, end  # copies at the ends stay copies: free but for their entry, merged later
-        while low < high and chosen[low].segment.codec == Codec.COPY:
-            low += 1
-        while high > low and chosen[high - 1].segment.codec == Codec.COPY:
-            high -= 1
+        low, high = _trimmed(chosen, index, end, _is_copy)  # copies at the ends stay copies, as for runs
         best_items, best_cost = stretch, _cost(stretch)
         for start, stop in {(low, high), (index, end)}:
             if stop - start < 2:
                 continue
             offset, reference = places[start]  # type: ignore[misc]
             length = sum(item.segment.target_length for item in chosen[start:stop])
-            best = _best(new[offset : offset + length], old[reference : reference + length], level, max_version)
-            if best is None:
+            one = _one_segment(new, old, (offset, reference, length), level, max_version, make)
+            if one is None:
                 continue
-            codec, width, backend, payload = best
-            segment = Segment(
-                codec, width, Transform.NONE, length, reference, length, len(payload), zlib.crc32(payload), backend
-            )
-            option = [*chosen[index:start], make(segment, payload), *chosen[stop:end]]
+            option = [*chosen[index:start], one, *chosen[stop:end]]
             if _cost(option) < best_cost:
                 best_items, best_cost = option, _cost(option)
         result.extend(best_items)
@@ -159,33 +149,57 @@ def _places(pieces: list[Piece], encoded: list[list[Encoded]]) -> Iterator[tuple
 
 
 def _cheap(item: Encoded) -> bool:
-    return item.segment.codec == Codec.COPY or item.segment.payload_length * CHEAP <= item.segment.target_length
+    return _is_copy(item) or item.segment.payload_length * CHEAP <= item.segment.target_length
 
 
 def _flat(encoded: list[list[Encoded]]) -> list[Encoded]:
     return [item for items in encoded for item in items]
 
 
-def _trimmed(encoded: list[list[Encoded]], start: int, end: int) -> tuple[int, int]:
-    """The run without the pieces at its ends that are copies: they stay copies (free but for their entry,
-    merged later)."""
-    while start < end and _copy(encoded[start]):
+def _trimmed(items: Sequence[Item], start: int, end: int, is_copy: Callable[[Item], bool]) -> tuple[int, int]:
+    """``items[start:end]`` without the copies at its ends: they stay copies (free but for their entry, merged
+    later)."""
+    while start < end and is_copy(items[start]):
         start += 1
-    while end > start and _copy(encoded[end - 1]):
+    while end > start and is_copy(items[end - 1]):
         end -= 1
     return start, end
 
 
+def _is_copy(item: Encoded) -> bool:
+    return item.segment.codec == Codec.COPY
+
+
 def _copy(items: list[Encoded]) -> bool:
-    return all(item.segment.codec == Codec.COPY for item in items)
+    """A piece all of whose segments are copies."""
+    return all(_is_copy(item) for item in items)
+
+
+def _one_segment(
+    new: memoryview,
+    old: memoryview,
+    place: tuple[int, int, int],
+    level: int,
+    max_version: int,
+    make: Callable[[Segment, bytes], Encoded],
+) -> Encoded | None:
+    """``place`` = (offset in the new file, offset of the aligned old bytes, length) coded as one segment by
+    its best run-level residual (:func:`_best`), or None when none applies."""
+    offset, reference, length = place
+    best = _best(new[offset : offset + length], old[reference : reference + length], level, max_version)
+    if best is None:
+        return None
+    codec, width, backend, payload = best
+    segment = Segment(
+        codec, width, Transform.NONE, length, reference, length, len(payload), zlib.crc32(payload), backend
+    )
+    return make(segment, payload)
 
 
 def _cost(encoded: list[Encoded]) -> int:
     """Payloads plus table entries, counting adjacent copies once (they merge; a run's references follow on)."""
     entries = sum(
-        1
-        for index, item in enumerate(encoded)
-        if not (index and item.segment.codec == Codec.COPY and encoded[index - 1].segment.codec == Codec.COPY)
+        1 for index, item in enumerate(encoded) if not (index and _is_copy(item) and _is_copy(encoded[index - 1]))
     )
     return sum(item.segment.payload_length for item in encoded) + ENTRY_SIZE * entries
 
