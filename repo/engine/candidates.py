@@ -72,7 +72,8 @@ def float_alone(piece: Piece, target: bytes) -> Candidate | None:
 
 
 def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
-    """Every codec that can express this piece, cheapest to build first."""
+    """Every codec that can express this piece, cheapest to build first — but FLOAT_PLANES (:func:`float_alone`),
+    which the engine adds where it can pay."""
     found = [Candidate(Codec.ZSTD, None, 0, Transform.NONE, lambda: target)]
     if piece.window is not None:
         found.append(Candidate(Codec.ZSTD_REF, piece.window, 0, Transform.NONE, None, _span(old, piece.window)))
@@ -86,8 +87,6 @@ def candidates(piece: Piece, target: bytes, old: memoryview) -> list[Candidate]:
                 lambda: codecs.xor_residual(target, None, piece.width),
             )
         )
-    if not len(old) and (alone := float_alone(piece, target)) is not None:
-        found.append(alone)  # a patch between versions tries it only for a badly predicted piece (the engine)
     if piece.block is not None:
         found.extend(_block_planes(piece, target, old))
     if piece.same is not None:

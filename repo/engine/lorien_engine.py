@@ -186,22 +186,27 @@ class LorienEngine:
         """Every candidate's payload (those in ``only``, when given) at the ranking level (the final one for
         small pieces), smallest first."""
         first_level = self._first_level(piece)
-        ranked = []
-        for candidate in candidates(piece, target, old):
+        ranked: list[Ranked] = []
+
+        def rank(candidate: Candidate) -> None:
             if only is not None and candidate.key not in only:
-                continue
+                return
             if not usable_up_to(candidate.codec, self.max_version):
-                continue
+                return
             raw = candidate.raw() if candidate.raw is not None else None
             if candidate.raw is not None and raw is None:
-                continue  # e.g. sparse with too many changes
+                return  # e.g. sparse with too many changes
             ranked.append((candidate.payload(target, raw, first_level), candidate, raw))
-        alone = float_alone(piece, target) if len(old) else None  # (a model on its own has it in the list)
-        if alone is not None and usable_up_to(alone.codec, self.max_version):
+
+        for candidate in candidates(piece, target, old):
+            rank(candidate)
+        # FLOAT_PLANES (the floats on their own): for a model compressed on its own, and in a patch for a piece
+        # its old bytes predict badly (a re-initialised layer); a sampled piece's shortlist already decided
+        alone = float_alone(piece, target)
+        if alone is not None:
             poor = not ranked or min(len(item[0]) for item in ranked) > ALONE_PIECE_FROM * piece.length
-            if (only is None and poor) or (only is not None and alone.key in only):
-                raw = alone.raw() if alone.raw is not None else None
-                ranked.append((alone.payload(target, raw, first_level), alone, raw))
+            if not len(old) or only is not None or poor:
+                rank(alone)
         ranked.sort(key=lambda item: len(item[0]))
         return ranked
 
