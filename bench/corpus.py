@@ -387,11 +387,8 @@ def write_gguf(model: Model, path: Path, meta: Meta) -> None:
             array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
             if array.dtype == REDUCED["bf16-dense"]:
                 writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
-            elif model.ggml_type is not None and array.ndim == 2:
-                blocks = ggml_quants.quantize(array, model.ggml_type)
-                writer.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType(model.ggml_type))
             else:
-                writer.add_tensor(name, array)
+                ggml_quants.add_tensor(writer, name, array, model.ggml_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -19,6 +19,8 @@ The bytes decode with gguf-py's ``Q4_K.dequantize_blocks`` (checked in tests/tes
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 Q8_0, Q4_K = 8, 12  # ggml type ids
@@ -35,6 +37,17 @@ def quantize(array: np.ndarray, ggml_type: int) -> np.ndarray:
     if ggml_type == Q4_K:
         return quantize_q4_k(array)
     raise ValueError(f"no quantizer for ggml type {ggml_type}")
+
+
+def add_tensor(writer: Any, name: str, array: np.ndarray, ggml_type: int | None) -> None:
+    """Add ``array`` to a ``gguf.GGUFWriter``: block-quantized as ``ggml_type`` when given and the tensor is a
+    matrix, else as it is (llama.cpp keeps 1-D norms and biases in float32)."""
+    import gguf
+
+    if ggml_type is not None and array.ndim == 2:
+        writer.add_tensor(name, quantize(array, ggml_type), raw_dtype=gguf.GGMLQuantizationType(ggml_type))
+    else:
+        writer.add_tensor(name, array)
 
 
 def quantize_q4_k(array: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from lorien.repo.engine.formats import find_tensors
 from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.errors import PatchError
+from tests.support.model_files import write_gguf
 
 Q8_0, Q4_K = LAYOUTS[ggml_quants.Q8_0], LAYOUTS[ggml_quants.Q4_K]
 
@@ -40,23 +41,6 @@ def _pair(ggml_type: int, seed: int = 0) -> tuple[bytes, bytes]:
         ggml_quants.quantize(base, ggml_type).tobytes(),
         ggml_quants.quantize(_nudged(base, seed + 1), ggml_type).tobytes(),
     )
-
-
-def _write_gguf(path: Path, tensors: dict[str, np.ndarray], ggml_type: int | None) -> None:
-    import gguf
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("lorien-test")
-    for name, array in tensors.items():
-        if ggml_type is not None and array.ndim == 2:
-            blocks = ggml_quants.quantize(array, ggml_type)
-            writer.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType(ggml_type))
-        else:
-            writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
 
 
 def _model(seed: int, nudge: bool) -> dict[str, np.ndarray]:
@@ -95,7 +79,7 @@ def test_corpus_quantizers_write_blocks_gguf_py_decodes(ggml_type: int) -> None:
 
 def test_finder_reports_block_types_with_their_exact_extent(tmp_path: Path) -> None:
     path = tmp_path / "m.gguf"
-    _write_gguf(path, _model(0, False), ggml_quants.Q4_K)
+    write_gguf(path, _model(0, False), ggml_quants.Q4_K)
     regions = {r.name: r for r in find_tensors(path.read_bytes())[1]}
     assert regions["blk.0.ffn_up.weight"].dtype == "q4_k"
     assert regions["blk.0.ffn_up.weight"].length == 256 * 2 * Q4_K.block_bytes  # 256 rows of 2 super-blocks
@@ -254,8 +238,8 @@ def test_container_refuses_block_planes_segments_that_do_not_fit(width: int, ref
 
 def test_quantized_gguf_pair_uses_block_planes_at_version_4_and_round_trips(tmp_path: Path) -> None:
     old, new, patch = tmp_path / "old.gguf", tmp_path / "new.gguf", tmp_path / "p"
-    _write_gguf(old, _model(0, False), ggml_quants.Q4_K)
-    _write_gguf(new, _model(0, True), ggml_quants.Q4_K)
+    write_gguf(old, _model(0, False), ggml_quants.Q4_K)
+    write_gguf(new, _model(0, True), ggml_quants.Q4_K)
     engine = LorienEngine()
     engine.create(old, new, patch)
     segments = engine.segments(patch)
@@ -267,8 +251,8 @@ def test_quantized_gguf_pair_uses_block_planes_at_version_4_and_round_trips(tmp_
 
 def test_float_gguf_pair_uses_no_block_planes(tmp_path: Path) -> None:
     old, new, patch = tmp_path / "old.gguf", tmp_path / "new.gguf", tmp_path / "p"
-    _write_gguf(old, _model(0, False), None)
-    _write_gguf(new, _model(0, True), None)
+    write_gguf(old, _model(0, False), None)
+    write_gguf(new, _model(0, True), None)
     LorienEngine().create(old, new, patch)
     assert Codec.BLOCK_PLANES not in {segment.codec for segment in LorienEngine().segments(patch)}
     LorienEngine().apply(old, patch, tmp_path / "out")
@@ -277,8 +261,8 @@ def test_float_gguf_pair_uses_no_block_planes(tmp_path: Path) -> None:
 
 def test_a_version_3_header_may_not_carry_block_planes(tmp_path: Path) -> None:
     old, new, patch = tmp_path / "old.gguf", tmp_path / "new.gguf", tmp_path / "p"
-    _write_gguf(old, _model(0, False), ggml_quants.Q8_0)
-    _write_gguf(new, _model(0, True), ggml_quants.Q8_0)
+    write_gguf(old, _model(0, False), ggml_quants.Q8_0)
+    write_gguf(new, _model(0, True), ggml_quants.Q8_0)
     LorienEngine().create(old, new, patch)
     data = bytearray(patch.read_bytes())
     struct.pack_into("<H", data, 8, 3)
@@ -298,8 +282,8 @@ def test_a_large_block_piece_is_ranked_on_a_block_aligned_sample_and_keeps_block
 
     weights = _weights(11, (2048, 1024))  # 2.2 MB of Q8_0 blocks: ranked on a sample first
     old, new = tmp_path / "old.gguf", tmp_path / "new.gguf"
-    _write_gguf(old, {"w": weights}, ggml_quants.Q8_0)
-    _write_gguf(new, {"w": _nudged(weights, 12)}, ggml_quants.Q8_0)
+    write_gguf(old, {"w": weights}, ggml_quants.Q8_0)
+    write_gguf(new, {"w": _nudged(weights, 12)}, ggml_quants.Q8_0)
     old_view, new_view = memoryview(old.read_bytes()), memoryview(new.read_bytes())
     (piece,) = [p for p in plan(old_view, new_view, DEFAULT_LIMITS) if p.block is not None]
     assert piece.length >= SAMPLED_FROM and piece.length % Q8_0.block_bytes == 0

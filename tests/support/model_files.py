@@ -20,14 +20,18 @@ def write_safetensors(path: Path, tensors: Tensors) -> None:
     save_file(tensors, str(path))
 
 
-def write_gguf(path: Path, tensors: Tensors) -> None:
+def write_gguf(path: Path, tensors: Tensors, ggml_type: int | None = None) -> None:
+    """A GGUF file of ``tensors``; with ``ggml_type`` (``bench.ggml_quants``: Q8_0, Q4_K) its 2-D tensors are
+    stored block-quantized, 1-D ones as they are (as llama.cpp keeps norms and biases)."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("lorien-test")
     writer.add_uint32("lorien.layers", len(tensors))
+    from bench import ggml_quants
+
     for name, array in tensors.items():
-        writer.add_tensor(name, array)
+        ggml_quants.add_tensor(writer, name, array, ggml_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
