@@ -39,7 +39,7 @@ from lorien.device.report import Reporter
 from lorien.device.state import Kind, OnDisk, Operation, Phase, Stage
 from lorien.repo.atomic import fsync_dir
 from lorien.repo.bundle import BundleFile, bundle_digest, describe_directory
-from lorien.repo.engine import apply_patch
+from lorien.repo.engine import apply_patch, available_engines
 from lorien.repo.errors import BadInputError, IntegrityError, UpdateFailed
 from lorien.repo.hashing import digest_file
 from lorien.repo.limits import Limits
@@ -158,10 +158,11 @@ def bundle_plan(
     if installed.sha256 == goal.bundle.digest:
         return Plan(installed, goal.version, (), goal.bundle.total_size)
     have = {f.sha256: f.path for f in files}
+    engines = set(available_engines())
     patches = {
         p.path: p
         for p in manifest.file_patches
-        if p.source == installed.version and p.target == goal.version and applicable(p)
+        if p.source == installed.version and p.target == goal.version and applicable(p, engines)
     }
     steps = []
     for entry in goal.bundle.files:

@@ -12,6 +12,7 @@ its compressed size, decoded on the device).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,16 +115,16 @@ def full_step(entry: VersionEntry) -> Step:
     return Step("full", entry.blob, entry.size, entry.md5, entry.sha256, entry.version, entry.sha256)
 
 
-def applicable(entry: PatchEntry | CompressedEntry) -> bool:
+def applicable(entry: PatchEntry | CompressedEntry, engines: Collection[str]) -> bool:
     """Whether this device can apply a listed patch or compressed model: it has the engine and reads the
     container version the manifest gives (a newer one is planned around: another chain or the raw model)."""
-    return entry.engine in available_engines() and reads_format(entry.engine, entry.format_version)
+    return entry.engine in engines and reads_format(entry.engine, entry.format_version)
 
 
 def cheapest_full(entry: VersionEntry) -> Step:
     """The smaller of the raw model and its compressed blob (when listed and this device has its engine)."""
     compressed = entry.compressed
-    if compressed is None or compressed.size >= entry.size or not applicable(compressed):
+    if compressed is None or compressed.size >= entry.size or not applicable(compressed, available_engines()):
         return full_step(entry)
     return Step(
         "compressed",
@@ -149,9 +150,10 @@ def cheapest_plan(
     full = (cheapest_full(goal),)
     if installed.version is None:
         return Plan(installed, goal.version, full, goal.size)
+    engines = set(available_engines())  # (an absent mallorn is looked for on every call)
     edges: dict[str, list[Any]] = {}
     for patch in manifest.patches:
-        if applicable(patch):
+        if applicable(patch, engines):
             edges.setdefault(patch.source, []).append(patch)
     best: dict[str, int] = {installed.version: 0}
     previous: dict[str, Any] = {}
