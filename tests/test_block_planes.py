@@ -240,7 +240,7 @@ def test_quantized_gguf_pair_uses_block_planes_at_version_4_and_round_trips(tmp_
     old, new, patch = tmp_path / "old.gguf", tmp_path / "new.gguf", tmp_path / "p"
     write_gguf(old, _model(0, False), ggml_quants.Q4_K)
     write_gguf(new, _model(0, True), ggml_quants.Q4_K)
-    engine = LorienEngine()
+    engine = LorienEngine(max_version=4)  # the classic layout, at the version its codecs need
     engine.create(old, new, patch)
     segments = engine.segments(patch)
     assert Codec.BLOCK_PLANES in {s.codec for s in segments}
@@ -263,7 +263,7 @@ def test_a_version_3_header_may_not_carry_block_planes(tmp_path: Path) -> None:
     old, new, patch = tmp_path / "old.gguf", tmp_path / "new.gguf", tmp_path / "p"
     write_gguf(old, _model(0, False), ggml_quants.Q8_0)
     write_gguf(new, _model(0, True), ggml_quants.Q8_0)
-    LorienEngine().create(old, new, patch)
+    LorienEngine(max_version=4).create(old, new, patch)
     data = bytearray(patch.read_bytes())
     struct.pack_into("<H", data, 8, 3)
     count = struct.unpack_from("<I", data, 12)[0]

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorien.repo.engine import apply_patch, codecs, create_patch, rans
-from lorien.repo.engine.container import HEADER, Codec, Segment, Transform
+from lorien.repo.engine import apply_patch, codecs, create_patch, patch_info, rans
+from lorien.repo.engine.container import HEADER, Codec, Segment, Transform, version_for
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
@@ -105,6 +105,8 @@ def test_dense_half_precision_fine_tune_is_within_3_percent_of_its_entropy(dtype
     assert (tmp_path / "out").read_bytes() == new.read_bytes()
     assert "DIFF_RANS" in {s.codec.name for s in LorienEngine().segments(patch)}
     assert patch.stat().st_size <= 1.03 * _order0_bytes(old, new, header)
+    assert version_for(LorienEngine().segments(patch)) == 2  # the codecs need version 2 ...
+    LorienEngine(max_version=4).create(old, new, patch)  # ... which a classic-layout patch declares
     assert HEADER.unpack(patch.read_bytes()[: HEADER.size])[1] == 2
 
 
@@ -112,8 +114,10 @@ def test_patches_without_new_codecs_stay_version_1(tmp_path: Path) -> None:
     old, new = tmp_path / "old.bin", tmp_path / "new.bin"
     old.write_bytes(bytes(range(256)) * 64)
     new.write_bytes(bytes(range(256)) * 60 + b"changed")
-    create_patch(old, new, tmp_path / "p")
+    create_patch(old, new, tmp_path / "p", max_format=4)  # capped below the compact layout (version 5)
     assert HEADER.unpack((tmp_path / "p").read_bytes()[: HEADER.size])[1] == 1
+    create_patch(old, new, tmp_path / "p")
+    assert patch_info(tmp_path / "p").format_version == 5
 
 
 def test_a_stored_version_1_patch_still_applies(tmp_path: Path) -> None:
@@ -128,7 +132,7 @@ def test_a_version_1_header_cannot_carry_a_version_2_codec(tmp_path: Path) -> No
     old, new = tmp_path / "old.bin", tmp_path / "new.bin"
     old.write_bytes(reference)
     new.write_bytes(target)
-    engine = LorienEngine()
+    engine = LorienEngine(max_version=4)  # the classic layout: a version-2 header
     engine.create(old, new, tmp_path / "p")
     data = bytearray((tmp_path / "p").read_bytes())
     assert [s.codec for s in engine.segments(tmp_path / "p")] == [Codec.DIFF_RANS]

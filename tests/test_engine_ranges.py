@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorien.repo.engine import apply_patch, codecs, create_patch, ranges
-from lorien.repo.engine.container import Codec, Header, Segment, Transform, pack_header
+from lorien.repo.engine import apply_patch, codecs, create_patch, ranges, varints
+from lorien.repo.engine.container import Codec, Header, Segment, Transform, pack_header, version_for
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.engine.planning import Piece, with_ranges
 from lorien.repo.engine.regions import TensorRegion
@@ -102,7 +102,7 @@ def test_small_npz_float16_model_is_one_ranges_segment_near_its_entropy(tmp_path
     apply_patch(old, patch, out)
     assert out.read_bytes() == new.read_bytes()
     assert [s.codec for s in LorienEngine().segments(patch)] == [Codec.RANGES]
-    assert int.from_bytes(patch.read_bytes()[8:10], "little") == 4  # RANGES needs container version 4
+    assert version_for(LorienEngine().segments(patch)) == 4  # RANGES needs container version 4
     regions = find_tensors(new.read_bytes())[1]
     assert patch.stat().st_size <= 1.03 * _order0_bytes(old.read_bytes(), new.read_bytes(), regions)
 
@@ -168,11 +168,11 @@ def test_trailing_bytes_are_refused(valid: tuple[bytes, bytes, bytes]) -> None:
 
 
 def _entries(count: int, listed: list[tuple[int, int]], streams: list[tuple[int, bytes]]) -> bytes:
-    table = ranges._varint(count)
+    table = varints.encode(count)
     for gap, packed in listed:
-        table += ranges._varint(gap) + ranges._varint(packed)
+        table += varints.encode(gap) + varints.encode(packed)
     for mode, stream in streams:
-        table += bytes([mode]) + ranges._varint(len(stream))
+        table += bytes([mode]) + varints.encode(len(stream))
     return table + b"".join(stream for _, stream in streams)
 
 
@@ -202,21 +202,21 @@ def test_hostile_tables_are_refused(payload: bytes, message: str) -> None:
 
 
 def _fixups(*fields: tuple[int, int, int]) -> bytes:
-    raw = ranges._varint(len(fields)) + b"".join(b"".join(ranges._varint(v) for v in f) for f in fields)
+    raw = varints.encode(len(fields)) + b"".join(b"".join(varints.encode(v) for v in f) for f in fields)
     return codecs.zstd_compress(raw, 3)
 
 
 @pytest.mark.parametrize(
     ("fixups", "message"),
     [
-        (_fixups((ranges._zig(1), 0, 0)), "not there"),  # range index 1 of 1
+        (_fixups((varints.zigzag(1), 0, 0)), "not there"),  # range index 1 of 1
         (_fixups((0, 16, 0)), "not there"),  # 16 bytes before a range at offset 10
-        (_fixups((0, 0, ranges._zig(95) << 1)), "outside"),  # field past the segment
-        (_fixups((0, 0, ranges._zig(200) << 1)), "holds"),  # a position no segment this size has
-        (_fixups((0, 0, ranges._zig(-20) << 1)), "outside"),  # before it
+        (_fixups((0, 0, varints.zigzag(95) << 1)), "outside"),  # field past the segment
+        (_fixups((0, 0, varints.zigzag(200) << 1)), "holds"),  # a position no segment this size has
+        (_fixups((0, 0, varints.zigzag(-20) << 1)), "outside"),  # before it
         (_fixups(*[(0, 0, 0)] * 5), "checksums too much"),  # 5 × 90 bytes > 4 × 100
         (_fixups((0, 0, 0)) + b"", None),  # valid: one field, applied
-        (codecs.zstd_compress(ranges._varint(1) + bytes(3) + b"\0", 3), "after its fields"),
+        (codecs.zstd_compress(varints.encode(1) + bytes(3) + b"\0", 3), "after its fields"),
     ],
 )
 def test_hostile_checksum_fields_are_refused(fixups: bytes, message: str | None) -> None:
@@ -234,8 +234,8 @@ def test_hostile_checksum_fields_are_refused(fixups: bytes, message: str | None)
 def test_hostile_rans_streams_are_refused() -> None:
     good = ranges._rans_stream(np.array([0, 1, 2, 0, 300, 1] * 20, dtype=np.uint16))
     for stream, message in [
-        (ranges._varint(0) + good[1:], "no lanes"),
-        (ranges._varint(1) + ranges._varint(0) + good[2:], "no symbols"),
+        (varints.encode(0) + good[1:], "no lanes"),
+        (varints.encode(1) + varints.encode(0) + good[2:], "no symbols"),
         (good + b"\0", "lengths do not add up|ends early|does not end"),
         (good[:-2], "ends early|does not end"),
     ]:

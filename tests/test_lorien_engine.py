@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorien.modelgen import fine_tune, random_mlp, to_tflite
-from lorien.repo.engine import apply_patch, codecs, create_patch, patch_info, require_engine, segment_summary
+from lorien.repo.engine import (
+    apply_patch,
+    codecs,
+    create_patch,
+    patch_info,
+    require_engine,
+    segment_summary,
+    varints,
+)
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
     ENTRY_SIZE,
@@ -229,7 +237,11 @@ def test_identical_files_are_one_copy(tmp_path: Path) -> None:
     assert segment_summary(patch) == {
         "COPY": {"count": 1, "target_bytes": path.stat().st_size, "payload_bytes": 0}
     }
-    assert patch.stat().st_size == HEADER_SIZE + ENTRY_SIZE
+    size = len(varints.encode(path.stat().st_size))
+    # compact layout: magic + version, count, source size, two 8-byte digests; the copy; the CRC-32
+    assert patch.stat().st_size == 4 + 1 + size + 16 + (1 + size + 1) + 4
+    classic = _round_trip(path, path, tmp_path, LorienEngine(max_version=4))
+    assert classic.stat().st_size == HEADER_SIZE + ENTRY_SIZE
 
 
 @pytest.mark.slow
@@ -447,7 +459,11 @@ def test_patch_cli_round_trip_info_and_verify(tmp_path: Path) -> None:
     info = run_lorien("patch-info", tmp_path / "p", "--json")
     assert info.returncode == 0
     document = json.loads(info.stdout)
-    assert document["engine"] == "lorien" and document["target_sha256"] == sha256_file(tmp_path / "new.onnx")
+    assert document["engine"] == "lorien" and document["format_version"] in (1, 2, 3, 4, 5)
+    # the compact layout (version 5) keeps the first 8 bytes of each digest (the manifest has the whole one)
+    digest = document["target_sha256"]
+    assert len(digest) == (16 if document["format_version"] == 5 else 64)
+    assert sha256_file(tmp_path / "new.onnx").startswith(digest)
     assert sum(c["target_bytes"] for c in document["segments"].values()) == document["target_size"]
     assert run_lorien("verify-patch", tmp_path / "old.onnx", tmp_path / "p").returncode == 0
     applied = run_lorien("apply", tmp_path / "old.onnx", tmp_path / "p", "-o", tmp_path / "out.onnx")

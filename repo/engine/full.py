@@ -50,12 +50,17 @@ def compress_model(
         return create_patch(empty, model, output, ENGINE, progress=progress, max_format=max_format)
 
 
+def _is_empty_digest(stored: str) -> bool:
+    """A patch's source digest (whole, or its first bytes in the compact layout) is the empty file's."""
+    return len(stored) >= 16 and EMPTY_SHA256.startswith(stored)
+
+
 def decompress_model(
     blob: Path | str, output: Path | str, limits: Limits | None = None, *, progress: ByteProgress | None = None
 ) -> ApplyResult:
     """The model in ``blob`` written (atomically, after its SHA-256 is checked) to ``output``."""
     info = patch_info(blob)
-    if info.engine != ENGINE or info.source_size != 0 or info.source_sha256 != EMPTY_SHA256:
+    if info.engine != ENGINE or info.source_size != 0 or not _is_empty_digest(info.source_sha256):
         raise PatchError(
             f"{blob}: not a compressed model (a {info.engine} patch from a {info.source_size}-byte source); "
             "the repository lists something else under 'compressed'"

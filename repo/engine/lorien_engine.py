@@ -48,9 +48,7 @@ from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
-    ENTRY_SIZE,
     FORMAT_VERSION,
-    MAGIC,
     Backend,
     Codec,
     Header,
@@ -58,10 +56,12 @@ from lorien.repo.engine.container import (
     Segment,
     Transform,
     checked_max_version,
-    pack_header,
     read_header_and_table,
+    recognises,
+    short_digest_matches,
+    smallest_head,
+    table_cost,
     usable_up_to,
-    version_for,
 )
 from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Hints, Piece, plan
@@ -75,7 +75,6 @@ RANK_LEVEL = 1  # candidates are ranked at zstd's fastest level, the winner re-e
 XZ_PIECES_BELOW = 64 * 1024  # LZMA2 at its strongest runs ~1 MB/s: only small pieces try it
 XZ_BELOW = 4  # residuals zstd squeezes below 1/4 are also tried with LZMA2 and bzip2 (< 1 bit per byte)
 GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
-TINY_PLAN = ENTRY_SIZE  # one copy (identical files): a whole-file frame cannot be smaller
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALONE_FROM = 0.75  # a plan over this share of the new file also tries the new file compressed on its own
@@ -135,7 +134,7 @@ class LorienEngine:
         self.spool = spool
 
     def recognises(self, head: bytes) -> bool:
-        return head.startswith(MAGIC)
+        return recognises(head)
 
     # ------------------------------------------------------------------ create
 
@@ -173,10 +172,7 @@ class LorienEngine:
         if not piece.parts:
             return [whole]
         parts = _merge_copies(self.encode(part, old, new) for part in piece.parts)
-        if (
-            sum(item.segment.payload_length + ENTRY_SIZE for item in parts)
-            <= whole.segment.payload_length + ENTRY_SIZE
-        ):
+        if self._cost(parts, piece.offset) <= self._cost([whole], piece.offset):
             return parts
         return [whole]
 
@@ -294,16 +290,25 @@ class LorienEngine:
             else:
                 reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
-            plan_size = sum(e.segment.payload_length + ENTRY_SIZE for e in encoded)
+            plan_size = self._cost(encoded, 0)
             if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
                 alone = self._alone(new_view, hints)
-                alone_size = sum(e.segment.payload_length + ENTRY_SIZE for e in alone)
+                alone_size = self._cost(alone, 0)
                 if alone_size < plan_size:
                     encoded, plan_size = alone, alone_size
-            whole = self._whole_file(old_view, new_view, plan_size)
-            if whole is not None and plan_size > whole.segment.payload_length + ENTRY_SIZE:
+            # identical files: nothing to win (a plan of a few hundred bytes can still lose: a layer removed)
+            identical = len(encoded) == 1 and encoded[0].segment.codec == Codec.COPY
+            whole = None if identical else self._whole_file(old_view, new_view, plan_size)
+            if whole is not None and plan_size > self._cost([whole], 0):
                 encoded, spool = [whole], None
             self._write(output, header, encoded, spool)
+
+    def _cost(self, encoded: list[Encoded], target_offset: int) -> int:
+        """Payload and table bytes of these consecutive segments, in the layout this engine writes."""
+        segments = [item.segment for item in encoded]
+        return sum(segment.payload_length for segment in segments) + table_cost(
+            segments, target_offset, self.max_version
+        )
 
     def _alone(self, new: memoryview, hints: Hints | None) -> list[Encoded]:
         """The new file compressed on its own, as ``repo.engine.full`` does (no references): what a patch
@@ -320,8 +325,6 @@ class LorienEngine:
         estimate says it could beat the plan (level 19 costs seconds per MiB with a large dictionary)."""
         if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
-        if plan_size <= TINY_PLAN:
-            return None  # nothing to win (a plan of a few hundred bytes can still lose to it: a layer removed)
         target = bytes(new)
         if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
             payload = codecs.zstd_compress(target, self.level, old)
@@ -337,15 +340,11 @@ class LorienEngine:
 
     def _write(self, output: Path, header: Header, encoded: list[Encoded], spool: PayloadSpool | None) -> None:
         """The container; payloads from ``encoded`` or, when given, from ``spool`` (which holds them in order)."""
-        table = b"".join(item.segment.pack() for item in encoded)
-        header = Header(
-            len(encoded), header.source_size, header.target_size, header.source_sha256, header.target_sha256
-        )
+        segments = [item.segment for item in encoded]
         if spool is not None and spool.size != sum(item.segment.payload_length for item in encoded):
             raise AssertionError("spooled payloads do not match the segment table")  # an engine bug, not input
         with atomic_writer(output) as handle:
-            handle.write(pack_header(header, table, version_for([item.segment for item in encoded])))
-            handle.write(table)
+            handle.write(smallest_head(header, segments, self.max_version))
             if spool is not None:
                 spool.copy_to(handle)
                 return
@@ -396,10 +395,10 @@ class LorienEngine:
             try:
                 with atomic_writer(output) if output is not None else nullcontext(None) as sink:
                     digest = self._decode_all(header, segments, patch_handle, source, sink, patch, progress)
-                    if source_sha256.result() != header.source_sha256.hex():
+                    if not short_digest_matches(header.source_sha256, source_sha256.result()):
                         raise _wrong_source(patch, model, header, source_size)
             except PatchError:
-                if source_sha256.result() != header.source_sha256.hex():
+                if not short_digest_matches(header.source_sha256, source_sha256.result()):
                     raise _wrong_source(patch, model, header, source_size) from None
                 raise
         return ApplyResult(self.name, header.target_size, digest, True, None if output is None else str(output))
@@ -427,7 +426,7 @@ class LorienEngine:
                 if progress is not None:
                     progress(done, header.target_size)
         digest = sha.hexdigest()
-        if digest != header.target_sha256.hex():
+        if not short_digest_matches(header.target_sha256, digest):
             raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
         return digest
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lorien.repo.engine import codecs, rans
+from lorien.repo.engine import codecs, rans, varints
 from lorien.repo.engine.container import Backend
 from lorien.repo.errors import PatchError
 
@@ -38,35 +38,10 @@ LEVEL = 19  # ranges pieces are at most 1 MiB (planning.GROUP): the strongest zs
 Range = tuple[int, int, int]  # offset inside the segment, length in bytes, element width (2 or 4)
 
 
-# --------------------------------------------------------------------------- varints
-
-
-def _varint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError(f"ranges must be sorted and disjoint (a varint of {value})")  # a planner bug, not input
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(payload: bytes, position: int, limit: int) -> tuple[int, int]:
-    """(value, next position); PatchError past the payload, beyond 8 bytes or above ``limit``."""
-    value = shift = 0
-    for index in range(position, min(position + 8, len(payload))):
-        byte = payload[index]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if value > limit:
-                raise PatchError(f"ranges data holds {value} where at most {limit} fits")
-            return value, index + 1
-        shift += 7
-    raise PatchError("ranges data ends inside a number")
+def _read_number(payload: bytes, position: int, limit: int) -> tuple[int, int]:
+    """(value, next position) of the varint at ``position``; PatchError past the payload, beyond 8 bytes or
+    above ``limit``."""
+    return varints.read(payload, position, limit, "ranges data")
 
 
 # --------------------------------------------------------------------------- encode (create side)
@@ -96,10 +71,10 @@ def _joined(ranges: Sequence[Range]) -> list[Range]:
 def _payload(target: bytes, reference: bytes | memoryview, ranges: Sequence[Range]) -> bytes:
     new = np.frombuffer(target, dtype=np.uint8)
     old = np.frombuffer(reference, dtype=np.uint8)
-    table = bytearray(_varint(len(ranges)))
+    table = bytearray(varints.encode(len(ranges)))
     end = 0
     for offset, length, width in ranges:
-        table += _varint(offset - end) + _varint((length // width) << 1 | (width == 4))
+        table += varints.encode(offset - end) + varints.encode((length // width) << 1 | (width == 4))
         end = offset + length
     streams = []
     for width in (2, 4):
@@ -114,7 +89,7 @@ def _payload(target: bytes, reference: bytes | memoryview, ranges: Sequence[Rang
     streams.append(_gap_stream(_gather(new, gaps), _gather(old, gaps)))
     streams.append((MODE_CRC32, _fixup_stream(fixups, ranges) if fixups else b""))
     for mode, stream in streams:
-        table += bytes([mode]) + _varint(len(stream))
+        table += bytes([mode]) + varints.encode(len(stream))
     return bytes(table) + b"".join(stream for _, stream in streams)
 
 
@@ -150,22 +125,18 @@ def _fixup_stream(fixups: Sequence[tuple[int, int, int]], ranges: Sequence[Range
     """zstd frame of varints: count; per field the range index (zigzag difference from the previous field's),
     ``back``, and its position: ``zigzag(position - span start) << 1`` when near its span, else
     ``zigzag(position - previous field's position) << 1 | 1``."""
-    raw = bytearray(_varint(len(fixups)))
+    raw = bytearray(varints.encode(len(fixups)))
     last_index = last_position = 0
     for position, index, back in fixups:
         relative = position - (ranges[index][0] - back)
-        code = _zig(relative) << 1 if abs(relative) < NEAR else _zig(position - last_position) << 1 | 1
-        raw += _varint(_zig(index - last_index)) + _varint(back) + _varint(code)
+        code = (
+            varints.zigzag(relative) << 1
+            if abs(relative) < NEAR
+            else varints.zigzag(position - last_position) << 1 | 1
+        )
+        raw += varints.encode(varints.zigzag(index - last_index)) + varints.encode(back) + varints.encode(code)
         last_index, last_position = index, position
     return codecs.zstd_compress(bytes(raw), LEVEL)
-
-
-def _zig(value: int) -> int:
-    return value << 1 if value >= 0 else (-value << 1) - 1
-
-
-def _unzig(value: int) -> int:
-    return value >> 1 if not value & 1 else -((value + 1) >> 1)
 
 
 def _typed(new: bytes, old: bytes, width: int) -> tuple[int, bytes]:
@@ -191,12 +162,12 @@ def _rans_stream(values: np.ndarray) -> bytes:
     freqs = rans.frequencies(symbols)
     states, words = rans.encode(symbols, freqs, rans.lanes_for(freqs, len(symbols)))
     escaped = values[values >= k] - k
-    head = bytearray(_varint(len(states)) + _varint(k))
+    head = bytearray(varints.encode(len(states)) + varints.encode(k))
     for frequency in freqs[: k + 1]:
-        head += _varint(int(frequency))
-    head += _varint(len(escaped))
+        head += varints.encode(int(frequency))
+    head += varints.encode(len(escaped))
     for value in escaped:
-        head += _varint(int(value))
+        head += varints.encode(int(value))
     return bytes(head) + states.tobytes() + words.tobytes()
 
 
@@ -248,12 +219,12 @@ def decode(payload: bytes, reference: bytes | memoryview, length: int) -> bytes:
     """Exactly ``length`` bytes from a RANGES payload and its same-length reference, or PatchError."""
     if len(reference) != length:
         raise PatchError(f"ranges reference of {len(reference)} bytes for {length} target bytes")
-    count, position = _read_varint(payload, 0, min(MAX_RANGES, length // 2))
+    count, position = _read_number(payload, 0, min(MAX_RANGES, length // 2))
     ranges: list[Range] = []
     end = 0
     for _ in range(count):
-        gap, position = _read_varint(payload, position, length - end)
-        packed, position = _read_varint(payload, position, 2 * length)
+        gap, position = _read_number(payload, position, length - end)
+        packed, position = _read_number(payload, position, 2 * length)
         width = 4 if packed & 1 else 2
         size = (packed >> 1) * width
         if size == 0 or end + gap + size > length:
@@ -267,7 +238,7 @@ def decode(payload: bytes, reference: bytes | memoryview, length: int) -> bytes:
         if position >= len(payload):
             raise PatchError("ranges data ends before its stream entries")
         modes.append(payload[position])
-        size, position = _read_varint(payload, position + 1, len(payload))
+        size, position = _read_number(payload, position + 1, len(payload))
         sizes.append(size)
     if position + sum(sizes) != len(payload):
         raise PatchError("ranges stream lengths do not add up to the payload")
@@ -292,17 +263,17 @@ def _read_fixups(mode: int, stream: bytes, ranges: Sequence[Range], length: int)
     if mode != MODE_CRC32:
         raise PatchError(f"ranges fixup stream mode {mode} is unknown")
     raw = codecs.unpack(stream, Backend.ZSTD, None, 25 * MAX_RANGES)
-    count, position = _read_varint(raw, 0, MAX_RANGES)
+    count, position = _read_number(raw, 0, MAX_RANGES)
     fixups, index, last, work = [], 0, 0, 0
     for _ in range(count):
-        step, position = _read_varint(raw, position, 2 * MAX_RANGES)
-        back, position = _read_varint(raw, position, MAX_BACK)
-        code, position = _read_varint(raw, position, 4 * length + 2)
-        index += _unzig(step)
+        step, position = _read_number(raw, position, 2 * MAX_RANGES)
+        back, position = _read_number(raw, position, MAX_BACK)
+        code, position = _read_number(raw, position, 4 * length + 2)
+        index += varints.unzigzag(step)
         if not 0 <= index < len(ranges) or back > ranges[index][0]:
             raise PatchError("ranges fixup names a range that is not there")
         start, end = ranges[index][0] - back, ranges[index][0] + ranges[index][1]
-        field = last + _unzig(code >> 1) if code & 1 else start + _unzig(code >> 1)
+        field = last + varints.unzigzag(code >> 1) if code & 1 else start + varints.unzigzag(code >> 1)
         work += end - start
         if not 0 <= field <= length - 4 or work > 4 * length:
             raise PatchError("ranges fixup lies outside its segment or checksums too much")
@@ -338,17 +309,17 @@ def _decode_typed(mode: int, stream: bytes, old: bytes, width: int) -> bytes:
 
 def _decode_rans_stream(stream: bytes, old: bytes) -> bytes:
     count = len(old) // 2
-    lanes, position = _read_varint(stream, 0, count)
-    k, position = _read_varint(stream, position, rans.SYMBOLS - 1)
+    lanes, position = _read_number(stream, 0, count)
+    k, position = _read_number(stream, position, rans.SYMBOLS - 1)
     if lanes == 0 or k == 0:
         raise PatchError("ranges rANS stream has no lanes or no symbols")
     freqs = np.zeros(rans.SYMBOLS, np.uint16)
     for symbol in range(k + 1):
-        freqs[symbol], position = _read_varint(stream, position, 1 << rans.PRECISION)
-    escape_count, position = _read_varint(stream, position, count)
+        freqs[symbol], position = _read_number(stream, position, 1 << rans.PRECISION)
+    escape_count, position = _read_number(stream, position, count)
     escaped = np.empty(escape_count, np.uint32)
     for index in range(escape_count):
-        escaped[index], position = _read_varint(stream, position, 0xFFFF - k)
+        escaped[index], position = _read_number(stream, position, 0xFFFF - k)
     words_at = position + 4 * lanes
     if words_at > len(stream) or (len(stream) - words_at) % 2:
         raise PatchError("ranges rANS stream lengths do not add up")
