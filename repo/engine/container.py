@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import BinaryIO
 
@@ -189,7 +189,7 @@ def pack_head(header: Header, segments: list[Segment], version: int) -> bytes:
     """Everything before the payloads, in the layout of ``version``."""
     if version < COMPACT_VERSION:
         table = b"".join(segment.pack() for segment in segments)
-        return pack_header(Header(len(segments), *_sizes_and_digests(header)), table, version) + table
+        return pack_header(replace(header, segment_count=len(segments)), table, version) + table
     head = bytearray(COMPACT_MAGIC + bytes([version]))
     head += varints.encode(len(segments)) + varints.encode(header.source_size)
     head += header.source_sha256[:SHORT_DIGEST] + header.target_sha256[:SHORT_DIGEST]
@@ -200,11 +200,7 @@ def pack_head(header: Header, segments: list[Segment], version: int) -> bytes:
     return bytes(head) + struct.pack("<I", zlib.crc32(head))
 
 
-def _sizes_and_digests(header: Header) -> tuple[int, int, bytes, bytes]:
-    return header.source_size, header.target_size, header.source_sha256, header.target_sha256
-
-
-def implied_reference(codec: Codec, target_length: int, transform: Transform) -> int:
+def implied_reference(target_length: int, transform: int) -> int:
     """The reference length the compact layout implies for a segment with a reference (all but ZSTD_REF)."""
     return target_length * (2 if transform == Transform.F32_TO_F16 else 1)
 
@@ -221,30 +217,10 @@ def compact_entry(segment: Segment, target_offset: int) -> bytes:
         entry += relative
         if segment.codec == Codec.ZSTD_REF:
             entry += varints.encode(segment.ref_length)
-        elif segment.ref_length != implied_reference(segment.codec, segment.target_length, segment.transform):
+        elif segment.ref_length != implied_reference(segment.target_length, segment.transform):
             raise ValueError(f"{segment}: the compact layout implies another reference length")  # an engine bug
     entry += varints.encode(segment.payload_length) + struct.pack("<I", segment.payload_crc32)
     return bytes(entry)
-
-
-def table_cost(segments: list[Segment], target_offset: int, max_version: int) -> int:
-    """Bytes the table entries of these consecutive segments take (starting at ``target_offset``) in the layout
-    the cap ``max_version`` writes: what choosing between plans compares beside the payloads."""
-    if max_version < COMPACT_VERSION:
-        return ENTRY_SIZE * len(segments)
-    total = 0
-    for segment in segments:
-        total += len(compact_entry(segment, target_offset))
-        target_offset += segment.target_length
-    return total
-
-
-def entry_cost(segment: Segment, max_version: int) -> int:
-    """About what ``segment``'s table entry takes in the layout the cap ``max_version`` writes, wherever it
-    lies (its reference offset counted as one byte: aligned pieces sit near their old place)."""
-    if max_version < COMPACT_VERSION:
-        return ENTRY_SIZE
-    return len(compact_entry(segment, segment.ref_offset))
 
 
 def short_digest_matches(stored: bytes, hexdigest: str) -> bool:
@@ -347,7 +323,7 @@ class _TableReader:
             elif codec == Codec.ZSTD_REF:
                 ref_length = self.number(limits.max_reference, f"{where}'s reference length")
             else:
-                ref_length = length * (2 if transform == Transform.F32_TO_F16 else 1)
+                ref_length = implied_reference(length, transform)
         if codec != Codec.COPY:
             payload_length = self.number(limits.max_payload, f"{where}'s payload length")
             crc = struct.unpack("<I", self.raw(CRC_SIZE, f"{where}'s checksum"))[0]

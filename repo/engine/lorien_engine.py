@@ -48,6 +48,7 @@ from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
     DEFAULT_LIMITS,
+    ENTRY_SIZE,
     FORMAT_VERSION,
     Backend,
     Codec,
@@ -60,7 +61,6 @@ from lorien.repo.engine.container import (
     recognises,
     short_digest_matches,
     smallest_head,
-    table_cost,
     usable_up_to,
 )
 from lorien.repo.engine.ggml_blocks import LAYOUTS
@@ -172,7 +172,7 @@ class LorienEngine:
         if not piece.parts:
             return [whole]
         parts = _merge_copies(self.encode(part, old, new) for part in piece.parts)
-        if self._cost(parts, piece.offset) <= self._cost([whole], piece.offset):
+        if self._cost(parts) <= self._cost([whole]):
             return parts
         return [whole]
 
@@ -290,25 +290,32 @@ class LorienEngine:
             else:
                 reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
-            plan_size = self._cost(encoded, 0)
+            plan_size = self._patch_size(header, encoded)
             if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
                 alone = self._alone(new_view, hints)
-                alone_size = self._cost(alone, 0)
+                alone_size = self._patch_size(header, alone)
                 if alone_size < plan_size:
                     encoded, plan_size = alone, alone_size
             # identical files: nothing to win (a plan of a few hundred bytes can still lose: a layer removed)
             identical = len(encoded) == 1 and encoded[0].segment.codec == Codec.COPY
             whole = None if identical else self._whole_file(old_view, new_view, plan_size)
-            if whole is not None and plan_size > self._cost([whole], 0):
+            if whole is not None and plan_size > self._patch_size(header, [whole]):
                 encoded, spool = [whole], None
             self._write(output, header, encoded, spool)
 
-    def _cost(self, encoded: list[Encoded], target_offset: int) -> int:
-        """Payload and table bytes of these consecutive segments, in the layout this engine writes."""
+    @staticmethod
+    def _cost(encoded: list[Encoded]) -> int:
+        """Payload and classic table bytes of these segments: how a piece's options are ranked (as in
+        :func:`runs._cost`)."""
+        return sum(item.segment.payload_length + ENTRY_SIZE for item in encoded)
+
+    def _patch_size(self, header: Header, encoded: list[Encoded]) -> int:
+        """The bytes of the whole patch these segments make, in the layout it would be written in: what the
+        plan, the new file on its own and the whole-file frame are compared by (on a tiny patch the compact
+        layout's head decides: a layer removed is a few copies around a small segment, not one frame)."""
         segments = [item.segment for item in encoded]
-        return sum(segment.payload_length for segment in segments) + table_cost(
-            segments, target_offset, self.max_version
-        )
+        head = smallest_head(header, segments, self.max_version)
+        return len(head) + sum(segment.payload_length for segment in segments)
 
     def _alone(self, new: memoryview, hints: Hints | None) -> list[Encoded]:
         """The new file compressed on its own, as ``repo.engine.full`` does (no references): what a patch

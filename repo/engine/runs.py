@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from lorien.repo.engine import codecs
 from lorien.repo.engine.container import (
+    ENTRY_SIZE,
     FORMAT_VERSION,
     Backend,
     Codec,
     Segment,
     Transform,
-    entry_cost,
     usable_up_to,
 )
 from lorien.repo.engine.planning import Piece
@@ -70,7 +70,7 @@ def improve(
         # the run as one segment, with and without the copies at its ends (kept, they cost an entry each)
         options = [(start, end)] + ([(first, last)] if (start, end) != (first, last) else [])
         chosen = _flat(encoded[first:last])
-        cheapest = _cost(chosen, max_version)
+        cheapest = _cost(chosen)
         for low, high in options:
             length = sum(piece.length for piece in pieces[low:high])
             one = _one_segment(
@@ -79,8 +79,8 @@ def improve(
             if one is None:
                 continue
             option = [*_flat(encoded[first:low]), one, *_flat(encoded[high:last])]
-            if _cost(option, max_version) < cheapest:
-                chosen, cheapest = option, _cost(option, max_version)
+            if _cost(option) < cheapest:
+                chosen, cheapest = option, _cost(option)
         if len(chosen) > 2:
             chosen = _cheap_stretches(
                 chosen, pieces[first:last], encoded[first:last], old, new, level, make, max_version
@@ -120,7 +120,7 @@ def _cheap_stretches(
             continue
         stretch = chosen[index:end]
         low, high = _trimmed(chosen, index, end, _is_copy)  # copies at the ends stay copies, as for runs
-        best_items, best_cost = stretch, _cost(stretch, max_version)
+        best_items, best_cost = stretch, _cost(stretch)
         for start, stop in {(low, high), (index, end)}:
             if stop - start < 2:
                 continue
@@ -130,8 +130,8 @@ def _cheap_stretches(
             if one is None:
                 continue
             option = [*chosen[index:start], one, *chosen[stop:end]]
-            if _cost(option, max_version) < best_cost:
-                best_items, best_cost = option, _cost(option, max_version)
+            if _cost(option) < best_cost:
+                best_items, best_cost = option, _cost(option)
         result.extend(best_items)
         index = end
     return result
@@ -196,17 +196,14 @@ def _one_segment(
     return make(segment, payload)
 
 
-def _cost(encoded: list[Encoded], max_version: int) -> int:
-    """Payloads plus table entries, counting adjacent copies once (they merge; a run's references follow on)."""
-    return sum(
-        item.segment.payload_length
-        + (
-            0
-            if index and _is_copy(item) and _is_copy(encoded[index - 1])
-            else entry_cost(item.segment, max_version)
-        )
-        for index, item in enumerate(encoded)
+def _cost(encoded: list[Encoded]) -> int:
+    """Payloads plus table entries, counting adjacent copies once (they merge; a run's references follow on).
+    Entries count at the classic layout's 40 bytes, as most patches are written; whether a tiny patch is
+    smaller as a whole in the compact layout is decided by ``LorienEngine.create``."""
+    entries = sum(
+        1 for index, item in enumerate(encoded) if not (index and _is_copy(item) and _is_copy(encoded[index - 1]))
     )
+    return sum(item.segment.payload_length for item in encoded) + ENTRY_SIZE * entries
 
 
 def _same(piece: Piece) -> tuple[int, int]:
