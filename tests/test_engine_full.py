@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorien.repo.engine import codecs, patch_info
+from lorien.repo.engine import candidates, codecs, patch_info
 from lorien.repo.engine.container import Codec, Segment, Transform, version_for
 from lorien.repo.engine.formats import find_tensors
 from lorien.repo.engine.full import compress_model, decompress_model
@@ -143,6 +143,31 @@ def test_a_replaced_tensor_in_a_patch_is_coded_on_its_own(tmp_path: Path) -> Non
     assert Codec.FLOAT_PLANES in codecs_used and Codec.COPY in codecs_used
     LorienEngine().apply(old, tmp_path / "p", tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == new.read_bytes()
+
+
+def test_small_retrained_tensors_among_generic_bytes_are_coded_as_floats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last layers retrained, each tensor under 4 KiB (so the planner leaves them in generic bytes): the
+    run of them is coded as float32 planes rather than as byte planes against the unrelated old bytes."""
+    sizes = (128, 64, 24, 24, 24, 24, 24, 24, 24, 24)
+    old_tensors = mlp_tensors(7, sizes)
+    new_tensors = dict(old_tensors)
+    replacement = mlp_tensors(8, sizes)
+    small = [name for name in new_tensors if not name.startswith(("layer0.", "layer1."))]
+    for name in small:
+        new_tensors[name] = replacement[name]  # the last eight layers re-initialised, the first two kept
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    write_safetensors(old, old_tensors)
+    write_safetensors(new, new_tensors)
+    assert all(new_tensors[name].nbytes < 4096 for name in small)
+    LorienEngine().create(old, new, tmp_path / "p")
+    assert Codec.FLOAT_PLANES in {s.codec for s in LorienEngine().segments(tmp_path / "p")}
+    LorienEngine().apply(old, tmp_path / "p", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == new.read_bytes()
+    monkeypatch.setattr(candidates, "GENERIC_FLOATS", range(0))  # generic bytes never tried as floats
+    LorienEngine().create(old, new, tmp_path / "without")
+    assert (tmp_path / "p").stat().st_size < (tmp_path / "without").stat().st_size
 
 
 def test_a_patch_between_versions_is_not_a_compressed_model(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from lorien.repo.engine.planning import Piece
 from lorien.repo.engine.sparse_diff import sparse_diff_residual
 
 CandidateKey = tuple[Codec, int, Transform, bool]
+GENERIC_FLOATS = range(1024, (1 << 20) + 1)  # generic pieces of these sizes may be coded as float32 planes
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,22 @@ class Candidate:
 
 
 def float_alone(piece: Piece, target: bytes) -> Candidate | None:
-    """FLOAT_PLANES — the piece's floats coded on their own, no reference — for 2- and 4-byte tensors."""
-    if not (piece.is_tensor and piece.width in (2, 4)):
+    """FLOAT_PLANES — the piece's floats coded on their own, no reference — for 2- and 4-byte tensors, and for
+    generic bytes of ``GENERIC_FLOATS`` sizes in whole 4-byte elements: runs of tensors under 4 KiB (biases,
+    norms, small projections) between a format's metadata stay generic bytes, and retrained they are floats
+    with nothing to match, as a large tensor is."""
+    if piece.is_tensor:
+        width = piece.width
+    else:
+        width = 4 if piece.length % 4 == 0 and piece.length in GENERIC_FLOATS else 0
+    if width not in (2, 4):
         return None
     return Candidate(
         Codec.FLOAT_PLANES,
         None,
-        piece.width,
+        width,
         Transform.NONE,
-        lambda: codecs.float_planes_payload(target, piece.width),
+        lambda: codecs.float_planes_payload(target, width),
     )
 
 

@@ -78,7 +78,8 @@ GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 ALONE_FROM = 0.75  # a plan over this share of the new file also tries the new file compressed on its own
-ALONE_PIECE_FROM = 0.5  # a float piece whose best candidate is over this share of it also tries FLOAT_PLANES
+ALONE_PIECE_FROM = 0.5  # a float piece (or generic bytes, see float_alone) whose best candidate is over this
+# share of it also tries FLOAT_PLANES
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
