@@ -31,6 +31,7 @@ from lorien.repo.engine.container import (
 from lorien.repo.engine.lorien_engine import LorienEngine
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
+from tests.support.processes import run_lorien
 
 HEADER = Header(0, 5000, 3000, bytes(range(32)), bytes(range(32, 64)))
 SEGMENTS = [
@@ -174,3 +175,13 @@ def test_random_bytes_after_the_magic_never_crash_the_parser(tail: bytes) -> Non
 def test_the_dispatcher_finds_the_lorien_engine_for_a_compact_patch(tmp_path: Path) -> None:
     (tmp_path / "p").write_bytes(_patch_bytes())
     assert engine_for_patch(tmp_path / "p").name == LorienEngine.name
+
+
+def test_patch_info_says_a_compact_digest_is_a_prefix(tmp_path: Path) -> None:
+    model = tmp_path / "m.bin"
+    model.write_bytes(np.random.default_rng(4).bytes(10_000))
+    create_patch(model, model, tmp_path / "p")
+    shown = run_lorien("patch-info", tmp_path / "p")
+    assert shown.returncode == 0, shown.stderr
+    prefix = sha256_file(model)[:16]
+    assert f"target_sha256  {prefix}… (first 8 bytes)" in shown.stdout and "format_version 5" in shown.stdout

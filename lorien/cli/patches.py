@@ -102,6 +102,9 @@ def _patch_info(args: argparse.Namespace) -> int:
     if args.json:
         print_fields({**info, "segments": summary}, as_json=True)
         return 0
+    for key in ("source_sha256", "target_sha256"):
+        if len(info[key]) < 64:  # the compact layout keeps a digest's first 8 bytes (docs/patch-format.md)
+            info[key] = f"{info[key]}… (first {len(info[key]) // 2} bytes)"
     print_fields(info, as_json=False)
     for codec, counts in summary.items():
         print(
