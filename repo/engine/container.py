@@ -178,8 +178,8 @@ def smallest_head(header: Header, segments: list[Segment], max_version: int) -> 
     compact layout is allowed and makes the whole patch at least ``COMPACT_GAIN`` smaller — tiny patches
     (identical files: 33-35 bytes instead of 140; a layer removed), where the classic head is most of it."""
     classic = pack_head(header, segments, version_for(segments))
-    if max_version < COMPACT_VERSION:
-        return classic
+    if max_version < COMPACT_VERSION or any(not segment.target_length for segment in segments):
+        return classic  # (an empty segment, which the compact layout refuses: never made by the engine)
     compact = pack_head(header, segments, COMPACT_VERSION)
     patch_size = len(classic) + sum(segment.payload_length for segment in segments)
     return compact if len(classic) - len(compact) >= COMPACT_GAIN * patch_size else classic
@@ -350,6 +350,10 @@ def _read_compact(
     target_size = 0
     for index in range(count):
         fields.append(reader.entry(target_size, limits, f"segment {index}"))
+        if not fields[-1][
+            4
+        ]:  # the encoder never writes one; each would cost parsing (and a reference) for nothing
+            raise PatchError(f"{name}: corrupt patch: segment {index} produces no bytes")
         target_size += fields[-1][4]
         if target_size > limits.max_target:
             raise PatchError(f"{name}: corrupt patch: target size exceeds the limit {limits.max_target}")
