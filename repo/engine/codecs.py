@@ -318,6 +318,10 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         from lorien.repo.engine.sparse_diff import decode_sparse_diff  # it builds on this module
 
         return decode_sparse_diff(payload, backend, reference, length, width)
+    if segment.codec == Codec.COVERS:
+        from lorien.repo.engine import covers  # it builds on this module
+
+        return covers.decode(payload, backend, reference, length)
     raise PatchError(f"codec {segment.codec.name} has no decoder")  # pragma: no cover - table checks codecs
 
 

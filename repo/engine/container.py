@@ -13,7 +13,7 @@ Two layouts (all integers little-endian; full description in docs/patch-format.m
             and of the target's SHA-256
     table   per segment: codec byte; a copy: varint length, varint reference offset (zigzag, relative to the
             segment's own offset in the target); any other codec: a byte of width/transform/backend/has-reference,
-            varint target length, [reference offset as for a copy, [varint reference length: ZSTD_REF only]],
+            varint target length, [reference offset as for a copy, [varint reference length: ZSTD_REF and COVERS only]],
             varint payload length, payload CRC-32
     CRC-32 of everything before it
 
@@ -74,6 +74,9 @@ class Codec(IntEnum):
     BLOCK_PLANES = 8  # quantized blocks split into fields, each against the old field (version 4, block_planes.py)
     RANGES = 9  # typed byte ranges of one segment, each width's elements coded as one stream (version 4)
     SPARSE_DIFF = 10  # changed elements: varint gaps + zigzag(target - reference) planes (version 4)
+    COVERS = (
+        11  # approximate copies at shifting reference offsets + sparse byte differences (version 5, covers.py)
+    )
 
 
 class Backend(IntEnum):
@@ -96,8 +99,10 @@ SINCE_VERSION = {
     Codec.BLOCK_PLANES: 4,
     Codec.RANGES: 4,
     Codec.SPARSE_DIFF: 4,
+    Codec.COVERS: 5,
 }  # codecs newer than version 1: the lowest version a patch using them has
 WIDTHS = {1, 2, 4, 8}
+EXPLICIT_REFERENCE = (Codec.ZSTD_REF, Codec.COVERS)  # compact entries that store their reference length
 
 
 @dataclass(frozen=True)
@@ -176,7 +181,8 @@ def smallest_head(header: Header, segments: list[Segment], max_version: int) -> 
     """Everything before the payloads of a patch of ``segments``, under the cap ``max_version``: the classic
     layout at the lowest version its codecs need (so devices of older releases keep applying it), unless the
     compact layout is allowed and makes the whole patch at least ``COMPACT_GAIN`` smaller — tiny patches
-    (identical files: 33-35 bytes instead of 140; a layer removed), where the classic head is most of it."""
+    (identical files: 33-35 bytes instead of 140; a layer removed), where the classic head is most of it. A
+    patch using a version-5 codec (COVERS) has no classic form: both heads are then compact."""
     classic = pack_head(header, segments, version_for(segments))
     if max_version < COMPACT_VERSION or any(not segment.target_length for segment in segments):
         return classic  # (an empty segment, which the compact layout refuses: never made by the engine)
@@ -201,7 +207,7 @@ def pack_head(header: Header, segments: list[Segment], version: int) -> bytes:
 
 
 def implied_reference(target_length: int, transform: int) -> int:
-    """The reference length the compact layout implies for a segment with a reference (all but ZSTD_REF)."""
+    """The reference length the compact layout implies for a segment with a reference (all but EXPLICIT_REFERENCE)."""
     return target_length * (2 if transform == Transform.F32_TO_F16 else 1)
 
 
@@ -215,7 +221,7 @@ def compact_entry(segment: Segment, target_offset: int) -> bytes:
     entry = bytearray([segment.codec, attributes]) + varints.encode(segment.target_length)
     if has_reference:
         entry += relative
-        if segment.codec == Codec.ZSTD_REF:
+        if segment.codec in EXPLICIT_REFERENCE:
             entry += varints.encode(segment.ref_length)
         elif segment.ref_length != implied_reference(segment.target_length, segment.transform):
             raise ValueError(f"{segment}: the compact layout implies another reference length")  # an engine bug
@@ -320,7 +326,7 @@ class _TableReader:
             ref_offset = target_offset + varints.unzigzag(self.number(varints.LARGEST, f"{where}'s reference"))
             if codec == Codec.COPY:
                 ref_length = length
-            elif codec == Codec.ZSTD_REF:
+            elif codec in EXPLICIT_REFERENCE:
                 ref_length = self.number(limits.max_reference, f"{where}'s reference length")
             else:
                 ref_length = implied_reference(length, transform)
@@ -435,6 +441,8 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
         raise bad(
             "BLOCK_PLANES takes element width 1, a reference of its own length or none, and no other backend"
         )
+    if codec == Codec.COVERS and (width or transform != Transform.NONE or not ref_length):
+        raise bad("COVERS needs width 0, no transform and a reference")
     if codec == Codec.RANGES and (
         width or ref_length != target_length or transform != Transform.NONE or backend != Backend.ZSTD
     ):

@@ -1,0 +1,132 @@
+"""Codec 11 ``COVERS`` (container version 5): the target as approximate copies of the reference at shifting
+offsets, plus a sparse byte-difference list and the bytes no copy covers — bsdiff's model, coded compactly.
+
+A block of a model removed or inserted moves everything after it, and the format's metadata (a FlatBuffer's
+tables, a zip central directory, a JSON header's offsets, protobuf lengths) changes in scattered bytes that
+mostly differ by the same small amounts. A *cover* copies ``x`` bytes from the reference (where the changed
+bytes get their difference added), then takes ``y`` new bytes, then moves its position in the reference by
+``z``::
+
+    raw stream (then one entropy stage: zstd, raw LZMA2 or bzip2 — codecs.pack)
+      varint C; C × (varint x, varint y, varint zigzag(z))
+      varint N; N × varint gap (index into the covers' copied bytes, all concatenated; first = index, then
+                index − previous − 1); N difference bytes (added mod 256); the extra bytes (Σy) to the end
+
+Create side (:func:`payload`) uses bsdiff4's suffix-sorting matcher (``bsdiff4.core.diff``) and is imported
+only there; apply side (:func:`decode`) is numpy and checks every number before using it: positions inside
+the reference, covers adding up to the segment exactly, differences inside the copied bytes and increasing,
+the extra bytes exactly Σy, and a raw stream of at most :func:`max_raw` bytes (bounded memory).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lorien.repo.engine import codecs, varints
+from lorien.repo.engine.container import Backend
+from lorien.repo.errors import PatchError
+
+CONTROL_FIELD = 8  # bsdiff's control numbers: 8 bytes, magnitude little-endian, sign in the top bit
+
+
+def max_raw(length: int) -> int:
+    """The largest raw stream a segment of ``length`` bytes may carry (the encoder emits none larger)."""
+    return 2 * length + 4096
+
+
+# --------------------------------------------------------------------------- create side
+
+
+def payload(target: bytes, reference: bytes | memoryview, level: int) -> tuple[Backend, bytes] | None:
+    """The smallest COVERS payload of ``target`` against ``reference`` and its backend, or None when its raw
+    stream would exceed :func:`max_raw` (nothing much to copy)."""
+    import bsdiff4.core  # create side only: the suffix-sorting matcher (C)
+
+    control, differences, extra = bsdiff4.core.diff(bytes(reference), bytes(target))
+    raw = _raw(_controls(control), differences, extra)
+    if len(raw) > max_raw(len(target)):
+        return None
+    coded = [(backend, codecs.pack(raw, level, backend)) for backend in Backend]
+    return min(coded, key=lambda item: len(item[1]))
+
+
+def _controls(control: bytes) -> list[tuple[int, int, int]]:
+    numbers = []
+    for start in range(0, len(control), CONTROL_FIELD):
+        value = int.from_bytes(control[start : start + CONTROL_FIELD], "little")
+        numbers.append(-(value & ~(1 << 63)) if value >> 63 else value)
+    return [(numbers[i], numbers[i + 1], numbers[i + 2]) for i in range(0, len(numbers), 3)]
+
+
+def _raw(covers: list[tuple[int, int, int]], differences: bytes, extra: bytes) -> bytes:
+    out = bytearray(varints.encode(len(covers)))
+    for copied, added, move in covers:
+        out += varints.encode(copied) + varints.encode(added) + varints.encode(varints.zigzag(move))
+    changed = np.flatnonzero(np.frombuffer(differences, dtype=np.uint8))
+    out += varints.encode(len(changed))
+    previous = -1
+    for index in changed.tolist():
+        out += varints.encode(index - previous - 1)
+        previous = index
+    out += np.frombuffer(differences, dtype=np.uint8)[changed].tobytes()
+    return bytes(out + extra)
+
+
+# --------------------------------------------------------------------------- apply side
+
+
+def decode(payload: bytes, backend: Backend, reference: bytes | memoryview, length: int) -> bytes:
+    """Exactly ``length`` bytes, or PatchError."""
+    raw = codecs.unpack(payload, backend, None, max_raw(length))
+    position = 0
+
+    def number(limit: int, what: str) -> int:
+        nonlocal position
+        value, position = varints.read(raw, position, limit, f"covers data ({what})")
+        return value
+
+    source = np.frombuffer(reference, dtype=np.uint8)
+    count = number(length + 1, "cover count")
+    pieces: list[tuple[int, int, int]] = []  # (reference start, copied, added)
+    at = produced = 0
+    for _ in range(count):
+        copied = number(length - produced, "copied bytes")
+        added = number(length - produced - copied, "new bytes")
+        move = varints.unzigzag(number(varints.LARGEST, "move"))
+        if at + copied > len(source):
+            raise PatchError(f"a cover copies {copied} bytes from {at}, past the {len(source)}-byte reference")
+        pieces.append((at, copied, added))
+        produced += copied + added
+        at += copied + move
+        if not 0 <= at <= len(source):
+            raise PatchError(f"a cover moves to {at}, outside the {len(source)}-byte reference")
+    if produced != length:
+        raise PatchError(f"covers produce {produced} bytes where the segment needs {length}")
+    copied_total = sum(piece[1] for piece in pieces)
+    changes = number(copied_total, "changed bytes")
+    indexes = np.empty(changes, dtype=np.int64)
+    index = -1
+    for slot in range(changes):
+        index += number(copied_total, "gap") + 1
+        indexes[slot] = index
+    if changes and indexes[-1] >= copied_total:
+        raise PatchError(f"a changed byte at {int(indexes[-1])} lies past the {copied_total} copied bytes")
+    if position + changes > len(raw):
+        raise PatchError("covers data ends inside the changed bytes")
+    values = np.frombuffer(raw, dtype=np.uint8, count=changes, offset=position) if changes else None
+    position += changes
+    extra = raw[position:]
+    if len(extra) != length - copied_total:
+        raise PatchError(f"covers data holds {len(extra)} new bytes where its covers take {length - copied_total}")
+    copied = np.concatenate([source[start : start + size] for start, size, _ in pieces] or [source[:0]])
+    if values is not None:
+        copied = copied.copy()
+        copied[indexes] += values  # uint8: wraps, as the differences were taken
+    output = bytearray(length)
+    done = taken = used = 0
+    for _, size, added in pieces:
+        output[done : done + size] = copied[taken : taken + size].tobytes()
+        done, taken = done + size, taken + size
+        output[done : done + added] = extra[used : used + added]
+        done, used = done + added, used + added
+    return bytes(output)
