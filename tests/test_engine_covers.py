@@ -120,3 +120,17 @@ def test_a_hand_made_stream_decodes_as_specified() -> None:
 def test_inconsistent_streams_are_refused(payload: bytes, length: int, message: str) -> None:
     with pytest.raises(PatchError, match=message):
         covers.decode(payload, Backend.ZSTD, REFERENCE, length)
+
+
+def test_only_plans_that_reproduce_most_of_the_file_nearly_as_is_count_as_structural() -> None:
+    from lorien.repo.engine.container import Segment, Transform
+    from lorien.repo.engine.lorien_engine import Encoded, _nearly_copied
+
+    def item(codec: Codec, length: int, payload: int) -> Encoded:
+        return Encoded(Segment(codec, 0, Transform.NONE, length, 0, length, payload, 0), b"")
+
+    layer_removed = [item(Codec.ZSTD_REF, 5_000, 300), item(Codec.SPARSE_DIFF, 4_000_000, 40)]
+    converted = [item(Codec.XOR_PLANES, 2_000_000, 9_000), item(Codec.XOR_PLANES, 2_000_000, 8_000)]
+    cast = [Encoded(Segment(Codec.XOR_PLANES, 2, Transform.F32_TO_F16, 2_000_000, 0, 4_000_000, 9, 0), b"")]
+    assert _nearly_copied(layer_removed) and not _nearly_copied(converted) and not _nearly_copied(cast)
+    assert _nearly_copied([item(Codec.COPY, 10, 0), item(Codec.ZSTD, 10, 5)])  # half is enough

@@ -78,6 +78,7 @@ GOOD_ENOUGH = 64  # a ranked winner under 1/64 of its piece is kept as is
 WHOLE_FILE_HOPE = 0.7  # for larger files, level 19 is tried when level 1 is within 1/0.7 of the plan
 ALWAYS_WHOLE_FILE_BELOW = 4 * MiB  # old + new bytes: small enough to always try at level 19
 COVERS_PLAN_BELOW = 64 * 1024  # patches under this also try the whole file as covers (structural edits)
+NEARLY_COPIED = 1000  # a segment whose payload is at most 1/this of its bytes reproduces them nearly as is
 ALONE_FROM = 0.75  # a plan over this share of the new file also tries the new file compressed on its own
 ALONE_PIECE_FROM = 0.5  # a float piece (or generic bytes, see float_alone) whose best candidate is over this
 # share of it also tries FLOAT_PLANES
@@ -293,6 +294,7 @@ class LorienEngine:
                 reported = (item for items in per_piece for item in items)
             encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
             plan_size = self._patch_size(header, encoded)
+            nearly_copied = _nearly_copied(encoded)
             if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
                 alone = self._alone(new_view, hints)
                 alone_size = self._patch_size(header, alone)
@@ -303,7 +305,7 @@ class LorienEngine:
             whole = None if identical else self._whole_file(old_view, new_view, plan_size)
             if whole is not None and plan_size > self._patch_size(header, [whole]):
                 encoded, spool, plan_size = [whole], None, self._patch_size(header, [whole])
-            covered = None if identical else self._covers_file(old_view, new_view, plan_size)
+            covered = None if identical else self._covers_file(old_view, new_view, plan_size, nearly_copied)
             if covered is not None and plan_size > self._patch_size(header, [covered]):
                 encoded, spool = [covered], None
             self._write(output, header, encoded, spool)
@@ -350,12 +352,18 @@ class LorienEngine:
             payload,
         )
 
-    def _covers_file(self, old: memoryview, new: memoryview, plan_size: int) -> Encoded | None:
+    def _covers_file(
+        self, old: memoryview, new: memoryview, plan_size: int, nearly_copied: bool
+    ) -> Encoded | None:
         """The whole file as bsdiff-style covers (``COVERS``, container version 5), for a patch small enough
         (under ``COVERS_PLAN_BELOW``) that what changed is structure, not weights — a block removed or
         inserted and the metadata that points past it — when both files fit the apply-side limits. Its
-        matcher sorts the old file's suffixes: ~18 bytes of memory per old byte, ~3 s for 10 MB."""
+        matcher sorts the old file's suffixes: ~18 bytes of memory per old byte, ~3 s for 10 MB; so beyond
+        ``ALWAYS_WHOLE_FILE_BELOW`` only a plan that reproduces most of the file nearly as is tries it (not a
+        float32 → float16 conversion, whose small patch comes from predicting every value)."""
         if not usable_up_to(Codec.COVERS, self.max_version) or plan_size >= COVERS_PLAN_BELOW:
+            return None
+        if len(old) + len(new) > ALWAYS_WHOLE_FILE_BELOW and not nearly_copied:
             return None
         if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
             return None
@@ -594,6 +602,20 @@ def _spooled(encoded: Iterable[Encoded], spool: PayloadSpool) -> Iterator[Encode
     for item in encoded:
         spool.add(item.payload)
         yield Encoded(item.segment, b"")
+
+
+def _nearly_copied(encoded: list[Encoded]) -> bool:
+    """Whether segments that reproduce old bytes as they are, but for a few (copies, a few changed elements:
+    a payload of at most 1/``NEARLY_COPIED`` of their bytes, no transform — a float32 → float16 conversion
+    predicts its bytes, it does not copy them), make at least half of the new file."""
+    produced = sum(item.segment.target_length for item in encoded)
+    nearly = sum(
+        item.segment.target_length
+        for item in encoded
+        if item.segment.payload_length * NEARLY_COPIED <= item.segment.target_length
+        and item.segment.transform == Transform.NONE
+    )
+    return 2 * nearly >= produced
 
 
 def _merge_copies(encoded: Iterable[Encoded]) -> list[Encoded]:
