@@ -41,10 +41,10 @@ from lorien.repo.limits import DEFAULT_LIMITS, Limits
 
 MAGIC = b"LRNPATCH"  # the classic layout (versions 1-4)
 COMPACT_MAGIC = b"LRN"  # ... followed by the version byte (5 or more; ASCII letters follow it in other magics)
-COMPACT_VERSION = 5  # the compact layout: same codecs as version 4, smaller header and table
+COMPACT_VERSION = 5  # the compact layout (smaller header and table) and codec 11 (COVERS), which only it carries
 FORMAT_VERSION = 5  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
-# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout; capped below 5, a patch is written at the lowest version
-# its codecs need
+# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS); a classic-layout patch is written at
+# the lowest version its codecs need
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
