@@ -114,6 +114,7 @@ def test_a_hand_made_stream_decodes_as_specified() -> None:
         (_stream([(10, 0, 0)], [], b"", count=3), 10, "ends inside a number"),
         (codecs.pack(b"\x01\x0a\x00\x00\x03\x00\x00\x00\x05", 3, Backend.ZSTD), 10, "inside the changed bytes"),
         (b"not a frame", 10, "corrupt zstd"),
+        (codecs.pack(varints.encode(covers.MAX_COVERS + 1), 3, Backend.ZSTD), 1 << 20, "cover count"),
         (codecs.pack(bytes(100_000), 3, Backend.ZSTD), 10, "more than the segment allows"),
     ],
 )

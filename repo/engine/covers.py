@@ -15,7 +15,8 @@ bytes get their difference added), then takes ``y`` new bytes, then moves its po
 Create side (:func:`payload`) uses bsdiff4's suffix-sorting matcher (``bsdiff4.core.diff``) and is imported
 only there; apply side (:func:`decode`) is numpy and checks every number before using it: positions inside
 the reference, covers adding up to the segment exactly, differences inside the copied bytes and increasing,
-the extra bytes exactly Σy, and a raw stream of at most :func:`max_raw` bytes (bounded memory).
+the extra bytes exactly Σy, a raw stream of at most :func:`max_raw` bytes, at most ``MAX_COVERS`` covers and
+``MAX_CHANGES`` changed bytes (bounded memory and work).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from lorien.repo.engine.container import Backend
 from lorien.repo.errors import PatchError
 
 CONTROL_FIELD = 8  # bsdiff's control numbers: 8 bytes, magnitude little-endian, sign in the top bit
+MAX_COVERS = 1 << 16  # per segment: a structural edit has few (each costs the decoder a Python step)
+MAX_CHANGES = 1 << 20  # changed bytes per segment (a stream with more is not worth coding as covers)
 
 
 def max_raw(length: int) -> int:
@@ -39,11 +42,16 @@ def max_raw(length: int) -> int:
 
 def payload(target: bytes, reference: bytes | memoryview, level: int) -> tuple[Backend, bytes] | None:
     """The smallest COVERS payload of ``target`` against ``reference`` and its backend, or None when its raw
-    stream would exceed :func:`max_raw` (nothing much to copy)."""
+    stream would exceed :func:`max_raw` or hold more than ``MAX_COVERS`` covers or ``MAX_CHANGES`` changed
+    bytes (nothing much to copy)."""
     import bsdiff4.core  # create side only: the suffix-sorting matcher (C)
 
     control, differences, extra = bsdiff4.core.diff(bytes(reference), bytes(target))
-    raw = _raw(_controls(control), differences, extra)
+    covers = _controls(control)
+    changes = int(np.count_nonzero(np.frombuffer(differences, dtype=np.uint8)))
+    if len(covers) > MAX_COVERS or changes > MAX_CHANGES:
+        return None
+    raw = _raw(covers, differences, extra)
     if len(raw) > max_raw(len(target)):
         return None
     coded = [(backend, codecs.pack(raw, level, backend)) for backend in Backend]
@@ -86,7 +94,7 @@ def decode(payload: bytes, backend: Backend, reference: bytes | memoryview, leng
         return value
 
     source = np.frombuffer(reference, dtype=np.uint8)
-    count = number(length + 1, "cover count")
+    count = number(min(length + 1, MAX_COVERS), "cover count")
     pieces: list[tuple[int, int, int]] = []  # (reference start, copied, added)
     at = produced = 0
     for _ in range(count):
@@ -103,7 +111,7 @@ def decode(payload: bytes, backend: Backend, reference: bytes | memoryview, leng
     if produced != length:
         raise PatchError(f"covers produce {produced} bytes where the segment needs {length}")
     copied_total = sum(piece[1] for piece in pieces)
-    changes = number(copied_total, "changed bytes")
+    changes = number(min(copied_total, MAX_CHANGES), "changed bytes")
     indexes = np.empty(changes, dtype=np.int64)
     index = -1
     for slot in range(changes):
