@@ -121,10 +121,10 @@ def applicable(entry: PatchEntry | CompressedEntry, engines: Collection[str]) ->
     return entry.engine in engines and reads_format(entry.engine, entry.format_version)
 
 
-def cheapest_full(entry: VersionEntry) -> Step:
-    """The smaller of the raw model and its compressed blob (when listed and this device has its engine)."""
+def cheapest_full(entry: VersionEntry, engines: Collection[str]) -> Step:
+    """The smaller of the raw model and its compressed blob (when listed and ``engines`` has its engine)."""
     compressed = entry.compressed
-    if compressed is None or compressed.size >= entry.size or not applicable(compressed, available_engines()):
+    if compressed is None or compressed.size >= entry.size or not applicable(compressed, engines):
         return full_step(entry)
     return Step(
         "compressed",
@@ -147,10 +147,10 @@ def cheapest_plan(
     goal = manifest.version(target or manifest.latest)
     if installed.sha256 == goal.sha256:
         return Plan(installed, goal.version, (), goal.size)
-    full = (cheapest_full(goal),)
+    engines = set(available_engines())  # once per plan: an absent mallorn is looked for on every call
+    full = (cheapest_full(goal, engines),)
     if installed.version is None:
         return Plan(installed, goal.version, full, goal.size)
-    engines = set(available_engines())  # (an absent mallorn is looked for on every call)
     edges: dict[str, list[Any]] = {}
     for patch in manifest.patches:
         if applicable(patch, engines):

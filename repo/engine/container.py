@@ -424,7 +424,7 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
             raise bad(f"element width {width} does not divide {target_length} bytes")
         if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
             raise bad("DIFF_RANS codes 2-byte elements and has no other backend")
-        expected = target_length * (2 if transform == Transform.F32_TO_F16 else 1)
+        expected = implied_reference(target_length, transform)
         if transform == Transform.F32_TO_F16 and width != 2:
             raise bad("a float32→float16 reference needs element width 2")
         if ref_length != expected and not (codec == Codec.XOR_PLANES and ref_length == 0):

@@ -303,8 +303,9 @@ class LorienEngine:
             # identical files: nothing to win (a plan of a few hundred bytes can still lose: a layer removed)
             identical = len(encoded) == 1 and encoded[0].segment.codec == Codec.COPY
             whole = None if identical else self._whole_file(old_view, new_view, plan_size)
-            if whole is not None and plan_size > self._patch_size(header, [whole]):
-                encoded, spool, plan_size = [whole], None, self._patch_size(header, [whole])
+            whole_size = None if whole is None else self._patch_size(header, [whole])
+            if whole_size is not None and plan_size > whole_size:
+                encoded, spool, plan_size = [whole], None, whole_size
             covered = None if identical else self._covers_file(old_view, new_view, plan_size, nearly_copied)
             if covered is not None and plan_size > self._patch_size(header, [covered]):
                 encoded, spool = [covered], None
@@ -334,10 +335,14 @@ class LorienEngine:
     def _spools(self, new_size: int) -> bool:
         return self.spool if self.spool is not None else new_size >= SPOOL_FROM
 
+    def _one_segment_fits(self, old: memoryview, new: memoryview) -> bool:
+        """Whether the whole new file may be one segment referencing the whole old file (the apply limits)."""
+        return 0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment
+
     def _whole_file(self, old: memoryview, new: memoryview, plan_size: int) -> Encoded | None:
         """The ``zstd --patch-from`` equivalent, when both files fit the apply-side limits and a quick level-1
         estimate says it could beat the plan (level 19 costs seconds per MiB with a large dictionary)."""
-        if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
+        if not self._one_segment_fits(old, new):
             return None
         target = bytes(new)
         if len(new) + len(old) <= ALWAYS_WHOLE_FILE_BELOW:
@@ -365,7 +370,7 @@ class LorienEngine:
             return None
         if len(old) + len(new) > ALWAYS_WHOLE_FILE_BELOW and not nearly_copied:
             return None
-        if not (0 < len(old) <= self.limits.max_reference and 0 < len(new) <= self.limits.max_segment):
+        if not self._one_segment_fits(old, new):
             return None
         made = covers.payload(bytes(new), old, self.level)
         if made is None:
