@@ -75,9 +75,9 @@ def test_reference_offsets_are_relative_to_the_segments_own_place() -> None:
 def test_the_magic_is_told_apart_from_the_classic_layout_and_the_zstd_engine() -> None:
     assert recognises(_patch_bytes()[:16]) and recognises(b"LRNPATCH\x04\x00")
     assert not recognises(b"LRNZSTD1") and not recognises(b"LRN") and not recognises(b"LRN\x04")
-    assert recognises(b"LRN\x06")  # a future version: recognised, then refused with "upgrade lorien"
-    with pytest.raises(PatchError, match=r"version 6 is not supported.*upgrade lorien"):
-        _read(b"LRN\x06" + _patch_bytes()[4:])
+    assert recognises(b"LRN\x07")  # a future version: recognised, then refused with "upgrade lorien"
+    with pytest.raises(PatchError, match=r"version 7 is not supported.*upgrade lorien"):
+        _read(b"LRN\x07" + _patch_bytes()[4:])
 
 
 def test_identical_files_cost_a_few_dozen_bytes_and_a_large_patch_stays_classic(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def _with_crc(head_and_table: bytes) -> bytes:
         ),
         (bytes([Codec.DIFF_PLANES, 0x03]) + varints.encode(10) + varints.encode(0) + bytes(4), "width"),
         (bytes([42, 0]) + varints.encode(10) + varints.encode(0) + bytes(4), "unknown codec"),
-        (bytes([Codec.ZSTD, 0x60]) + varints.encode(10) + varints.encode(0) + bytes(4), "backend"),
+        (bytes([Codec.ZSTD, 0x60]) + varints.encode(10) + varints.encode(0) + bytes(4), "codecs of version 6"),
         (bytes([Codec.COPY]) + b"\xff" * 9, "ends inside a number"),
         (bytes([Codec.COPY]) + varints.encode(0) + varints.encode(0), "produces no bytes"),
         (bytes([Codec.ZSTD_REF, 0x80]) + b"\x00\x00" + varints.encode(4096) + b"\x00" + bytes(4), "no bytes"),

@@ -280,7 +280,7 @@ def _classic_header(version: int) -> bytes:
         (_classic_header(5), "version 5 has no classic layout"),
         (b"LRNZSTD1" + bytes(100), "bad magic"),
         (b"LRN\x04" + bytes(40), "bad magic"),
-        (b"LRN\x06" + bytes(40), "version 6 is not supported"),
+        (b"LRN\x07" + bytes(40), "version 7 is not supported"),
         (b"LRN\x1f" + bytes(40), "version 31 is not supported"),
         (b"LRN\x05" + b"\x80" * 8 + b"\x01" + bytes(30), "ends inside a number"),
         (b"LRN", "truncated"),

@@ -216,7 +216,7 @@ def test_an_old_device_updates_from_an_uncapped_repository_without_its_patches(
 ) -> None:
     _, repo = _published(tmp_path, None)
     _become_old_device(monkeypatch)
-    with pytest.raises(PatchError, match=r"version [45] is not supported"):  # what it would have hit
+    with pytest.raises(PatchError, match=r"version [456] is not supported"):  # what it would have hit
         apply_patch(
             tmp_path / "models" / FAMILY / "1.1.0.tflite",
             repo / _manifest_data(repo)["patches"][-1]["blob"],

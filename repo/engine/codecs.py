@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from lorien.repo.engine import rans
-from lorien.repo.engine.container import Backend, Codec, Segment, Transform
+from lorien.repo.engine.container import Backend, Codec, Segment, Transform, backend_usable_up_to
 from lorien.repo.errors import PatchError
 
 MAX_WINDOW_LOG = 26
@@ -167,19 +167,58 @@ def bz2_decompress(payload: bytes, limit: int) -> bytes:
     return output
 
 
+# --------------------------------------------------------------------------- brotli backend (version 6)
+
+BROTLI_WINDOW_LOG = (10, 24)  # the encoder's window: the stream's size rounded up to a power of two, in this range
+
+
+def brotli_compress(data: bytes) -> bytes:
+    import brotli  # here: a C extension only patches of version 6 need (apply start-up stays short)
+
+    window = min(max((len(data) - 1).bit_length(), BROTLI_WINDOW_LOG[0]), BROTLI_WINDOW_LOG[1])
+    return brotli.compress(data, quality=11, lgwin=window)
+
+
+def brotli_decompress(payload: bytes, limit: int) -> bytes:
+    """Decompress one Brotli stream of at most ``limit`` bytes. The decoder's window is at most 16 MiB (the
+    stream's own, large windows are off) and it stops growing its output once past ``limit`` (it may overshoot
+    by up to one buffer doubling before the check refuses it)."""
+    import brotli
+
+    decompressor = brotli.Decompressor()
+    try:
+        output = decompressor.process(payload, output_buffer_limit=limit + 1)
+    except brotli.error as error:
+        raise PatchError(f"corrupt Brotli data: {error}") from None
+    if len(output) > limit or not decompressor.is_finished():
+        raise PatchError(f"Brotli data does not decode to one stream of at most {limit} bytes")
+    return output
+
+
+def other_backends(max_version: int, slow: bool) -> tuple[Backend, ...]:
+    """The entropy backends besides zstd a payload may be tried with under the cap ``max_version``; ``slow``
+    adds the ones that code ~1 MB/s at their strongest (LZMA2, Brotli), for small streams."""
+    tried = (Backend.BZ2, Backend.XZ, Backend.BROTLI) if slow else (Backend.BZ2,)
+    return tuple(backend for backend in tried if backend_usable_up_to(backend, max_version))
+
+
 def pack(raw: bytes, level: int, backend: Backend) -> bytes:
     if backend == Backend.XZ:
         return xz_compress(raw)
     if backend == Backend.BZ2:
         return bz2.compress(raw, 9)
+    if backend == Backend.BROTLI:
+        return brotli_compress(raw)
     return zstd_compress(raw, level)
+
+
+_DECOMPRESS = {Backend.XZ: xz_decompress, Backend.BZ2: bz2_decompress, Backend.BROTLI: brotli_decompress}
 
 
 def unpack(payload: bytes, backend: Backend, exact: int | None, limit: int) -> bytes:
     """The raw stream of a payload: exactly ``exact`` bytes when given, else at most ``limit``."""
-    if backend in (Backend.XZ, Backend.BZ2):
-        decompress = xz_decompress if backend == Backend.XZ else bz2_decompress
-        output = decompress(payload, exact if exact is not None else limit)
+    if backend != Backend.ZSTD:
+        output = _DECOMPRESS[backend](payload, exact if exact is not None else limit)
         if exact is not None and len(output) != exact:
             raise PatchError(f"{backend.name} data decodes to {len(output)} bytes where the segment needs {exact}")
         return output

@@ -8,7 +8,7 @@ Two layouts (all integers little-endian; full description in docs/patch-format.m
     table   40 bytes per segment: codec, element width, transform, entropy backend, target length, reference
                        offset and length in the source, payload length, payload CRC-32
 
-    compact (version 5)
+    compact (versions 5 and 6)
     header  "LRN", version byte, varint segment count, varint source size, the first 8 bytes of the source's
             and of the target's SHA-256
     table   per segment: codec byte; a copy: varint length, varint reference offset (zigzag, relative to the
@@ -42,10 +42,10 @@ from lorien.repo.limits import DEFAULT_LIMITS, Limits
 MAGIC = b"LRNPATCH"  # the classic layout (versions 1-4)
 COMPACT_MAGIC = b"LRN"  # ... followed by the version byte (5 or more; ASCII letters follow it in other magics)
 COMPACT_VERSION = 5  # the compact layout (smaller header and table) and codec 11 (COVERS), which only it carries
-FORMAT_VERSION = 5  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
-# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS); a classic-layout patch is written at
-# the lowest version its codecs need
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
+# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS), 6 backend 3 (BROTLI); a patch is
+# written at the lowest version its codecs and backends need
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
 HEADER_SIZE = HEADER.size
@@ -85,6 +85,7 @@ class Backend(IntEnum):
     ZSTD = 0
     XZ = 1  # raw LZMA2: beats zstd's Huffman literals on residuals under ~1 bit per byte
     BZ2 = 2  # bzip2 (BWT): best on very sparse byte differences (int8 re-quantization flips)
+    BROTLI = 3  # Brotli (version 6): context modelling, smallest on small residuals (sparse differences, covers)
 
 
 class Transform(IntEnum):
@@ -101,6 +102,7 @@ SINCE_VERSION = {
     Codec.SPARSE_DIFF: 4,
     Codec.COVERS: 5,
 }  # codecs newer than version 1: the lowest version a patch using them has
+BACKEND_SINCE = {Backend.BROTLI: 6}  # the same for entropy backends
 WIDTHS = {1, 2, 4, 8}
 EXPLICIT_REFERENCE = (Codec.ZSTD_REF, Codec.COVERS)  # compact entries that store their reference length
 
@@ -146,6 +148,11 @@ def usable_up_to(codec: Codec, max_version: int) -> bool:
     return SINCE_VERSION.get(codec, 1) <= max_version
 
 
+def backend_usable_up_to(backend: Backend, max_version: int) -> bool:
+    """Whether a patch capped at container version ``max_version`` may use ``backend``."""
+    return BACKEND_SINCE.get(backend, 1) <= max_version
+
+
 def checked_max_version(value: int, where: str = "the patch format cap") -> int:
     """``value`` as a container-version cap, or a clear refusal (BadInputError) naming ``where``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= FORMAT_VERSION:
@@ -157,8 +164,11 @@ def checked_max_version(value: int, where: str = "the patch format cap") -> int:
 
 
 def version_for(segments: list[Segment]) -> int:
-    """The lowest format version that has every codec used: old appliers keep reading what they can."""
-    return max((SINCE_VERSION.get(segment.codec, 1) for segment in segments), default=1)
+    """The lowest format version that has every codec and backend used: old appliers keep reading what they can."""
+    return max(
+        (max(SINCE_VERSION.get(segment.codec, 1), BACKEND_SINCE.get(segment.backend, 1)) for segment in segments),
+        default=1,
+    )
 
 
 def pack_header(header: Header, table: bytes, version: int = 4) -> bytes:
@@ -182,11 +192,13 @@ def smallest_head(header: Header, segments: list[Segment], max_version: int) -> 
     layout at the lowest version its codecs need (so devices of older releases keep applying it), unless the
     compact layout is allowed and makes the whole patch at least ``COMPACT_GAIN`` smaller — tiny patches
     (identical files: 33-35 bytes instead of 140; a layer removed), where the classic head is most of it. A
-    patch using a version-5 codec (COVERS) has no classic form: both heads are then compact."""
-    classic = pack_head(header, segments, version_for(segments))
+    patch using a codec or backend of version 5 or later (COVERS, BROTLI) has no classic form: both heads are then
+    compact, at the lowest version they need."""
+    needed = version_for(segments)
+    classic = pack_head(header, segments, needed)
     if max_version < COMPACT_VERSION or any(not segment.target_length for segment in segments):
         return classic  # (an empty segment, which the compact layout refuses: never made by the engine)
-    compact = pack_head(header, segments, COMPACT_VERSION)
+    compact = pack_head(header, segments, max(COMPACT_VERSION, needed))
     patch_size = len(classic) + sum(segment.payload_length for segment in segments)
     return compact if len(classic) - len(compact) >= COMPACT_GAIN * patch_size else classic
 
