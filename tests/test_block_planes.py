@@ -270,7 +270,7 @@ def test_a_version_3_header_may_not_carry_block_planes(tmp_path: Path) -> None:
     table_end = 100 + 40 * count
     struct.pack_into("<I", data, 96, zlib.crc32(bytes(data[100:table_end]), zlib.crc32(bytes(data[:96]))))
     patch.write_bytes(bytes(data))
-    with pytest.raises(PatchError, match="uses codecs of version 4"):
+    with pytest.raises(PatchError, match="uses codecs or backends of version 4"):
         LorienEngine().apply(old, patch, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

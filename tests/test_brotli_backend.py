@@ -81,7 +81,7 @@ def test_a_version_5_patch_that_declares_brotli_is_refused(tmp_path: Path) -> No
     apply_patch(tmp_path / "old", tmp_path / "v6", tmp_path / "out")  # the same patch, honestly versioned
     assert (tmp_path / "out").read_bytes() == target
     (tmp_path / "v5").write_bytes(_head(old, target, segment, COMPACT_VERSION) + payload)
-    with pytest.raises(PatchError, match="uses codecs of version 6"):
+    with pytest.raises(PatchError, match="uses codecs or backends of version 6"):
         apply_patch(tmp_path / "old", tmp_path / "v5", tmp_path / "out5")
     assert not (tmp_path / "out5").exists()
 
@@ -89,7 +89,7 @@ def test_a_version_5_patch_that_declares_brotli_is_refused(tmp_path: Path) -> No
 def test_the_engine_uses_brotli_where_it_is_smallest_and_never_under_a_cap_of_5(tmp_path: Path) -> None:
     """A sparse edit of a small model: its residual is small and Brotli codes it smallest; capped at version 5
     the patch is larger (measured: 451 B against 460) and has no Brotli; nor has a patch whose payloads are
-    spooled (they are not re-coded at the end, see LorienEngine._spooling_encoder)."""
+    spooled (they cannot be made again without Brotli, see LorienEngine.create)."""
     tensors = mlp_tensors(3, (64, 128, 64, 10))
     write_safetensors(tmp_path / "old.safetensors", tensors)
     rng = np.random.default_rng(4)
@@ -109,7 +109,7 @@ def test_the_engine_uses_brotli_where_it_is_smallest_and_never_under_a_cap_of_5(
     LorienEngine(spool=True).create(old, new, tmp_path / "spooled")  # as for new files from 64 MiB
     assert Backend.BROTLI not in {s.backend for s in LorienEngine().segments(tmp_path / "spooled")}
     engine = LorienEngine()
-    assert engine._spooling_encoder().backend_version == 5 and engine.backend_version == 6  # a copy is capped
+    assert engine._without_brotli().max_version == 5 and engine.max_version == 6  # a copy is capped
     for patch in ("p", "p5", "spooled"):
         apply_patch(old, tmp_path / patch, tmp_path / f"{patch}.out")
         assert (tmp_path / f"{patch}.out").read_bytes() == new.read_bytes()

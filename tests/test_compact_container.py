@@ -131,7 +131,10 @@ def _with_crc(head_and_table: bytes) -> bytes:
         ),
         (bytes([Codec.DIFF_PLANES, 0x03]) + varints.encode(10) + varints.encode(0) + bytes(4), "width"),
         (bytes([42, 0]) + varints.encode(10) + varints.encode(0) + bytes(4), "unknown codec"),
-        (bytes([Codec.ZSTD, 0x60]) + varints.encode(10) + varints.encode(0) + bytes(4), "codecs of version 6"),
+        (
+            bytes([Codec.ZSTD, 0x60]) + varints.encode(10) + varints.encode(0) + bytes(4),
+            "codecs or backends of version 6",
+        ),
         (bytes([Codec.COPY]) + b"\xff" * 9, "ends inside a number"),
         (bytes([Codec.COPY]) + varints.encode(0) + varints.encode(0), "produces no bytes"),
         (bytes([Codec.ZSTD_REF, 0x80]) + b"\x00\x00" + varints.encode(4096) + b"\x00" + bytes(4), "no bytes"),

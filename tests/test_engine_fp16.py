@@ -142,5 +142,5 @@ def test_a_version_1_header_cannot_carry_a_version_2_codec(tmp_path: Path) -> No
         4, "little"
     )
     (tmp_path / "v1").write_bytes(bytes(data))
-    with pytest.raises(PatchError, match="codecs of version 2"):
+    with pytest.raises(PatchError, match="codecs or backends of version 2"):
         apply_patch(old, tmp_path / "v1", tmp_path / "out")

@@ -266,7 +266,7 @@ def _patch_with(segment: Segment, payload: bytes, source: bytes, version: int) -
     [
         (2, 100, 4, "RANGES needs width 0"),
         (0, 50, 4, "reference of its target length"),
-        (0, 100, 3, "uses codecs of version 4"),
+        (0, 100, 3, "uses codecs or backends of version 4"),
     ],
 )
 def test_container_refuses_malformed_ranges_segments(

@@ -251,7 +251,7 @@ def test_a_patch_using_codec_10_is_version_4_and_refused_as_version_3(tmp_path: 
     table = bytes(data[HEADER_SIZE : HEADER_SIZE + count * ENTRY_SIZE])
     data[:HEADER_SIZE] = pack_header(header, table, 3)  # valid checksum, version too low for its codecs
     patch.write_bytes(bytes(data))
-    with pytest.raises(PatchError, match="version 3 uses codecs of version 4"):
+    with pytest.raises(PatchError, match="version 3 uses codecs or backends of version 4"):
         apply_patch(old, patch, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

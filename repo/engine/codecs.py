@@ -170,6 +170,7 @@ def bz2_decompress(payload: bytes, limit: int) -> bytes:
 # --------------------------------------------------------------------------- brotli backend (version 6)
 
 BROTLI_WINDOW_LOG = (10, 24)  # the encoder's window: the stream's size rounded up to a power of two, in this range
+BROTLI_STEP = 1 << 20  # the decoder's output is drained this much at a time (a bomb stops near its limit)
 
 
 def brotli_compress(data: bytes) -> bytes:
@@ -181,18 +182,24 @@ def brotli_compress(data: bytes) -> bytes:
 
 def brotli_decompress(payload: bytes, limit: int) -> bytes:
     """Decompress one Brotli stream of at most ``limit`` bytes. The decoder's window is at most 16 MiB (the
-    stream's own, large windows are off) and it stops growing its output once past ``limit`` (it may overshoot
-    by up to one buffer doubling before the check refuses it)."""
+    stream's own; large windows are off), and its output is drained ``BROTLI_STEP`` bytes at a time, so a
+    stream that inflates past ``limit`` costs at most ``limit`` plus a step before it is refused."""
     import brotli
 
     decompressor = brotli.Decompressor()
+    output = bytearray()
     try:
-        output = decompressor.process(payload, output_buffer_limit=limit + 1)
+        output += decompressor.process(payload, output_buffer_limit=min(BROTLI_STEP, limit + 1))
+        while len(output) <= limit and not decompressor.is_finished():
+            more = decompressor.process(b"", output_buffer_limit=min(BROTLI_STEP, limit + 1 - len(output)))
+            if not more:
+                break  # the stream ends early: it wants input there is no more of
+            output += more
     except brotli.error as error:
         raise PatchError(f"corrupt Brotli data: {error}") from None
     if len(output) > limit or not decompressor.is_finished():
         raise PatchError(f"Brotli data does not decode to one stream of at most {limit} bytes")
-    return output
+    return bytes(output)
 
 
 def other_backends(max_version: int, slow: bool) -> tuple[Backend, ...]:

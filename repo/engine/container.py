@@ -389,7 +389,7 @@ def _read_compact(
 def _check_totals(header: Header, segments: list[Segment], head_size: int, patch_size: int, name: str) -> None:
     if version_for(segments) > (header.version or FORMAT_VERSION):
         raise PatchError(
-            f"{name}: corrupt patch: version {header.version} uses codecs of version {version_for(segments)}"
+            f"{name}: corrupt patch: version {header.version} uses codecs or backends of version {version_for(segments)}"
         )
     total_target = sum(segment.target_length for segment in segments)
     total_payload = sum(segment.payload_length for segment in segments)

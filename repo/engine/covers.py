@@ -53,6 +53,8 @@ def payload(
     source = bytes(reference)
     control, differences, extra = bsdiff4.core.diff(source, target)
     found = _controls(control)
+    if len(found) > MAX_COVERS:
+        return None  # absorbing runs never makes fewer covers
     options = [(found, differences, extra)]
     absorbed = absorb_new_bytes(source, target, found)
     if absorbed != found:

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,8 +48,8 @@ from lorien.repo.engine import codecs, covers, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
+    BACKEND_SINCE,
     COMPACT_GAIN,
-    COMPACT_VERSION,
     DEFAULT_LIMITS,
     ENTRY_SIZE,
     FORMAT_VERSION,
@@ -90,7 +90,6 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
-RAW_BOUND = 4  # a codec's raw stream is at most this many times its segment (+ 1 MiB): what re-coding may read
 # their raw stream is the payload: no other backend
 SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES)
 
@@ -134,7 +133,6 @@ class LorienEngine:
         codecs of container versions up to this one (a fleet whose devices read no newer version; the patch
         is still written at the lowest version it needs)."""
         self.max_version = checked_max_version(max_version)
-        self.backend_version = self.max_version  # the backends pieces may use (see _spooling_encoder)
         self.level = level
         self.limits = limits
         self.workers = workers or max(1, os.cpu_count() or 1)
@@ -264,7 +262,7 @@ class LorienEngine:
         others = [(c, r) for c, r in packable if c is not best][:1]
         streams = [(best, raw), *others] if raw is not None and best.codec not in SELF_CODED else others
         for candidate, candidate_raw in streams:
-            for other in codecs.other_backends(self.backend_version, slow=piece.length < XZ_PIECES_BELOW):
+            for other in codecs.other_backends(self.max_version, slow=piece.length < XZ_PIECES_BELOW):
                 packed = codecs.pack(candidate_raw, self.level, other)
                 if len(packed) < len(payload):
                     payload, backend, best = packed, other, candidate
@@ -285,74 +283,69 @@ class LorienEngine:
             header = Header(
                 0, len(old_view), len(new_view), bytes.fromhex(sha256_file(old)), bytes.fromhex(sha256_file(new))
             )
-            processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
-            pieces = plan(old_view, new_view, self.limits, hints)
-            encoder = self if spool is None else self._spooling_encoder()
-            made = encode_all(
-                encoder.encode_run, pieces, (old, new), (old_view, new_view), self.workers, processes
-            )
-            per_piece = _reporting(made, progress, len(new_view))
-            reported: Iterable[Encoded]
-            if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
-                reported = runs.improve(
-                    pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded, self.max_version
-                )
-            else:
-                reported = (item for items in per_piece for item in items)
-            encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
-            plan_size = self._patch_size(header, encoded)
-            nearly_copied = _nearly_copied(encoded)
-            if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
-                alone = self._alone(new_view, hints)
-                alone_size = self._patch_size(header, alone)
-                if alone_size < plan_size:
-                    encoded, plan_size = alone, alone_size
-            # identical files: nothing to win (a plan of a few hundred bytes can still lose: a layer removed)
-            identical = len(encoded) == 1 and encoded[0].segment.codec == Codec.COPY
-            whole = None if identical else self._whole_file(old_view, new_view, plan_size)
-            whole_size = None if whole is None else self._patch_size(header, [whole])
-            if whole_size is not None and plan_size > whole_size:
-                encoded, spool, plan_size = [whole], None, whole_size
-            covered = None if identical else self._covers_file(old_view, new_view, plan_size, nearly_copied)
-            if covered is not None and plan_size > self._patch_size(header, [covered]):
-                encoded, spool = [covered], None
-            if spool is None:
-                encoded = self._brotli_if_worth_a_version(header, encoded)
+            # spooled payloads cannot be made again without Brotli: a model that large never uses it
+            maker = self if spool is None else self._without_brotli()
+            paths, views = (old, new), (old_view, new_view)
+            encoded, spool = maker._encoded(paths, views, header, hints, spool, progress)
+            if maker is self and any(item.segment.backend == Backend.BROTLI for item in encoded):
+                older, _ = self._without_brotli()._encoded(paths, views, header, hints, None, None)
+                older_size = self._patch_size(header, older)
+                if older_size - self._patch_size(header, encoded) < COMPACT_GAIN * older_size:
+                    encoded = older  # Brotli does not earn its format version here
             self._write(output, header, encoded, spool)
 
-    def _spooling_encoder(self) -> LorienEngine:
-        """This engine without Brotli for the pieces of a new file whose payloads are spooled (from
-        ``SPOOL_FROM``): they cannot be re-coded at the end (:meth:`_brotli_if_worth_a_version`), and on a model
-        that large the small streams Brotli codes smallest are no share of the patch worth a format version."""
-        encoder = copy.copy(self)
-        encoder.backend_version = min(self.max_version, COMPACT_VERSION)
-        return encoder
+    def _encoded(
+        self,
+        paths: tuple[Path, Path],
+        views: tuple[memoryview, memoryview],
+        header: Header,
+        hints: Hints | None,
+        spool: PayloadSpool | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> tuple[list[Encoded], PayloadSpool | None]:
+        """The smallest segments this engine makes of the new file (and the spool holding their payloads, or
+        None when they are in memory): the plan of pieces, or the new file on its own, the whole-file frame or
+        the whole file as covers, whichever makes the smallest patch."""
+        old_view, new_view = views
+        processes = self.processes if self.processes is not None else len(new_view) >= PROCESSES_FROM
+        pieces = plan(old_view, new_view, self.limits, hints)
+        made = encode_all(self.encode_run, pieces, paths, views, self.workers, processes)
+        per_piece = _reporting(made, progress, len(new_view))
+        reported: Iterable[Encoded]
+        if spool is None:  # pieces held in memory: runs of them may code smaller as one segment
+            reported = runs.improve(
+                pieces, list(per_piece), old_view, new_view, self.level, self.limits, Encoded, self.max_version
+            )
+        else:
+            reported = (item for items in per_piece for item in items)
+        encoded = _merge_copies(reported if spool is None else _spooled(reported, spool))
+        plan_size = self._patch_size(header, encoded)
+        nearly_copied = _nearly_copied(encoded)
+        if spool is None and len(old_view) and plan_size > ALONE_FROM * len(new_view):
+            alone = self._alone(new_view, hints)
+            alone_size = self._patch_size(header, alone)
+            if alone_size < plan_size:
+                encoded, plan_size = alone, alone_size
+        # identical files: nothing to win (a plan of a few hundred bytes can still lose: a layer removed)
+        identical = len(encoded) == 1 and encoded[0].segment.codec == Codec.COPY
+        whole = None if identical else self._whole_file(old_view, new_view, plan_size)
+        whole_size = None if whole is None else self._patch_size(header, [whole])
+        if whole_size is not None and plan_size > whole_size:
+            encoded, spool, plan_size = [whole], None, whole_size
+        covered = None if identical else self._covers_file(old_view, new_view, plan_size, nearly_copied)
+        if covered is not None and plan_size > self._patch_size(header, [covered]):
+            encoded, spool = [covered], None
+        return encoded, spool
 
-    def _brotli_if_worth_a_version(self, header: Header, encoded: list[Encoded]) -> list[Encoded]:
-        """``encoded``, or — when its Brotli segments (container version 6) make the patch less than
-        ``COMPACT_GAIN`` smaller than their streams coded with the older backends would — ``encoded`` with those
-        re-coded: a patch needs a newer format only where that buys something (as the compact layout does), so
-        devices of older releases keep applying most patches."""
-        if not any(item.segment.backend == Backend.BROTLI for item in encoded):
-            return encoded
-        older = [
-            self._without_brotli(item) if item.segment.backend == Backend.BROTLI else item for item in encoded
-        ]
-        older_size = self._patch_size(header, older)
-        return encoded if older_size - self._patch_size(header, encoded) >= COMPACT_GAIN * older_size else older
-
-    def _without_brotli(self, item: Encoded) -> Encoded:
-        """A Brotli segment's raw stream coded with the smallest of the older backends."""
-        raw = codecs.unpack(item.payload, Backend.BROTLI, None, RAW_BOUND * item.segment.target_length + MiB)
-        tried = (Backend.ZSTD, *codecs.other_backends(COMPACT_VERSION, slow=True))
-        payload, backend = min(
-            ((codecs.pack(raw, self.level, b), b) for b in tried), key=lambda made: len(made[0])
-        )
-        segment = replace(
-            item.segment, backend=backend, payload_length=len(payload), payload_crc32=zlib.crc32(payload)
-        )
-        return Encoded(segment, payload)
+    def _without_brotli(self) -> LorienEngine:
+        """This engine capped at the newest container version without Brotli: what a patch is made by again
+        when Brotli makes it less than ``COMPACT_GAIN`` smaller (a patch needs a newer format only where that
+        buys something, as the compact layout does; devices of older releases keep applying the rest), and what
+        makes a new file whose payloads are spooled (from ``SPOOL_FROM``)."""
+        engine = copy.copy(self)
+        engine.max_version = min(self.max_version, BACKEND_SINCE[Backend.BROTLI] - 1)
+        return engine
 
     @staticmethod
     def _cost(encoded: list[Encoded]) -> int:

@@ -12,7 +12,7 @@ taken as they are), in one of two modes::
       → raw stream: uint8 mode, uint32 count, the gaps as LEB128 varints (a gap under 128 is one byte), in mode
         BYTES then the ``count`` remainder bytes, then zigzag(target − reference) of the changed elements or
         entries as byte planes (lowest byte first)
-      → one entropy stage (zstd, LZMA2 or bzip2: the segment's backend, see :func:`codecs.pack`)
+      → one entropy stage (zstd, LZMA2, bzip2 or Brotli: the segment's backend, see :func:`codecs.pack`)
 
 Apply side: the raw stream is checked before use — at most about ``length / width * (1 + width)`` bytes decoded, a
 known mode, ``count`` within the segment, exactly ``count`` varints of at most 5 bytes each, every entry inside
