@@ -4,7 +4,8 @@ The tools of one pair are often measured in separate runs (lorien on the current
 the same deterministic corpus). This reads those JSON files, merges them by pair name and prints a markdown
 table: per pair the subject tool's patch size (default ``lorien``), each requested peer's size with
 ``subject ÷ peer``, the best of every peer (:data:`bench.run.ALL_PEERS`) and whether the subject is strictly
-smaller than each tool named by ``--must-beat`` (issue 15 item 5: z4ai and HDiffPatch). Below it: the pairs
+smaller than each tool named by ``--must-beat`` (issue 15 item 5: z4ai and HDiffPatch, the latter in both its
+formats, ``hdiffpatch`` and ``hdiffpatch-lite``, each at its best compressor per pair). Below it: the pairs
 where it is not, the pairs that could not be compared (a tool not run there, or the subject failed) and those
 counted as ahead because a must-beat tool ran but made no patch (z4ai when old and new differ in size).
 
@@ -18,8 +19,8 @@ Data flow::
 Usage::
 
     .venv/bin/python -m bench.compare bench/results/A.json bench/results/B.json \\
-        [--subject lorien] [--peers z4ai,zipnn,hdiffpatch] [--must-beat z4ai,hdiffpatch] [--out table.md]
-        [--json rows.json]
+        [--subject lorien] [--peers z4ai,zipnn,hdiffpatch,hdiffpatch-lite]
+        [--must-beat z4ai,hdiffpatch,hdiffpatch-lite] [--out table.md] [--json rows.json]
 """
 
 from __future__ import annotations
@@ -196,14 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--peers",
         type=lambda s: parse_list(s, TOOLS, "tool"),
-        default=["z4ai", "zipnn", "hdiffpatch"],
-        help="tools shown with subject ÷ tool (default z4ai,zipnn,hdiffpatch)",
+        default=["z4ai", "zipnn", "hdiffpatch", "hdiffpatch-lite"],
+        help="tools shown with subject ÷ tool (default z4ai,zipnn,hdiffpatch,hdiffpatch-lite)",
     )
     parser.add_argument(
         "--must-beat",
         type=lambda s: parse_list(s, TOOLS, "tool"),
-        default=["z4ai", "hdiffpatch"],
-        help="the subject must be strictly smaller than each (default z4ai,hdiffpatch: issue 15 item 5)",
+        default=["z4ai", "hdiffpatch", "hdiffpatch-lite"],
+        help="the subject must be strictly smaller than each (default z4ai,hdiffpatch,hdiffpatch-lite: issue 15 "
+        "item 5)",
     )
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")

@@ -1,5 +1,6 @@
 """Benchmark runner: lorien's engine against bsdiff4, xdelta3, ``zstd --patch-from``, a full zstd download and
-the peers of :mod:`bench.peers` (HDiffPatch, z4ai, ZipNN, detools).
+the peers of :mod:`bench.peers` (HDiffPatch in its standard and its HPatchLite format, each at its smallest
+compressor per pair; z4ai, ZipNN, detools).
 
 Usage: ``python -m bench.run [--corpus DIR] [--sizes small,medium,large] [--formats ...] [--scenarios ...]
 [--tools lorien,bsdiff4,...,detools] [--timeout 900] [--out bench/results]``
@@ -10,6 +11,8 @@ Data flow::
       → for every pair, for every tool: create step, then apply step, each its own subprocess
         (Popen, then os.wait4 for the exit status and the child's peak RSS; wall time with perf_counter;
         a timer kills the child's process group after --timeout seconds)
+      → a create step's ``PATCH.notes`` (:func:`bench.peers.notes_path`; e.g. which compressor HDiffPatch's
+        best was) is appended to the result's ``notes``
       → the applied output's SHA-256 must equal the new model's; a failure, timeout or mismatch is recorded
         with its status and the end of stderr, never dropped
       → bench/results/<UTC timestamp>.json (rewritten after every pair, so an interrupted run keeps what it
@@ -55,10 +58,11 @@ from typing import Any
 from bench import corpus
 from bench.bound import zigzag_entropy_bytes
 from bench.corpus import Pair, parse_list, sha256_file, write_bytes_atomic
+from bench.peers import notes_path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-PEER_TOOLS = ("hdiffpatch", "z4ai", "zipnn", "detools")  # run through bench/peers.py
+PEER_TOOLS = ("hdiffpatch", "hdiffpatch-lite", "z4ai", "zipnn", "detools")  # run through bench/peers.py
 TOOLS = ("lorien", "bsdiff4", "xdelta3", "zstd-patch-from", "zstd-full", *PEER_TOOLS)
 GENERIC_TOOLS = ("bsdiff4", "xdelta3", "zstd-patch-from", "zstd-full")
 ALL_PEERS = (*GENERIC_TOOLS, *PEER_TOOLS)  # "best peer": the smallest patch of any tool a user could pick
@@ -307,7 +311,8 @@ def bench_tool(tool: str, pair: Pair, new_sha256: str, work: Path, timeout: floa
     """Create + apply + verify; a dict with status ("ok", "create-error", "create-timeout", "apply-error",
     "apply-timeout", "mismatch"), sizes, seconds, peak RSS and the commands."""
     patch, out = work / f"{pair.name}.{tool}.patch", work / f"{pair.name}.{tool}.out"
-    _remove(patch, out)
+    notes = notes_path(patch)  # written by some tools' create step (bench.peers), read below
+    _remove(patch, out, notes)
     steps = plan(tool, pair.old, pair.new, patch, out, pair.old_bytes, pair.new_bytes)
     record: dict[str, Any] = {
         "tool": tool,
@@ -326,6 +331,8 @@ def bench_tool(tool: str, pair: Pair, new_sha256: str, work: Path, timeout: floa
         if not _measured_step("create", steps.create, patch, "patch file", timeout, record):
             return record
         record["patch_bytes"] = patch.stat().st_size
+        if notes.is_file():
+            record["notes"] = "; ".join(filter(None, [record["notes"], notes.read_text().strip()]))
         if not _measured_step("apply", steps.apply, out, "output file", timeout, record):
             return record
         got = sha256_file(out)
@@ -335,7 +342,7 @@ def bench_tool(tool: str, pair: Pair, new_sha256: str, work: Path, timeout: floa
         record["status"] = "ok"
         return record
     finally:
-        _remove(patch, out)
+        _remove(patch, out, notes)
 
 
 def _measured_step(

@@ -38,9 +38,9 @@ def test_merges_runs_and_lists_every_pair_not_beaten(tmp_path: Path, capsys: pyt
     )
     peers = write(
         tmp_path / "peers.json",
-        pair("a-dense", z4ai=120, hdiffpatch=150, zipnn=900, zstd_patch_from=90),
-        pair("b-identical", z4ai=200, hdiffpatch=37),
-        pair("c-fp16", z4ai=None, hdiffpatch=70),
+        pair("a-dense", z4ai=120, hdiffpatch=150, hdiffpatch_lite=140, zipnn=900, zstd_patch_from=90),
+        pair("b-identical", z4ai=200, hdiffpatch=37, hdiffpatch_lite=13),
+        pair("c-fp16", z4ai=None, hdiffpatch=70, hdiffpatch_lite=60),
         pair("d-new", z4ai=10),
     )
     rows_file = tmp_path / "rows.json"
@@ -48,15 +48,24 @@ def test_merges_runs_and_lists_every_pair_not_beaten(tmp_path: Path, capsys: pyt
     out = capsys.readouterr().out
     rows = {row["pair"]: row for row in json.loads(rows_file.read_text())["rows"]}
 
-    assert rows["a-dense"]["ratios"] == {"z4ai": 0.8333, "zipnn": 0.1111, "hdiffpatch": 0.6667}
+    assert rows["a-dense"]["ratios"] == {
+        "z4ai": 0.8333,
+        "zipnn": 0.1111,
+        "hdiffpatch": 0.6667,
+        "hdiffpatch-lite": 0.7143,
+    }
     assert rows["a-dense"]["best_peer"] == {"tool": "zstd-patch-from", "bytes": 90}
     assert rows["a-dense"]["not_beaten"] == [] and rows["a-dense"]["unknown"] == []
-    assert rows["b-identical"]["not_beaten"] == [{"tool": "hdiffpatch", "bytes": 37, "excess": 103}]
+    assert rows["b-identical"]["not_beaten"] == [
+        {"tool": "hdiffpatch", "bytes": 37, "excess": 103},
+        {"tool": "hdiffpatch-lite", "bytes": 13, "excess": 127},
+    ]
+    assert rows["b-identical"]["best_peer"] == {"tool": "hdiffpatch-lite", "bytes": 13}  # counts as a peer
     assert rows["c-fp16"]["failed"] == ["z4ai create-error"] and rows["c-fp16"]["unknown"] == []
-    assert rows["d-new"]["unknown"] == ["hdiffpatch not run"]
-    assert "strictly smaller than z4ai and hdiffpatch: 2 of 3 compared pairs (1 not comparable)" in out
-    assert "b-identical: lorien 140 B vs hdiffpatch 37 B (+103 B)" in out
-    assert "not compared: d-new (hdiffpatch not run)" in out
+    assert rows["d-new"]["unknown"] == ["hdiffpatch not run", "hdiffpatch-lite not run"]
+    assert "strictly smaller than z4ai and hdiffpatch and hdiffpatch-lite: 2 of 3 compared pairs (1 not " in out
+    assert "b-identical: lorien 140 B vs hdiffpatch 37 B (+103 B), hdiffpatch-lite 13 B (+127 B)" in out
+    assert "not compared: d-new (hdiffpatch not run; hdiffpatch-lite not run)" in out
     assert "peer made no patch (1): c-fp16 (z4ai create-error)" in out
 
 
