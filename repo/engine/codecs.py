@@ -21,7 +21,7 @@ import numpy as np
 import zstandard
 
 from lorien.repo.engine import rans
-from lorien.repo.engine.container import Backend, Codec, Segment, Transform, backend_usable_up_to
+from lorien.repo.engine.container import Backend, Codec, Segment, Transform
 from lorien.repo.errors import PatchError
 
 MAX_WINDOW_LOG = 26
@@ -202,11 +202,11 @@ def brotli_decompress(payload: bytes, limit: int) -> bytes:
     return bytes(output)
 
 
-def other_backends(max_version: int, slow: bool) -> tuple[Backend, ...]:
-    """The entropy backends besides zstd a payload may be tried with under the cap ``max_version``; ``slow``
-    adds the ones that code ~1 MB/s at their strongest (LZMA2, Brotli), for small streams."""
-    tried = (Backend.BZ2, Backend.XZ, Backend.BROTLI) if slow else (Backend.BZ2,)
-    return tuple(backend for backend in tried if backend_usable_up_to(backend, max_version))
+def other_backends(slow: bool) -> tuple[Backend, ...]:
+    """The entropy backends besides zstd the encoder tries on a very compressible stream; ``slow`` adds LZMA2
+    (~5 MB/s at its strongest), for small streams. Brotli (version 6) is tried on the finished patch instead
+    (``LorienEngine._brotli_pass``)."""
+    return (Backend.BZ2, Backend.XZ) if slow else (Backend.BZ2,)
 
 
 def pack(raw: bytes, level: int, backend: Backend) -> bytes:

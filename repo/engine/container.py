@@ -103,6 +103,8 @@ SINCE_VERSION = {
     Codec.COVERS: 5,
 }  # codecs newer than version 1: the lowest version a patch using them has
 BACKEND_SINCE = {Backend.BROTLI: 6}  # the same for entropy backends
+# the codecs whose payload is a raw stream under any entropy backend (the others: zstd or none)
+BACKEND_CODECS = {Codec.ZSTD, Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.SPARSE_DIFF, Codec.COVERS}
 WIDTHS = {1, 2, 4, 8}
 EXPLICIT_REFERENCE = (Codec.ZSTD_REF, Codec.COVERS)  # compact entries that store their reference length
 

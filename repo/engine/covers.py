@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from lorien.repo.engine import codecs, varints
-from lorien.repo.engine.container import FORMAT_VERSION, Backend
+from lorien.repo.engine.container import Backend
 from lorien.repo.errors import PatchError
 
 CONTROL_FIELD = 8  # bsdiff's control numbers: 8 bytes, magnitude little-endian, sign in the top bit
@@ -41,9 +41,7 @@ def max_raw(length: int) -> int:
 # --------------------------------------------------------------------------- create side
 
 
-def payload(
-    target: bytes, reference: bytes | memoryview, level: int, max_version: int = FORMAT_VERSION
-) -> tuple[Backend, bytes] | None:
+def payload(target: bytes, reference: bytes | memoryview, level: int) -> tuple[Backend, bytes] | None:
     """The smallest COVERS payload of ``target`` against ``reference`` and its backend, or None when its raw
     stream would exceed :func:`max_raw` or hold more than ``MAX_COVERS`` covers or ``MAX_CHANGES`` changed
     bytes (nothing much to copy). Two sets of covers are coded, bsdiff's own and the same with its runs of new
@@ -67,7 +65,7 @@ def payload(
         raw = _raw(chosen, chosen_differences, chosen_extra)
         if len(raw) > max_raw(len(target)):
             continue
-        for backend in (Backend.ZSTD, *codecs.other_backends(max_version, slow=True)):
+        for backend in (Backend.ZSTD, *codecs.other_backends(slow=True)):
             coded = codecs.pack(raw, level, backend)
             if best is None or len(coded) < len(best[1]):
                 best = (backend, coded)

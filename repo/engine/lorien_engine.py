@@ -12,10 +12,13 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
       → for large files each payload goes to a temporary file beside the output as it arrives
         (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
       → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
-      → adjacent copies merge; a whole-file "zstd --patch-from" candidate competes when both files fit the
-        reference limit → container (see :mod:`repo.engine.container`) written atomically
+      → adjacent copies merge; a whole-file "zstd --patch-from" candidate and (small patches) the whole file
+        as bsdiff-style covers compete when both files fit the reference limit
+      → files under 64 MiB: small segments re-coded with Brotli where smaller, kept only when that makes the
+        patch >= 1 % smaller (it needs container version 6) → container (see :mod:`repo.engine.container`)
+        written atomically
 
-Apply (needs numpy and zstandard only — the table says where every segment goes)::
+Apply (needs numpy, zstandard and — for version-6 patches — brotli — the table says where every segment goes)::
 
     header + table checked against limits and the source's size; the source's SHA-256 computed on a second
     thread meanwhile
@@ -31,7 +34,6 @@ and output at a time), not by model size.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import zlib
@@ -39,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -48,7 +50,7 @@ from lorien.repo.engine import codecs, covers, runs
 from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
-    BACKEND_SINCE,
+    BACKEND_CODECS,
     COMPACT_GAIN,
     DEFAULT_LIMITS,
     ENTRY_SIZE,
@@ -59,6 +61,7 @@ from lorien.repo.engine.container import (
     Limits,
     Segment,
     Transform,
+    backend_usable_up_to,
     checked_max_version,
     read_header_and_table,
     recognises,
@@ -90,6 +93,7 @@ COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three bes
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
 COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
+BROTLI_RAW_BELOW = 1 * MiB  # the brotli pass tries the raw streams of segments up to this size
 # their raw stream is the payload: no other backend
 SELF_CODED = (Codec.DIFF_RANS, Codec.FLOAT_PLANES, Codec.RANGES)
 
@@ -262,7 +266,7 @@ class LorienEngine:
         others = [(c, r) for c, r in packable if c is not best][:1]
         streams = [(best, raw), *others] if raw is not None and best.codec not in SELF_CODED else others
         for candidate, candidate_raw in streams:
-            for other in codecs.other_backends(self.max_version, slow=piece.length < XZ_PIECES_BELOW):
+            for other in codecs.other_backends(slow=piece.length < XZ_PIECES_BELOW):
                 packed = codecs.pack(candidate_raw, self.level, other)
                 if len(packed) < len(payload):
                     payload, backend, best = packed, other, candidate
@@ -284,15 +288,9 @@ class LorienEngine:
                 0, len(old_view), len(new_view), bytes.fromhex(sha256_file(old)), bytes.fromhex(sha256_file(new))
             )
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
-            # spooled payloads cannot be made again without Brotli: a model that large never uses it
-            maker = self if spool is None else self._without_brotli()
-            paths, views = (old, new), (old_view, new_view)
-            encoded, spool = maker._encoded(paths, views, header, hints, spool, progress)
-            if maker is self and any(item.segment.backend == Backend.BROTLI for item in encoded):
-                older, _ = self._without_brotli()._encoded(paths, views, header, hints, None, None)
-                older_size = self._patch_size(header, older)
-                if older_size - self._patch_size(header, encoded) < COMPACT_GAIN * older_size:
-                    encoded = older  # Brotli does not earn its format version here
+            encoded, spool = self._encoded((old, new), (old_view, new_view), header, hints, spool, progress)
+            if spool is None:  # payloads in memory (new files under SPOOL_FROM)
+                encoded = self._brotli_pass(header, encoded)
             self._write(output, header, encoded, spool)
 
     def _encoded(
@@ -338,14 +336,37 @@ class LorienEngine:
             encoded, spool = [covered], None
         return encoded, spool
 
-    def _without_brotli(self) -> LorienEngine:
-        """This engine capped at the newest container version without Brotli: what a patch is made by again
-        when Brotli makes it less than ``COMPACT_GAIN`` smaller (a patch needs a newer format only where that
-        buys something, as the compact layout does; devices of older releases keep applying the rest), and what
-        makes a new file whose payloads are spooled (from ``SPOOL_FROM``)."""
-        engine = copy.copy(self)
-        engine.max_version = min(self.max_version, BACKEND_SINCE[Backend.BROTLI] - 1)
-        return engine
+    def _brotli_pass(self, header: Header, encoded: list[Encoded]) -> list[Encoded]:
+        """``encoded`` with each segment whose raw stream Brotli codes smaller re-coded so — when the cap
+        allows container version 6 and that makes the whole patch at least ``COMPACT_GAIN`` smaller (a patch
+        needs the newer format only where it buys something, as for the compact layout; devices of older
+        releases keep applying the rest). A pass over the finished patch, so the patch is never larger than
+        without it and the plan is made once. Only streams up to ``BROTLI_RAW_BELOW`` are tried (Brotli
+        codes ~5 MB/s at its strongest, LZMA2's speed)."""
+        if not backend_usable_up_to(Backend.BROTLI, self.max_version):
+            return encoded
+        recoded = [self._in_brotli(item) for item in encoded]
+        before, after = self._patch_size(header, encoded), self._patch_size(header, recoded)
+        return recoded if before - after >= COMPACT_GAIN * before else encoded
+
+    def _in_brotli(self, item: Encoded) -> Encoded:
+        """``item`` re-coded with Brotli when that is smaller, else ``item``."""
+        segment = item.segment
+        if segment.codec not in BACKEND_CODECS or not 0 < segment.payload_length < BROTLI_RAW_BELOW:
+            return item
+        try:
+            raw = codecs.unpack(item.payload, segment.backend, None, BROTLI_RAW_BELOW)
+        except PatchError:  # a raw stream over BROTLI_RAW_BELOW
+            return item
+        payload = codecs.brotli_compress(raw)
+        if len(payload) >= len(item.payload):
+            return item
+        return Encoded(
+            replace(
+                segment, backend=Backend.BROTLI, payload_length=len(payload), payload_crc32=zlib.crc32(payload)
+            ),
+            payload,
+        )
 
     @staticmethod
     def _cost(encoded: list[Encoded]) -> int:
@@ -408,7 +429,7 @@ class LorienEngine:
             return None
         if not self._one_segment_fits(old, new):
             return None
-        made = covers.payload(bytes(new), old, self.level, self.max_version)
+        made = covers.payload(bytes(new), old, self.level)
         if made is None:
             return None
         backend, payload = made

@@ -263,7 +263,7 @@ def _best(
     if len(best[3]) * OTHER_BELOW > len(target):
         return best
     for _, codec, width, raw in ranked[:FINALISTS]:
-        for backend in codecs.other_backends(max_version, slow=dense):
+        for backend in codecs.other_backends(slow=dense):
             payload = codecs.pack(raw, level, backend)
             if len(payload) < len(best[3]):
                 best = (codec, width, backend, payload)
