@@ -350,7 +350,7 @@ def test_a_brotli_bomb_costs_at_most_twice_the_limit_and_the_window(tmp_path: Pa
 
 def test_covers_never_use_brotli_in_the_pipeline_the_pass_may() -> None:
     """A block of text inserted: Brotli (with its built-in dictionary) would code these covers smallest, but the
-    pipeline's backends are version 5's; LorienEngine._brotli_pass re-codes finished segments."""
+    pipeline's backends are version 5's; LorienEngine._version_6_pass re-codes finished segments."""
     reference = OLD[:20_000]
     target = OLD[:5000] + TEXT + OLD[5000:20_000]
     made = covers.payload(target, reference, 19)

@@ -205,7 +205,7 @@ def brotli_decompress(payload: bytes, limit: int) -> bytes:
 def other_backends(slow: bool) -> tuple[Backend, ...]:
     """The entropy backends besides zstd the encoder tries on a very compressible stream; ``slow`` adds LZMA2
     (~5 MB/s at its strongest), for small streams. Brotli (version 6) is tried on the finished patch instead
-    (``LorienEngine._brotli_pass``)."""
+    (``LorienEngine._version_6_pass``)."""
     return (Backend.BZ2, Backend.XZ) if slow else (Backend.BZ2,)
 
 
@@ -364,6 +364,10 @@ def decode(segment: Segment, payload: bytes, reference: bytes | memoryview) -> b
         from lorien.repo.engine.sparse_diff import decode_sparse_diff  # it builds on this module
 
         return decode_sparse_diff(payload, backend, reference, length, width)
+    if segment.codec == Codec.SPARSE_DIFF_CRC:
+        from lorien.repo.engine.sparse_diff import decode_sparse_diff_crc  # it builds on this module
+
+        return decode_sparse_diff_crc(payload, backend, reference, length, width)
     if segment.codec == Codec.COVERS:
         from lorien.repo.engine import covers  # it builds on this module
 

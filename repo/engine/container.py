@@ -43,7 +43,8 @@ MAGIC = b"LRNPATCH"  # the classic layout (versions 1-4)
 COMPACT_MAGIC = b"LRN"  # ... followed by the version byte (5 or more; ASCII letters follow it in other magics)
 COMPACT_VERSION = 5  # the compact layout (smaller header and table) and codec 11 (COVERS), which only it carries
 FORMAT_VERSION = 6  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
-# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS), 6 backend 3 (BROTLI); a patch is
+# (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS), 6 backend 3 (BROTLI) and codec 12
+# (SPARSE_DIFF_CRC); a patch is
 # written at the lowest version its codecs and backends need
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
@@ -77,6 +78,7 @@ class Codec(IntEnum):
     COVERS = (
         11  # approximate copies at shifting reference offsets + sparse byte differences (version 5, covers.py)
     )
+    SPARSE_DIFF_CRC = 12  # SPARSE_DIFF whose listed CRC-32 fields are recomputed on apply (version 6)
 
 
 class Backend(IntEnum):
@@ -93,7 +95,14 @@ class Transform(IntEnum):
     F32_TO_F16 = 1  # the reference is float32 and is rounded to float16 before use
 
 
-BUFFERED_CODECS = {Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.DIFF_RANS, Codec.SPARSE_DIFF}
+BUFFERED_CODECS = {
+    Codec.XOR_PLANES,
+    Codec.DIFF_PLANES,
+    Codec.SPARSE,
+    Codec.DIFF_RANS,
+    Codec.SPARSE_DIFF,
+    Codec.SPARSE_DIFF_CRC,
+}
 SINCE_VERSION = {
     Codec.DIFF_RANS: 2,
     Codec.FLOAT_PLANES: 3,
@@ -101,10 +110,19 @@ SINCE_VERSION = {
     Codec.RANGES: 4,
     Codec.SPARSE_DIFF: 4,
     Codec.COVERS: 5,
+    Codec.SPARSE_DIFF_CRC: 6,
 }  # codecs newer than version 1: the lowest version a patch using them has
 BACKEND_SINCE = {Backend.BROTLI: 6}  # the same for entropy backends
 # the codecs whose payload is a raw stream under any entropy backend (the others: zstd or none)
-BACKEND_CODECS = {Codec.ZSTD, Codec.XOR_PLANES, Codec.DIFF_PLANES, Codec.SPARSE, Codec.SPARSE_DIFF, Codec.COVERS}
+BACKEND_CODECS = {
+    Codec.ZSTD,
+    Codec.XOR_PLANES,
+    Codec.DIFF_PLANES,
+    Codec.SPARSE,
+    Codec.SPARSE_DIFF,
+    Codec.COVERS,
+    Codec.SPARSE_DIFF_CRC,
+}
 WIDTHS = {1, 2, 4, 8}
 EXPLICIT_REFERENCE = (Codec.ZSTD_REF, Codec.COVERS)  # compact entries that store their reference length
 
@@ -434,7 +452,9 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
         raise bad("plain zstd takes no reference")
     if codec in BUFFERED_CODECS:
         # SPARSE_DIFF's entries may sit at any byte offset (its payload says whether they are aligned elements)
-        if width not in WIDTHS or (target_length % width and codec != Codec.SPARSE_DIFF):
+        if width not in WIDTHS or (
+            target_length % width and codec not in (Codec.SPARSE_DIFF, Codec.SPARSE_DIFF_CRC)
+        ):
             raise bad(f"element width {width} does not divide {target_length} bytes")
         if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
             raise bad("DIFF_RANS codes 2-byte elements and has no other backend")
@@ -455,6 +475,8 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
         raise bad(
             "BLOCK_PLANES takes element width 1, a reference of its own length or none, and no other backend"
         )
+    if codec == Codec.SPARSE_DIFF_CRC and transform != Transform.NONE:
+        raise bad("SPARSE_DIFF_CRC takes no transform")
     if codec == Codec.COVERS and (width or transform != Transform.NONE or not ref_length):
         raise bad("COVERS needs width 0, no transform and a reference")
     if codec == Codec.RANGES and (

@@ -14,8 +14,9 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
       → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
       → adjacent copies merge; a whole-file "zstd --patch-from" candidate and (small patches) the whole file
         as bsdiff-style covers compete when both files fit the reference limit
-      → files under 64 MiB: small segments re-coded with Brotli where smaller, kept only when that makes the
-        patch >= 1 % smaller (it needs container version 6) → container (see :mod:`repo.engine.container`)
+      → files under 64 MiB, the version-6 pass: sparse segments of a zip with its changed CRC-32 fields
+        recomputed on apply (codec 12), small segments re-coded with Brotli where smaller — kept only when that
+        makes the patch >= 1 % smaller → container (see :mod:`repo.engine.container`)
         written atomically
 
 Apply (needs numpy, zstandard and — for version-6 patches — brotli — the table says where every segment goes)::
@@ -72,7 +73,15 @@ from lorien.repo.engine.container import (
 from lorien.repo.engine.ggml_blocks import LAYOUTS
 from lorien.repo.engine.planning import Hints, Piece, plan
 from lorien.repo.engine.pool import PROCESSES_FROM, encode_all, mapped
+from lorien.repo.engine.sparse_diff import (
+    MAX_CRC_WORK,
+    Fixup,
+    crc_fixups_raw,
+    max_crc_fields,
+    sparse_diff_residual,
+)
 from lorien.repo.engine.spool import PayloadSpool
+from lorien.repo.engine.zip_tensors import crc_fields
 from lorien.repo.errors import PatchError
 from lorien.repo.hashing import sha256_file
 
@@ -290,7 +299,7 @@ class LorienEngine:
             spool = stack.enter_context(PayloadSpool(output)) if self._spools(len(new_view)) else None
             encoded, spool = self._encoded((old, new), (old_view, new_view), header, hints, spool, progress)
             if spool is None:  # payloads in memory (new files under SPOOL_FROM)
-                encoded = self._brotli_pass(header, encoded)
+                encoded = self._version_6_pass(header, encoded, old_view, new_view)
             self._write(output, header, encoded, spool)
 
     def _encoded(
@@ -336,18 +345,83 @@ class LorienEngine:
             encoded, spool = [covered], None
         return encoded, spool
 
-    def _brotli_pass(self, header: Header, encoded: list[Encoded]) -> list[Encoded]:
-        """``encoded`` with each segment whose raw stream Brotli codes smaller re-coded so — when the cap
-        allows container version 6 and that makes the whole patch at least ``COMPACT_GAIN`` smaller (a patch
-        needs the newer format only where it buys something, as for the compact layout; devices of older
-        releases keep applying the rest). A pass over the finished patch, so the patch is never larger than
-        without it and the plan is made once. Only streams up to ``BROTLI_RAW_BELOW`` are tried (Brotli
-        codes ~5 MB/s at its strongest, LZMA2's speed)."""
+    def _version_6_pass(
+        self, header: Header, encoded: list[Encoded], old: memoryview, new: memoryview
+    ) -> list[Encoded]:
+        """``encoded`` with what container version 6 adds — ``SPARSE_DIFF`` segments whose zip CRC-32 fields
+        are recomputed on apply (:meth:`_with_crc_fixups`), then each segment whose raw stream Brotli codes
+        smaller re-coded so (:meth:`_in_brotli`) — when the cap allows version 6 and that makes the whole patch
+        at least ``COMPACT_GAIN`` smaller (a patch needs the newer format only where it buys something, as for
+        the compact layout; devices of older releases keep applying the rest). A pass over the finished patch,
+        so the patch is never larger than without it and the plan is made once. Brotli tries only streams up to
+        ``BROTLI_RAW_BELOW`` (it codes ~5 MB/s at its strongest, LZMA2's speed)."""
         if not backend_usable_up_to(Backend.BROTLI, self.max_version):
             return encoded
-        recoded = [self._in_brotli(item) for item in encoded]
-        before, after = self._patch_size(header, encoded), self._patch_size(header, recoded)
-        return recoded if before - after >= COMPACT_GAIN * before else encoded
+        fields = crc_fields(new)
+        upgraded, offset = [], 0
+        for item in encoded:
+            if fields and item.segment.codec == Codec.SPARSE_DIFF and item.segment.transform == Transform.NONE:
+                item = self._with_crc_fixups(item, offset, fields, old, new) or item
+            upgraded.append(self._in_brotli(item))
+            offset += item.segment.target_length
+        before, after = self._patch_size(header, encoded), self._patch_size(header, upgraded)
+        return upgraded if before - after >= COMPACT_GAIN * before else encoded
+
+    def _with_crc_fixups(
+        self, item: Encoded, offset: int, fields: list[Fixup], old: memoryview, new: memoryview
+    ) -> Encoded | None:
+        """``item`` (a ``SPARSE_DIFF`` segment at ``offset`` in the new file) as codec 12 when smaller: the zip
+        CRC-32 fields inside it that changed keep their old bytes in the differences and are listed to be
+        recomputed on apply (each a changed entry's 4 random bytes, twice: local header, central directory).
+        Checked by decoding it; None when nothing is gained."""
+        segment = item.segment
+        length = segment.target_length
+        target = bytearray(new[offset : offset + length])
+        reference = old[segment.ref_offset : segment.ref_offset + segment.ref_length]
+        inside = [
+            (field - offset, start - offset, size)
+            for field, start, size in fields
+            if offset <= field
+            and field + 4 <= offset + length
+            and offset <= start
+            and start + size <= offset + length
+        ]
+        changed = [
+            fixup for fixup in inside if target[fixup[0] : fixup[0] + 4] != reference[fixup[0] : fixup[0] + 4]
+        ]
+        fixed = [field for field, _, _ in changed]
+        chosen: list[Fixup] = []
+        work = 0
+        for field, start, size in changed:  # a span holding a listed field would depend on the order: skip it
+            if work + size <= MAX_CRC_WORK * length and not any(start < f + 4 and f < start + size for f in fixed):
+                chosen.append((field, start, size))
+                work += size
+        chosen = chosen[: max_crc_fields(length)]
+        if not chosen:
+            return None
+        for field, _, _ in chosen:
+            target[field : field + 4] = reference[field : field + 4]
+        mode = codecs.unpack(item.payload, segment.backend, None, 8 * length + MiB)[0]
+        residual = sparse_diff_residual(bytes(target), reference, segment.width, mode)
+        if residual is None:
+            return None
+        raw = crc_fixups_raw(chosen) + residual
+        payload, backend = min(
+            ((codecs.pack(raw, self.level, b), b) for b in (Backend.ZSTD, *codecs.other_backends(slow=True))),
+            key=lambda made: len(made[0]),
+        )
+        if len(payload) >= segment.payload_length:
+            return None
+        fixed_segment = replace(
+            segment,
+            codec=Codec.SPARSE_DIFF_CRC,
+            backend=backend,
+            payload_length=len(payload),
+            payload_crc32=zlib.crc32(payload),
+        )
+        if codecs.decode(fixed_segment, payload, reference) != bytes(new[offset : offset + length]):
+            raise AssertionError("codec 12 does not reproduce its segment")  # an engine bug, not input
+        return Encoded(fixed_segment, payload)
 
     def _in_brotli(self, item: Encoded) -> Encoded:
         """``item`` re-coded with Brotli when that is smaller, else ``item``."""

@@ -18,6 +18,10 @@ Apply side: the raw stream is checked before use — at most about ``length / wi
 known mode, ``count`` within the segment, exactly ``count`` varints of at most 5 bytes each, every entry inside
 the segment — then the differences are added to a copy of the reference.
 
+Codec 12 (``SPARSE_DIFF_CRC``, version 6) puts a list of CRC-32 fields in front of the same stream: after the
+differences are added, each field becomes the checksum of its span of the output (a zip entry's CRC-32 in its
+local header and in the central directory, which otherwise change by 8 random bytes per touched entry).
+
 Unlike codec 5 (``SPARSE``, which stores the new values and their gaps as uint32 planes), a small change of a
 float costs only its low bytes (a 1 % change of a float32 leaves the top plane zero), and a gap costs one byte.
 """
@@ -25,9 +29,13 @@ float costs only its low bytes (a 1 % change of a float32 leaves the top plane z
 from __future__ import annotations
 
 import struct
+import zlib
+from array import array
+from collections.abc import Sequence
 
 import numpy as np
 
+from lorien.repo.engine import varints as variable
 from lorien.repo.engine.codecs import _UINT, _unzigzag, _zigzag, from_planes, to_planes, unpack
 from lorien.repo.engine.container import Backend
 from lorien.repo.errors import PatchError
@@ -134,10 +142,17 @@ def decode_sparse_diff(
     payload: bytes, backend: Backend, reference: bytes | memoryview, length: int, width: int
 ) -> bytes:
     """Exactly ``length`` bytes: the reference with the listed differences added; PatchError otherwise."""
-    # at most length // width entries (they do not overlap) of one varint byte each, plus 4 more bytes for each
-    # gap of 128 bytes or more (gaps add up to at most the length)
-    bound = HEAD.size + length // width * (2 + width) + (VARINT_BYTES - 1) * (length // 128 + 1)
-    raw = unpack(payload, backend, None, bound)
+    return _decode_raw(unpack(payload, backend, None, _bound(length, width)), reference, length, width)
+
+
+def _bound(length: int, width: int) -> int:
+    """The largest raw stream a segment of ``length`` bytes may have: at most length // width entries (they do
+    not overlap) of one varint byte each, plus 4 more bytes for each gap of 128 bytes or more (gaps add up to
+    at most the length)."""
+    return HEAD.size + length // width * (2 + width) + (VARINT_BYTES - 1) * (length // 128 + 1)
+
+
+def _decode_raw(raw: bytes, reference: bytes | memoryview, length: int, width: int) -> bytes:
     if len(raw) < HEAD.size:
         raise PatchError("sparse data shorter than its mode and count")
     mode, count = HEAD.unpack_from(raw)
@@ -171,3 +186,73 @@ def decode_sparse_diff(
         np.uint8
     )
     return data.tobytes()
+
+
+# --------------------------------------------------------------------------- codec 12: CRC-32 fields recomputed
+
+MAX_CRC_WORK = 4  # the checksummed spans of one segment add up to at most this many times its length
+CRC_FIELD_SPACING = 30  # a zip's CRC-32 fields sit in 30-byte local headers or 46-byte central records
+
+
+def max_crc_fields(length: int) -> int:
+    """The most CRC-32 fields a segment of ``length`` bytes may list (bounded parsing work and memory)."""
+    return length // CRC_FIELD_SPACING + 1
+
+
+Fixup = tuple[int, int, int]  # field offset in the segment, checksummed span's start and length
+
+
+def crc_fixups_raw(fixups: Sequence[Fixup]) -> bytes:
+    """The fixup list of codec 12 (``SPARSE_DIFF_CRC``), in front of a SPARSE_DIFF raw stream: ``varint F``;
+    per field, sorted and not overlapping, ``varint gap`` (offset − the previous field's end) and ``varint
+    back``: 0 then ``varint zigzag(span start − field)``, ``varint span length``; or k ≥ 1: the span of the
+    field k places earlier (a zip entry's checksum in the central directory, after its local header's)."""
+    out = bytearray(variable.encode(len(fixups)))
+    end = 0
+    spans: list[tuple[int, int]] = []
+    for field, start, size in fixups:
+        out += variable.encode(field - end)
+        end = field + 4
+        back = next((len(spans) - i for i in range(len(spans) - 1, -1, -1) if spans[i] == (start, size)), 0)
+        out += variable.encode(back)
+        if not back:
+            out += variable.encode(variable.zigzag(start - field)) + variable.encode(size)
+        spans.append((start, size))
+    return bytes(out)
+
+
+def decode_sparse_diff_crc(
+    payload: bytes, backend: Backend, reference: bytes | memoryview, length: int, width: int
+) -> bytes:
+    """Codec 12: the fixup list, then SPARSE_DIFF's stream; after the differences are added, each listed field's
+    4 bytes become the CRC-32 (little-endian) of its span of the output, in the listed order."""
+    most = max_crc_fields(length)
+    raw = unpack(payload, backend, None, _bound(length, width) + (1 + 4 * most) * variable.MAX_BYTES)
+    count, position = variable.read(raw, 0, most, "CRC-32 fixups (count)")
+    fields, starts, sizes = (
+        array("q", bytes(8 * count)),
+        array("q", bytes(8 * count)),
+        array("q", bytes(8 * count)),
+    )
+    end = work = 0
+    for index in range(count):
+        gap, position = variable.read(raw, position, length, "CRC-32 fixups (gap)")
+        field = end + gap
+        back, position = variable.read(raw, position, index, "CRC-32 fixups (span)")
+        if back:
+            start, size = starts[index - back], sizes[index - back]
+        else:
+            moved, position = variable.read(raw, position, variable.LARGEST, "CRC-32 fixups (span start)")
+            size, position = variable.read(raw, position, length, "CRC-32 fixups (span length)")
+            start = field + variable.unzigzag(moved)
+        work += size
+        if field + 4 > length or start < 0 or not 0 < size <= length - start or work > MAX_CRC_WORK * length:
+            raise PatchError("a CRC-32 fixup lies outside its segment, checksums nothing or checksums too much")
+        fields[index], starts[index], sizes[index] = field, start, size
+        end = field + 4
+    output = bytearray(_decode_raw(raw[position:], reference, length, width))
+    view = memoryview(output)
+    for field, start, size in zip(fields, starts, sizes, strict=True):
+        view[field : field + 4] = struct.pack("<I", zlib.crc32(view[start : start + size]))
+    view.release()
+    return bytes(output)

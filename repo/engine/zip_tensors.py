@@ -20,10 +20,12 @@ import io
 import pickletools
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
 from lorien.repo.engine.regions import Buffer, TensorRegion, region
+from lorien.repo.engine.sparse_diff import CRC_FIELD_SPACING
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (fixed fields), name length, extra length
 TORCH_DTYPES = {
@@ -73,7 +75,7 @@ def read_zip(data: Buffer) -> list[TensorRegion] | None:
         return None
     try:
         archive = zipfile.ZipFile(_View(data))
-    except (zipfile.BadZipFile, OSError, EOFError):
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, UnicodeDecodeError, ValueError):
         return None
     with archive:
         torch_dtypes = _torch_dtypes(archive)
@@ -164,3 +166,56 @@ def _persistent_storage(recent: list[object], found: dict[str, str]) -> None:
                 if dtype:
                     found[key] = dtype
             return
+
+
+CENTRAL_RECORD = struct.Struct("<4s12xI8xHHH8xI")  # signature, CRC-32, name/extra/comment lengths, header offset
+
+
+def crc_fields(data: Buffer) -> list[tuple[int, int, int]]:
+    """Where a zip's checksums of its stored entries sit: (field offset, data start, data length) for each
+    stored entry's CRC-32 in its local header and again in the central directory — each checked to be the
+    CRC-32 of those data bytes (what codec 12 recomputes on apply instead of carrying the changed values);
+    sorted, at least ``CRC_FIELD_SPACING`` bytes apart. An archive it cannot read gives none."""
+    if bytes(data[:4]) != b"PK\x03\x04":
+        return []
+    try:
+        with zipfile.ZipFile(_View(data)) as archive:
+            infos, directory = archive.infolist(), archive.start_dir
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, UnicodeDecodeError, ValueError):
+        return []
+    checked: dict[int, tuple[int, int, int]] = {}  # local header offset → data start, length, CRC-32
+    fields = []
+    for info in infos:
+        header = info.header_offset
+        if (
+            info.compress_type != zipfile.ZIP_STORED
+            or info.file_size != info.compress_size
+            or header in checked
+            or not 0 <= header <= len(data) - LOCAL_HEADER.size
+        ):
+            continue
+        signature, name_length, extra_length = LOCAL_HEADER.unpack_from(data, header)
+        start = header + LOCAL_HEADER.size + name_length + extra_length
+        if signature != b"PK\x03\x04" or start + info.file_size > len(data):
+            continue
+        crc = zlib.crc32(data[start : start + info.file_size])
+        if crc != info.CRC:
+            continue
+        checked[header] = (start, info.file_size, crc)
+        if struct.unpack_from("<I", data, header + 14)[0] == crc:
+            fields.append((header + 14, start, info.file_size))
+    position = directory
+    while 0 <= position <= len(data) - CENTRAL_RECORD.size:
+        signature, crc, name_length, extra_length, comment_length, header = CENTRAL_RECORD.unpack_from(
+            data, position
+        )
+        if signature != b"PK\x01\x02":
+            break
+        if header in checked and checked[header][2] == crc:
+            fields.append((position + 16, *checked[header][:2]))
+        position += CENTRAL_RECORD.size + name_length + extra_length + comment_length
+    spaced: list[tuple[int, int, int]] = []
+    for field in sorted(fields):
+        if not spaced or field[0] >= spaced[-1][0] + CRC_FIELD_SPACING:
+            spaced.append(field)
+    return spaced
