@@ -35,6 +35,7 @@ and output at a time), not by model size.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import zlib
@@ -389,11 +390,12 @@ class LorienEngine:
         changed = [
             fixup for fixup in inside if target[fixup[0] : fixup[0] + 4] != reference[fixup[0] : fixup[0] + 4]
         ]
-        fixed = [field for field, _, _ in changed]
+        fixed = [field for field, _, _ in changed]  # sorted (crc_fields sorts them)
         chosen: list[Fixup] = []
         work = 0
-        for field, start, size in changed:  # a span holding a listed field would depend on the order: skip it
-            if work + size <= MAX_CRC_WORK * length and not any(start < f + 4 and f < start + size for f in fixed):
+        for field, start, size in changed:  # a span holding a changed field would depend on the order: skip it
+            overlaps = bisect.bisect_left(fixed, start - 3) < bisect.bisect_left(fixed, start + size)
+            if work + size <= MAX_CRC_WORK * length and not overlaps:
                 chosen.append((field, start, size))
                 work += size
         chosen = chosen[: max_crc_fields(length)]
