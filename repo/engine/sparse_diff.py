@@ -209,15 +209,15 @@ def crc_fixups_raw(fixups: Sequence[Fixup]) -> bytes:
     field k places earlier (a zip entry's checksum in the central directory, after its local header's)."""
     out = bytearray(variable.encode(len(fixups)))
     end = 0
-    spans: list[tuple[int, int]] = []
-    for field, start, size in fixups:
+    latest: dict[tuple[int, int], int] = {}  # span → index of the last field that had it
+    for index, (field, start, size) in enumerate(fixups):
         out += variable.encode(field - end)
         end = field + 4
-        back = next((len(spans) - i for i in range(len(spans) - 1, -1, -1) if spans[i] == (start, size)), 0)
+        back = index - latest[(start, size)] if (start, size) in latest else 0
         out += variable.encode(back)
         if not back:
             out += variable.encode(variable.zigzag(start - field)) + variable.encode(size)
-        spans.append((start, size))
+        latest[(start, size)] = index
     return bytes(out)
 
 
