@@ -209,6 +209,12 @@ def other_backends(slow: bool) -> tuple[Backend, ...]:
     return (Backend.BZ2, Backend.XZ) if slow else (Backend.BZ2,)
 
 
+def smallest_pack(raw: bytes, level: int, backends: tuple[Backend, ...]) -> tuple[Backend, bytes]:
+    """The smallest of ``raw`` packed with each of ``backends`` (the first on a tie) and its backend."""
+    packed = [(backend, pack(raw, level, backend)) for backend in backends]
+    return min(packed, key=lambda made: len(made[1]))
+
+
 def pack(raw: bytes, level: int, backend: Backend) -> bytes:
     if backend == Backend.XZ:
         return xz_compress(raw)

@@ -44,8 +44,7 @@ COMPACT_MAGIC = b"LRN"  # ... followed by the version byte (5 or more; ASCII let
 COMPACT_VERSION = 5  # the compact layout (smaller header and table) and codec 11 (COVERS), which only it carries
 FORMAT_VERSION = 6  # 2 added codec 6 (DIFF_RANS), 3 codec 7 (FLOAT_PLANES), 4 codecs 8 (BLOCK_PLANES), 9
 # (RANGES) and 10 (SPARSE_DIFF), 5 the compact layout and codec 11 (COVERS), 6 backend 3 (BROTLI) and codec 12
-# (SPARSE_DIFF_CRC); a patch is
-# written at the lowest version its codecs and backends need
+# (SPARSE_DIFF_CRC); a patch is written at the lowest version its codecs and backends need
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 HEADER = struct.Struct("<8sHHIQQ32s32sI")
 ENTRY = struct.Struct("<BBBBQQQQI")
@@ -113,7 +112,8 @@ SINCE_VERSION = {
     Codec.SPARSE_DIFF_CRC: 6,
 }  # codecs newer than version 1: the lowest version a patch using them has
 BACKEND_SINCE = {Backend.BROTLI: 6}  # the same for entropy backends
-# the codecs whose payload is a raw stream under any entropy backend (the others: zstd or none)
+# the codecs whose payload is a raw stream under any entropy backend (the others: zstd or none; the parser refuses
+# another backend on them)
 BACKEND_CODECS = {
     Codec.ZSTD,
     Codec.XOR_PLANES,
@@ -388,11 +388,10 @@ def _read_compact(
     target_size = 0
     for index in range(count):
         fields.append(reader.entry(target_size, limits, f"segment {index}"))
-        if not fields[-1][
-            4
-        ]:  # the encoder never writes one; each would cost parsing (and a reference) for nothing
+        length = fields[-1][4]
+        if not length:  # the encoder never writes one; each would cost parsing (and a reference) for nothing
             raise PatchError(f"{name}: corrupt patch: segment {index} produces no bytes")
-        target_size += fields[-1][4]
+        target_size += length
         if target_size > limits.max_target:
             raise PatchError(f"{name}: corrupt patch: target size exceeds the limit {limits.max_target}")
     table_end = reader.position
@@ -434,7 +433,7 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
         codec, transform, backend = Codec(codec_id), Transform(transform_id), Backend(backend_id)
     except ValueError:
         raise bad(f"unknown codec {codec_id}, transform {transform_id} or backend {backend_id}") from None
-    if backend != Backend.ZSTD and codec in (Codec.COPY, Codec.ZSTD_REF):
+    if backend != Backend.ZSTD and codec not in BACKEND_CODECS:
         raise bad(f"codec {codec.name} has no {backend.name} form")
     if ref_offset < 0 or ref_offset + ref_length > header.source_size:
         raise bad(f"reference {ref_offset}+{ref_length} lies outside the {header.source_size}-byte source")
@@ -456,8 +455,8 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
             target_length % width and codec not in (Codec.SPARSE_DIFF, Codec.SPARSE_DIFF_CRC)
         ):
             raise bad(f"element width {width} does not divide {target_length} bytes")
-        if codec == Codec.DIFF_RANS and (width != 2 or backend != Backend.ZSTD):
-            raise bad("DIFF_RANS codes 2-byte elements and has no other backend")
+        if codec == Codec.DIFF_RANS and width != 2:
+            raise bad("DIFF_RANS codes 2-byte elements")
         expected = implied_reference(target_length, transform)
         if transform == Transform.F32_TO_F16 and width != 2:
             raise bad("a float32→float16 reference needs element width 2")
@@ -465,22 +464,14 @@ def _checked_segment(fields: tuple[int, ...], index: int, header: Header, limits
             raise bad(f"reference of {ref_length} bytes does not match {target_length} target bytes")
     elif transform != Transform.NONE:
         raise bad(f"codec {codec.name} takes no transform")
-    if codec == Codec.FLOAT_PLANES and (
-        width not in (2, 4) or target_length % width or ref_length or backend != Backend.ZSTD
-    ):
-        raise bad("FLOAT_PLANES codes 2- or 4-byte elements, whole, with no reference and no other backend")
-    if codec == Codec.BLOCK_PLANES and (
-        width != 1 or ref_length not in (0, target_length) or backend != Backend.ZSTD
-    ):
-        raise bad(
-            "BLOCK_PLANES takes element width 1, a reference of its own length or none, and no other backend"
-        )
+    if codec == Codec.FLOAT_PLANES and (width not in (2, 4) or target_length % width or ref_length):
+        raise bad("FLOAT_PLANES codes 2- or 4-byte elements, whole, with no reference")
+    if codec == Codec.BLOCK_PLANES and (width != 1 or ref_length not in (0, target_length)):
+        raise bad("BLOCK_PLANES takes element width 1 and a reference of its own length or none")
     if codec == Codec.SPARSE_DIFF_CRC and transform != Transform.NONE:
         raise bad("SPARSE_DIFF_CRC takes no transform")
     if codec == Codec.COVERS and (width or transform != Transform.NONE or not ref_length):
         raise bad("COVERS needs width 0, no transform and a reference")
-    if codec == Codec.RANGES and (
-        width or ref_length != target_length or transform != Transform.NONE or backend != Backend.ZSTD
-    ):
-        raise bad("RANGES needs width 0, a reference of its target length, no transform and no other backend")
+    if codec == Codec.RANGES and (width or ref_length != target_length or transform != Transform.NONE):
+        raise bad("RANGES needs width 0, a reference of its target length and no transform")
     return Segment(codec, width, transform, target_length, ref_offset, ref_length, payload_length, crc, backend)

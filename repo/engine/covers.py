@@ -65,10 +65,9 @@ def payload(target: bytes, reference: bytes | memoryview, level: int) -> tuple[B
         raw = _raw(chosen, chosen_differences, chosen_extra)
         if len(raw) > max_raw(len(target)):
             continue
-        for backend in (Backend.ZSTD, *codecs.other_backends(slow=True)):
-            coded = codecs.pack(raw, level, backend)
-            if best is None or len(coded) < len(best[1]):
-                best = (backend, coded)
+        coded = codecs.smallest_pack(raw, level, (Backend.ZSTD, *codecs.other_backends(slow=True)))
+        if best is None or len(coded[1]) < len(best[1]):
+            best = coded
     return best
 
 

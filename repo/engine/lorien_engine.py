@@ -79,6 +79,7 @@ from lorien.repo.engine.sparse_diff import (
     Fixup,
     crc_fixups_raw,
     max_crc_fields,
+    raw_bound,
     sparse_diff_residual,
 )
 from lorien.repo.engine.spool import PayloadSpool
@@ -358,7 +359,8 @@ class LorienEngine:
         ``BROTLI_RAW_BELOW`` (it codes ~5 MB/s at its strongest, LZMA2's speed)."""
         if not backend_usable_up_to(Backend.BROTLI, self.max_version):
             return encoded
-        fields = crc_fields(new)
+        sparse = any(item.segment.codec == Codec.SPARSE_DIFF for item in encoded)
+        fields = crc_fields(new) if sparse else []  # reading a zip's entries costs a pass over their data
         upgraded, offset = [], 0
         for item in encoded:
             if fields and item.segment.codec == Codec.SPARSE_DIFF and item.segment.transform == Transform.NONE:
@@ -403,15 +405,12 @@ class LorienEngine:
             return None
         for field, _, _ in chosen:
             target[field : field + 4] = reference[field : field + 4]
-        mode = codecs.unpack(item.payload, segment.backend, None, 8 * length + MiB)[0]
+        mode = codecs.unpack(item.payload, segment.backend, None, raw_bound(length, segment.width))[0]
         residual = sparse_diff_residual(bytes(target), reference, segment.width, mode)
         if residual is None:
             return None
         raw = crc_fixups_raw(chosen) + residual
-        payload, backend = min(
-            ((codecs.pack(raw, self.level, b), b) for b in (Backend.ZSTD, *codecs.other_backends(slow=True))),
-            key=lambda made: len(made[0]),
-        )
+        backend, payload = codecs.smallest_pack(raw, self.level, (Backend.ZSTD, *codecs.other_backends(slow=True)))
         if len(payload) >= segment.payload_length:
             return None
         fixed_segment = replace(

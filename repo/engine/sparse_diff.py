@@ -142,10 +142,10 @@ def decode_sparse_diff(
     payload: bytes, backend: Backend, reference: bytes | memoryview, length: int, width: int
 ) -> bytes:
     """Exactly ``length`` bytes: the reference with the listed differences added; PatchError otherwise."""
-    return _decode_raw(unpack(payload, backend, None, _bound(length, width)), reference, length, width)
+    return _decode_raw(unpack(payload, backend, None, raw_bound(length, width)), reference, length, width)
 
 
-def _bound(length: int, width: int) -> int:
+def raw_bound(length: int, width: int) -> int:
     """The largest raw stream a segment of ``length`` bytes may have: at most length // width entries (they do
     not overlap) of one varint byte each, plus 4 more bytes for each gap of 128 bytes or more (gaps add up to
     at most the length)."""
@@ -227,7 +227,7 @@ def decode_sparse_diff_crc(
     """Codec 12: the fixup list, then SPARSE_DIFF's stream; after the differences are added, each listed field's
     4 bytes become the CRC-32 (little-endian) of its span of the output, in the listed order."""
     most = max_crc_fields(length)
-    raw = unpack(payload, backend, None, _bound(length, width) + (1 + 4 * most) * variable.MAX_BYTES)
+    raw = unpack(payload, backend, None, raw_bound(length, width) + (1 + 4 * most) * variable.MAX_BYTES)
     count, position = variable.read(raw, 0, most, "CRC-32 fixups (count)")
     fields, starts, sizes = (
         array("q", bytes(8 * count)),

@@ -70,12 +70,31 @@ class _View(io.RawIOBase):
         return self._position
 
 
-def read_zip(data: Buffer) -> list[TensorRegion] | None:
+def _opened(data: Buffer) -> zipfile.ZipFile | None:
+    """``data`` as a zip archive read in place, or None when it is not one :mod:`zipfile` can read."""
     if bytes(data[:4]) != b"PK\x03\x04":
         return None
     try:
-        archive = zipfile.ZipFile(_View(data))
+        return zipfile.ZipFile(_View(data))
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _data_start(data: Buffer, info: zipfile.ZipInfo) -> int | None:
+    """Where a stored entry's data starts (after its local header), or None when its header is not there or
+    its data runs past the end."""
+    if not 0 <= info.header_offset <= len(data) - LOCAL_HEADER.size:
+        return None
+    signature, name_length, extra_length = LOCAL_HEADER.unpack_from(data, info.header_offset)
+    start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
+    if signature != b"PK\x03\x04" or start + info.file_size > len(data):
+        return None
+    return start
+
+
+def read_zip(data: Buffer) -> list[TensorRegion] | None:
+    archive = _opened(data)
+    if archive is None:
         return None
     with archive:
         torch_dtypes = _torch_dtypes(archive)
@@ -88,9 +107,8 @@ def _entry(
 ) -> TensorRegion | None:
     if info.compress_type != zipfile.ZIP_STORED or info.is_dir() or not info.file_size:
         return None
-    signature, name_length, extra_length = LOCAL_HEADER.unpack_from(data, info.header_offset)
-    start = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
-    if signature != b"PK\x03\x04" or start + info.file_size > len(data):
+    start = _data_start(data, info)
+    if start is None:
         return None
     name = info.filename.split("/", 1)[-1]
     if info.filename.endswith(".npy"):
@@ -176,27 +194,19 @@ def crc_fields(data: Buffer) -> list[tuple[int, int, int]]:
     stored entry's CRC-32 in its local header and again in the central directory — each checked to be the
     CRC-32 of those data bytes (what codec 12 recomputes on apply instead of carrying the changed values);
     sorted, at least ``CRC_FIELD_SPACING`` bytes apart. An archive it cannot read gives none."""
-    if bytes(data[:4]) != b"PK\x03\x04":
+    archive = _opened(data)
+    if archive is None:
         return []
-    try:
-        with zipfile.ZipFile(_View(data)) as archive:
-            infos, directory = archive.infolist(), archive.start_dir
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, UnicodeDecodeError, ValueError):
-        return []
+    with archive:
+        infos, directory = archive.infolist(), archive.start_dir
     checked: dict[int, tuple[int, int, int]] = {}  # local header offset → data start, length, CRC-32
     fields = []
     for info in infos:
         header = info.header_offset
-        if (
-            info.compress_type != zipfile.ZIP_STORED
-            or info.file_size != info.compress_size
-            or header in checked
-            or not 0 <= header <= len(data) - LOCAL_HEADER.size
-        ):
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or header in checked:
             continue
-        signature, name_length, extra_length = LOCAL_HEADER.unpack_from(data, header)
-        start = header + LOCAL_HEADER.size + name_length + extra_length
-        if signature != b"PK\x03\x04" or start + info.file_size > len(data):
+        start = _data_start(data, info)
+        if start is None:
             continue
         crc = zlib.crc32(data[start : start + info.file_size])
         if crc != info.CRC:
