@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from lorien.publisher.publish import publish
 from lorien.repo.engine import apply_patch
@@ -106,6 +107,36 @@ def test_check_update_download_with_resume_and_apply(
     with pytest.raises(MallornHTTPError) as missing:
         client.download_patch("/patch/v1_to_v2")
     assert missing.value.status == 404
+
+
+def test_unsatisfiable_range_is_416_with_a_detail(live_server: LiveServer) -> None:
+    """The reference answers 416 with FastAPI's {"detail": "Range not satisfiable"}; a client reads it as it
+    reads every other error (lorien adds Content-Range: bytes */SIZE)."""
+    client = MallornClient(live_server.url)
+    patch = client.manifest().patches[0]
+    for start in (patch.size, patch.size + 1000):
+        with pytest.raises(MallornHTTPError) as refused:
+            client.download_patch(patch.url, start=start)
+        assert refused.value.status == 416 and refused.value.detail.startswith("Range not satisfiable")
+    answer = requests.get(live_server.url + patch.url.lstrip("/"), headers={"Range": "bytes=abc-"}, timeout=10)
+    assert answer.status_code == 416 and answer.headers["Content-Range"] == f"bytes */{patch.size}"
+    assert answer.headers["Content-Type"] == "application/json" and answer.json()["error"] == answer.json()["detail"]
+
+
+def test_seed_endpoints_answer_head_and_name_their_method(live_server: LiveServer) -> None:
+    """HEAD of a JSON endpoint is its GET without the body (not a 404 from the static files behind it), and a
+    GET of a POST endpoint is 405 with ``Allow``, as the reference's FastAPI answers (not 404)."""
+    for path in ("health", "manifest", "fingerprint/classifier"):
+        get = requests.get(live_server.url + path, timeout=10)
+        head = requests.head(live_server.url + path, timeout=10)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["Content-Type"] == get.headers["Content-Type"] == "application/json", path
+        assert head.headers["Content-Length"] == str(len(get.content)), path
+    for path in ("check-update", "create-patch"):
+        for method in ("GET", "HEAD"):
+            wrong = requests.request(method, live_server.url + path, timeout=10)
+            assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST", (method, path)
+        assert requests.get(live_server.url + path, timeout=10).json()["detail"].startswith("Method Not Allowed")
 
 
 @pytest.mark.parametrize("short_id", ["f" * 16, "a1b2c3d4e5f6g7h8"])  # the second is the README's example
