@@ -255,6 +255,21 @@ def test_create_patch_without_query_parameters_is_422(live_server: LiveServer) -
 
 
 @pytest.mark.parametrize(
+    "as_sent",
+    [lambda n: f" {n} ", lambda n: f"+{n}", lambda n: f"{n}.00", float],
+    ids=["spaces", "+", ".00", "float"],
+)
+def test_file_size_is_read_as_pydantic_reads_an_int(live_server: LiveServer, models_dir: Path, as_sent) -> None:
+    """The reference's ``file_size: Optional[int]`` is validated in pydantic's lax mode: a numeric string or a
+    number without a fraction is that integer (a client that sends ``"file_size": "2114064"`` gets its update)."""
+    fp = fingerprint(models_dir / "classifier" / "1.0.0.tflite")
+    client = MallornClient(live_server.url)
+    update = client.check_update(fp.short_id, as_sent(fp.file_size))
+    assert (update.current_version, update.update_available) == ("1.0.0", True)
+    assert client.check_update(fp.short_id, True).current_version == "unknown"  # pydantic: True is 1
+
+
+@pytest.mark.parametrize(
     ("body", "loc", "kind"),
     [
         (b"", ["body"], "missing"),
@@ -262,7 +277,10 @@ def test_create_patch_without_query_parameters_is_422(live_server: LiveServer) -
         (b"[1, 2]", ["body"], "model_attributes_type"),
         (b'{"file_size": 3}', ["body", "short_id"], "missing"),
         (b'{"short_id": 5}', ["body", "short_id"], "string_type"),
-        (b'{"short_id": "ab", "file_size": "big"}', ["body", "file_size"], "int_type"),
+        (b'{"short_id": "ab", "file_size": "big"}', ["body", "file_size"], "int_parsing"),
+        (b'{"short_id": "ab", "file_size": "12.5"}', ["body", "file_size"], "int_parsing"),
+        (b'{"short_id": "ab", "file_size": 12.5}', ["body", "file_size"], "int_from_float"),
+        (b'{"short_id": "ab", "file_size": [12]}', ["body", "file_size"], "int_type"),
         (b'{"short_id": "ab", "sampled_sha256": "xyz"}', ["body", "sampled_sha256"], "string_pattern_mismatch"),
         (b'{"short_id": "ab", "header_hash": 1}', ["body", "header_hash"], "string_type"),
     ],
