@@ -115,7 +115,7 @@ def test_a_package_shorter_than_its_declared_size_fails_soon(
     client = _client(device)
     package = _package(server, models_dir, "1.2.0")
     assert client.download(**{**package, "size": package["size"] + 10}).code == 200
-    seen = client.poll(until=("failed", "toInstall"), timeout=20)
+    seen = client.poll(until=("failed", "toInstall"), timeout=15)
     assert seen[-1].stage == "failed" and "size" in (seen[-1].error or ""), seen[-1]
     assert sha256(device.model) == sha256(models_dir / "classifier" / "1.0.0.tflite")
 
