@@ -24,6 +24,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from lorien.repo.engine import shift_scan
 from lorien.repo.engine.content_align import by_content
 from lorien.repo.engine.formats import TensorRegion, find_tensors
 from lorien.repo.engine.formats import _non_overlapping as non_overlapping
@@ -68,12 +69,13 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
     matches = by_content(old_regions, new_regions, align(old_regions, new_regions), old, new)
     groupable = [r for r in new_regions if r.length >= MIN_TENSOR or _may_group(r, matches)]
     anchors = _anchors(new_regions, matches, old, new)
-    grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits, anchors), limits)
+    scan = ShiftScan(old, new)
+    grouped = group_half_floats(_pieces(groupable, matches, len(old), len(new), limits, anchors, scan), limits)
     if not all(piece.length >= MIN_TENSOR or not piece.is_tensor for piece in grouped):
         # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
         # a frame, so small tensors go back into the generic bytes around them
         large = [r for r in new_regions if r.length >= MIN_TENSOR]
-        grouped = _pieces(large, matches, len(old), len(new), limits, anchors)
+        grouped = _pieces(large, matches, len(old), len(new), limits, anchors, ShiftScan(old, new))
     return with_ranges(grouped, new_regions, matches, limits)
 
 
@@ -143,9 +145,11 @@ def _pieces(
     new_size: int,
     limits: Limits,
     anchors: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    scan: ShiftScan | None = None,
 ) -> list[Piece]:
     """Tensor pieces for ``regions`` and generic pieces between them, referenced at the shift of the previous
-    aligned tensor — or of the previous ``anchor`` (offset, shift) inside the generic bytes, where they are cut."""
+    aligned tensor — or of the previous ``anchor`` (offset, shift) inside the generic bytes, where they are cut —
+    unless ``scan`` finds that a generic piece's bytes match the old file far better at another shift."""
     pieces: list[Piece] = []
     position = shift = 0
     following = iter(anchors)
@@ -153,10 +157,10 @@ def _pieces(
     for end, region in [*((r.offset, r) for r in regions), (new_size, None)]:
         while anchor is not None and anchor[0] < end:
             if anchor[0] >= position and anchor[1] != shift:
-                pieces.extend(_generic(position, anchor[0] - position, shift, old_size, limits))
+                pieces.extend(_generic(position, anchor[0] - position, shift, old_size, limits, scan))
                 position, shift = anchor
             anchor = next(following, None)
-        pieces.extend(_generic(position, end - position, shift, old_size, limits))
+        pieces.extend(_generic(position, end - position, shift, old_size, limits, scan))
         if region is None:
             break
         match = matches.get(region.name + f"@{region.offset}")
@@ -314,7 +318,29 @@ def _joined(first: Piece, second: Piece, limits: Limits) -> Piece:
     return Piece(first.offset, first.length + second.length, 2, True, same, window)
 
 
-def _generic(offset: int, length: int, shift: int, old_size: int, limits: Limits) -> Iterator[Piece]:
+class ShiftScan:
+    """Generic stretches cut where their bytes match the old file at another shift than the structure's
+    (:mod:`repo.engine.shift_scan`), remembering the last shift found so the stretches after it try it too."""
+
+    def __init__(self, old: memoryview, new: memoryview) -> None:
+        self.old, self.new = old, new
+        self.found: int | None = None
+
+    def __call__(self, offset: int, length: int, structural: int) -> list[shift_scan.Run] | None:
+        runs = shift_scan.scanned_runs(self.old, self.new, offset, length, structural, self.found)
+        if length >= shift_scan.MIN_LENGTH:
+            self.found = structural if runs is None else runs[-1][2]
+        return runs
+
+
+def _generic(
+    offset: int, length: int, shift: int, old_size: int, limits: Limits, scan: ShiftScan | None = None
+) -> Iterator[Piece]:
+    runs = scan(offset, length, shift) if scan is not None else None
+    if runs is not None:
+        for start, end, found in runs:
+            yield from _shifted(start, end - start, found, old_size, limits)
+        return
     for start in range(offset, offset + length, PIECE):
         size = min(PIECE, offset + length - start)
         mapped = start + shift
@@ -323,6 +349,22 @@ def _generic(offset: int, length: int, shift: int, old_size: int, limits: Limits
         # covers content that moved far (for files within the limits)
         limit = min(limits.max_reference, max(3 * size, LOCAL_WINDOW))
         yield Piece(start, size, same=same, window=_window(mapped, size, old_size, limit))
+
+
+def _shifted(offset: int, length: int, shift: int, old_size: int, limits: Limits) -> Iterator[Piece]:
+    """A generic stretch referenced at a scanned shift: the part that maps inside the old file gets the old bytes
+    of equal length, the few bytes before or after it (mapped outside) are pieces of their own. The inside part
+    starts where its old bytes sit at a multiple of 4 in the old file: where elements were aligned there, the
+    pieces' elements are (a planes codec reads a piece's elements from its first byte)."""
+    inside_start = max(offset, -shift)
+    inside_start += -(inside_start + shift) % 4
+    inside_end = min(offset + length, old_size - shift)
+    if inside_end - inside_start < shift_scan.MIN_LENGTH:
+        yield from _generic(offset, length, shift, old_size, limits)
+        return
+    for start, end in ((offset, inside_start), (inside_start, inside_end), (inside_end, offset + length)):
+        if end > start:
+            yield from _generic(start, end - start, shift, old_size, limits)
 
 
 def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, limits: Limits) -> Iterator[Piece]:
