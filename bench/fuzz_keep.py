@@ -24,7 +24,8 @@ Data flow, per case ``i`` of a run with ``--seed S``::
         the engine instance is swapped for one with ``--workers`` threads, which does not change any byte)
       → bsdiff4, xdelta3, zstd --patch-from on the same files (their sizes; a tool that fails is skipped)
       → a violation (crash, refusal, round trip, size > best generic + 1024) saves old/new and ``case.json``
-        under ``--cases DIR/<name>/`` (re-run one case with ``--only I`` and the same ``--seed``)
+        under ``--cases DIR/<name>/`` (a case's pair follows from seed, index and recipe name alone: re-run it
+        with ``--seed S --recipes R --only I``)
       → ``--out FILE`` (JSON, rewritten after every case): parameters, per case recipe, detail, sizes,
         status, and a summary per recipe.
 
@@ -634,6 +635,22 @@ def recipe_degenerate(kind: str) -> Callable[[Rng], Built]:
     return build
 
 
+def recipe_generic_fine_tune(rng: Rng) -> Built:
+    """Raw weights in no format lorien parses (float32, float16 or bfloat16), densely fine-tuned, behind a
+    header that grew, shrank or stayed (k bytes), at sizes on both sides of the engine's thresholds (≤ 2 MB)."""
+    dtype = [np.dtype(np.float32), np.dtype(np.float16), BF16][int(rng.integers(0, 3))]
+    size = int(rng.choice([20_000, 70_000, 130_000, 300_000, 1_000_000, 2_000_000]))
+    elements = size // dtype.itemsize
+    weights = rng.standard_normal(elements, dtype=np.float32) * np.float32(0.05)
+    tuned = corpus._nudge(rng, weights)
+    header = rng.bytes(int(rng.integers(0, 64)))
+    grown = int(rng.choice([-3, -1, 0, 1, 2, 4, 5, 8, 100]))
+    new_header = header[: max(0, len(header) + grown)] if grown < 0 else header + rng.bytes(grown)
+    old = header + weights.astype(dtype).tobytes()
+    new = new_header + tuned.astype(dtype).tobytes()
+    return Built(old, new, {"dtype": str(dtype), "size": size, "header": len(header), "grown": grown})
+
+
 RECIPES: dict[str, Callable[[Rng], Built]] = {
     **{f"bytes-{op}": recipe_bytes(op) for op in BYTE_OPS},
     "bytes-mix": recipe_bytes_mix,
@@ -646,6 +663,7 @@ RECIPES: dict[str, Callable[[Rng], Built]] = {
     "struct-zip-compress": recipe_zip_compress,
     **{f"value-{op}": recipe_value(op) for op in VALUE_OPS},
     **{f"degenerate-{kind}": recipe_degenerate(kind) for kind in DEGENERATE},
+    "generic-fine-tune": recipe_generic_fine_tune,
 }
 
 
