@@ -12,8 +12,9 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
       → for large files each payload goes to a temporary file beside the output as it arrives
         (:mod:`repo.engine.spool`), so memory does not grow with the patch; only segments stay in memory
       → runs of pieces at the same place in both files tried as one segment (:mod:`repo.engine.runs`)
-      → adjacent copies merge; a whole-file "zstd --patch-from" candidate and (small patches) the whole file
-        as bsdiff-style covers compete when both files fit the reference limit
+      → adjacent copies merge; a whole-file "zstd --patch-from" candidate and (small patches, or small files
+        where a sample of covers beats the plan) the whole file as bsdiff-style covers compete when both files
+        fit the reference limit
       → files under 64 MiB, the version-6 pass: sparse segments of a zip with its changed CRC-32 fields
         recomputed on apply (codec 12), small segments re-coded with Brotli where smaller — kept only when that
         makes the patch >= 1 % smaller → container (see :mod:`repo.engine.container`)
