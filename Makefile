@@ -16,14 +16,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lorien demo
 
+# Two pytest-xdist workers: each test is isolated (tmp_path, free ports), and most of them wait on servers and
+# processes rather than the CPU. `$(BIN)/python -m pytest tests/test_x.py` runs one file in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
-# The loop while working (under a minute): everything but the tests marked slow (real processes, servers, SIGKILL).
+# The loop while working: everything but the tests marked slow (real processes, servers, SIGKILL).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" -q
 
 # On demand, not part of `make test`: needs Debian's xdelta3 and zstd; writes bench/results/ (see bench/README.md).
 bench: $(STAMP)

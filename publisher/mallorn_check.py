@@ -1,7 +1,8 @@
 """``POST /check-update``: the request, the match of a device's fingerprint against the published versions, and
 the answer in the shape of Mallorn's ``UpdateCheckResponse``.
 
-Request (Mallorn's ``FingerprintRequest``): ``short_id`` (string, required), ``file_size`` (integer or null).
+Request (Mallorn's ``FingerprintRequest``): ``short_id`` (string, required), ``file_size`` (integer or null;
+read as pydantic's lax mode reads an int: ``"2114064"`` and ``2114064.0`` are that integer).
 lorien-aware clients may add, to tell apart versions Mallorn's fingerprint cannot: ``header_hash`` and
 ``tail_hash`` (32 hex, from the same fingerprint), ``sampled_sha256`` (64 hex, lorien's sampled hash,
 docs/fingerprint.md) and ``sha256`` (64 hex, of the whole model file). Every field sent must agree with a
@@ -15,6 +16,8 @@ matching versions answer 409 naming them and saying which field would settle it 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +71,30 @@ def _hex_problem(name: str, value: Any) -> Problem | None:
     return None
 
 
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+
+
+def _lax_int(value: Any, loc: tuple[str, ...]) -> tuple[int | None, Problem | None]:
+    """``Optional[int]`` as pydantic v2 validates it in lax mode (FastAPI's default): a bool, a float without a
+    fraction and a numeric string (surrounding spaces, ``+``, ``_`` between digits, a ``.0`` tail) are ints."""
+    if value is None or isinstance(value, int):  # bool included: pydantic takes True as 1
+        return (None if value is None else int(value)), None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None, Problem("finite_number", loc, "Input should be a finite number", value)
+        if not value.is_integer():
+            message = "Input should be a valid integer, got a number with a fractional part"
+            return None, Problem("int_from_float", loc, message, value)
+        return int(value), None
+    if isinstance(value, str):
+        text = value.strip()
+        if _INT_TEXT.fullmatch(text):
+            return int(text.split(".")[0].replace("_", "")), None
+        message = "Input should be a valid integer, unable to parse string as an integer"
+        return None, Problem("int_parsing", loc, message, value)
+    return None, Problem("int_type", loc, "Input should be a valid integer", value)
+
+
 def parse_update_query(body: Any) -> UpdateQuery:
     """Validate like FastAPI would (all problems at once); raises the 422 response."""
     if not isinstance(body, dict):
@@ -80,9 +107,8 @@ def parse_update_query(body: Any) -> UpdateQuery:
         problems.append(Problem("missing", ("body", "short_id"), "Field required", body))
     elif not isinstance(short_id, str):
         problems.append(Problem("string_type", ("body", "short_id"), "Input should be a valid string", short_id))
-    size = body.get("file_size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
-        problems.append(Problem("int_type", ("body", "file_size"), "Input should be a valid integer", size))
+    size, problem = _lax_int(body.get("file_size"), ("body", "file_size"))
+    problems += [problem] if problem else []
     fields["file_size"] = size
     for name in HEX_FIELDS:
         if body.get(name) is not None:

@@ -74,12 +74,11 @@ def serve_file(root: Path, relative: str, download_name: str | None = None) -> b
         last_modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
         if (if_range and if_range not in (etag, last_modified)) or "," in range_header:
             environ.pop("HTTP_RANGE")  # validator changed or multi-range: send the whole file
-        elif not list(bottle.parse_range_header(range_header, stat.st_size)):
-            return bottle.HTTPResponse(
-                status=416,
-                body="",
-                headers={**headers, "Content-Range": f"bytes */{stat.st_size}"},
-            )
+        elif not list(bottle.parse_range_header(range_header, stat.st_size)):  # FastAPI's detail, as Mallorn's
+            refused = error_response(416, f"Range not satisfiable: {range_header!r} of {stat.st_size} bytes")
+            for name, value in {**headers, "Content-Range": f"bytes */{stat.st_size}"}.items():
+                refused.set_header(name, value)
+            return refused
     mimetype = _MIME.get(file.suffix, "application/octet-stream")
     response = bottle.static_file(
         "/".join(parts), root=str(root), mimetype=mimetype, etag=etag, download=download_name or False
@@ -87,6 +86,15 @@ def serve_file(root: Path, relative: str, download_name: str | None = None) -> b
     for name, value in headers.items():
         response.set_header(name, value)
     return response
+
+
+def _method_not_allowed(path: str, allowed: str):
+    def answer() -> bottle.HTTPResponse:
+        refused = error_response(405, f"Method Not Allowed: {path} takes {allowed}")
+        refused.set_header("Allow", allowed)
+        return refused
+
+    return answer
 
 
 def make_app(
@@ -110,14 +118,17 @@ def make_app(
 
         return wrapper
 
-    app.route("/health", "GET", guarded(api.health))
-    app.route("/manifest", "GET", guarded(api.manifest))
+    # HEAD named on every GET route: Bottle would try the static-file route's HEAD before falling back to GET
+    app.route("/health", ["GET", "HEAD"], guarded(api.health))
+    app.route("/manifest", ["GET", "HEAD"], guarded(api.manifest))
     app.route("/check-update", "POST", guarded(api.check_update))
     app.route("/patch/<patch_id>", ["GET", "HEAD"], guarded(api.patch))
-    app.route("/fingerprint/<model_name>", "GET", guarded(api.fingerprint))
+    app.route("/fingerprint/<model_name>", ["GET", "HEAD"], guarded(api.fingerprint))
     app.route("/create-patch", "POST", guarded(api.create_patch))
+    for post_only in ("/check-update", "/create-patch"):  # 405 as FastAPI answers, not the static files' 404
+        app.route(post_only, ["GET", "HEAD"], _method_not_allowed(post_only, "POST"))
     if metrics is not None:
-        app.route(METRICS_PATH, "GET", metrics.answer)
+        app.route(METRICS_PATH, ["GET", "HEAD"], metrics.answer)
     app.route("/", ["GET", "HEAD"], lambda: serve_file(root, ""))
     app.route("/<path:path>", ["GET", "HEAD"], lambda path: serve_file(root, path))
 

@@ -12,6 +12,9 @@ rate-guarded body)::
         · 416 with a complete file: done (a shorter one is discarded, the next attempt starts at 0)
         · another 4xx to the resuming request (ResumeRefused): the .part is discarded and the file asked for
           once more from 0 · 500/502/503/504: retried like a connection error · other 4xx/5xx: error at once
+      → an answer stating that the whole file is shorter than declared (a 200's Content-Length, the total of a
+        206's or 416's Content-Range) is a wrong file, not a broken connection: SizeMismatchError, counted like
+        a digest mismatch (downloaded once more, then IntegrityError), never retried for the retry budget
       → never more than the declared size is read or written: a Content-Length beyond it fails before the
         body, a body without one is cut at it (OversizeError: the file is downloaded once more like a digest
         mismatch, then IntegrityError)
@@ -39,7 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorien.repo.atomic import atomic_write_bytes
-from lorien.repo.errors import IntegrityError, OversizeError, ResumeRefused, TransientNetworkError
+from lorien.repo.errors import (
+    IntegrityError,
+    OversizeError,
+    ResumeRefused,
+    SizeMismatchError,
+    TransientNetworkError,
+)
 from lorien.repo.hashing import Digests, digest_file
 from lorien.repo.headers import usable_validator
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
@@ -111,7 +120,7 @@ class Downloader:
                 self.policy.retry.run(
                     lambda: self._attempt(request), self.transport.sleep, "download", self._on_wait(request)
                 )
-            except OversizeError as error:
+            except (OversizeError, SizeMismatchError) as error:
                 last_error = str(error)
                 discard(request.destination)
                 continue
@@ -145,6 +154,12 @@ class Downloader:
         part.parent.mkdir(parents=True, exist_ok=True)
         have, validator = _resumable(request)
         with self._open(request, have, validator) as body:
+            if body.total is not None and body.total < request.size:  # more is refused as OversizeError
+                discard(part)
+                raise SizeMismatchError(
+                    f"{request.url}: the server's file has {body.total} bytes, fewer than the declared size "
+                    f"{request.size}"
+                )
             if body.status == 416:
                 if have == request.size:
                     return  # complete already; verification decides

@@ -135,6 +135,12 @@ class OversizeError(NetworkError):
     Nothing past the bound is read; the downloader counts it like a digest mismatch."""
 
 
+class SizeMismatchError(NetworkError):
+    """A server states that a blob is shorter than the size declared for it (a whole answer's Content-Length,
+    the total in a Content-Range): waiting will not change it, so the downloader counts it like a digest
+    mismatch instead of retrying."""
+
+
 # -------------------------------------------------------------------------------------------- local I/O (5)
 
 

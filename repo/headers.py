@@ -17,6 +17,7 @@ from lorien.repo.errors import NetworkError
 
 _NUMBER = re.compile(r"[0-9]{1,19}")  # ASCII digits only (str.isdigit also takes "²" and "٣"); below 2**63
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
+_CONTENT_RANGE_TOTAL = re.compile(r"bytes (?:[0-9]{1,19}-[0-9]{1,19}|\*)/([0-9]{1,19})")
 _STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]*"')  # RFC 9110 entity-tag without obs-text; W/ (weak) is no match
 MAX_VALIDATOR = 200  # characters: a validator is sent back on every resume, so only a short, clean one is kept
 
@@ -49,3 +50,10 @@ def content_range_start(url: str, value: str | None) -> int:
     if not match or int(first) > int(last) or (total != "*" and int(last) >= int(total)):
         raise NetworkError(f"{url}: malformed Content-Range header {(value or '')[:60]!r} in a 206 answer")
     return int(first)
+
+
+def content_range_total(value: str | None) -> int | None:
+    """The ``total`` of ``Content-Range: bytes first-last/total`` (a 206) or ``bytes */total`` (a 416): the size
+    of the whole file as the server states it; None when it is ``*``, absent or malformed."""
+    match = _CONTENT_RANGE_TOTAL.fullmatch((value or "").strip())
+    return int(match.group(1)) if match else None

@@ -57,7 +57,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError, SSLError
 
 from lorien.repo.errors import NetworkError, NotFoundError, OversizeError, ResumeRefused, TransientNetworkError
-from lorien.repo.headers import content_range_start, header_number, usable_validator
+from lorien.repo.headers import content_range_start, content_range_total, header_number, usable_validator
 from lorien.repo.limits import DEFAULT_LIMITS, Limits
 from lorien.repo.watchdog import Deadline, Watchdog, watched_session
 
@@ -309,7 +309,9 @@ class Transport(ABC):
 class Body:
     """An answer's body, bounded and guarded. ``status`` 200: the whole file; 206: from ``offset`` (the byte
     asked for); 416: nothing (the file holds no byte at ``offset``). ``validator`` is the strong ETag, else
-    Last-Modified, if it is one a later request may send as If-Range (:func:`usable_validator`), else None."""
+    Last-Modified, if it is one a later request may send as If-Range (:func:`usable_validator`), else None.
+    ``total`` is the whole file's size as the server states it (a 200's Content-Length, the total of a 206's or
+    416's Content-Range), None when it does not say."""
 
     def __init__(
         self,
@@ -322,6 +324,7 @@ class Body:
     ) -> None:
         self.status, self.offset = answer.status, offset
         self.length = header_number(request.url, headers, "Content-Length")
+        self.total = _stated_total(answer.status, self.length, headers)
         etag, modified = headers.get("ETag"), headers.get("Last-Modified")
         self.validator = etag if usable_validator(etag) else modified if usable_validator(modified) else None
         self._transport, self._request, self._answer, self._headers = transport, request, answer, headers
@@ -437,3 +440,10 @@ def _reader(url: str, response: requests.Response, limits: Limits, watchdog: Wat
         return data
 
     return read
+
+
+def _stated_total(status: int, length: int | None, headers: Mapping[str, str]) -> int | None:
+    """The whole file's size as an answer states it, or None; a compressed 200's Content-Length counts other bytes."""
+    if status == 200:
+        return None if headers.get("Content-Encoding", "identity").strip().lower() != "identity" else length
+    return content_range_total(headers.get("Content-Range")) if status in (206, 416) else None

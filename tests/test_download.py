@@ -78,15 +78,54 @@ def test_416_on_an_already_complete_file_is_success(tmp_path: Path, sim: Reposit
     assert [seen.headers["Range"] for seen in sim.requests] == [f"bytes={len(DATA)}-"]
 
 
-def test_416_on_a_partial_file_starts_again_from_zero(tmp_path: Path, sim: RepositorySimulator) -> None:
+def test_a_file_shorter_than_declared_fails_after_two_downloads_not_the_retry_budget(
+    tmp_path: Path, sim: RepositorySimulator
+) -> None:
+    """416 `bytes */1000` to a resume, then a 200 of 1000 bytes: the server says the file is shorter than the
+    manifest declares — a wrong file, not a broken connection, so it is not retried for an hour."""
     request = _request(tmp_path, sim)
     sim.add(PATH, DATA[:1000])  # the server's file is shorter than the .part: it cannot be continued
     request.destination.write_bytes(DATA[:2000])
     meta = {"url": request.url, "size": len(DATA), "validator": sim.etags[PATH]}
     (tmp_path / "model.part.json").write_text(json.dumps(meta))
-    with pytest.raises(NetworkError, match=r"failed after 4 attempts: connection ended 101400 bytes early$"):
+    expected = r"has 1000 bytes, fewer than the declared size 102400 after 2 downloads$"
+    with pytest.raises(IntegrityError, match=expected):
         _downloader(sim).fetch(request)
-    assert sim.requests[0].headers["Range"] == "bytes=2000-" and "Range" not in sim.requests[1].headers
+    assert [seen.headers.get("Range") for seen in sim.requests] == ["bytes=2000-", None]
+    assert not request.destination.exists() and not (tmp_path / "model.part.json").exists()
+
+
+@pytest.mark.parametrize("resume_at", [0, 2000], ids=["200-content-length", "206-content-range-total"])
+def test_a_short_file_is_refused_by_what_the_answer_states(
+    tmp_path: Path, sim: RepositorySimulator, resume_at: int
+) -> None:
+    """A 200's Content-Length or a 206's Content-Range total below the declared size fails at once."""
+    request = _request(tmp_path, sim)
+    sim.add(PATH, DATA[:50000])
+    if resume_at:
+        request.destination.write_bytes(DATA[:resume_at])
+        meta = {"url": request.url, "size": len(DATA), "validator": sim.etags[PATH]}
+        (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    with pytest.raises(IntegrityError, match=r"has 50000 bytes, fewer than the declared size 102400 after 2"):
+        _downloader(sim).fetch(request)
+    assert [seen.headers.get("Range") for seen in sim.requests] == [
+        f"bytes={resume_at}-" if resume_at else None,
+        None,
+    ]
+    assert not request.destination.exists()
+
+
+def test_416_with_the_declared_total_on_a_partial_file_is_retried(
+    tmp_path: Path, sim: RepositorySimulator
+) -> None:
+    """A 416 whose total is the declared size is the server's mistake, not a wrong file: retried from zero."""
+    request = _request(tmp_path, sim)
+    request.destination.write_bytes(DATA[:2000])
+    meta = {"url": request.url, "size": len(DATA), "validator": sim.etags[PATH]}
+    (tmp_path / "model.part.json").write_text(json.dumps(meta))
+    sim.inject(PATH, Fault(status=416))
+    assert _downloader(sim).fetch(request).size == len(DATA)
+    assert [seen.headers.get("Range") for seen in sim.requests] == ["bytes=2000-", None]
 
 
 def test_a_range_answered_from_the_wrong_byte_is_retried(tmp_path: Path, sim: RepositorySimulator) -> None:

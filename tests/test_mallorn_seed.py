@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from lorien.publisher.publish import publish
 from lorien.repo.engine import apply_patch
@@ -106,6 +107,37 @@ def test_check_update_download_with_resume_and_apply(
     with pytest.raises(MallornHTTPError) as missing:
         client.download_patch("/patch/v1_to_v2")
     assert missing.value.status == 404
+
+
+def test_unsatisfiable_range_is_416_with_a_detail(live_server: LiveServer) -> None:
+    """The reference answers 416 with FastAPI's {"detail": "Range not satisfiable"}; a client reads it as it
+    reads every other error (lorien adds Content-Range: bytes */SIZE)."""
+    client = MallornClient(live_server.url)
+    patch = client.manifest().patches[0]
+    for start in (patch.size, patch.size + 1000):
+        with pytest.raises(MallornHTTPError) as refused:
+            client.download_patch(patch.url, start=start)
+        assert refused.value.status == 416 and refused.value.detail.startswith("Range not satisfiable")
+    answer = requests.get(live_server.url + patch.url.lstrip("/"), headers={"Range": "bytes=abc-"}, timeout=10)
+    assert answer.status_code == 416 and answer.headers["Content-Range"] == f"bytes */{patch.size}"
+    body = answer.json()
+    assert answer.headers["Content-Type"] == "application/json" and body["error"] == body["detail"]
+
+
+def test_seed_endpoints_answer_head_and_name_their_method(live_server: LiveServer) -> None:
+    """HEAD of a JSON endpoint is its GET without the body (not a 404 from the static files behind it), and a
+    GET of a POST endpoint is 405 with ``Allow``, as the reference's FastAPI answers (not 404)."""
+    for path in ("health", "manifest", "fingerprint/classifier"):
+        get = requests.get(live_server.url + path, timeout=10)
+        head = requests.head(live_server.url + path, timeout=10)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["Content-Type"] == get.headers["Content-Type"] == "application/json", path
+        assert head.headers["Content-Length"] == str(len(get.content)), path
+    for path in ("check-update", "create-patch"):
+        for method in ("GET", "HEAD"):
+            wrong = requests.request(method, live_server.url + path, timeout=10)
+            assert wrong.status_code == 405 and wrong.headers["Allow"] == "POST", (method, path)
+        assert requests.get(live_server.url + path, timeout=10).json()["detail"].startswith("Method Not Allowed")
 
 
 @pytest.mark.parametrize("short_id", ["f" * 16, "a1b2c3d4e5f6g7h8"])  # the second is the README's example
@@ -223,6 +255,21 @@ def test_create_patch_without_query_parameters_is_422(live_server: LiveServer) -
 
 
 @pytest.mark.parametrize(
+    "as_sent",
+    [lambda n: f" {n} ", lambda n: f"+{n}", lambda n: f"{n}.00", float],
+    ids=["spaces", "+", ".00", "float"],
+)
+def test_file_size_is_read_as_pydantic_reads_an_int(live_server: LiveServer, models_dir: Path, as_sent) -> None:
+    """The reference's ``file_size: Optional[int]`` is validated in pydantic's lax mode: a numeric string or a
+    number without a fraction is that integer (a client that sends ``"file_size": "2114064"`` gets its update)."""
+    fp = fingerprint(models_dir / "classifier" / "1.0.0.tflite")
+    client = MallornClient(live_server.url)
+    update = client.check_update(fp.short_id, as_sent(fp.file_size))
+    assert (update.current_version, update.update_available) == ("1.0.0", True)
+    assert client.check_update(fp.short_id, True).current_version == "unknown"  # pydantic: True is 1
+
+
+@pytest.mark.parametrize(
     ("body", "loc", "kind"),
     [
         (b"", ["body"], "missing"),
@@ -230,7 +277,10 @@ def test_create_patch_without_query_parameters_is_422(live_server: LiveServer) -
         (b"[1, 2]", ["body"], "model_attributes_type"),
         (b'{"file_size": 3}', ["body", "short_id"], "missing"),
         (b'{"short_id": 5}', ["body", "short_id"], "string_type"),
-        (b'{"short_id": "ab", "file_size": "big"}', ["body", "file_size"], "int_type"),
+        (b'{"short_id": "ab", "file_size": "big"}', ["body", "file_size"], "int_parsing"),
+        (b'{"short_id": "ab", "file_size": "12.5"}', ["body", "file_size"], "int_parsing"),
+        (b'{"short_id": "ab", "file_size": 12.5}', ["body", "file_size"], "int_from_float"),
+        (b'{"short_id": "ab", "file_size": [12]}', ["body", "file_size"], "int_type"),
         (b'{"short_id": "ab", "sampled_sha256": "xyz"}', ["body", "sampled_sha256"], "string_pattern_mismatch"),
         (b'{"short_id": "ab", "header_hash": 1}', ["body", "header_hash"], "string_type"),
     ],

@@ -103,6 +103,19 @@ def test_bad_requests_answer_a_code_and_change_nothing(
     assert client.progress().stage == "idle"
 
 
+def test_a_package_shorter_than_its_declared_size_fails_soon(
+    device: DeviceProcess, server: LiveServer, models_dir: Path
+) -> None:
+    """The server's Content-Length (then its 416 `bytes */N`) proves the file shorter than package_size: the
+    download fails with a size error at once instead of being retried for the hour of the retry budget."""
+    client = _client(device)
+    package = _package(server, models_dir, "1.2.0")
+    assert client.download(**{**package, "size": package["size"] + 10}).code == 200
+    seen = client.poll(until=("failed", "toInstall"), timeout=15)
+    assert seen[-1].stage == "failed" and "size" in (seen[-1].error or ""), seen[-1]
+    assert sha256(device.model) == sha256(models_dir / "classifier" / "1.0.0.tflite")
+
+
 def test_a_restarted_device_still_says_the_package_is_ready_to_install(
     device: DeviceProcess, server: LiveServer, models_dir: Path, tmp_path: Path, devices: list
 ) -> None:

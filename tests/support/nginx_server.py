@@ -26,12 +26,19 @@ def _free_port() -> int:
 class Nginx:
     def __init__(self, repo: Path, prefix: Path) -> None:
         require(Path(NGINX).exists(), "nginx is not installed (.ci/run installs it)")
-        self.port = _free_port()
         self.prefix = prefix
+        # a probed free port can be taken before nginx binds it (another test worker, a client socket): try again
+        for _attempt in range(5):
+            self.port = _free_port()
+            if self._started(repo):
+                return
+        raise RuntimeError(f"nginx could not bind a free port in 5 attempts: {self._output}")
+
+    def _started(self, repo: Path) -> bool:
         user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None  # CI runs as root
-        config = write_nginx_config(repo, f"127.0.0.1:{self.port}", prefix, user=user)
+        config = write_nginx_config(repo, f"127.0.0.1:{self.port}", self.prefix, user=user)
         self.process = subprocess.Popen(
-            [NGINX, "-p", str(prefix), "-c", str(config), "-g", "daemon off;"],
+            [NGINX, "-p", str(self.prefix), "-c", str(config), "-g", "daemon off;"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -41,10 +48,13 @@ class Nginx:
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                return True
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"nginx failed: {self.process.stdout.read()}") from None
+                    self._output = self.process.stdout.read()
+                    if "Address already in use" in self._output:
+                        return False
+                    raise RuntimeError(f"nginx failed: {self._output}") from None
                 time.sleep(0.05)
         raise RuntimeError("nginx did not start listening")
 
