@@ -95,14 +95,10 @@ def test_checkpoint_with_some_entries_deflated_stays_within_bsdiff4(tmp_path: Pa
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: above ALWAYS_WHOLE_FILE_BELOW (old + new > 4 MiB) the whole file is tried as covers only "
-    "for plans under 64 KiB (its suffix sort takes ~18 bytes per old byte); the planner does not find a shift "
-    "of generic bytes, so this is one patch-from frame, ~3.2x bsdiff4",
-)
 def test_generic_fp16_fine_tune_behind_a_grown_header_above_4_mib(tmp_path: Path) -> None:
-    """The first case at 2.5 MB per file: ~1.63 MB against bsdiff4's ~0.51 MB."""
+    """The first case at 2.5 MB per file, above the size where the whole file is tried as covers: ~1.63 MB
+    against bsdiff4's ~0.51 MB (one patch-from frame) until the planner's shift scan (repo/engine/shift_scan.py)
+    found the one-byte shift."""
     old, tuned = _fp16_dense(1_250_000)
     lorien, bsdiff = _check(tmp_path, old, b"\x00" + tuned)
     assert lorien <= bsdiff + SLACK, (lorien, bsdiff)
