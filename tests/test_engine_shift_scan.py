@@ -4,6 +4,7 @@ predicted element by element instead of costing as much as the new file compress
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import bsdiff4
@@ -33,7 +34,7 @@ def test_a_grown_header_is_found_as_one_shift_for_the_data() -> None:
     weights, tuned = _dense(200_000, np.float16)
     runs = _runs(HEADER + weights, HEADER + b"x" + tuned)
     assert runs is not None and runs[0][0] == 0 and runs[-1][1] == len(HEADER) + 1 + len(tuned)
-    assert all(first[1] == second[0] for first, second in zip(runs, runs[1:], strict=False))  # contiguous
+    assert all(first[1] == second[0] for first, second in pairwise(runs))  # contiguous
     data = [shift for start, end, shift in runs if end - start > 1000]
     assert data == [-1]
 
