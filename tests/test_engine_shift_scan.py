@@ -51,6 +51,47 @@ def test_an_insertion_in_the_middle_cuts_the_stretch_at_the_inserted_bytes() -> 
     assert abs(cut - (len(HEADER) + middle)) <= len(inserted) + 64, (cut, len(HEADER) + middle)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_large_block_inserted_is_found_by_the_far_search(dtype: type) -> None:
+    """100 KB inserted in the middle: far beyond REACH, found through every 4th byte (the floats' top bytes)."""
+    weights, tuned = _dense(600_000, dtype)
+    middle = len(tuned) // 2
+    block = np.random.default_rng(7).bytes(100_000)
+    old, new = HEADER + weights, HEADER + tuned[:middle] + block + tuned[middle:]
+    near_only = _runs(old, new)
+    assert near_only is None or -len(block) not in [shift for _start, _end, shift in near_only]
+    runs = shift_scan.scanned_runs(memoryview(old), memoryview(new), 0, len(new), 0, None, _far(old))
+    assert runs is not None and runs[0][2] == 0 and runs[-1][2] == -len(block), runs
+    assert len(HEADER) + middle <= runs[-1][0] <= len(HEADER) + middle + len(block)
+
+
+def test_the_far_search_gives_up_on_unrelated_files() -> None:
+    rng = np.random.default_rng(5)
+    old, new = rng.bytes(8 << 20), rng.bytes(8 << 20)
+    far = _far(old)
+    assert shift_scan.scanned_runs(memoryview(old), memoryview(new), 0, len(new), 0, None, far) is None
+    assert far.fruitless >= shift_scan.FAR_GIVE_UP and far.shifts(memoryview(new), 0, 1 << 20) == ()
+
+
+def test_bytes_inserted_with_a_move_are_a_gap_without_reference() -> None:
+    """A compressible 100 KB block inserted: neither shift predicts it, so it is a run of its own (shift None)
+    instead of being coded against the unrelated old bytes the next run's shift points at."""
+    weights, tuned = _dense(600_000, np.float16)
+    middle = len(tuned) // 2
+    block = bytes(range(256)) * 400
+    old, new = HEADER + weights, HEADER + tuned[:middle] + block + tuned[middle:]
+    runs = shift_scan.scanned_runs(memoryview(old), memoryview(new), 0, len(new), 0, None, _far(old))
+    assert runs is not None and [shift for _start, _end, shift in runs] == [0, None, -len(block)], runs
+    gap_start, gap_end = runs[1][0], runs[1][1]
+    inserted = len(HEADER) + middle, len(HEADER) + middle + len(block)
+    assert inserted[0] - 4096 <= gap_start and gap_end <= inserted[1] + 4096
+    assert gap_end - gap_start >= len(block) - 2 * 4096
+
+
+def _far(old: bytes) -> shift_scan.FarSearch:
+    return shift_scan.FarSearch(memoryview(old))
+
+
 def test_removed_bytes_are_a_positive_shift() -> None:
     weights, tuned = _dense(200_000, np.float32)
     runs = _runs(HEADER + weights, b"HDR" + tuned)
@@ -94,8 +135,12 @@ def test_the_plan_references_the_scanned_shift() -> None:
         (np.float16, lambda data: HEADER + b"x" + data),  # a header grown by a byte
         (np.float32, lambda data: b"HDR" + data),  # a header shrunk by five bytes
         (np.float16, lambda data: HEADER + data[: len(data) // 3] + b"12345" + data[len(data) // 3 :]),
+        (
+            np.float16,
+            lambda data: HEADER + data[: len(data) // 2] + bytes(range(256)) * 400 + data[len(data) // 2 :],
+        ),
     ],
-    ids=["fp16-grown-header", "fp32-shrunk-header", "fp16-inserted-in-the-middle"],
+    ids=["fp16-grown-header", "fp32-shrunk-header", "fp16-inserted-in-the-middle", "fp16-100-kb-inserted"],
 )
 def test_dense_fine_tunes_of_unparsed_files_stay_within_bsdiff4(tmp_path: Path, dtype: type, edit) -> None:
     """Files above the size where the whole file is also tried as covers (bsdiff's model): before the scan the

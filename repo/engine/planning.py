@@ -325,11 +325,12 @@ class ShiftScan:
     def __init__(self, old: memoryview, new: memoryview) -> None:
         self.old, self.new = old, new
         self.found: int | None = None
+        self.far = shift_scan.FarSearch(old)
 
     def __call__(self, offset: int, length: int, structural: int) -> list[shift_scan.Run] | None:
-        runs = shift_scan.scanned_runs(self.old, self.new, offset, length, structural, self.found)
+        runs = shift_scan.scanned_runs(self.old, self.new, offset, length, structural, self.found, self.far)
         if length >= shift_scan.MIN_LENGTH:
-            self.found = structural if runs is None else runs[-1][2]
+            self.found = structural if runs is None else runs[-1][2]  # never a gap: gaps sit between runs
         return runs
 
 
@@ -338,7 +339,15 @@ def _generic(
 ) -> Iterator[Piece]:
     runs = scan(offset, length, shift) if scan is not None else None
     if runs is not None:
+        in_force = shift
         for start, end, found in runs:
+            if found is None:  # inserted bytes that match the old file at no shift: no equal-length reference
+                limit = min(limits.max_reference, max(3 * (end - start), LOCAL_WINDOW))
+                for piece_start in range(start, end, PIECE):
+                    size = min(PIECE, end - piece_start)
+                    yield Piece(piece_start, size, window=_window(piece_start + in_force, size, old_size, limit))
+                continue
+            in_force = found
             yield from _shifted(start, end - start, found, old_size, limits)
         return
     for start in range(offset, offset + length, PIECE):
