@@ -198,9 +198,11 @@ def _gap(equal: np.ndarray, cut: int) -> tuple[int, int]:
         return cut, cut
     density = equal[: windows * GAP_WINDOW].reshape(windows, GAP_WINDOW).sum(axis=1)
     sparse = density * GAP_DENSITY <= GAP_WINDOW
-    first = last = min(cut // GAP_WINDOW, windows - 1)
-    if not sparse[first]:
+    at = min(cut // GAP_WINDOW, windows - 1)  # the cut's window may hold the first bytes matched after the gap
+    seeds = [index for index in (at, at - 1, at + 1) if 0 <= index < windows and sparse[index]]
+    if not seeds:
         return cut, cut
+    first = last = seeds[0]
     while first > 0 and sparse[first - 1]:
         first -= 1
     while last + 1 < windows and sparse[last + 1]:
