@@ -774,7 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=0, help="stop starting cases after this many s")
     args = parser.parse_args(argv)
     if args.out.is_dir():
-        parser.error(f"--out {args.out} is a directory: give the JSON file to write, e.g. {args.out / 'fuzz.json'}")
+        parser.error(
+            f"--out {args.out} is a directory: give the JSON file to write, e.g. {args.out / 'fuzz.json'}"
+        )
 
     from lorien.repo import engine as engine_api
     from lorien.repo.engine.lorien_engine import LorienEngine
