@@ -52,10 +52,10 @@ FAR_SAMPLES = 1  # needles' places per block
 FAR_CANDIDATES = 8
 FAR_REACH = 64  # shifts tried around a far candidate (it is exact up to the element's phase)
 FAR_OLD_LIMIT = 256 << 20  # old files up to this size get the far search (its lanes copy the old file once)
+FAR_GIVE_UP = 4  # far searches in a row that find nothing end the far search for the file
 GAP_WINDOW = 4096  # a gap between two runs is whole windows of this many bytes …
 GAP_DENSITY = 16  # … each matching at most 1 byte in 16 at either shift …
 GAP_MIN = 16 * 1024  # … and at least this long
-FAR_GIVE_UP = 4  # far searches in a row that find nothing end the far search for the file
 
 
 Run = tuple[int, int, int | None]  # (start, end, shift) in the new file; shift None: a gap that matches nothing
