@@ -60,7 +60,7 @@ class TopePackages:
                 self._reporter.show(
                     Stage.DOWNLOADING,
                     f"Downloading package... {progress.done / 1e6:.1f} MB / {progress.total / 1e6:.1f} MB",
-                    progress.percent,
+                    min(progress.percent, 99.0),  # 100 only once the MD5 is verified (toInstall)
                 )
 
             self._downloader(on_progress).fetch(DownloadRequest(url, part, size, md5))
