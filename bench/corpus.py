@@ -382,13 +382,7 @@ def write_gguf(model: Model, path: Path, meta: Meta) -> None:
         writer.add_string("general.version", str(meta.version))
         writer.add_uint32("lorienbench.block_count", len(model.layers))
         writer.add_uint32("lorienbench.embedding_length", model.arch.d_model)
-        for name, array in model.tensors.items():
-            # GGUF tensors have at least one dimension; scalar scales become shape (1,).
-            array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
-            if array.dtype == REDUCED["bf16-dense"]:
-                writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
-            else:
-                ggml_quants.add_tensor(writer, name, array, model.ggml_type)
+        ggml_quants.add_tensors(writer, model.tensors, model.ggml_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -184,14 +184,7 @@ def _gguf(
     writer.add_name("fuzz" + meta_pad)
     if alignment:
         writer.add_custom_alignment(alignment)
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
-        if array.dtype == BF16:
-            writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
-        elif array.dtype == np.int32:
-            writer.add_tensor(name, array.view(np.int32))
-        else:
-            ggml_quants.add_tensor(writer, name, array, model.ggml_type)
+    ggml_quants.add_tensors(writer, tensors, model.ggml_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

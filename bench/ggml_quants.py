@@ -50,6 +50,22 @@ def add_tensor(writer: Any, name: str, array: np.ndarray, ggml_type: int | None)
         writer.add_tensor(name, array)
 
 
+def add_tensors(writer: Any, tensors: dict[str, np.ndarray], ggml_type: int | None) -> None:
+    """Add every tensor to a ``gguf.GGUFWriter``: a 0-d one as shape (1,) (GGUF tensors have a dimension),
+    bfloat16 as raw BF16, int32 as it is, the rest through :func:`add_tensor`."""
+    import gguf
+    import ml_dtypes
+
+    for name, array in tensors.items():
+        array = np.ascontiguousarray(array.reshape(-1) if array.ndim == 0 else array)
+        if array.dtype == np.dtype(ml_dtypes.bfloat16):
+            writer.add_tensor(name, array.view(np.uint16), raw_dtype=gguf.GGMLQuantizationType.BF16)
+        elif array.dtype == np.int32:
+            writer.add_tensor(name, array)
+        else:
+            add_tensor(writer, name, array, ggml_type)
+
+
 def quantize_q4_k(array: np.ndarray) -> np.ndarray:
     shape = array.shape
     if shape[-1] % 256:
