@@ -75,7 +75,7 @@ def plan(old: memoryview, new: memoryview, limits: Limits, hints: Hints | None =
         # a small tensor left on its own (its neighbours sit at odd offsets): each would pay a segment entry and
         # a frame, so small tensors go back into the generic bytes around them
         large = [r for r in new_regions if r.length >= MIN_TENSOR]
-        grouped = _pieces(large, matches, len(old), len(new), limits, anchors, ShiftScan(old, new))
+        grouped = _pieces(large, matches, len(old), len(new), limits, anchors, scan.restarted())
     return with_ranges(grouped, new_regions, matches, limits)
 
 
@@ -327,6 +327,13 @@ class ShiftScan:
         self.found: int | None = None
         self.far = shift_scan.FarSearch(old)
 
+    def restarted(self) -> ShiftScan:
+        """This scanner as a new one would start (no shift found, far search not given up), keeping the old
+        file's far-search lanes so a second planning pass does not copy them again."""
+        self.found = None
+        self.far.fruitless = 0
+        return self
+
     def __call__(self, offset: int, length: int, structural: int) -> list[shift_scan.Run] | None:
         runs = shift_scan.scanned_runs(self.old, self.new, offset, length, structural, self.found, self.far)
         if length >= shift_scan.MIN_LENGTH:
@@ -338,26 +345,33 @@ def _generic(
     offset: int, length: int, shift: int, old_size: int, limits: Limits, scan: ShiftScan | None = None
 ) -> Iterator[Piece]:
     runs = scan(offset, length, shift) if scan is not None else None
-    if runs is not None:
-        in_force = shift
-        for start, end, found in runs:
-            if found is None:  # inserted bytes that match the old file at no shift: no equal-length reference
-                limit = min(limits.max_reference, max(3 * (end - start), LOCAL_WINDOW))
-                for piece_start in range(start, end, PIECE):
-                    size = min(PIECE, end - piece_start)
-                    yield Piece(piece_start, size, window=_window(piece_start + in_force, size, old_size, limit))
-                continue
-            in_force = found
-            yield from _shifted(start, end - start, found, old_size, limits)
+    if runs is None:
+        yield from _chunks(offset, length, shift, old_size, limits)
         return
+    in_force = shift
+    for start, end, found in runs:
+        if found is None:  # inserted bytes that match the old file at no shift: no equal-length reference
+            yield from _chunks(start, end - start, in_force, old_size, limits, equal_length=False)
+            continue
+        in_force = found
+        yield from _shifted(start, end - start, found, old_size, limits)
+
+
+def _chunks(
+    offset: int, length: int, shift: int, old_size: int, limits: Limits, equal_length: bool = True
+) -> Iterator[Piece]:
+    """Generic pieces of up to ``PIECE`` bytes referenced at ``shift``: the old bytes of equal length there (unless
+    ``equal_length`` is off or they fall outside the old file) and a window of old bytes around them."""
     for start in range(offset, offset + length, PIECE):
         size = min(PIECE, offset + length - start)
         mapped = start + shift
-        same = (mapped, size) if mapped >= 0 and mapped + size <= old_size else None
+        inside = equal_length and mapped >= 0 and mapped + size <= old_size
         # a local window: loading a dictionary costs time per byte, and the whole-file candidate already
         # covers content that moved far (for files within the limits)
         limit = min(limits.max_reference, max(3 * size, LOCAL_WINDOW))
-        yield Piece(start, size, same=same, window=_window(mapped, size, old_size, limit))
+        yield Piece(
+            start, size, same=(mapped, size) if inside else None, window=_window(mapped, size, old_size, limit)
+        )
 
 
 def _shifted(offset: int, length: int, shift: int, old_size: int, limits: Limits) -> Iterator[Piece]:
@@ -369,11 +383,11 @@ def _shifted(offset: int, length: int, shift: int, old_size: int, limits: Limits
     inside_start += -(inside_start + shift) % 4
     inside_end = min(offset + length, old_size - shift)
     if inside_end - inside_start < shift_scan.MIN_LENGTH:
-        yield from _generic(offset, length, shift, old_size, limits)
+        yield from _chunks(offset, length, shift, old_size, limits)
         return
     for start, end in ((offset, inside_start), (inside_start, inside_end), (inside_end, offset + length)):
         if end > start:
-            yield from _generic(start, end - start, shift, old_size, limits)
+            yield from _chunks(start, end - start, shift, old_size, limits)
 
 
 def _tensor(region: TensorRegion, match: TensorRegion | None, old_size: int, limits: Limits) -> Iterator[Piece]:
