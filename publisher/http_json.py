@@ -15,6 +15,9 @@ from typing import Any
 import bottle
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# an error is about one request, never a file's content: no cache keeps it (a 404 of metadata/N+1.root.json ends
+# a TUF client's root walk; cached, it would hide the next key rotation)
+ERROR_HEADERS = {**JSON_HEADERS, "Cache-Control": "no-store"}
 
 
 def json_response(document: Any, status: int = 200) -> bottle.HTTPResponse:
@@ -27,7 +30,7 @@ def error_body(message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(status: int, message: str, **extra: Any) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
-        json.dumps(error_body(message, **extra)) + "\n", status=status, headers=JSON_HEADERS
+        json.dumps(error_body(message, **extra)) + "\n", status=status, headers=ERROR_HEADERS
     )
 
 
@@ -51,4 +54,4 @@ class Problem:
 def validation_error(problems: list[Problem]) -> bottle.HTTPResponse:
     """422 with FastAPI's ``detail`` list and lorien's one-line ``error``."""
     body = {"error": "; ".join(p.sentence() for p in problems), "detail": [p.to_dict() for p in problems]}
-    return bottle.HTTPResponse(json.dumps(body) + "\n", status=422, headers=JSON_HEADERS)
+    return bottle.HTTPResponse(json.dumps(body) + "\n", status=422, headers=ERROR_HEADERS)

@@ -76,8 +76,8 @@ def serve_file(root: Path, relative: str, download_name: str | None = None) -> b
             environ.pop("HTTP_RANGE")  # validator changed or multi-range: send the whole file
         elif not list(bottle.parse_range_header(range_header, stat.st_size)):  # FastAPI's detail, as Mallorn's
             refused = error_response(416, f"Range not satisfiable: {range_header!r} of {stat.st_size} bytes")
-            for name, value in {**headers, "Content-Range": f"bytes */{stat.st_size}"}.items():
-                refused.set_header(name, value)
+            refused.set_header("ETag", etag)  # and error_response's no-store: not the blob's year-long cache
+            refused.set_header("Content-Range", f"bytes */{stat.st_size}")
             return refused
     mimetype = _MIME.get(file.suffix, "application/octet-stream")
     response = bottle.static_file(

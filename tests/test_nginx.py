@@ -43,6 +43,12 @@ def test_ranges_validators_and_cache_headers(nginx: Nginx, published: Path) -> N
     assert part.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
     assert part.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert part.headers["Content-Type"] == "application/octet-stream"
+    for refused, status in (
+        (requests.get(nginx.url + patch["blob"], headers={"Range": f"bytes={len(data)}-"}, timeout=10), 416),
+        (requests.get(nginx.url + "blobs/sha256/00/" + "0" * 64 + ".patch", timeout=10), 404),
+    ):  # an answer about this request, not the blob: never kept for a year
+        directives = [directive.strip() for directive in refused.headers["Cache-Control"].split(",")]
+        assert refused.status_code == status and "no-store" in directives, refused.headers
     stale = requests.get(
         nginx.url + patch["blob"], headers={"Range": "bytes=100-199", "If-Range": '"other"'}, timeout=10
     )
@@ -201,7 +207,8 @@ def test_a_plain_python_tuf_client_reads_the_repository_through_nginx_and_follow
         ):
             answer = requests.get(server.url + path, timeout=10)
             assert answer.status_code == (404 if cache is None else 200), path
-            assert cache is None or answer.headers["Cache-Control"] == cache, (path, answer.headers)
+            # a 404 that ends a client's root walk must not be cached: the next rotation would stay unseen
+            assert answer.headers["Cache-Control"] == (cache or "no-store"), (path, answer.headers)
         sha = hashlib.sha256((repo / "classifier" / "manifest.json").read_bytes()).hexdigest()
         prefixed = requests.get(f"{server.url}classifier/{sha}.manifest.json", timeout=10)
         assert prefixed.status_code == 200 and prefixed.headers["Cache-Control"] == immutable

@@ -78,6 +78,9 @@ def test_416_for_unsatisfiable_range(live_server: LiveServer) -> None:
     )
     assert response.status_code == 416
     assert response.headers["Content-Range"] == f"bytes */{version['size']}"
+    assert response.headers["Cache-Control"] == "no-store"  # not the blob's year-long "immutable"
+    missing = requests.get(live_server.url + "metadata/2.root.json", timeout=10)
+    assert missing.status_code == 404 and missing.headers["Cache-Control"] == "no-store"  # a root walk's end
 
 
 def test_if_range_and_multi_range(live_server: LiveServer) -> None:
