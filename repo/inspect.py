@@ -323,10 +323,8 @@ def render_text(report: Report, verified: bool) -> str:
         for entry in manifest.versions:
             marker = "*" if entry.version == manifest.latest else " "
             lines.append(
-                f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_format(entry):<12} "
-                f"{entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
                 f" {marker}{entry.version:<16} {human_size(entry.size):>11} {_compressed(entry.size, entry):>18} "
-                f"{entry.format:<12} {entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
+                f"{_format(entry):<12} {entry.fingerprint.short_id:<17} {entry.sha256[:16]}…"
             )
         lines.extend(_bundle_lines(manifest))
         for channel, published in sorted((manifest.channels or {}).items()):

@@ -26,6 +26,17 @@ def test_inspect_text_lists_versions_and_patches(published: Path) -> None:
     out = result.stdout
     assert "family classifier" in out and "latest 1.2.0" in out
     assert "1.0.0 → 1.2.0" in out and "%" in out and "tflite" in out
+    manifest = json.loads((published / "classifier" / "manifest.json").read_text())
+    rows = [
+        line.split()
+        for line in out.splitlines()
+        if line.strip().lstrip("*").split(" ")[0] in {entry["version"] for entry in manifest["versions"]}
+        and "→" not in line
+    ]
+    assert len(rows) == len(manifest["versions"]), out  # one row per version, printed once
+    for row, entry in zip(rows, manifest["versions"], strict=True):
+        assert row.count(entry["sha256"][:16] + "…") == 1, row
+        assert row[-3] == entry["fingerprint"]["format"], row  # the format column, then short_id and sha256
 
 
 @pytest.mark.slow
