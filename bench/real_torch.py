@@ -24,7 +24,6 @@ writes ``results/real-torch-<UTC timestamp>.json`` plus the markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import sys
@@ -133,68 +132,19 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- run (lorien's environment)
 
 
-def run(corpus_dir: Path, tools: list[str], timeout: float, out: Path, only: str = "") -> Path:
-    import shutil
-    import tempfile
-
-    from bench.corpus import Pair, write_bytes_atomic
-    from bench.run import bench_pair, environment, render_markdown
-
-    index = json.loads((corpus_dir / "pairs.json").read_text())
-    pairs = [Pair.from_dict(item, corpus_dir) for item in index["pairs"] if only in item["name"]]
-    started = dt.datetime.now(dt.UTC)
-    report: dict[str, Any] = {
-        "started": started.isoformat(timespec="seconds"),
-        "finished": None,
-        "settings": {
-            "corpus": str(corpus_dir.resolve()),
-            "made_with": index.get("made_with"),
-            "steps": index.get("steps"),
-            "tools": tools,
-            "timeout": timeout,
-            "argv": sys.argv,
-        },
-        "environment": environment(),
-        "pairs": [],
-    }
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=corpus_dir))  # one per run: runs may overlap
-    out.mkdir(parents=True, exist_ok=True)
-    result = out / f"real-torch-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    try:
-        for pair in pairs:
-            report["pairs"].append(bench_pair(pair, tools, work, timeout, lambda m: print(m, flush=True)))
-            write_bytes_atomic(result, (json.dumps(report, indent=2) + "\n").encode())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_bytes_atomic(result, (json.dumps(report, indent=2) + "\n").encode())
-    print(render_markdown(report), end="")
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.real_torch", description=__doc__.split("\n")[0])
     actions = parser.add_subparsers(dest="action", required=True)
     made = actions.add_parser("make", help="write the pairs (needs torch and torchvision)")
     made.add_argument("--out", type=Path, required=True)
-    measured = actions.add_parser("run", help="measure every tool on the pairs")
-    measured.add_argument("--corpus", type=Path, required=True)
-    measured.add_argument("--tools", default="lorien,bsdiff4,xdelta3,zstd-patch-from,zstd-full,hdiffpatch,detools")
-    measured.add_argument("--timeout", type=float, default=900.0)
-    measured.add_argument("--only", default="", help="only the pairs whose name contains this")
-    measured.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    from bench.pairs_file import add_run_command, run_command
+
+    add_run_command(actions, "lorien,bsdiff4,xdelta3,zstd-patch-from,zstd-full,hdiffpatch,detools")
     args = parser.parse_args(argv)
     if args.action == "make":
         make(args.out)
         return 0
-    from bench.run import TOOLS
-
-    tools = [tool for tool in args.tools.split(",") if tool]
-    unknown = [tool for tool in tools if tool not in TOOLS]
-    if unknown:
-        parser.error(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}")
-    run(args.corpus, tools, args.timeout, args.out, args.only)
-    return 0
+    return run_command(parser, args, "real-torch")
 
 
 if __name__ == "__main__":
