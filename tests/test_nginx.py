@@ -84,6 +84,7 @@ def test_nothing_outside_the_repository_and_no_listings(nginx: Nginx, published:
         answer = requests.get(nginx.url + path, timeout=10)
         assert answer.status_code == 404, (path, answer.status_code)
         assert "root:" not in answer.text
+        assert answer.headers["Cache-Control"] in ("no-store", "no-cache"), (path, answer.headers)  # never kept
     raw = socket.create_connection(("127.0.0.1", nginx.port))
     raw.sendall(b"GET /../../etc/passwd HTTP/1.0\r\n\r\n")
     answer = raw.recv(4096).decode(errors="replace")
