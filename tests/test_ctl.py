@@ -154,14 +154,20 @@ def test_host_port_and_token_come_from_the_device_config(
     """With ``api_token`` in device.toml, ctl sends it; without, the token the device generated at its first start
     into ``state_dir/api_token``."""
     model = install(family, tmp_path, "1.1.0")
-    port = _free_port()
     config = tmp_path / "device.toml"
     token_line = 'api_token = "from-the-config-file"\n' if token_in_config else ""
-    config.write_text(
-        f'repo_url = "{server.url}"\nfamily = "cls"\nmodel_path = "{model}"\nstate_dir = "{tmp_path / "state"}"\n'
-        f"insecure_allow_unsigned = true\nport = {port}\n{token_line}"
-    )
-    device = start(devices, tmp_path, server.url, model, "--config", str(config), "--port", str(port))
+    for attempt in range(3):  # the probed port may be taken before the device binds it (xdist workers)
+        port = _free_port()
+        config.write_text(
+            f'repo_url = "{server.url}"\nfamily = "cls"\nmodel_path = "{model}"\n'
+            f'state_dir = "{tmp_path / "state"}"\ninsecure_allow_unsigned = true\nport = {port}\n{token_line}'
+        )
+        try:
+            device = start(devices, tmp_path, server.url, model, "--config", str(config), "--port", str(port))
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     assert (device.state_dir / "api_token").exists() is not token_in_config
     assert f":{port}/" in device.url
     check = _ctl("check", "--config", config, "--json")
