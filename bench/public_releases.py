@@ -28,6 +28,7 @@ from pathlib import Path
 SILERO = "silero_vad/data/"
 RAPIDOCR = "rapidocr_onnxruntime/models/"
 MEDIAPIPE = "mediapipe/modules/"
+OPENWAKEWORD = "openwakeword/resources/models/"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,16 @@ PAIRS = (
     ),
     ReleasePair("silero-vad-jit-5.1.2-6.0.0", "pt", "release", *_silero("silero_vad.jit", "5.1.2", "6.0.0")),
     ReleasePair("silero-vad-jit-6.0.0-6.2.0", "pt", "release", *_silero("silero_vad.jit", "6.0.0", "6.2.0")),
+    *(
+        ReleasePair(
+            f"openwakeword-{name}-0.4.0-0.5.1",
+            "onnx",
+            "release",
+            Release("openwakeword", "0.4.0", OPENWAKEWORD + member),
+            Release("openwakeword", "0.5.1", OPENWAKEWORD + member),
+        )
+        for name, member in (("embedding", "embedding_model.onnx"), ("hey-mycroft", "hey_mycroft_v0.1.onnx"))
+    ),
     ReleasePair(
         "rapidocr-det-ppocr-v3-v4",
         "onnx",
