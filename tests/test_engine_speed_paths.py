@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorien.repo.engine import apply_patch, codecs, create_patch, lorien_engine, rans
+from lorien.repo.engine import apply_patch, applying, codecs, create_patch, lorien_engine, rans
 from lorien.repo.engine.candidates import Candidate
 from lorien.repo.engine.container import Codec, Segment, Transform
 from lorien.repo.engine.lorien_engine import LorienEngine
@@ -187,7 +187,7 @@ def test_a_write_error_on_the_sink_thread_reaches_the_caller() -> None:
     import hashlib
 
     sha = hashlib.sha256()
-    with pytest.raises(OSError, match="No space left"), lorien_engine._Sink(sha, _FailingSink()) as sink:
+    with pytest.raises(OSError, match="No space left"), applying._Sink(sha, _FailingSink()) as sink:
         for _ in range(10):
             sink.put(b"x" * 64)
 
@@ -197,7 +197,7 @@ def test_the_sink_hashes_and_writes_every_chunk_in_order() -> None:
 
     chunks = [bytes([k]) * (k * 1000 + 1) for k in range(50)]
     sha, out = hashlib.sha256(), io.BytesIO()
-    with lorien_engine._Sink(sha, out) as sink:
+    with applying._Sink(sha, out) as sink:
         for chunk in chunks:
             sink.put(chunk)
     assert out.getvalue() == b"".join(chunks)

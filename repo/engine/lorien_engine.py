@@ -20,36 +20,22 @@ Create (needs numpy and zstandard, plus :mod:`repo.engine.formats` to find tenso
         makes the patch >= 1 % smaller → container (see :mod:`repo.engine.container`)
         written atomically
 
-Apply (needs numpy, zstandard and — for version-6 patches — brotli — the table says where every segment goes)::
-
-    header + table checked against limits and the source's size; the source's SHA-256 computed on a second
-    thread meanwhile
-      → for each segment: read payload (CRC-32 checked), read its reference from the source with pread,
-        decode; a third thread hashes and writes the decoded bytes in order to a temporary file beside the
-        output (at most one segment behind)
-      → target size and SHA-256 and the source's SHA-256 checked (a wrong source is reported as such, also
-        when it made decoding fail) → atomic rename (temporary file removed on any error)
-
-Memory while applying is bounded by :class:`~repo.engine.container.Limits` (one segment's reference, payload
-and output at a time), not by model size.
+Apply: :mod:`repo.engine.applying` (streaming, every check; memory bounded by the limits, not the model size).
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
 
 from lorien.repo.atomic import atomic_writer
 from lorien.repo.engine import codecs, covers, runs
+from lorien.repo.engine.applying import apply_patch_file, open_patch
 from lorien.repo.engine.base import ApplyResult, PatchInfo
 from lorien.repo.engine.candidates import Candidate, CandidateKey, candidates, float_alone
 from lorien.repo.engine.container import (
@@ -66,9 +52,7 @@ from lorien.repo.engine.container import (
     Transform,
     backend_usable_up_to,
     checked_max_version,
-    read_header_and_table,
     recognises,
-    short_digest_matches,
     smallest_head,
     usable_up_to,
 )
@@ -106,7 +90,6 @@ ALONE_PIECE_FROM = 0.5  # a float piece (or generic bytes, see float_alone) whos
 ALL_AT_FINAL_BELOW = 64 * 1024  # smaller pieces try every candidate at the final level
 COMPARE_AT_FINAL_BELOW = 1024 * 1024  # smaller pieces re-encode their three best candidates at the final level
 PLANE_LEVEL = 12  # byte planes are entropy-bound: levels above this cost time and save almost nothing
-COPY_CHUNK = 1 * MiB
 SPOOL_FROM = PROCESSES_FROM  # new files from this size spool their payloads to disk while encoding
 BROTLI_RAW_BELOW = 1 * MiB  # the brotli pass tries the raw streams of segments up to this size
 # their raw stream is the payload: no other backend
@@ -535,18 +518,11 @@ class LorienEngine:
             for item in encoded:
                 handle.write(item.payload)
 
-    # ------------------------------------------------------------------ read / apply
-
-    def _open(self, handle: BinaryIO, patch: Path) -> tuple[Header, list[Segment], int]:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(0)
-        header, segments = read_header_and_table(handle, size, str(patch), self.limits)
-        return header, segments, size
+    # ------------------------------------------------------------------ read / apply (repo.engine.applying)
 
     def info(self, patch: Path) -> PatchInfo:
         with open(patch, "rb") as handle:
-            header, _, size = self._open(handle, patch)
+            header, _, size = open_patch(handle, patch, self.limits)
         return PatchInfo(
             self.name,
             size,
@@ -559,77 +535,13 @@ class LorienEngine:
 
     def segments(self, patch: Path) -> list[Segment]:
         with open(patch, "rb") as handle:
-            return self._open(handle, patch)[1]
+            return open_patch(handle, patch, self.limits)[1]
 
     def apply(
         self, model: Path, patch: Path, output: Path | None, progress: Callable[[int, int], None] | None = None
     ) -> ApplyResult:
-        with (
-            open(patch, "rb") as patch_handle,
-            open(model, "rb") as source,
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorien-apply-source") as hasher,
-        ):
-            header, segments, _ = self._open(patch_handle, patch)
-            source_size = os.fstat(source.fileno()).st_size
-            if source_size != header.source_size:
-                raise _wrong_source(patch, model, header, source_size)
-            # the source is hashed beside the decoding (a segment's reference is read where it is needed); a
-            # wrong source is reported as such before any decoding error it caused, and no output is kept
-            source_sha256 = hasher.submit(sha256_file, model)
-            try:
-                with atomic_writer(output) if output is not None else nullcontext(None) as sink:
-                    digest = self._decode_all(header, segments, patch_handle, source, sink, patch, progress)
-                    if not short_digest_matches(header.source_sha256, source_sha256.result()):
-                        raise _wrong_source(patch, model, header, source_size)
-            except PatchError:
-                if not short_digest_matches(header.source_sha256, source_sha256.result()):
-                    raise _wrong_source(patch, model, header, source_size) from None
-                raise
+        header, digest = apply_patch_file(model, patch, output, self.limits, progress)
         return ApplyResult(self.name, header.target_size, digest, True, None if output is None else str(output))
-
-    def _decode_all(
-        self,
-        header: Header,
-        segments: list[Segment],
-        patch_handle: BinaryIO,
-        source: BinaryIO,
-        sink: BinaryIO | None,
-        patch: Path,
-        progress: Callable[[int, int], None] | None,
-    ) -> str:
-        sha = hashlib.sha256()
-        fd = source.fileno()
-        done = 0
-        with _Sink(sha, sink) as output:  # hashing and writing overlap the next segment's decoding
-            for index, segment in enumerate(segments):
-                if index + 1 < len(segments):
-                    _prefetch(fd, segments[index + 1])
-                for chunk in self._decode_one(segment, patch_handle, fd, patch, index):
-                    output.put(chunk)
-                done += segment.target_length
-                if progress is not None:
-                    progress(done, header.target_size)
-        digest = sha.hexdigest()
-        if not short_digest_matches(header.target_sha256, digest):
-            raise PatchError(f"{patch}: corrupt patch: result sha256 {digest} does not match the patch's target")
-        return digest
-
-    def _decode_one(
-        self, segment: Segment, patch_handle: BinaryIO, fd: int, patch: Path, index: int
-    ) -> Iterator[bytes]:
-        if segment.codec == Codec.COPY:
-            for start in range(segment.ref_offset, segment.ref_offset + segment.ref_length, COPY_CHUNK):
-                size = min(COPY_CHUNK, segment.ref_offset + segment.ref_length - start)
-                yield _pread_exact(fd, size, start, patch)
-            return
-        payload = patch_handle.read(segment.payload_length)
-        if len(payload) != segment.payload_length or zlib.crc32(payload) != segment.payload_crc32:
-            raise PatchError(f"{patch}: corrupt patch: segment {index} payload checksum mismatch")
-        reference = _pread_exact(fd, segment.ref_length, segment.ref_offset, patch) if segment.ref_length else b""
-        try:
-            yield codecs.decode(segment, payload, reference)
-        except PatchError as error:
-            raise PatchError(f"{patch}: corrupt patch: segment {index}: {error}") from None
 
 
 def _sampled(piece: Piece) -> bool:
@@ -672,61 +584,6 @@ def _sample(piece: Piece, target: bytes, old: memoryview) -> tuple[Piece, bytes,
         piece.block,
     )
     return sample, sample_target, memoryview(b"".join(parts))
-
-
-def _wrong_source(patch: Path, model: Path, header: Header, source_size: int) -> PatchError:
-    return PatchError(
-        f"{patch}: made for another source model (expects {header.source_size} bytes, sha256 "
-        f"{header.source_sha256.hex()[:16]}…); {model} is {source_size} bytes — apply it to the "
-        "version it was made from"
-    )
-
-
-class _Sink:
-    """Hashes and writes decoded chunks in order on one background thread (hashlib and file writes release the
-    GIL), at most ``AHEAD`` chunk behind the decoder (each chunk held costs up to a segment of memory); the
-    first error is raised in the decoding thread."""
-
-    AHEAD = 1
-
-    def __init__(self, sha: hashlib._Hash, sink: BinaryIO | None) -> None:
-        self._sha, self._sink = sha, sink
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorien-apply-sink")
-        self._pending: deque[Future[None]] = deque()
-
-    def __enter__(self) -> _Sink:
-        return self
-
-    def put(self, chunk: bytes) -> None:
-        self._pending.append(self._pool.submit(self._consume, chunk))
-        while len(self._pending) > self.AHEAD:
-            self._pending.popleft().result()
-
-    def _consume(self, chunk: bytes) -> None:
-        self._sha.update(chunk)
-        if self._sink is not None:
-            self._sink.write(chunk)
-
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
-        try:
-            while self._pending and error_type is None:  # after an error the output is thrown away anyway
-                self._pending.popleft().result()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _prefetch(fd: int, segment: Segment) -> None:
-    """Ask the kernel to start reading the next segment's reference while this one decodes (a large model's
-    source is not all in the page cache: an 8 MiB reference read from disk costs as much as decoding it)."""
-    if segment.ref_length and hasattr(os, "posix_fadvise"):
-        os.posix_fadvise(fd, segment.ref_offset, segment.ref_length, os.POSIX_FADV_WILLNEED)
-
-
-def _pread_exact(fd: int, size: int, offset: int, patch: Path) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise PatchError(f"{patch}: source model changed while the patch was applied")
-    return data
 
 
 def _reporting(
