@@ -5,7 +5,7 @@ re-trained model under the same name), or two variants a release ships side by s
 The wheels are fetched from the package registry by exact name and version with ``pip download`` — the only
 download — and the model files are read out of them (a wheel is a zip archive)::
 
-    .venv/bin/python -m bench.public_releases make --out /tmp/public-releases    # pip download, ~90 MB
+    .venv/bin/python -m bench.public_releases make --out /tmp/public-releases    # pip download, ~100 MB of wheels
     .venv/bin/python -m bench.public_releases run --corpus /tmp/public-releases [--tools …] [--only silero]
 
 ``make`` writes ``<pair>/old.<ext>``, ``<pair>/new.<ext>`` and ``pairs.json`` (``bench.corpus.Pair`` records
