@@ -129,7 +129,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- run (lorien's environment)
+# --------------------------------------------------------------------------- command line ("run": bench.pairs_file)
 
 
 def main(argv: list[str] | None = None) -> int:
