@@ -74,19 +74,15 @@ PAIRS = (
         )
         for name, member in (("embedding", "embedding_model.onnx"), ("hey-mycroft", "hey_mycroft_v0.1.onnx"))
     ),
-    ReleasePair(
-        "rapidocr-det-ppocr-v3-v4",
-        "onnx",
-        "release",
-        Release("rapidocr-onnxruntime", "1.2.3", RAPIDOCR + "ch_PP-OCRv3_det_infer.onnx"),
-        Release("rapidocr-onnxruntime", "1.4.4", RAPIDOCR + "ch_PP-OCRv4_det_infer.onnx"),
-    ),
-    ReleasePair(
-        "rapidocr-rec-ppocr-v3-v4",
-        "onnx",
-        "release",
-        Release("rapidocr-onnxruntime", "1.2.3", RAPIDOCR + "ch_PP-OCRv3_rec_infer.onnx"),
-        Release("rapidocr-onnxruntime", "1.4.4", RAPIDOCR + "ch_PP-OCRv4_rec_infer.onnx"),
+    *(
+        ReleasePair(
+            f"rapidocr-{stage}-ppocr-v3-v4",
+            "onnx",
+            "release",
+            Release("rapidocr-onnxruntime", "1.2.3", f"{RAPIDOCR}ch_PP-OCRv3_{stage}_infer.onnx"),
+            Release("rapidocr-onnxruntime", "1.4.4", f"{RAPIDOCR}ch_PP-OCRv4_{stage}_infer.onnx"),
+        )
+        for stage in ("det", "rec")  # the text detector and recogniser
     ),
     *(
         ReleasePair(
